@@ -1,0 +1,3 @@
+"""Devices: NumPy computes on the CPU."""
+
+DEVICES = ("cpu",)

@@ -1,0 +1,95 @@
+"""Losses: value_and_grad(p, y) -> (L, dL/dp), the formulas of crossnn.spec.losses."""
+
+from __future__ import annotations
+
+from crossnn import spec
+from crossnn.errors import UnsupportedFeature
+
+#: floor of p (1 - p) in the BCE gradient, as in PyTorch's binary_cross_entropy_backward
+BCE_GRAD_FLOOR = 1e-12
+
+
+class MSE:
+    def __init__(self, s, xp):
+        self.xp = xp
+
+    def value_and_grad(self, p, y):
+        d = p - y
+        return self.xp.mean(d * d), (2.0 / d.size) * d
+
+
+class MAE:
+    def __init__(self, s, xp):
+        self.xp = xp
+
+    def value_and_grad(self, p, y):
+        d = p - y
+        return self.xp.mean(self.xp.abs(d)), self.xp.sign(d) * (1.0 / d.size)
+
+
+class Huber:
+    def __init__(self, s: spec.Huber, xp):
+        self.xp, self.delta = xp, s.delta
+
+    def value_and_grad(self, p, y):
+        xp, delta = self.xp, self.delta
+        d = p - y
+        ad = xp.abs(d)
+        value = xp.mean(xp.where(ad < delta, 0.5 * d * d, delta * (ad - 0.5 * delta)))
+        return value, xp.clip(d, -delta, delta) * (1.0 / d.size)
+
+
+class BCE:
+    def __init__(self, s: spec.BCE, xp):
+        self.xp, self.log_min = xp, s.log_min
+
+    def value_and_grad(self, p, y):
+        xp = self.xp
+        log_p = xp.maximum(xp.log(p), self.log_min)
+        log_q = xp.maximum(xp.log1p(-p), self.log_min)
+        value = xp.mean((y - 1.0) * log_q - y * log_p)
+        grad = (p - y) / xp.maximum((1.0 - p) * p, BCE_GRAD_FLOOR) * (1.0 / p.size)
+        return value, grad
+
+
+class BCELogits:
+    def __init__(self, s, xp):
+        self.xp = xp
+
+    def value_and_grad(self, z, y):
+        xp = self.xp
+        value = xp.mean(xp.maximum(z, 0.0) - z * y + xp.log1p(xp.exp(-xp.abs(z))))
+        return value, (1.0 / (1.0 + xp.exp(-z)) - y) * (1.0 / z.size)
+
+
+class CrossEntropy:
+    """y arrives one-hot (sparse labels are expanded once, when the data is loaded)."""
+
+    def __init__(self, s: spec.CrossEntropy, xp):
+        self.xp, self.from_logits, self.log_min = xp, s.from_logits, s.log_min
+
+    def value_and_grad(self, p, y):
+        xp = self.xp
+        n = p.shape[0]
+        if self.from_logits:
+            shifted = p - xp.max(p, axis=1, keepdims=True)
+            e = xp.exp(shifted)
+            total = xp.sum(e, axis=1, keepdims=True)
+            log_softmax = shifted - xp.log(total)
+            value = -xp.sum(y * log_softmax) / n
+            return value, (e / total - y) * (1.0 / n)
+        log_p = xp.log(p)
+        active = log_p > self.log_min
+        value = -xp.sum(y * xp.where(active, log_p, self.log_min)) / n
+        grad = xp.where(active, -y / xp.where(active, p, 1.0), 0.0) * (1.0 / n)
+        return value, grad
+
+
+LOSSES = {spec.MSE: MSE, spec.MAE: MAE, spec.Huber: Huber, spec.BCE: BCE, spec.BCELogits: BCELogits,
+          spec.CrossEntropy: CrossEntropy}
+
+
+def loss(s: spec.Loss, xp):
+    if type(s) not in LOSSES:
+        raise UnsupportedFeature("numpy", f"loss '{s.kind}'")
+    return LOSSES[type(s)](s, xp)

@@ -1,0 +1,3 @@
+from crossnn.cli import main
+
+raise SystemExit(main())

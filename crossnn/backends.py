@@ -1,0 +1,163 @@
+"""The backend contract and the registry that finds backends through entry points.
+
+A backend is a plugin: an installable package that declares, in its pyproject.toml,
+
+    [project.entry-points."crossnn.backends"]
+    mybackend = "my_package:MyBackend"
+
+where MyBackend subclasses `Backend`. Loading the entry point must be cheap: import the framework
+inside `build` and `devices(probe=True)`, not at module level, so `crossnn list` stays fast. The core
+never branches on a backend's name; what differs is declared through the attributes below.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import ClassVar, Sequence
+
+import numpy as np
+
+from crossnn.data import Dataset
+from crossnn.errors import BackendError
+from crossnn.spec import Experiment
+
+Params = dict[str, np.ndarray]
+ENTRY_POINT_GROUP = "crossnn.backends"
+
+
+class Trainer(ABC):
+    """One lowering of one experiment, ready to train. It holds the data (sent to its device once),
+    the parameters and the optimizer state; batches arrive as index arrays into that data."""
+
+    @abstractmethod
+    def step(self, batch: np.ndarray) -> float:
+        """One training step on the samples `batch`; returns the loss before the update."""
+
+    def run(self, batches: Sequence[np.ndarray]) -> np.ndarray:
+        """Several steps; returns their losses as float64. Backends override this to avoid a
+        device-to-host copy per step."""
+        return np.array([float(self.step(batch)) for batch in batches], dtype=np.float64)
+
+    @abstractmethod
+    def parameters(self) -> Params:
+        """Current parameters, canonical names and layout, as NumPy arrays of the run's dtype."""
+
+    @abstractmethod
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Model output for x (N, inputs), as a NumPy array."""
+
+    def synchronize(self) -> None:
+        """Block until queued device work is done (for timing)."""
+
+    def describe(self) -> str:
+        """A short text of how this lowering runs (shown in reports)."""
+        return ""
+
+
+class Backend(ABC):
+    """A framework lowering. Subclasses set the class attributes and implement `build`."""
+
+    name: ClassVar[str]
+    #: the NumPy float64 run every other run is compared against
+    reference: ClassVar[bool] = False
+    #: modules that must be importable (checked cheaply, without importing them)
+    requires: ClassVar[tuple[str, ...]] = ()
+    #: distributions whose installed version is the framework version, first found wins
+    distributions: ClassVar[tuple[str, ...]] = ()
+    #: how to install what `requires`
+    install_hint: ClassVar[str] = ""
+    #: execution modes; the first is the default
+    modes: ClassVar[tuple[str, ...]] = ("default",)
+    dtypes: ClassVar[tuple[str, ...]] = ("float32", "float64")
+    #: backends are prepared in ascending order (torch must be imported before tensorflow)
+    import_order: ClassVar[int] = 50
+
+    def unavailable_reason(self) -> str | None:
+        """Why this backend cannot run here, or None. Does not import the framework."""
+        for module in self.requires:
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                hint = f" ({self.install_hint})" if self.install_hint else ""
+                return f"{module} is not installed{hint}"
+        return None
+
+    def version(self) -> str:
+        for dist in self.distributions:
+            try:
+                return importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:
+                continue
+        return "unknown"
+
+    def devices(self, probe: bool = False) -> tuple[str, ...]:
+        """Device names ("cpu", "cuda:0", ...). Without `probe`, a cheap guess that imports nothing."""
+        return ("cpu",)
+
+    def prepare(self) -> None:
+        """Import and configure the framework (threads, determinism). Called before any build."""
+
+    @abstractmethod
+    def build(self, experiment: Experiment, params: Params, data: Dataset, *,
+              dtype: str, device: str, mode: str) -> Trainer:
+        """A trainer for `experiment`, starting from `params` (canonical layout, already cast to
+        `dtype`), training on `data` (float64; cast x and float targets to `dtype`)."""
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    """A discovered plugin: the backend, or the reason it cannot be used."""
+
+    name: str
+    backend: Backend | None
+    reason: str | None
+
+    @property
+    def available(self) -> bool:
+        return self.backend is not None and self.reason is None
+
+
+@lru_cache(maxsize=1)
+def discover() -> dict[str, BackendEntry]:
+    """Every plugin in the entry-point group, reference first, then by name. A plugin that fails to
+    load is listed with its error; the others are unaffected."""
+    entries = []
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            cls = ep.load()
+            backend = cls()
+            if not isinstance(backend, Backend):
+                raise TypeError(f"{ep.value} is not a crossnn Backend")
+            entries.append(BackendEntry(ep.name, backend, backend.unavailable_reason()))
+        except Exception as err:  # a broken plugin must not take the others down
+            entries.append(BackendEntry(ep.name, None, f"plugin failed to load: {type(err).__name__}: {err}"))
+    entries.sort(key=lambda e: (not (e.backend is not None and e.backend.reference), e.name))
+    return {e.name: e for e in entries}
+
+
+def get(name: str) -> Backend:
+    """An available backend by name, or a BackendError saying why not."""
+    entries = discover()
+    if name not in entries:
+        raise BackendError(f"unknown backend '{name}'; installed: {', '.join(entries) or 'none'}")
+    entry = entries[name]
+    if not entry.available:
+        raise BackendError(f"backend '{name}' is unavailable: {entry.reason}")
+    return entry.backend  # type: ignore[return-value]
+
+
+def available() -> list[str]:
+    return [name for name, entry in discover().items() if entry.available]
+
+
+def reference() -> Backend:
+    for entry in discover().values():
+        if entry.backend is not None and entry.backend.reference and entry.available:
+            return entry.backend
+    raise BackendError("no reference backend is installed (the numpy backend ships with crossnn)")

@@ -1,0 +1,179 @@
+"""The `crossnn` command. Exit status: 0 parity passed, 1 parity failed, 2 bad input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from pathlib import Path
+
+from crossnn.errors import CrossnnError, SpecError
+
+EXIT_OK, EXIT_PARITY_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit status 2 like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"crossnn: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="crossnn", description=(
+        "Lower one neural-network experiment spec to PyTorch, TensorFlow and NumPy, train every "
+        "lowering from the same data, initial parameters and batch order, and compare them step by step."))
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    p = commands.add_parser("list", help="backends (availability, version, devices) and built-in examples")
+    p.add_argument("--probe", action="store_true", help="import each framework to list its devices exactly")
+    p.set_defaults(handler=cmd_list)
+
+    p = commands.add_parser("show", help="summary of a spec: layers, output shapes, parameter counts")
+    p.add_argument("spec", metavar="SPEC_OR_EXAMPLE")
+    p.set_defaults(handler=cmd_show)
+
+    p = commands.add_parser("run", help="train a spec on several backends and check parity")
+    p.add_argument("spec", metavar="SPEC_OR_EXAMPLE")
+    p.add_argument("--backends", help="comma-separated backend names (default: every available one)")
+    p.add_argument("--dtype", default="float64", help="float64 (default) or float32, or both comma-separated")
+    p.add_argument("--device", default="cpu", help="device for non-reference runs, e.g. cpu or cuda (default cpu)")
+    p.add_argument("--mode", help="execution mode of each backend (default: each backend's first mode)")
+    p.add_argument("--snapshot-every", type=int, metavar="N", help="compare parameters every N steps "
+                   "(default: about 500 snapshots per run)")
+    p.add_argument("--rtol", type=float, help="relative tolerance (default per dtype)")
+    p.add_argument("--atol", type=float, help="absolute tolerance (default per dtype)")
+    p.add_argument("--json", metavar="OUT", help="write the full results as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(handler=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except CrossnnError as err:
+        if args.debug:
+            traceback.print_exc()
+        print(f"crossnn: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("crossnn: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # a bug: say so in one line unless asked for the traceback
+        if args.debug:
+            raise
+        print(f"crossnn: internal error: {type(err).__name__}: {err} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+def load_spec(text: str):
+    """A spec file path, or the name of a built-in example."""
+    from crossnn import examples
+    from crossnn.spec import load
+
+    path = Path(text)
+    if path.suffix == ".toml" or path.exists():
+        if not path.exists():
+            raise SpecError(f"no such spec file: {text}")
+        return load(path)
+    if text in examples.names():
+        return load(examples.path(text))
+    raise SpecError(f"'{text}' is neither a spec file nor an example; examples: {', '.join(examples.names())}")
+
+
+def _split(text: str | None) -> list[str]:
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+# ---- commands -----------------------------------------------------------------------------------
+
+def cmd_list(args) -> int:
+    from crossnn import backends, examples
+    from crossnn.console import table
+
+    rows = []
+    for name, entry in backends.discover().items():
+        b = entry.backend
+        if entry.available:
+            try:
+                devices = ", ".join(b.devices(probe=args.probe))
+            except Exception as err:  # probing imports the framework, which may be broken
+                devices = f"probe failed: {type(err).__name__}: {err}"
+            rows.append((name, "yes", b.version(), devices, ", ".join(b.modes),
+                         "reference" if b.reference else ""))
+        else:
+            rows.append((name, "no", "", "", "", entry.reason))
+    print("backends:")
+    print(table(("name", "available", "version", "devices", "modes", "notes"), rows))
+    if not args.probe:
+        print("  (devices are detected without importing the frameworks; `crossnn list --probe` checks them)")
+    print()
+    print("examples:", ", ".join(examples.names()))
+    return EXIT_OK
+
+
+def cmd_show(args) -> int:
+    from crossnn.summary import summary
+
+    print(summary(load_spec(args.spec)))
+    return EXIT_OK
+
+
+def cmd_run(args) -> int:
+    from crossnn import backends
+    from crossnn.console import Progress
+    from crossnn.data import load_dataset
+    from crossnn.errors import BackendError
+    from crossnn.harness import RunSpec, train
+    from crossnn.parity import TOLERANCES, Tolerance, compare, tolerance_for
+    from crossnn.results import result_json, run_text
+
+    experiment = load_spec(args.spec)
+    dataset = load_dataset(experiment)
+    names = _split(args.backends) or backends.available()
+    dtypes = _split(args.dtype)
+    for dtype in dtypes:
+        if dtype not in TOLERANCES:
+            raise BackendError(f"--dtype: unknown dtype '{dtype}'; use float32 or float64")
+    if args.snapshot_every is not None and args.snapshot_every < 1:
+        raise SpecError(f"--snapshot-every: must be >= 1, got {args.snapshot_every}")
+    for name in names:
+        backends.get(name)  # unknown or unavailable backends are bad input: say so before training
+    if args.mode and not any(args.mode in backends.get(name).modes for name in names):
+        raise BackendError(f"--mode: no chosen backend has mode '{args.mode}'")
+
+    def mode(name):
+        return args.mode if args.mode in backends.get(name).modes else None
+
+    runs = [RunSpec(name, dtype, "cpu" if backends.get(name).reference else args.device, mode(name))
+            for dtype in dtypes for name in names]
+    result = train(experiment, runs, snapshot_every=args.snapshot_every, dataset=dataset,
+                   progress=Progress(enabled=not args.quiet))
+
+    def tolerance(record):
+        default = tolerance_for(record.spec.dtype, record.spec.device)
+        return Tolerance(args.rtol if args.rtol is not None else default.rtol,
+                         args.atol if args.atol is not None else default.atol)
+
+    parities = {id(r): compare(result.reference, r, tolerance(r)) for r in result.records}
+    print(run_text(result, parities))
+    if args.json:
+        from crossnn.files import write_text_atomic
+
+        write_text_atomic(Path(args.json), json.dumps(result_json(result, parities), indent=1))
+        print(f"results written to {args.json}")
+    failed = [p for p in parities.values() if not p.passed]
+    return EXIT_PARITY_FAILED if failed else EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

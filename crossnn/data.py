@@ -1,0 +1,80 @@
+"""The data set of an experiment, generated or read once in NumPy and checked against the model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from crossnn.errors import DataError
+from crossnn.rng import stream
+from crossnn.spec import Experiment
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """x: float64 (N, inputs). y: float64 (N, outputs), or int64 class indices (N,) for sparse losses."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return len(self.x)
+
+
+def load_dataset(experiment: Experiment) -> Dataset:
+    """Generate or read the data from the "data" stream of the seed, then check it fits the model."""
+    x, y = experiment.data.arrays(stream(experiment.seed, "data"), experiment.base_dir)
+    return check_dataset(experiment, np.asarray(x), np.asarray(y))
+
+
+def check_dataset(experiment: Experiment, x: np.ndarray, y: np.ndarray) -> Dataset:
+    model, loss = experiment.model, experiment.loss
+    if x.ndim == 1:
+        x = x.reshape(-1, 1)
+    if x.ndim != 2:
+        raise DataError(f"data.x: expected a 2-D array (samples, features), got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.number):
+        raise DataError(f"data.x: expected numbers, got dtype {x.dtype}")
+    if x.shape[1] != model.inputs:
+        raise DataError(f"data.x: has {x.shape[1]} feature column(s) but model.inputs = {model.inputs}")
+    if len(y) != len(x):
+        raise DataError(f"data.y: has {len(y)} rows but data.x has {len(x)}")
+    if len(x) == 0:
+        raise DataError("data.x: no samples")
+    _check_finite("data.x", x)
+    if loss.sparse_targets:
+        y = _class_indices(y, model.output_size)
+    else:
+        if y.ndim == 1:
+            y = y.reshape(-1, 1)
+        if not np.issubdtype(y.dtype, np.number) or y.ndim != 2:
+            raise DataError(f"data.y: expected a 2-D array of numbers, got shape {y.shape} dtype {y.dtype}")
+        if y.shape[1] != model.output_size:
+            raise DataError(f"data.y: has {y.shape[1]} column(s) but the model outputs {model.output_size} "
+                            f"(layer '{model.layers[-1].name}')")
+        _check_finite("data.y", y)
+        y = y.astype(np.float64)
+    return Dataset(np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(y))
+
+
+def _check_finite(field: str, a: np.ndarray) -> None:
+    bad = ~np.isfinite(a)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise DataError(f"{field}: value {a[row, col]} at row {row}, column {col}: data must be finite")
+
+
+def _class_indices(y: np.ndarray, classes: int) -> np.ndarray:
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise DataError(f"data.y: sparse cross-entropy wants class indices (N,) or (N, 1), got shape {y.shape}")
+    if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+        raise DataError("data.y: sparse cross-entropy wants integer class indices")
+    labels = y.astype(np.int64)
+    if labels.min() < 0 or labels.max() >= classes:
+        raise DataError(f"data.y: class indices must lie in [0, {classes - 1}] for {classes} output units, "
+                        f"got {labels.min()}..{labels.max()}")
+    return labels

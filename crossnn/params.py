@@ -1,0 +1,23 @@
+"""Initial parameters: drawn once in NumPy float64, canonical layout, one stream per parameter."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from crossnn.rng import stream
+from crossnn.spec import Experiment
+
+Params = dict[str, np.ndarray]
+
+
+def initial_parameters(experiment: Experiment) -> Params:
+    """{"<layer>/<param>": float64 array} in layer order, from the seed and the initializers."""
+    out = {}
+    for name, p in experiment.model.parameter_inits().items():
+        value = p.init.sample(stream(experiment.seed, "init", name), p.shape, p.fan_in, p.fan_out)
+        out[name] = np.ascontiguousarray(value, dtype=np.float64)
+    return out
+
+
+def cast(params: Params, dtype: str) -> Params:
+    return {name: value.astype(dtype) for name, value in params.items()}

@@ -1,0 +1,111 @@
+"""Parity: how far each run's parameters are from the NumPy float64 reference, step by step.
+
+For a parameter with reference value r and run value a at one snapshot:
+    abs = max |a - r|,   scale = max |r|,   rel = abs / scale   (∞-norms over the tensor)
+and the snapshot is within tolerance when abs <= atol + rtol · scale. The verdict for a run fails at
+the first snapshot where any parameter leaves tolerance, or when the run did not finish.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from crossnn.harness import RunRecord
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    rtol: float
+    atol: float
+
+
+#: float64 runs must agree to rounding; float32 runs drift by design (see the divergence plot).
+TOLERANCES = {"float64": Tolerance(rtol=1e-9, atol=1e-12), "float32": Tolerance(rtol=1e-4, atol=1e-6)}
+#: GPU kernels reorder sums (and must run with TF32 off); their bound is wider.
+GPU_FACTOR = 100.0
+
+
+def tolerance_for(dtype: str, device: str) -> Tolerance:
+    tol = TOLERANCES[dtype]
+    if device != "cpu":
+        return Tolerance(tol.rtol * GPU_FACTOR, tol.atol * GPU_FACTOR)
+    return tol
+
+
+@dataclass
+class ParamParity:
+    name: str
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    worst_step: int = 0
+    first_fail_step: int | None = None
+
+
+@dataclass
+class Parity:
+    """One run against the reference. curve: (step, largest rel over all parameters) per snapshot."""
+
+    label: str
+    tolerance: Tolerance
+    params: list[ParamParity]
+    loss_max_abs: float
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    complete: bool = True
+    note: str = ""
+
+    @property
+    def first_fail_step(self) -> int | None:
+        fails = [p.first_fail_step for p in self.params if p.first_fail_step is not None]
+        return min(fails) if fails else None
+
+    @property
+    def passed(self) -> bool:
+        return self.complete and self.first_fail_step is None
+
+    @property
+    def max_rel(self) -> float:
+        return max((p.max_rel for p in self.params), default=0.0)
+
+    @property
+    def max_abs(self) -> float:
+        return max((p.max_abs for p in self.params), default=0.0)
+
+    def to_json(self) -> dict:
+        return {
+            "run": self.label, "passed": self.passed, "complete": self.complete, "note": self.note,
+            "rtol": self.tolerance.rtol, "atol": self.tolerance.atol,
+            "first_fail_step": self.first_fail_step, "max_abs": self.max_abs, "max_rel": self.max_rel,
+            "loss_max_abs": self.loss_max_abs,
+            "params": {p.name: {"max_abs": p.max_abs, "max_rel": p.max_rel, "worst_step": p.worst_step,
+                                "first_fail_step": p.first_fail_step} for p in self.params},
+            "curve": [[step, rel] for step, rel in self.curve],
+        }
+
+
+def compare(reference: RunRecord, run: RunRecord, tolerance: Tolerance | None = None) -> Parity:
+    tol = tolerance or tolerance_for(run.spec.dtype, run.spec.device)
+    names = list(reference.snapshots.get(0, {}))
+    params = {name: ParamParity(name) for name in names}
+    curve = []
+    for step in sorted(set(reference.snapshots) & set(run.snapshots)):
+        worst = 0.0
+        for name in names:
+            r, a = reference.snapshots[step][name], run.snapshots[step][name]
+            diff = float(np.max(np.abs(a - r))) if r.size else 0.0
+            scale = float(np.max(np.abs(r))) if r.size else 0.0
+            rel = diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
+            p = params[name]
+            if diff > p.max_abs:
+                p.max_abs, p.worst_step = diff, step
+            p.max_rel = max(p.max_rel, rel)
+            if p.first_fail_step is None and diff > tol.atol + tol.rtol * scale:
+                p.first_fail_step = step
+            worst = max(worst, rel)
+        curve.append((step, worst))
+    n = min(len(reference.losses), len(run.losses))
+    loss_diff = float(np.max(np.abs(reference.losses[:n] - run.losses[:n]))) if n else 0.0
+    complete = run.ok and reference.ok and max(run.snapshots, default=-1) == max(reference.snapshots, default=-1)
+    note = "" if complete else (run.message or reference.message or "run incomplete")
+    return Parity(run.spec.label, tol, list(params.values()), loss_diff, curve, complete, note)

@@ -1,0 +1,87 @@
+"""A run's results as terminal text and as JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from crossnn.console import sci, table
+from crossnn.harness import RunResult
+from crossnn.parity import Parity
+from crossnn.spec.toml import experiment_to_dict
+
+
+def run_text(result: RunResult, parities: dict[int, Parity]) -> str:
+    e, plan = result.experiment, result.plan
+    lines = [f"{e.name}: {plan.steps} steps ({e.train.epochs} epochs x {plan.steps_per_epoch}), "
+             f"{e.model.parameter_count()} parameters, snapshots every {result.snapshot_every} steps", ""]
+    records = result.records if any(r is result.reference for r in result.records) else [result.reference, *result.records]
+    rows = []
+    for r in records:
+        status = "reference" if r is result.reference else r.status
+        acc = r.metrics.get("accuracy")
+        rows.append((r.spec.label, r.version, r.steps_done, f"{r.train_seconds:.3f}",
+                     f"{r.losses[-1]:.6g}" if len(r.losses) else "-", "-" if acc is None else f"{acc:.4f}", status))
+    lines.append(table(("run", "version", "steps", "train s", "final loss", "accuracy", "status"), rows))
+    for r in records:
+        if r.message:
+            lines.append(f"  {r.spec.label}: {r.message}")
+
+    compared = [(r, parities[id(r)]) for r in result.records if r is not result.reference]
+    if compared:
+        lines += ["", f"parity against {result.reference.spec.label} "
+                      "(a snapshot passes when max|a - r| <= atol + rtol * max|r|):"]
+        rows = []
+        for r, p in compared:
+            for pp in p.params:
+                rows.append((r.spec.label, pp.name, sci(pp.max_abs), sci(pp.max_rel),
+                             "-" if pp.first_fail_step is None else pp.first_fail_step,
+                             f"{p.tolerance.rtol:g}/{p.tolerance.atol:g}", "pass" if pp.first_fail_step is None else "FAIL"))
+        lines.append(table(("run", "parameter", "max abs", "max rel", "first step out", "rtol/atol", "verdict"), rows))
+        failed = [p for _, p in compared if not p.passed]
+        for p in failed:
+            if not p.complete:
+                lines.append(f"  {p.label}: did not finish: {p.note}")
+        lines.append("")
+        lines.append(f"parity: {'PASS' if not failed else 'FAIL'} ({len(compared) - len(failed)} of {len(compared)} runs agree)")
+    lines += ["", f"final parameters ({result.reference.spec.label}):"]
+    for name, value in result.reference.final_params.items():
+        lines.append(f"  {name} {tuple(value.shape)}: {np.array2string(value.ravel(), precision=8, max_line_width=100)}")
+    return "\n".join(lines)
+
+
+def _nested(params) -> dict[str, Any]:
+    return {name: np.asarray(value).tolist() for name, value in params.items()}
+
+
+def result_json(result: RunResult, parities: dict[int, Parity]) -> dict[str, Any]:
+    import crossnn
+
+    records = result.records if any(r is result.reference for r in result.records) else [result.reference, *result.records]
+    runs = []
+    for r in records:
+        entry = {
+            "backend": r.spec.backend, "dtype": r.spec.dtype, "device": r.spec.device, "mode": r.spec.mode,
+            "label": r.spec.label, "version": r.version, "description": r.description,
+            "status": r.status, "message": r.message, "steps": r.steps_done,
+            "seconds": r.train_seconds, "build_seconds": r.build_seconds, "metrics": r.metrics,
+            "losses": r.losses.tolist(),
+            "initial_params": _nested(r.snapshots.get(0, {})), "final_params": _nested(r.final_params),
+            "reference": r is result.reference,
+        }
+        if r is not result.reference or id(r) in parities:
+            entry["parity"] = parities[id(r)].to_json() if id(r) in parities else None
+        runs.append(entry)
+    compared = [parities[id(r)] for r in result.records if r is not result.reference and id(r) in parities]
+    return {
+        "crossnn_version": crossnn.__version__,
+        "experiment": experiment_to_dict(result.experiment),
+        "dtypes": sorted({r.spec.dtype for r in result.records}),
+        "steps": result.plan.steps, "snapshot_every": result.snapshot_every,
+        "reference": result.reference.spec.label,
+        "runs": runs,
+        "parity": {"passed": all(p.passed for p in compared), "runs_compared": len(compared),
+                   "max_rel": max((p.max_rel for p in compared), default=0.0),
+                   "max_abs": max((p.max_abs for p in compared), default=0.0)},
+    }

@@ -1,0 +1,25 @@
+"""The backend-neutral experiment spec: frozen dataclasses that validate themselves."""
+
+from crossnn.spec.activations import GELU, Activation, LeakyReLU, Linear, ReLU, Sigmoid, Softmax, Softplus, Tanh
+from crossnn.spec.base import Array, Spec
+from crossnn.spec.data import Adder, Circle, CsvFile, DataSource, InlineData, Line, NpzFile, RandomNormal
+from crossnn.spec.experiment import Experiment, Train
+from crossnn.spec.initializers import (
+    Constant, FanInUniform, GlorotNormal, GlorotUniform, HeNormal, HeUniform, Initializer, LecunNormal,
+    LecunUniform, Normal, Ones, TruncatedNormal, Uniform, VarianceScaling, Zeros,
+)
+from crossnn.spec.layers import ActivationLayer, Concatenate, Dense, Layer, ParamInit
+from crossnn.spec.losses import BCE, MAE, MSE, BCELogits, CrossEntropy, Huber, Loss
+from crossnn.spec.model import INPUT, Model, Node
+from crossnn.spec.optimizers import SGD, Adam, Optimizer
+from crossnn.spec.toml import dumps, load, loads, save
+
+__all__ = [
+    "Activation", "ActivationLayer", "Adam", "Adder", "Array", "BCE", "BCELogits", "Circle", "Concatenate",
+    "Constant", "CrossEntropy", "CsvFile", "DataSource", "Dense", "Experiment", "FanInUniform", "GELU",
+    "GlorotNormal", "GlorotUniform", "HeNormal", "HeUniform", "Huber", "INPUT", "InlineData", "Initializer",
+    "Layer", "LeakyReLU", "LecunNormal", "LecunUniform", "Line", "Linear", "Loss", "MAE", "MSE", "Model",
+    "Node", "Normal", "NpzFile", "Ones", "Optimizer", "ParamInit", "RandomNormal", "ReLU", "SGD", "Sigmoid",
+    "Softmax", "Softplus", "Spec", "Tanh", "Train", "TruncatedNormal", "Uniform", "VarianceScaling", "Zeros",
+    "dumps", "load", "loads", "save",
+]

@@ -1,0 +1,208 @@
+"""Data sources: inline arrays, named generators and .npz / .csv files.
+
+In a spec file the [data] table holds x and y, or `generator = "<name>"` with that generator's
+parameters, or `path = "<file>"` (relative to the spec file). Every source yields x (N, inputs) and
+y (N, outputs) — or class indices (N,) for sparse cross-entropy — as NumPy arrays; generators draw
+from the experiment's "data" random stream, so a seed fixes the data set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crossnn.errors import DataError
+from crossnn.spec.base import Array, Spec, SpecError, finite, positive, require
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSource(Spec, family="data"):
+    """Where the training data comes from."""
+
+    tag = "generator"
+
+    def arrays(self, rng: np.random.Generator, base_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+        """x and y as float64 arrays (y may hold integer class indices)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_value(cls, value: Any) -> DataSource:
+        if isinstance(value, DataSource):
+            return value
+        if isinstance(value, dict) and "generator" not in value:
+            if "path" in value:
+                path = value["path"]
+                suffix = Path(path).suffix.lower() if isinstance(path, str) else ""
+                if suffix not in _FILE_KINDS:
+                    raise SpecError(f"expected a .npz or .csv file, got {path!r}", ("path",))
+                return _FILE_KINDS[suffix].from_fields(value)
+            if "x" in value or "y" in value:
+                return InlineData.from_fields(value)
+            raise SpecError("give x and y, or generator = \"<name>\", or path = \"<file.npz|.csv>\"")
+        return super().from_value(value)
+
+    def to_value(self) -> dict[str, Any]:
+        return {self.tag: self.kind, **self.fields_dict()}
+
+
+@dataclass(frozen=True, kw_only=True)
+class InlineData(DataSource):
+    """x and y written in the spec itself."""
+
+    kind = "inline"
+
+    x: Array
+    y: Array
+
+    def to_value(self):
+        return self.fields_dict()
+
+    def validate(self):
+        require(isinstance(self.x[0], tuple), "x", "must be a list of rows, one row per sample")
+        require(len(self.x) == len(self.y), "y", f"has {len(self.y)} rows but x has {len(self.x)}")
+
+    def arrays(self, rng, base_dir):
+        return np.asarray(self.x, dtype=np.float64), np.asarray(self.y)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NpzFile(DataSource):
+    """Arrays `x_key` and `y_key` of a NumPy .npz archive."""
+
+    kind = "npz file"
+
+    path: str
+    x_key: str = "x"
+    y_key: str = "y"
+
+    def to_value(self):
+        return self.fields_dict()
+
+    def arrays(self, rng, base_dir):
+        path = base_dir / self.path
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                missing = [k for k in (self.x_key, self.y_key) if k not in archive.files]
+                if missing:
+                    raise DataError(f"data.path: {self.path} has no array '{missing[0]}' "
+                                    f"(it holds {', '.join(archive.files) or 'nothing'})")
+                return np.asarray(archive[self.x_key]), np.asarray(archive[self.y_key])
+        except DataError:
+            raise
+        except Exception as err:  # unreadable, truncated or not an archive: one line, named
+            raise DataError(f"data.path: cannot read {self.path}: {_reason(err)}") from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CsvFile(DataSource):
+    """A comma-separated file of numbers; the last `y_columns` columns are y. With header = true the
+    first line is skipped."""
+
+    kind = "csv file"
+
+    path: str
+    y_columns: int = 1
+    header: bool = False
+
+    def to_value(self):
+        return self.fields_dict()
+
+    def validate(self):
+        positive(self, "y_columns")
+
+    def arrays(self, rng, base_dir):
+        path = base_dir / self.path
+        try:
+            table = np.loadtxt(path, delimiter=",", skiprows=1 if self.header else 0, ndmin=2)
+        except Exception as err:
+            raise DataError(f"data.path: cannot read {self.path}: {_reason(err)}") from None
+        if table.shape[1] <= self.y_columns:
+            raise DataError(f"data.y_columns: {self.path} has {table.shape[1]} columns, "
+                            f"too few for {self.y_columns} y column(s) and at least one x column")
+        return table[:, :-self.y_columns], table[:, -self.y_columns:]
+
+
+_FILE_KINDS = {".npz": NpzFile, ".csv": CsvFile}
+
+
+# ---- generators --------------------------------------------------------------------------------
+
+@dataclass(frozen=True, kw_only=True)
+class Adder(DataSource, kind="adder"):
+    """x ~ U[low, high)^(n × inputs); y = Σ_i x_i, shape (n, 1)."""
+
+    n: int = 100
+    inputs: int = 2
+    low: float = 0.0
+    high: float = 10.0
+
+    def validate(self):
+        positive(self, "n", "inputs")
+        finite(self, "low", "high")
+        require(self.low < self.high, "high", f"must be greater than low ({self.low})")
+
+    def arrays(self, rng, base_dir):
+        x = rng.uniform(self.low, self.high, size=(self.n, self.inputs))
+        return x, x.sum(axis=1, keepdims=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Line(DataSource, kind="line"):
+    """x = linspace(start, stop, n) as a column; y = slope · x + intercept + noise · N(0, 1)."""
+
+    n: int = 201
+    start: float = -2.0
+    stop: float = 2.0
+    slope: float = 3.0
+    intercept: float = 2.0
+    noise: float = 1.0
+
+    def validate(self):
+        positive(self, "n")
+        finite(self, "start", "stop", "slope", "intercept", "noise")
+        require(self.noise >= 0, "noise", f"must be >= 0, got {self.noise}")
+
+    def arrays(self, rng, base_dir):
+        x = np.linspace(self.start, self.stop, self.n).reshape(-1, 1)
+        return x, self.slope * x + self.intercept + self.noise * rng.standard_normal((self.n, 1))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Circle(DataSource, kind="circle"):
+    """x ~ U[0, 1)² (n points); y = 1 where (x₁ - center)² + (x₂ - center)² < radius_sq, else 0."""
+
+    n: int = 1200
+    center: float = 0.5
+    radius_sq: float = 0.1
+
+    def validate(self):
+        positive(self, "n", "radius_sq")
+        finite(self, "center", "radius_sq")
+
+    def arrays(self, rng, base_dir):
+        x = rng.uniform(0.0, 1.0, size=(self.n, 2))
+        inside = ((x - self.center) ** 2).sum(axis=1, keepdims=True) < self.radius_sq
+        return x, inside.astype(np.float64)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RandomNormal(DataSource, kind="random_normal"):
+    """x ~ N(0, 1)^(n × inputs), y ~ N(0, 1)^(n × outputs), independent: noise to fit."""
+
+    n: int = 10
+    inputs: int = 2
+    outputs: int = 1
+
+    def validate(self):
+        positive(self, "n", "inputs", "outputs")
+
+    def arrays(self, rng, base_dir):
+        return rng.standard_normal((self.n, self.inputs)), rng.standard_normal((self.n, self.outputs))
+
+
+def _reason(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__

@@ -1,0 +1,54 @@
+"""The experiment: everything needed to train one model the same way in every framework."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from crossnn.spec.base import Spec, positive, require
+from crossnn.spec.data import DataSource
+from crossnn.spec.losses import Loss
+from crossnn.spec.model import Model
+from crossnn.spec.optimizers import Optimizer
+
+
+@dataclass(frozen=True, kw_only=True)
+class Train(Spec):
+    """The schedule. Each epoch visits the N samples in order, or in a fresh permutation drawn from
+    the seed when shuffle = true, in batches of batch_size; the last, smaller batch is dropped when
+    drop_last = true. The loss of every step is computed before that step's update."""
+
+    epochs: int
+    batch_size: int
+    shuffle: bool = False
+    drop_last: bool = False
+
+    def validate(self):
+        positive(self, "epochs", "batch_size")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Experiment(Spec):
+    """name, seed (fixes data, initial parameters and batch order), data, model, loss, optimizer,
+    train. `source` is the file it was read from (not part of the spec; data paths are relative to it)."""
+
+    name: str
+    seed: int
+    data: DataSource
+    model: Model
+    loss: Loss
+    optimizer: Optimizer
+    train: Train
+    source: str | None = field(default=None, compare=False, repr=False)
+
+    def validate(self):
+        require(self.name.strip() != "", "name", "must not be empty")
+        require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        if self.loss.sparse_targets:
+            require(self.model.output_size >= 2, "loss",
+                    f"sparse cross-entropy needs >= 2 output units, the model has {self.model.output_size}")
+
+    @property
+    def base_dir(self) -> Path:
+        """Where relative data paths start: the spec file's folder, else the working directory."""
+        return Path(self.source).parent if self.source else Path.cwd()

@@ -1,0 +1,15 @@
+"""The built-in experiments, one spec file each; installed as `crossnn.examples`, so
+`crossnn run circle` finds examples/circle.toml."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+
+def names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files(__name__).iterdir() if p.name.endswith(".toml"))
+
+
+def path(name: str) -> Path:
+    return Path(str(resources.files(__name__) / f"{name}.toml"))

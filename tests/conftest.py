@@ -1,0 +1,34 @@
+"""Shared test set-up: framework import order, fixed threads, and backend parametrisation.
+
+torch is imported before tensorflow (importing them the other way round has crashed in the past),
+and every backend that is not installed is skipped with its reason, never silently.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if importlib.util.find_spec("torch") is not None:
+    import torch  # noqa: F401  (import order: torch first)
+
+from crossnn import backends  # noqa: E402
+
+
+def backend_params(names=None):
+    """pytest params over the installed backends; unavailable ones are skipped with the reason."""
+    params = []
+    for name, entry in backends.discover().items():
+        if names is not None and name not in names:
+            continue
+        marks = [] if entry.available else [pytest.mark.skip(reason=f"backend '{name}' unavailable: {entry.reason}")]
+        params.append(pytest.param(name, marks=marks, id=name))
+    return params
+
+
+def pytest_generate_tests(metafunc):
+    if "backend_name" in metafunc.fixturenames:
+        metafunc.parametrize("backend_name", backend_params())

@@ -23,9 +23,10 @@ class Progress:
     """Prints "label  step k/N (p%)" for runs that take longer than `after` seconds, at most every
     `every` seconds, to stderr (overwriting the line on a terminal)."""
 
-    def __init__(self, stream=sys.stderr, after: float = 2.0, every: float = 2.0, enabled: bool = True):
-        self.stream, self.after, self.every, self.enabled = stream, after, every, enabled
-        self.tty = hasattr(stream, "isatty") and stream.isatty()
+    def __init__(self, stream=None, after: float = 2.0, every: float = 2.0, enabled: bool = True):
+        self.stream = stream if stream is not None else sys.stderr
+        self.after, self.every, self.enabled = after, every, enabled
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.started: dict[str, float] = {}
         self.last = 0.0
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from crossnn import backends
 from crossnn.data import Dataset, load_dataset
-from crossnn.errors import BackendError, CrossnnError
+from crossnn.errors import BackendError, CrossnnError, DataError
 from crossnn.metrics import accuracy
 from crossnn.params import Params, cast, initial_parameters
 from crossnn.plan import BatchPlan, default_snapshot_every
@@ -82,10 +82,17 @@ def reference_spec() -> RunSpec:
 
 
 def train(experiment: Experiment, runs: Sequence[RunSpec], *, snapshot_every: int | None = None,
-          progress: Progress | None = None, dataset: Dataset | None = None) -> RunResult:
-    """Run every RunSpec (plus the NumPy float64 reference, always) and return all records."""
+          progress: Progress | None = None, dataset: Dataset | None = None,
+          initial_params: Params | None = None, reference: RunRecord | None = None) -> RunResult:
+    """Run every RunSpec (plus the NumPy float64 reference, always) and return all records.
+
+    initial_params replaces the spec's initializers (e.g. weights taken from a user's model);
+    reference reuses a reference run made earlier with the same arguments.
+    """
     dataset = dataset if dataset is not None else load_dataset(experiment)
     params0 = initial_parameters(experiment)
+    if initial_params is not None:
+        params0 = _checked_override(params0, initial_params)
     plan = BatchPlan.for_experiment(experiment, dataset.n)
     every = snapshot_every or default_snapshot_every(plan.steps)
 
@@ -94,10 +101,24 @@ def train(experiment: Experiment, runs: Sequence[RunSpec], *, snapshot_every: in
     for name in sorted({s.backend for s in [ref_spec, *resolved]}, key=lambda n: backends.get(n).import_order):
         backends.get(name).prepare()
 
-    ref_record = run_one(experiment, ref_spec, params0, dataset, plan, every, progress)
+    ref_record = reference or run_one(experiment, ref_spec, params0, dataset, plan, every, progress)
     records = [ref_record if spec == ref_spec else run_one(experiment, spec, params0, dataset, plan, every, progress)
                for spec in resolved]
     return RunResult(experiment, dataset, plan, params0, every, ref_record, records)
+
+
+def _checked_override(expected: Params, given: Params) -> Params:
+    if set(given) != set(expected):
+        missing, extra = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
+        raise DataError(f"initial parameters do not match the model: missing {missing or 'none'}, "
+                        f"unexpected {extra or 'none'}")
+    out = {}
+    for name, value in expected.items():
+        array = np.asarray(given[name], dtype=np.float64)
+        if array.shape != value.shape:
+            raise DataError(f"initial parameter {name}: shape {array.shape}, the model needs {value.shape}")
+        out[name] = array
+    return out
 
 
 def _resolve(spec: RunSpec) -> RunSpec:

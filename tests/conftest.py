@@ -18,6 +18,11 @@ if importlib.util.find_spec("torch") is not None:
 from crossnn import backends  # noqa: E402
 
 
+def pytest_addoption(parser):
+    parser.addoption("--parity-examples", type=int, default=100,
+                     help="hypothesis examples in the property-based parity test (default 100)")
+
+
 def backend_params(names=None):
     """pytest params over the installed backends; unavailable ones are skipped with the reason."""
     params = []

@@ -1,0 +1,166 @@
+"""Hypothesis strategies that generate valid experiment specs.
+
+`experiments()` covers the whole spec surface (for file round trips); `trainable_experiments()`
+builds specs that train sensibly on every backend: the loss matches the output activation, data
+matches the model, and values stay small enough that float64 runs agree to rounding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+
+from crossnn import spec as S
+
+finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
+positive = st.floats(min_value=1e-6, max_value=1e3, allow_nan=False, allow_infinity=False)
+unit = st.floats(min_value=0.0, max_value=0.999, allow_nan=False)
+layer_names = st.text(min_size=1, max_size=12).filter(lambda s: "/" not in s and s != "input")
+
+activations = st.one_of(
+    st.sampled_from([S.Linear(), S.ReLU(), S.Sigmoid(), S.Tanh(), S.Softmax(), S.Softplus()]),
+    st.builds(S.LeakyReLU, negative_slope=finite),
+    st.builds(S.GELU, approximate=st.sampled_from(["none", "tanh"])),
+)
+
+
+@st.composite
+def _uniform(draw):
+    low = draw(finite)
+    return S.Uniform(low=low, high=draw(st.floats(min_value=low + 1e-3, max_value=low + 1e3)))
+
+
+initializers = st.one_of(
+    st.sampled_from([S.Zeros(), S.Ones(), S.GlorotUniform(), S.GlorotNormal(), S.HeUniform(), S.HeNormal(),
+                     S.LecunUniform(), S.LecunNormal(), S.FanInUniform()]),
+    st.builds(S.Constant, value=finite),
+    _uniform(),
+    st.builds(S.Normal, mean=finite, stddev=positive),
+    st.builds(S.TruncatedNormal, mean=finite, stddev=positive),
+    st.builds(S.VarianceScaling, scale=positive, mode=st.sampled_from(["fan_in", "fan_out", "fan_avg"]),
+              distribution=st.sampled_from(["uniform", "normal", "truncated_normal"])),
+)
+
+losses = st.one_of(
+    st.sampled_from([S.MSE(), S.MAE(), S.BCELogits()]),
+    st.builds(S.Huber, delta=positive),
+    st.builds(S.BCE, log_min=st.floats(min_value=-1e3, max_value=-1e-3)),
+    st.builds(S.CrossEntropy, from_logits=st.just(True), sparse=st.booleans()),
+    st.builds(S.CrossEntropy, from_logits=st.just(False), sparse=st.booleans(),
+              log_min=st.floats(min_value=-1e3, max_value=-1e-3)),
+)
+
+
+@st.composite
+def _sgd(draw, lr=positive):
+    momentum = draw(st.one_of(st.just(0.0), unit))
+    return S.SGD(lr=draw(lr), momentum=momentum, nesterov=draw(st.booleans()) if momentum > 0 else False,
+                 weight_decay=draw(st.one_of(st.just(0.0), st.floats(min_value=0.0, max_value=1.0))))
+
+
+def _adam(lr=positive):
+    return st.builds(S.Adam, lr=lr, beta1=unit, beta2=unit, eps=positive,
+                     weight_decay=st.one_of(st.just(0.0), st.floats(min_value=0.0, max_value=1.0)))
+
+
+optimizers = st.one_of(_sgd(), _adam())
+
+
+@st.composite
+def models(draw, inputs=st.integers(1, 6), width=st.integers(1, 6), outputs=None, last_activation=None,
+           names=layer_names, inits=initializers, acts=activations):
+    """A chain of dense (and activation) layers, or a two-branch graph joined by concatenate."""
+    n_in = draw(inputs)
+    n_out = draw(outputs) if outputs is not None else draw(width)
+    out_act = draw(last_activation) if last_activation is not None else draw(acts)
+    chosen = draw(st.lists(names, min_size=6, max_size=6, unique=True))
+
+    def dense(name, units, act, inputs=None):
+        return S.Dense(name=name, units=units, activation=act, use_bias=draw(st.booleans()),
+                       kernel_init=draw(inits), bias_init=draw(inits), inputs=inputs)
+
+    if draw(st.booleans()):  # graph
+        layers = [dense(chosen[0], draw(width), draw(acts), ("input",)),
+                  dense(chosen[1], draw(width), draw(acts), ("input",)),
+                  S.Concatenate(name=chosen[2], inputs=(chosen[0], chosen[1])),
+                  dense(chosen[3], n_out, out_act)]
+    else:
+        depth = draw(st.integers(1, 3))
+        layers = [dense(chosen[i], draw(width), draw(acts)) for i in range(depth - 1)]
+        if draw(st.booleans()) and depth > 1:
+            layers.append(S.ActivationLayer(name=chosen[4], activation=draw(acts)))
+        layers.append(dense(chosen[5], n_out, out_act))
+    return S.Model(inputs=n_in, layers=tuple(layers))
+
+
+@st.composite
+def experiments(draw):
+    """Any valid spec (data need not fit: files and round trips don't train)."""
+    loss = draw(losses)
+    model = draw(models(outputs=st.integers(2, 5) if loss.sparse_targets else None))
+    rows = draw(st.integers(1, 4))
+    data = draw(st.one_of(
+        st.builds(S.InlineData, x=st.just(tuple(tuple(float(i + j) for j in range(model.inputs)) for i in range(rows))),
+                  y=st.just(tuple((float(i),) for i in range(rows)))),
+        st.builds(S.RandomNormal, n=st.integers(1, 50), inputs=st.integers(1, 5), outputs=st.integers(1, 5)),
+        st.builds(S.Circle, n=st.integers(1, 2000), center=finite, radius_sq=positive),
+        st.builds(S.NpzFile, path=st.just("data/train.npz"), x_key=st.text(min_size=1, max_size=5),
+                  y_key=st.text(min_size=1, max_size=5)),
+        st.builds(S.CsvFile, path=st.just("train.csv"), y_columns=st.integers(1, 3), header=st.booleans()),
+    ))
+    return S.Experiment(
+        name=draw(st.text(min_size=1, max_size=20).filter(lambda s: s.strip())),
+        seed=draw(st.integers(0, 2**32)), data=data, model=model, loss=loss, optimizer=draw(optimizers),
+        train=S.Train(epochs=draw(st.integers(1, 1000)), batch_size=draw(st.integers(1, 512)),
+                      shuffle=draw(st.booleans()), drop_last=draw(st.booleans())))
+
+
+# ---- specs that train the same on every backend -----------------------------------------------------
+
+_small_inits = st.one_of(st.sampled_from([S.GlorotUniform(), S.FanInUniform(), S.LecunUniform(), S.Zeros()]),
+                         st.builds(S.Normal, mean=st.just(0.0), stddev=st.floats(0.05, 0.5)))
+_hidden = st.one_of(st.sampled_from([S.Linear(), S.ReLU(), S.Sigmoid(), S.Tanh(), S.Softplus()]),
+                    st.builds(S.LeakyReLU, negative_slope=st.floats(0.01, 0.3)),
+                    st.builds(S.GELU, approximate=st.sampled_from(["none", "tanh"])))
+
+
+@st.composite
+def trainable_experiments(draw, max_epochs: int = 4):
+    """Specs whose loss fits the output (bce after sigmoid, probability cross-entropy after softmax),
+    with inline data of matching shape (0/1 targets, class indices or one-hot rows for the
+    classification losses), small learning rates and a few epochs."""
+    task = draw(st.sampled_from(["mse", "mae", "huber", "bce", "bce_logits", "ce_logits", "ce_probs"]))
+    classes = draw(st.integers(2, 4))
+    outputs, last, loss = {
+        "mse": (st.integers(1, 3), st.sampled_from([S.Linear(), S.Tanh()]), S.MSE()),
+        "mae": (st.integers(1, 3), st.just(S.Linear()), S.MAE()),
+        "huber": (st.integers(1, 3), st.just(S.Linear()), S.Huber(delta=draw(st.floats(0.1, 2.0)))),
+        "bce": (st.integers(1, 2), st.just(S.Sigmoid()), S.BCE(log_min=-100.0)),
+        "bce_logits": (st.integers(1, 2), st.just(S.Linear()), S.BCELogits()),
+        "ce_logits": (st.just(classes), st.just(S.Linear()), S.CrossEntropy(from_logits=True, sparse=draw(st.booleans()))),
+        "ce_probs": (st.just(classes), st.just(S.Softmax()),
+                     S.CrossEntropy(from_logits=False, sparse=draw(st.booleans()), log_min=-100.0)),
+    }[task]
+    model = draw(models(inputs=st.integers(1, 4), width=st.integers(1, 5), outputs=outputs, last_activation=last,
+                        names=st.sampled_from(["a", "b", "c", "d", "e", "f", "g", "h"]), inits=_small_inits,
+                        acts=_hidden))
+    n = draw(st.integers(2, 24))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32)))
+    x = rng.standard_normal((n, model.inputs))
+    k = model.output_size
+    if task in ("bce", "bce_logits"):
+        y = (rng.uniform(size=(n, k)) > 0.5).astype(float)
+    elif task.startswith("ce"):
+        labels = rng.integers(0, k, size=n)
+        y = labels.reshape(-1, 1) if loss.sparse else np.eye(k)[labels]
+    else:
+        y = rng.standard_normal((n, k))
+    optimizer = draw(st.one_of(_sgd(lr=st.floats(1e-3, 0.2)), _adam(lr=st.floats(1e-4, 0.05))))
+    if isinstance(optimizer, S.Adam):  # keep the moment estimates well away from eps
+        optimizer = S.Adam(lr=optimizer.lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=optimizer.weight_decay)
+    experiment = S.Experiment(
+        name="generated", seed=draw(st.integers(0, 10_000)),
+        data=S.InlineData(x=x.tolist(), y=y.tolist()), model=model, loss=loss, optimizer=optimizer,
+        train=S.Train(epochs=draw(st.integers(1, max_epochs)), batch_size=draw(st.integers(1, n)),
+                      shuffle=draw(st.booleans()), drop_last=False))
+    return experiment, task

@@ -1,0 +1,226 @@
+"""The command line: bad input gives one line naming the field and exit status 2; runs give
+parity tables, JSON and the right exit status; start-up stays fast."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crossnn import examples
+from crossnn.cli import main
+
+CIRCLE = examples.path("circle").read_text()
+LINEAR = examples.path("linear-2x3").read_text()
+TWO_TOWER = examples.path("two-tower").read_text()
+
+
+def _edit(text: str, old: str, new: str) -> str:
+    assert old in text, old
+    return text.replace(old, new, 1)
+
+
+def _bad_npz(tmp: Path) -> str:
+    (tmp / "broken.npz").write_bytes(b"PK\x03\x04 truncated")
+    return _edit(LINEAR, 'x = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]\ny = [[10.0], [20.0]]', 'path = "broken.npz"')
+
+
+def _wrong_key_npz(tmp: Path) -> str:
+    np.savez(tmp / "keys.npz", inputs=np.zeros((2, 3)), y=np.zeros((2, 1)))
+    return _edit(LINEAR, 'x = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]\ny = [[10.0], [20.0]]', 'path = "keys.npz"')
+
+
+def _text_csv(tmp: Path) -> str:
+    (tmp / "words.csv").write_text("1,2,3,x\n4,5,6,y\n")
+    return _edit(LINEAR, 'x = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]\ny = [[10.0], [20.0]]', 'path = "words.csv"')
+
+
+def _sparse_out_of_range(tmp: Path) -> str:
+    text = _edit(LINEAR, 'y = [[10.0], [20.0]]', 'y = [0, 7]')
+    text = _edit(text, "units = 1", "units = 3")
+    return _edit(text, 'type = "mse"', 'type = "cross_entropy"\nfrom_logits = true\nsparse = true')
+
+
+# (name, spec text or a function of tmp_path giving it, extra CLI args, fragment the one line must contain)
+BAD_INPUTS = [
+    ("unknown layer type", _edit(CIRCLE, 'type = "dense"', 'type = "dens"'),
+     [], "model.layers[0].type: unknown layer type 'dens' (did you mean 'dense'?)"),
+    ("negative units", _edit(CIRCLE, "units = 5", "units = -5"), [], "model.layers[0].units: must be > 0, got -5"),
+    ("missing key", _edit(CIRCLE, "units = 5\n", ""), [], "model.layers[0]: missing key 'units' for layer 'dense'"),
+    ("missing section", _edit(CIRCLE, '[loss]\ntype = "bce"\nlog_min = -100.0\n', ""), [], "missing key 'loss'"),
+    ("data/model shape mismatch", _edit(LINEAR, "inputs = 3", "inputs = 4"), [],
+     "data.x: has 3 feature column(s) but model.inputs = 4"),
+    ("y columns mismatch", _edit(LINEAR, "y = [[10.0], [20.0]]", "y = [[10.0, 1.0], [20.0, 2.0]]"), [],
+     "data.y: has 2 column(s) but the model outputs 1"),
+    ("unknown input name", _edit(TWO_TOWER, 'inputs = ["dense1", "dense2"]', 'inputs = ["dense1", "dense9"]'), [],
+     "model.layers[2].inputs: unknown input 'dense9'"),
+    ("cycle in a graph", _edit(_edit(TWO_TOWER, 'name = "dense1"\nunits = 1\nactivation = "linear"\nuse_bias = true\n'
+                                     'kernel_init = "glorot_uniform"\nbias_init = "zeros"\ninputs = ["input"]',
+                                     'name = "dense1"\nunits = 1\nactivation = "linear"\nuse_bias = true\n'
+                                     'kernel_init = "glorot_uniform"\nbias_init = "zeros"\ninputs = ["dense3"]'),
+                               'name = "dense3"\nunits = 1', 'name = "dense3"\nunits = 1'), [],
+     "the layers form a cycle"),
+    ("NaN in data", _edit(LINEAR, "x = [[1.0, 2.0, 3.0]", "x = [[nan, 2.0, 3.0]"), [], "data.x[0][0]: value is nan"),
+    ("unknown initializer", _edit(CIRCLE, 'kernel_init = "fan_in_uniform"', 'kernel_init = "xavier"'), [],
+     "model.layers[0].kernel_init.type: unknown initializer type 'xavier'"),
+    ("wrong value type", _edit(CIRCLE, "units = 5", 'units = "five"'), [],
+     "model.layers[0].units: expected an integer, got string 'five'"),
+    ("wrong type for a table", _edit(CIRCLE, "epochs = 1000", "epochs = 1000.5"), [],
+     "train.epochs: expected an integer, got float 1000.5"),
+    ("unreadable data file", _edit(LINEAR, 'x = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]\ny = [[10.0], [20.0]]',
+                                   'path = "missing.npz"'), [], "data.path: cannot read missing.npz"),
+    ("truncated npz", _bad_npz, [], "data.path: cannot read broken.npz"),
+    ("npz without the key", _wrong_key_npz, [], "data.path: keys.npz has no array 'x'"),
+    ("non-numeric csv", _text_csv, [], "data.path: cannot read words.csv"),
+    ("unknown backend", LINEAR, ["--backends", "numpy,jax"], "unknown backend 'jax'"),
+    ("unknown dtype", LINEAR, ["--dtype", "float16"], "--dtype: unknown dtype 'float16'"),
+    ("invalid TOML", LINEAR + "\n[train\n", [], "not valid TOML"),
+    ("unknown top-level key", "learning_rate = 0.1\n" + LINEAR, [], "unknown top-level key 'learning_rate'"),
+    ("misspelt key", _edit(CIRCLE, "units = 5", "unit = 5"), [],
+     "unknown key 'unit' for layer 'dense' (did you mean 'units'?)"),
+    ("zero learning rate", _edit(LINEAR, "lr = 0.01", "lr = 0.0"), [], "optimizer.lr: must be > 0, got 0.0"),
+    ("momentum out of range", _edit(CIRCLE, "momentum = 0.8", "momentum = 1.5"), [],
+     "optimizer.momentum: must be in [0, 1), got 1.5"),
+    ("adam without eps", _edit(TWO_TOWER, "eps = 1e-08\n", ""), [], "optimizer: missing key 'eps' for optimizer 'adam'"),
+    ("activation needing a parameter", _edit(CIRCLE, 'activation = "sigmoid"', 'activation = "leaky_relu"'), [],
+     "model.layers[0].activation: activation 'leaky_relu' needs negative_slope"),
+    ("sparse labels out of range", _sparse_out_of_range, [], "data.y: class indices must lie in [0, 2]"),
+    ("duplicate layer names", _edit(CIRCLE, 'name = "fc2"', 'name = "fc1"'), [], "duplicate layer name 'fc1'"),
+    ("zero batch size", _edit(CIRCLE, "batch_size = 100", "batch_size = 0"), [], "train.batch_size: must be > 0"),
+    ("negative seed", _edit(CIRCLE, "seed = 0", "seed = -3"), [], "seed: must be >= 0, got -3"),
+    ("unknown generator", _edit(CIRCLE, 'generator = "circle"', 'generator = "circles"'), [],
+     "data.generator: unknown data generator 'circles' (did you mean 'circle'?)"),
+    ("missing spec file", None, ["nowhere.toml"], "no such spec file: nowhere.toml"),
+    ("unknown example", None, ["circel"], "'circel' is neither a spec file nor an example"),
+    ("unknown option", LINEAR, ["--epochs", "3"], "unrecognized arguments: --epochs 3"),
+]
+
+
+@pytest.mark.parametrize("name, text, args, fragment", BAD_INPUTS, ids=[case[0] for case in BAD_INPUTS])
+def test_bad_input_gives_one_line_and_exit_2(tmp_path, capsys, name, text, args, fragment):
+    argv = ["run", "--quiet"]
+    if text is not None:
+        spec = tmp_path / "spec.toml"
+        spec.write_text(text(tmp_path) if callable(text) else text)
+        argv.append(str(spec))
+    try:
+        code = main(argv + args)
+    except SystemExit as exit_:  # argparse usage errors
+        code = exit_.code
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2, captured
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("crossnn: error: ")
+    assert fragment in lines[0]
+    assert "Traceback" not in captured.err
+
+
+def test_there_are_at_least_twenty_bad_input_cases():
+    assert len(BAD_INPUTS) >= 20
+
+
+def test_debug_shows_the_traceback(tmp_path, capsys):
+    spec = tmp_path / "spec.toml"
+    spec.write_text(_edit(CIRCLE, "units = 5", "units = -5"))
+    assert main(["--debug", "run", str(spec)]) == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_run_prints_parity_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "result.json"
+    code = main(["run", "linear-2x3", "--backends", "numpy", "--dtype", "float64,float32", "--json", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "numpy float32 cpu default" in text and "parity: PASS" in text
+    assert "fc/kernel (3, 1): [0.40784463 1.19106518 1.97428573]" in text
+    data = json.loads(out.read_text())
+    assert data["experiment"]["name"] == "linear-2x3" and data["dtypes"] == ["float32", "float64"]
+    ref, f32 = data["runs"]
+    assert ref["reference"] and ref["backend"] == "numpy" and ref["dtype"] == "float64"
+    np.testing.assert_allclose(np.array(ref["final_params"]["fc/kernel"]).ravel(),
+                               [0.40784463, 1.19106518, 1.97428573], atol=1e-8)
+    assert ref["initial_params"] == {"fc/kernel": [[0.0], [0.0], [0.0]], "fc/bias": [0.0]}
+    assert len(ref["losses"]) == 100 and ref["losses"][0] == 250.0
+    assert ref["seconds"] > 0 and ref["version"] == np.__version__
+    assert f32["parity"]["passed"] and f32["parity"]["max_abs"] < 1e-5
+    assert set(f32["parity"]["params"]) == {"fc/kernel", "fc/bias"}
+    assert data["parity"]["passed"]
+
+
+def test_parity_failure_exits_1(capsys):
+    """float32 held to a float64 tolerance fails, and the table says where."""
+    code = main(["run", "two-tower", "--backends", "numpy", "--dtype", "float32", "--rtol", "1e-12", "--atol", "0",
+                 "--quiet"])
+    text = capsys.readouterr().out
+    assert code == 1
+    assert "FAIL" in text and "parity: FAIL (0 of 1 runs agree)" in text
+
+
+def test_show_summarises_layers_and_counts(capsys):
+    assert main(["show", "two-tower"]) == 0
+    text = capsys.readouterr().out
+    assert "total parameters: 13" in text
+    assert "concat  concatenate  dense1, dense2" in text
+    assert "(N, 3)" in text
+
+
+def _cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "crossnn", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=60)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["list"]])
+def test_startup_is_fast_and_imports_no_framework(args):
+    probe = ("import sys, time, runpy; t = time.perf_counter(); sys.argv = ['crossnn'] + %r\n"
+             "try:\n    runpy.run_module('crossnn', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+             "print('SECONDS', time.perf_counter() - t, 'torch' in sys.modules, 'tensorflow' in sys.modules)") % args
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    wall = time.perf_counter() - start
+    seconds, torch_loaded, tf_loaded = done.stdout.split("SECONDS")[1].split()
+    assert torch_loaded == "False" and tf_loaded == "False"
+    assert float(seconds) < 1.0 and wall < 3.0
+
+
+def test_list_shows_backends_and_examples():
+    done = _cli("list")
+    assert done.returncode == 0
+    assert "numpy" in done.stdout and "reference" in done.stdout
+    assert "examples: adder, circle, line, linear-2x3, two-tower" in done.stdout
+
+
+def test_a_broken_plugin_is_listed_unavailable_and_the_rest_work(tmp_path):
+    """A plugin whose import fails shows its error in `crossnn list`; numpy still runs."""
+    site = tmp_path / "site"
+    (site / "brokenbackend-1.0.dist-info").mkdir(parents=True)
+    (site / "brokenbackend-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenbackend\nVersion: 1.0\n")
+    (site / "brokenbackend-1.0.dist-info" / "entry_points.txt").write_text(
+        "[crossnn.backends]\nbroken = brokenbackend:Backend\n")
+    (site / "brokenbackend.py").write_text("raise ImportError('libbroken.so: cannot open shared object file')\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    listing = _cli("list", env=env)
+    assert listing.returncode == 0
+    line = next(row for row in listing.stdout.splitlines() if row.strip().startswith("broken"))
+    assert "no" in line and "plugin failed to load: ImportError: libbroken.so" in line
+    run = _cli("run", "linear-2x3", "--backends", "numpy", "--quiet", env=env)
+    assert run.returncode == 0 and "0.40784463" in run.stdout
+    asked = _cli("run", "linear-2x3", "--backends", "broken", env=env)
+    assert asked.returncode == 2
+    assert asked.stderr.strip() == ("crossnn: error: backend 'broken' is unavailable: plugin failed to load: "
+                                    "ImportError: libbroken.so: cannot open shared object file")
+
+
+def test_cli_subprocess_bad_input_has_no_traceback(tmp_path):
+    spec = tmp_path / "bad.toml"
+    spec.write_text(textwrap.dedent(CIRCLE).replace("units = 5", "units = 0"))
+    done = _cli("run", str(spec))
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"crossnn: error: {spec}: model.layers[0].units: must be > 0, got 0"

@@ -1,0 +1,220 @@
+"""The NumPy reference backend: backward passes against central finite differences, optimizer
+steps against hand-computed numbers, and the harness behaviour around it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import crossnn
+from crossnn import spec as S
+from crossnn.data import Dataset
+from crossnn.errors import UnsupportedFeature
+from crossnn.harness import RunSpec, train
+from crossnn_numpy import losses as np_losses
+from crossnn_numpy import optimizers as np_optimizers
+from crossnn_numpy.step import NumpyTrainer, Program
+
+RNG = np.random.default_rng(1234)
+
+
+def _experiment(layers, loss, inputs=3, optimizer=None):
+    return S.Experiment(name="t", seed=0, data=S.RandomNormal(n=4, inputs=inputs, outputs=1),
+                        model=S.Model(inputs=inputs, layers=tuple(layers)), loss=loss,
+                        optimizer=optimizer or S.SGD(lr=0.1), train=S.Train(epochs=1, batch_size=4))
+
+
+def _targets(loss, n, k):
+    if isinstance(loss, (S.BCE, S.BCELogits)):
+        return (RNG.uniform(size=(n, k)) > 0.5).astype(float)
+    if isinstance(loss, S.CrossEntropy):
+        return np.eye(k)[RNG.integers(0, k, size=n)]
+    return RNG.standard_normal((n, k))
+
+
+def _check_gradients(experiment, x, y):
+    """Analytic gradients of the NumPy backend against central differences, relative error < 1e-6."""
+    names = list(experiment.model.parameter_inits())
+    values = [RNG.normal(0, 0.7, size=p.shape) for p in experiment.model.parameter_inits().values()]
+    program = Program(experiment, names, np)
+    loss = np_losses.loss(experiment.loss, np)
+
+    def objective(vals):
+        out, _ = program.forward(vals, x)
+        return float(loss.value_and_grad(out, y)[0])
+
+    out, caches = program.forward(values, x)
+    _, d_out = loss.value_and_grad(out, y)
+    grads = program.backward(values, caches, d_out)
+    h = 1e-6
+    for name, value, grad in zip(names, values, grads):
+        numeric = np.zeros_like(value)
+        for idx in np.ndindex(value.shape):
+            saved = value[idx]
+            value[idx] = saved + h
+            plus = objective(values)
+            value[idx] = saved - h
+            minus = objective(values)
+            value[idx] = saved
+            numeric[idx] = (plus - minus) / (2 * h)
+        scale = max(np.abs(numeric).max(), 1e-3)
+        err = np.abs(grad - numeric).max() / scale
+        assert err < 1e-6, f"{name}: analytic vs numeric relative error {err:.2e}"
+
+
+ACTIVATIONS = [S.Linear(), S.ReLU(), S.Sigmoid(), S.Tanh(), S.Softmax(), S.LeakyReLU(negative_slope=0.1),
+               S.Softplus(), S.GELU(approximate="none"), S.GELU(approximate="tanh")]
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS, ids=lambda a: a.kind + getattr(a, "approximate", ""))
+def test_activation_backward_matches_finite_differences(act):
+    e = _experiment([S.Dense(name="h", units=4, activation=act, kernel_init=S.Zeros(), bias_init=S.Zeros()),
+                     S.ActivationLayer(name="again", activation=act),
+                     S.Dense(name="out", units=2, kernel_init=S.Zeros(), bias_init=S.Zeros())], S.MSE())
+    _check_gradients(e, RNG.standard_normal((5, 3)), RNG.standard_normal((5, 2)))
+
+
+LOSSES = [S.MSE(), S.MAE(), S.Huber(delta=0.7), S.BCE(log_min=-100.0), S.BCELogits(),
+          S.CrossEntropy(from_logits=True, sparse=False), S.CrossEntropy(from_logits=False, sparse=False, log_min=-100.0)]
+
+
+@pytest.mark.parametrize("loss", LOSSES, ids=lambda s: s.kind + ("_logits" if getattr(s, "from_logits", False) else ""))
+def test_loss_backward_matches_finite_differences(loss):
+    last = {S.BCE: S.Sigmoid(), S.CrossEntropy: S.Softmax() if not getattr(loss, "from_logits", True) else S.Linear()}
+    act = last.get(type(loss), S.Linear())
+    e = _experiment([S.Dense(name="h", units=4, activation=S.Tanh(), kernel_init=S.Zeros(), bias_init=S.Zeros()),
+                     S.Dense(name="out", units=3, activation=act, kernel_init=S.Zeros(), bias_init=S.Zeros())], loss)
+    _check_gradients(e, RNG.standard_normal((6, 3)), _targets(loss, 6, 3))
+
+
+def test_graph_backward_sums_gradients_of_shared_values():
+    """A value feeding two layers (the input of both towers, and `h` feeding both branches)."""
+    layers = [S.Dense(name="h", units=3, activation=S.Tanh(), kernel_init=S.Zeros(), bias_init=S.Zeros()),
+              S.Dense(name="a", units=2, kernel_init=S.Zeros(), bias_init=S.Zeros(), inputs=("h",)),
+              S.Dense(name="b", units=1, activation=S.Sigmoid(), kernel_init=S.Zeros(), bias_init=S.Zeros(), inputs=("h",)),
+              S.Concatenate(name="cat", inputs=("a", "b", "h")),
+              S.Dense(name="out", units=1, use_bias=False, kernel_init=S.Zeros(), bias_init=S.Zeros())]
+    _check_gradients(_experiment(layers, S.MSE()), RNG.standard_normal((4, 3)), RNG.standard_normal((4, 1)))
+
+
+def test_bce_clamp_keeps_the_loss_finite_at_saturation():
+    loss = np_losses.loss(S.BCE(log_min=-100.0), np)
+    with np.errstate(divide="ignore"):
+        value, grad = loss.value_and_grad(np.array([[0.0], [1.0]]), np.array([[1.0], [0.0]]))
+    assert value == pytest.approx(100.0)
+    assert np.all(np.isfinite(grad))
+
+
+# ---- optimizers on hand-computed numbers ------------------------------------------------------------
+
+def _steps(opt_spec, w0, grads):
+    opt = np_optimizers.optimizer(opt_spec, np)
+    params = [np.array(w0, dtype=float)]
+    state = opt.init(params)
+    for g in grads:
+        opt.update(params, [np.array(g, dtype=float)], state)
+    return params[0]
+
+
+def test_sgd_plain_step():
+    # w = 1 - 0.1 * 2 = 0.8
+    assert _steps(S.SGD(lr=0.1), [1.0], [[2.0]]) == pytest.approx([0.8], abs=1e-15)
+
+
+def test_sgd_momentum_two_steps():
+    # step 1: b = g = 2, w = 1 - 0.1*2 = 0.8; step 2: b = 0.9*2 + 1 = 2.8, w = 0.8 - 0.28 = 0.52
+    assert _steps(S.SGD(lr=0.1, momentum=0.9), [1.0], [[2.0], [1.0]]) == pytest.approx([0.52], abs=1e-15)
+
+
+def test_sgd_nesterov_and_weight_decay():
+    # g1 = 2 + 0.5*1 = 2.5, b = 2.5, d = 2.5 + 0.9*2.5 = 4.75, w = 1 - 0.475 = 0.525
+    # g2 = 1 + 0.5*0.525 = 1.2625, b = 0.9*2.5 + 1.2625 = 3.5125, d = 1.2625 + 0.9*3.5125 = 4.42375
+    # w = 0.525 - 0.442375 = 0.082625
+    w = _steps(S.SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.5), [1.0], [[2.0], [1.0]])
+    assert w == pytest.approx([0.082625], abs=1e-15)
+
+
+def test_adam_two_steps():
+    # t=1: m = 0.1*2 = 0.2, v = 0.001*4 = 0.004, m̂ = 2, v̂ = 4, w = 1 - 0.1*2/(2 + 1e-8)
+    w1 = 1 - 0.1 * 2 / (2 + 1e-8)
+    assert _steps(S.Adam(lr=0.1, eps=1e-8), [1.0], [[2.0]]) == pytest.approx([w1], abs=1e-15)
+    # t=2 with g=-1: m = 0.9*0.2 - 0.1 = 0.08, v = 0.999*0.004 + 0.001 = 0.004996
+    m, v = 0.08, 0.004996
+    m_hat, v_hat = m / (1 - 0.9**2), v / (1 - 0.999**2)
+    w2 = w1 - 0.1 * m_hat / (np.sqrt(v_hat) + 1e-8)
+    assert _steps(S.Adam(lr=0.1, eps=1e-8), [1.0], [[2.0], [-1.0]]) == pytest.approx([w2], abs=1e-14)
+
+
+def test_adam_weight_decay_is_l2():
+    # g = 2 + 0.1*1 = 2.1: the first Adam step moves by lr * 2.1/(2.1 + eps) ≈ lr
+    w = _steps(S.Adam(lr=0.1, eps=1e-8, weight_decay=0.1), [1.0], [[2.0]])
+    assert w == pytest.approx([1 - 0.1 * 2.1 / (2.1 + 1e-8)], abs=1e-15)
+
+
+# ---- the examples on the reference backend -------------------------------------------------------------
+
+def test_linear_2x3_matches_hand_computed_values():
+    result = train(crossnn.example("linear-2x3"), [RunSpec("numpy", "float64")])
+    final = result.reference.final_params
+    np.testing.assert_allclose(final["fc/kernel"].ravel(), [0.40784463, 1.19106518, 1.97428573], atol=1e-8)
+    np.testing.assert_allclose(final["fc/bias"], [0.78322055], atol=1e-8)
+
+
+def test_linear_2x3_first_step_by_hand():
+    """From zero weights the output is 0, so dL/dW = -2/2 * Σ_n y_n x_n and dL/db = -(10 + 20)."""
+    result = train(crossnn.example("linear-2x3"), [RunSpec("numpy", "float64")], snapshot_every=1)
+    after_one = result.reference.snapshots[1]
+    x, y = np.array([[1, 2, 3], [4, 5, 6.0]]), np.array([10.0, 20.0])
+    np.testing.assert_allclose(after_one["fc/kernel"].ravel(), 0.01 * (x.T @ y), rtol=1e-15)
+    np.testing.assert_allclose(after_one["fc/bias"], [0.01 * 30.0], rtol=1e-15)
+    assert result.reference.losses[0] == pytest.approx((100 + 400) / 2)
+
+
+def test_circle_reaches_high_accuracy():
+    result = train(crossnn.example("circle"), [RunSpec("numpy", "float64")])
+    assert result.reference.steps_done == 12_000
+    assert result.reference.metrics["accuracy"] >= 0.98
+
+
+def test_adder_learns_addition():
+    final = train(crossnn.example("adder"), [RunSpec("numpy", "float64")]).reference.final_params
+    np.testing.assert_allclose(final["dense/kernel"].ravel(), [1.0, 1.0], atol=0.01)
+    assert abs(final["dense/bias"][0]) < 0.05
+
+
+def test_line_recovers_slope_and_intercept():
+    final = train(crossnn.example("line"), [RunSpec("numpy", "float64")]).reference.final_params
+    assert final["linear/kernel"][0, 0] == pytest.approx(3.07, abs=0.1)
+    assert final["linear/bias"][0] == pytest.approx(1.78, abs=0.1)
+
+
+def test_same_run_twice_is_bit_identical():
+    e = crossnn.example("two-tower")
+    a = train(e, [RunSpec("numpy", "float32")]).records[0].final_params
+    b = train(e, [RunSpec("numpy", "float32")]).records[0].final_params
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_diverging_training_stops_at_the_first_nonfinite_loss():
+    """lr = 1e6 on the line data blows up in a few steps; the run stops there and says where."""
+    e = crossnn.example("line")
+    e = dataclasses.replace(e, optimizer=S.SGD(lr=1e6), train=S.Train(epochs=200, batch_size=201))
+    result = train(e, [RunSpec("numpy", "float32")], snapshot_every=1)
+    run = result.records[0]
+    assert run.status == "nonfinite"
+    assert f"step {run.steps_done - 1}" in run.message and run.steps_done < 200
+    assert np.all(np.isfinite(run.losses[:-1])) and not np.isfinite(run.losses[-1])
+
+
+def test_unknown_layer_kind_is_reported_as_unsupported():
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Scale(S.Layer, kind="test_scale_numpy"):
+        def output_size(self, input_sizes):
+            return input_sizes[0]
+
+    e = _experiment([Scale(name="s"), S.Dense(name="o", units=1, kernel_init=S.Zeros(), bias_init=S.Zeros())], S.MSE())
+    data = Dataset(np.zeros((4, 3)), np.zeros((4, 1)))
+    with pytest.raises(UnsupportedFeature, match="backend 'numpy' cannot lower layer type 'test_scale_numpy'"):
+        NumpyTrainer(e, {"o/kernel": np.zeros((3, 1)), "o/bias": np.zeros(1)}, data, "float64")

@@ -1,0 +1,94 @@
+"""Parity as assertions, for users' own test suites.
+
+    from crossnn.testing import assert_parity
+    assert_parity("tests/parity_mlp.toml", backends=["torch", "tensorflow"], dtypes=["float64"])
+
+A failure raises `ParityError` (an AssertionError) whose message names the run, the parameter, the
+first step out of tolerance and the size of the difference. The pytest plugin (crossnn.pytest_plugin)
+turns spec files named parity_*.toml into test items with the same messages.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from crossnn import backends as registry
+from crossnn.harness import RunRecord, RunResult, RunSpec, train
+from crossnn.parity import Parity, Tolerance, compare, tolerance_for
+from crossnn.spec import Experiment, load
+
+
+class ParityError(AssertionError):
+    """A run disagrees with the NumPy float64 reference."""
+
+
+def _experiment(spec: Experiment | str | Path) -> Experiment:
+    return spec if isinstance(spec, Experiment) else load(spec)
+
+
+def failure_message(parity: Parity, record: RunRecord, snapshot_every: int) -> str:
+    """One paragraph: which run, which parameter, which step, how far off, against which tolerance."""
+    if not parity.complete:
+        return f"{parity.label}: did not finish: {parity.note}"
+    step = parity.first_fail_step
+    worst = max((p for p in parity.params if p.first_fail_step == step), key=lambda p: p.max_abs)
+    ref_note = f"(snapshots every {snapshot_every} steps; rerun with snapshot_every=1 to find the exact step)" \
+        if snapshot_every > 1 else ""
+    return (f"{parity.label}: parameter {worst.name} leaves tolerance at step {step}: "
+            f"largest difference {worst.max_abs:.3e} (relative {worst.max_rel:.3e}, at step {worst.worst_step}); "
+            f"rtol {parity.tolerance.rtol:g}, atol {parity.tolerance.atol:g} {ref_note}").rstrip()
+
+
+def check_parity(spec: Experiment | str | Path, backends: Iterable[str] | None = None,
+                 dtypes: Iterable[str] = ("float64",), *, device: str = "cpu", rtol: float | None = None,
+                 atol: float | None = None, snapshot_every: int | None = None,
+                 initial_params: Mapping[str, np.ndarray] | None = None) -> tuple[RunResult, list[Parity]]:
+    """Train `spec` on the given backends (default: every available one) and compare each run with
+    the NumPy float64 reference. Returns the result and one Parity per run."""
+    experiment = _experiment(spec)
+    names = list(backends) if backends is not None else registry.available()
+    runs = [RunSpec(name, dtype, "cpu" if registry.get(name).reference else device)
+            for dtype in dtypes for name in names]
+    result = train(experiment, runs, snapshot_every=snapshot_every,
+                   initial_params=dict(initial_params) if initial_params is not None else None)
+    parities = []
+    for record in result.records:
+        default = tolerance_for(record.spec.dtype, record.spec.device)
+        tol = Tolerance(rtol if rtol is not None else default.rtol, atol if atol is not None else default.atol)
+        parities.append(compare(result.reference, record, tol))
+    return result, parities
+
+
+def assert_parity(spec: Experiment | str | Path, backends: Iterable[str] | None = None,
+                  dtypes: Iterable[str] = ("float64",), **options) -> RunResult:
+    """Raise ParityError unless every run agrees with the reference (see `check_parity`)."""
+    result, parities = check_parity(spec, backends, dtypes, **options)
+    failures = [failure_message(p, r, result.snapshot_every)
+                for p, r in zip(parities, result.records) if not p.passed]
+    if failures:
+        raise ParityError("\n".join(failures))
+    return result
+
+
+def assert_params_match(spec: Experiment | str | Path, final_params: Mapping[str, np.ndarray], *,
+                        initial_params: Mapping[str, np.ndarray] | None = None, rtol: float = 1e-9,
+                        atol: float = 1e-12) -> None:
+    """Check parameters trained by the user's own loop (canonical names and layout) against the
+    reference trained from the same spec and initial parameters."""
+    experiment = _experiment(spec)
+    result = train(experiment, [], initial_params=dict(initial_params) if initial_params is not None else None)
+    reference = result.reference.final_params
+    if set(reference) != set(final_params):
+        raise ParityError(f"parameter names differ: expected {sorted(reference)}, got {sorted(final_params)}")
+    for name, r in reference.items():
+        a = np.asarray(final_params[name], dtype=np.float64)
+        if a.shape != r.shape:
+            raise ParityError(f"{name}: shape {a.shape}, expected {r.shape} (canonical layout)")
+        diff = float(np.max(np.abs(a - r)))
+        scale = float(np.max(np.abs(r)))
+        if diff > atol + rtol * scale:
+            raise ParityError(f"{name}: largest difference {diff:.3e} (relative {diff / scale if scale else float('inf'):.3e}) "
+                              f"after {result.plan.steps} steps; rtol {rtol:g}, atol {atol:g}")

@@ -34,6 +34,9 @@ def run_text(result: RunResult, parities: dict[int, Parity]) -> str:
                       "(a snapshot passes when max|a - r| <= atol + rtol * max|r|):"]
         rows = []
         for r, p in compared:
+            if not r.snapshots:
+                rows.append((r.spec.label, "(all)", "-", "-", "-", f"{p.tolerance.rtol:g}/{p.tolerance.atol:g}", "not run"))
+                continue
             for pp in p.params:
                 rows.append((r.spec.label, pp.name, sci(pp.max_abs), sci(pp.max_rel),
                              "-" if pp.first_fail_step is None else pp.first_fail_step,

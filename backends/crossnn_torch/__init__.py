@@ -1,4 +1,11 @@
-"""crossnn's PyTorch backend (work in progress)."""
+"""crossnn's PyTorch backend: the experiment as an nn.Module of nn.Linear and torch's activation
+modules, torch's loss modules and torch.optim, trained with the tutorial's loop.
+
+Sections, as in every backend package: layers (the nn.Module), losses, optimizers, step (the
+training step and trainer), device. torch is imported only when a backend method needs it.
+"""
+
+from __future__ import annotations
 
 from crossnn.backends import Backend
 
@@ -8,8 +15,22 @@ class TorchBackend(Backend):
     requires = ("torch",)
     distributions = ("torch",)
     install_hint = "pip install 'crossnn[torch]'"
-    modes = ("eager",)
+    modes = ("eager",)  # the keys of crossnn_torch.step.MODES, listed here without importing torch
     import_order = 10
 
+    def devices(self, probe: bool = False):
+        from crossnn_torch import device
+
+        return device.probe() if probe else device.guess(self.version())
+
+    def prepare(self):
+        """Deterministic algorithms on, TF32 off (see crossnn_torch.device.configure)."""
+        from crossnn_torch import device
+
+        device.configure()
+
     def build(self, experiment, params, data, *, dtype, device, mode):
-        raise NotImplementedError
+        from crossnn_torch.step import TorchTrainer
+
+        self.prepare()
+        return TorchTrainer(experiment, params, data, dtype=dtype, device=device, mode=mode)

@@ -49,11 +49,14 @@ class Huber(Loss, kind="huber"):
 class BCE(Loss, kind="bce"):
     """Binary cross-entropy on probabilities p in [0, 1]:
 
-        L = -mean(y · max(log p, log_min) + (1 - y) · max(log(1 - p), log_min))
+        L     = -mean(y · max(log p, log_min) + (1 - y) · max(log1p(-p), log_min))
+        dL/dp = (p - y) / max(p (1 - p), 1e-12) / (N K)
 
-    The clamp keeps L finite when p reaches 0 or 1 (in float32 a sigmoid saturates near |z| = 17);
-    where a clamp is active its term's gradient is 0. PyTorch's nn.BCELoss clamps the logs at -100;
-    Keras instead clips p to [1e-7, 1 - 1e-7] and, after a sigmoid, recovers the logits.
+    The clamp keeps L finite when p reaches 0 or 1 (in float32 a sigmoid saturates near |z| = 17).
+    The gradient is that of the unclamped form with its denominator floored, so it stays finite at
+    p = 0 or 1 (autograd through the clamped logs would give 0 · ∞ = NaN there); this is what
+    PyTorch's BCELoss computes, with log_min = -100. Keras instead clips p to [1e-7, 1 - 1e-7] and,
+    after a sigmoid, recovers the logits.
     """
 
     outputs: ClassVar[str] = "probability"
@@ -77,7 +80,8 @@ class CrossEntropy(Loss, kind="cross_entropy"):
     """Categorical cross-entropy, a mean over the N samples of a sum over the K classes.
 
     from_logits = true:  L = -mean_n Σ_k y_nk log_softmax(z_n)_k,  dL/dz = (softmax(z) - y) / N
-    from_logits = false: L = -mean_n Σ_k y_nk max(log p_nk, log_min) on probabilities p
+    from_logits = false: L = -mean_n Σ_k y_nk max(log p_nk, log_min) on probabilities p,
+                         dL/dp = -y / p / N where log p > log_min, else 0
                          (log_min required then; Keras instead rescales p to sum to 1 and clips it)
     sparse = true: y holds class indices (N,) or (N, 1) instead of one-hot rows.
     """

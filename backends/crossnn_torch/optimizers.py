@@ -1,0 +1,25 @@
+"""Optimizers: torch.optim.SGD and torch.optim.Adam, whose updates are the spec's rules
+(crossnn.spec.optimizers): SGD with heavy-ball or Nesterov momentum (dampening 0) and L2 weight
+decay added to the gradient; Adam with L2 weight decay added to the gradient (not AdamW's
+decoupled decay) and eps added to √v̂."""
+
+from __future__ import annotations
+
+import torch
+
+from crossnn import spec
+from crossnn.errors import UnsupportedFeature
+
+OPTIMIZERS = {
+    spec.SGD: lambda s, params: torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, nesterov=s.nesterov,
+                                                weight_decay=s.weight_decay),
+    spec.Adam: lambda s, params: torch.optim.Adam(params, lr=s.lr, betas=(s.beta1, s.beta2), eps=s.eps,
+                                                  weight_decay=s.weight_decay),
+}
+
+
+def optimizer(s: spec.Optimizer, params) -> torch.optim.Optimizer:
+    """The torch optimizer for spec `s` over the parameters `params`."""
+    if type(s) not in OPTIMIZERS:
+        raise UnsupportedFeature("torch", f"optimizer '{s.kind}'")
+    return OPTIMIZERS[type(s)](s, params)

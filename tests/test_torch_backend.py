@@ -1,0 +1,407 @@
+"""The PyTorch backend against two independent references: training loops written by hand the way
+PyTorch's tutorials write them, and the NumPy float64 reference backend."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+import crossnn  # noqa: E402
+from crossnn import backends, spec  # noqa: E402
+from crossnn.data import load_dataset  # noqa: E402
+from crossnn.errors import BackendError, UnsupportedFeature  # noqa: E402
+from crossnn.harness import RunSpec, train  # noqa: E402
+from crossnn.params import cast, initial_parameters  # noqa: E402
+from crossnn.parity import compare  # noqa: E402
+from crossnn.plan import BatchPlan  # noqa: E402
+
+pytestmark = pytest.mark.skipif("torch" not in backends.available(), reason="the torch backend is unavailable")
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One intra-op thread: these models are tiny, and a second thread that has to wait for a busy
+    core makes every step several times slower. Restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+EXAMPLES = ("adder", "line", "linear-2x3", "two-tower", "circle")
+FLOAT32_EXAMPLES = ("linear-2x3", "two-tower")
+
+
+# ---- the oracles: each seed experiment written by hand, as a PyTorch tutorial writes it ----------
+
+
+class TwoTower(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.dense1 = nn.Linear(2, 1)
+        self.dense2 = nn.Linear(2, 2)
+        self.dense3 = nn.Linear(3, 1)
+
+    def forward(self, x):
+        return self.dense3(torch.cat([self.dense1(x), self.dense2(x)], dim=1))
+
+
+def oracle_setup(name):
+    """(model, {layer name: its nn.Linear}, loss module, optimizer factory), hand-written from the
+    example's TOML file."""
+    if name == "adder":
+        model = nn.Sequential(nn.Linear(2, 1))
+        return model, {"dense": model[0]}, nn.MSELoss(), lambda p: torch.optim.Adam(p, lr=0.01, betas=(0.9, 0.999),
+                                                                                      eps=1e-8)
+    if name == "line":
+        model = nn.Sequential(nn.Linear(1, 1))
+        return model, {"linear": model[0]}, nn.MSELoss(), lambda p: torch.optim.SGD(p, lr=0.1)
+    if name == "linear-2x3":
+        model = nn.Sequential(nn.Linear(3, 1))
+        return model, {"fc": model[0]}, nn.MSELoss(), lambda p: torch.optim.SGD(p, lr=0.01)
+    if name == "two-tower":
+        model = TwoTower()
+        layers = {"dense1": model.dense1, "dense2": model.dense2, "dense3": model.dense3}
+        return model, layers, nn.MSELoss(), lambda p: torch.optim.Adam(p, lr=0.01, betas=(0.9, 0.999), eps=1e-8)
+    if name == "circle":
+        model = nn.Sequential(nn.Linear(2, 5), nn.Sigmoid(), nn.Linear(5, 1), nn.Sigmoid())
+        return model, {"fc1": model[0], "fc2": model[2]}, nn.BCELoss(), lambda p: torch.optim.SGD(p, lr=0.5,
+                                                                                                   momentum=0.8)
+    raise KeyError(name)
+
+
+@dataclass
+class OracleRun:
+    params: dict[str, np.ndarray]
+    losses: np.ndarray
+
+
+@lru_cache(maxsize=None)
+def oracle(name) -> OracleRun:
+    """The hand-written loop, float64, from crossnn's initial parameters, data and batch plan."""
+    experiment = crossnn.example(name)
+    data = load_dataset(experiment)
+    plan = BatchPlan.for_experiment(experiment, data.n)
+    model, linears, loss_fn, make_optimizer = oracle_setup(name)
+    model = model.double()
+    params0 = initial_parameters(experiment)
+    with torch.no_grad():
+        for layer, linear in linears.items():
+            linear.weight.copy_(torch.from_numpy(params0[f"{layer}/kernel"].T))
+            linear.bias.copy_(torch.from_numpy(params0[f"{layer}/bias"]))
+    optimizer = make_optimizer(model.parameters())
+    X, Y = torch.from_numpy(data.x), torch.from_numpy(data.y)
+    losses = []
+    for step in range(plan.steps):
+        idx = torch.from_numpy(plan.batch(step))
+        xb, yb = X[idx], Y[idx]
+        optimizer.zero_grad()
+        loss = loss_fn(model(xb), yb)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    params = {}
+    for layer, linear in linears.items():
+        params[f"{layer}/kernel"] = linear.weight.detach().numpy().T.copy()
+        params[f"{layer}/bias"] = linear.bias.detach().numpy().copy()
+    return OracleRun(params, np.array(losses))
+
+
+@lru_cache(maxsize=None)
+def harness_run(name):
+    """crossnn's torch float64 (and, for some examples, float32) lowerings beside the NumPy reference."""
+    runs = [RunSpec("torch", "float64")] + ([RunSpec("torch", "float32")] if name in FLOAT32_EXAMPLES else [])
+    return train(crossnn.example(name), runs)
+
+
+def rel_diff(a, b):
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_oracle_loop_matches_crossnn_torch(name):
+    result = harness_run(name)
+    record = result.records[0]
+    assert record.ok, record.message
+    expected = oracle(name)
+    got = record.final_params
+    assert list(got) == list(initial_parameters(result.experiment))
+    for param in got:
+        # the same kernels in the same order: equal to the last bit
+        np.testing.assert_array_equal(got[param], expected.params[param], err_msg=param)
+    np.testing.assert_array_equal(record.losses, expected.losses)
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_float64_matches_numpy_reference_at_every_snapshot(name):
+    result = harness_run(name)
+    record = result.records[0]
+    parity = compare(result.reference, record)
+    assert parity.complete and record.steps_done == result.plan.steps
+    assert parity.passed, parity.to_json()
+    worst = {p.name: p.max_rel for p in parity.params}
+    print(f"{name}: torch float64 vs numpy, max rel per parameter {worst}")
+    assert max(worst.values()) <= 1e-9
+    assert parity.loss_max_abs <= 1e-9 * max(1.0, float(np.max(np.abs(result.reference.losses))))
+    assert record.metrics == pytest.approx(result.reference.metrics)
+
+
+@pytest.mark.parametrize("name", FLOAT32_EXAMPLES)
+def test_float32_within_1e5_of_numpy_float64(name):
+    result = harness_run(name)
+    record = result.records[1]
+    assert record.spec.dtype == "float32" and record.ok
+    for step, ref in result.reference.snapshots.items():
+        for param, value in ref.items():
+            assert np.max(np.abs(record.snapshots[step][param] - value)) <= 1e-5, (step, param)
+    assert compare(result.reference, record).passed
+
+
+def test_linear_2x3_known_result():
+    final = harness_run("linear-2x3").records[0].final_params
+    np.testing.assert_allclose(final["fc/kernel"][:, 0], [0.40784463, 1.19106518, 1.97428573], rtol=0, atol=1e-8)
+    np.testing.assert_allclose(final["fc/bias"], [0.78322055], rtol=0, atol=1e-8)
+
+
+# ---- building trainers directly ---------------------------------------------------------------
+
+
+def build(experiment, dtype="float64", data=None, device="cpu"):
+    backend = backends.get("torch")
+    backend.prepare()
+    data = data or load_dataset(experiment)
+    return backend.build(experiment, cast(initial_parameters(experiment), dtype), data, dtype=dtype,
+                         device=device, mode="eager")
+
+
+def run_to_end(trainer, experiment):
+    plan = BatchPlan.for_experiment(experiment, load_dataset(experiment).n)
+    losses = trainer.run(plan.batches(0, plan.steps))
+    return trainer.parameters(), losses
+
+
+def test_same_spec_twice_is_bit_identical():
+    experiment = dataclasses.replace(crossnn.example("two-tower"),
+                                     train=spec.Train(epochs=40, batch_size=3, shuffle=True))
+    first = run_to_end(build(experiment), experiment)
+    second = run_to_end(build(experiment), experiment)
+    for name in first[0]:
+        assert first[0][name].tobytes() == second[0][name].tobytes(), name
+    assert first[1].tobytes() == second[1].tobytes()
+    assert not np.array_equal(first[0]["dense3/kernel"], initial_parameters(experiment)["dense3/kernel"])
+
+
+def test_step_and_run_agree_and_parameters_are_canonical():
+    experiment = crossnn.example("circle")
+    plan = BatchPlan.for_experiment(experiment, load_dataset(experiment).n)
+    stepped, spanned = build(experiment), build(experiment)
+    losses = [stepped.step(b) for b in plan.batches(0, 30)]
+    np.testing.assert_array_equal(spanned.run(plan.batches(0, 30)), losses)
+    params = spanned.parameters()
+    assert params["fc1/kernel"].shape == (2, 5) and params["fc1/kernel"].flags.c_contiguous
+    params["fc1/kernel"][:] = 0  # a copy, not a view of the model's weight
+    assert np.any(spanned.parameters()["fc1/kernel"] != 0)
+
+
+def test_printed_model_reads_like_pytorch():
+    circle = str(build(crossnn.example("circle")).model)
+    assert circle.startswith("Sequential(")
+    assert "Linear(in_features=2, out_features=5, bias=True)" in circle
+    assert "Linear(in_features=5, out_features=1, bias=True)" in circle
+    assert circle.count("Sigmoid()") == 2
+    tower = str(build(crossnn.example("two-tower")).model)
+    assert "(dense1): Linear(in_features=2, out_features=1, bias=True)" in tower
+    assert "(dense2): Linear(in_features=2, out_features=2, bias=True)" in tower
+    assert "(dense3): Linear(in_features=3, out_features=1, bias=True)" in tower
+
+
+# ---- every lowered feature against the NumPy reference -------------------------------------------
+
+
+def feature_experiment(*, act=spec.Tanh(), loss=spec.MSE(), opt=spec.SGD(lr=0.05), classes=2, out_act=spec.Linear(),
+                       targets="values", use_bias=True, extra=()):
+    """A small shuffled two-layer net on inline data; `targets`: values, binary, labels or onehot."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(12, 3))
+    y = {"values": lambda: rng.normal(size=(12, classes)),
+         "binary": lambda: (rng.random((12, classes)) < 0.5).astype(float),
+         "labels": lambda: rng.integers(0, classes, size=12).astype(float),
+         "onehot": lambda: np.eye(classes)[rng.integers(0, classes, size=12)]}[targets]()
+    bias_init = spec.Uniform(low=-0.5, high=0.5) if use_bias else spec.Zeros()
+    layers = (spec.Dense(name="hidden", units=4, activation=act, use_bias=use_bias, kernel_init=spec.GlorotUniform(),
+                         bias_init=bias_init),
+              *extra,
+              spec.Dense(name="out", units=classes, activation=out_act, kernel_init=spec.GlorotUniform(),
+                         bias_init=spec.Zeros()))
+    return spec.Experiment(name="feature", seed=3, data=spec.InlineData(x=x.tolist(), y=y.tolist()),
+                           model=spec.Model(inputs=3, layers=layers), loss=loss, optimizer=opt,
+                           train=spec.Train(epochs=30, batch_size=5, shuffle=True))
+
+
+FEATURES = {
+    "relu": dict(act=spec.ReLU()),
+    "leaky_relu": dict(act=spec.LeakyReLU(negative_slope=0.1)),
+    "sigmoid": dict(act=spec.Sigmoid()),
+    "softplus": dict(act=spec.Softplus()),
+    "gelu": dict(act=spec.GELU(approximate="none")),
+    "gelu_tanh": dict(act=spec.GELU(approximate="tanh")),
+    "no_bias": dict(use_bias=False),
+    "activation_layer": dict(act=spec.Linear(), extra=(spec.ActivationLayer(name="act", activation=spec.Tanh()),)),
+    "mae": dict(loss=spec.MAE()),
+    "huber": dict(loss=spec.Huber(delta=0.5)),
+    "bce": dict(loss=spec.BCE(log_min=-100.0), out_act=spec.Sigmoid(), targets="binary"),
+    "bce_log_min_50": dict(loss=spec.BCE(log_min=-50.0), out_act=spec.Sigmoid(), targets="binary"),
+    "bce_logits": dict(loss=spec.BCELogits(), targets="binary"),
+    "ce_logits_sparse": dict(loss=spec.CrossEntropy(from_logits=True, sparse=True), classes=3, targets="labels"),
+    "ce_logits_onehot": dict(loss=spec.CrossEntropy(from_logits=True, sparse=False), classes=3, targets="onehot"),
+    "ce_probs_sparse": dict(loss=spec.CrossEntropy(from_logits=False, sparse=True, log_min=-100.0), classes=3,
+                            out_act=spec.Softmax(), targets="labels"),
+    "ce_probs_onehot": dict(loss=spec.CrossEntropy(from_logits=False, sparse=False, log_min=-30.0), classes=3,
+                            out_act=spec.Softmax(), targets="onehot"),
+    "sgd_momentum_decay": dict(opt=spec.SGD(lr=0.05, momentum=0.5, weight_decay=0.1)),
+    "sgd_nesterov_decay": dict(opt=spec.SGD(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01)),
+    "adam_decay": dict(opt=spec.Adam(lr=0.01, beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=0.05)),
+}
+
+
+@pytest.mark.parametrize("feature", FEATURES)
+def test_feature_matches_numpy_reference(feature):
+    result = train(feature_experiment(**FEATURES[feature]), [RunSpec("torch", "float64")], snapshot_every=1)
+    parity = compare(result.reference, result.records[0])
+    assert parity.passed, parity.to_json()
+    assert parity.max_rel <= 1e-12 and parity.loss_max_abs <= 1e-12
+
+
+def test_graph_with_activations_and_awkward_names_matches_numpy_reference():
+    base = feature_experiment()
+    init = dict(kernel_init=spec.GlorotUniform(), bias_init=spec.Uniform(low=-0.5, high=0.5))
+    layers = (spec.Dense(name="tower.a", units=3, activation=spec.Tanh(), inputs=("input",), **init),
+              spec.Dense(name="forward", units=2, activation=spec.Sigmoid(), inputs=("input",), **init),
+              spec.Concatenate(name="join", inputs=("forward", "tower.a")),
+              spec.ActivationLayer(name="squash", activation=spec.ReLU()),
+              spec.Dense(name="out", units=2, **init))
+    experiment = dataclasses.replace(base, model=spec.Model(inputs=3, layers=layers))
+    printed = str(build(experiment).model)
+    assert "(tower_a): Sequential(" in printed and "(forward_): Sequential(" in printed
+    assert "(join): Concatenate()" in printed and "(squash): ReLU()" in printed
+    result = train(experiment, [RunSpec("torch", "float64")], snapshot_every=1)
+    parity = compare(result.reference, result.records[0])
+    assert parity.passed and parity.max_rel <= 1e-12, parity.to_json()
+
+
+def test_builtin_modules_where_torch_computes_the_spec_formula():
+    from crossnn_torch import layers, losses
+
+    assert type(losses.loss(spec.BCE(log_min=-100.0))) is nn.BCELoss
+    assert type(losses.loss(spec.BCE(log_min=-50.0))) is losses.ClampedBCELoss
+    assert type(losses.loss(spec.CrossEntropy(from_logits=True, sparse=True))) is nn.CrossEntropyLoss
+    assert type(losses.loss(spec.Huber(delta=2.0))) is nn.HuberLoss
+    assert type(layers.activation(spec.Softplus())) is layers.Softplus  # not nn.Softplus (threshold 20)
+    assert layers.activation(spec.LeakyReLU(negative_slope=0.3)).negative_slope == 0.3
+    assert layers.activation(spec.GELU(approximate="tanh")).approximate == "tanh"
+
+
+def test_softplus_is_the_spec_formula_with_sigmoid_gradient():
+    from crossnn_torch.layers import Softplus
+
+    values = [-40.0, -1.0, 0.0, 1.0, 25.0, 40.0]
+    z = torch.tensor(values, dtype=torch.float64, requires_grad=True)
+    out = Softplus()(z)
+    out.sum().backward()
+    expected = [max(v, 0.0) + np.log1p(np.exp(-abs(v))) for v in values]
+    np.testing.assert_array_equal(out.detach().numpy(), expected)
+    assert out[4].item() != 25.0  # nn.Softplus would return z itself above 20
+    assert z.grad[2].item() == 0.5
+    np.testing.assert_array_equal(z.grad.numpy(), torch.sigmoid(z.detach()).numpy())
+
+
+# ---- errors, devices, set-up -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Shuffle(spec.Layer, kind="torch_test_shuffle"):
+    """A layer kind only this test knows: no backend lowers it."""
+
+    def output_size(self, input_sizes):
+        return input_sizes[0]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cube(spec.Activation, kind="torch_test_cube"):
+    """f(z) = z³, an activation only this test knows."""
+
+
+def test_unsupported_features_name_backend_and_feature():
+    base = crossnn.example("linear-2x3")
+    dense = base.model.layers[0]
+    odd_layer = dataclasses.replace(base, model=spec.Model(inputs=3, layers=(Shuffle(name="mix"), dense)))
+    with pytest.raises(UnsupportedFeature) as err:
+        build(odd_layer)
+    assert err.value.backend == "torch" and "torch_test_shuffle" in err.value.feature
+    assert "'torch'" in str(err.value) and "torch_test_shuffle" in str(err.value)
+
+    cubic = dataclasses.replace(dense, activation=Cube())
+    odd_act = dataclasses.replace(base, model=spec.Model(inputs=3, layers=(cubic,)))
+    with pytest.raises(UnsupportedFeature, match="torch.*activation 'torch_test_cube'"):
+        build(odd_act)
+
+    record = train(odd_layer, [RunSpec("torch")]).records[0]
+    assert record.status == "error" and "torch" in record.message and "torch_test_shuffle" in record.message
+
+
+def test_devices_without_probe_do_not_import_torch():
+    code = ("import sys; from crossnn_torch import TorchBackend; b = TorchBackend(); "
+            "print(b.devices()); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0].startswith("('cpu'") and out[1] == "False"
+    probed = backends.get("torch").devices(probe=True)
+    assert probed[0] == "cpu" and len(probed) == 1 + (torch.cuda.device_count() if torch.cuda.is_available() else 0)
+
+
+def test_guess_lists_no_gpu_for_a_cpu_build():
+    from crossnn_torch import device
+
+    assert device.guess("2.13.0+cpu") == ("cpu",)
+
+
+def test_prepare_sets_parity_switches():
+    backends.get("torch").prepare()
+    assert torch.are_deterministic_algorithms_enabled()
+    assert torch.backends.cuda.matmul.allow_tf32 is False and torch.backends.cudnn.allow_tf32 is False
+
+
+def test_modes_are_the_step_modes():
+    from crossnn_torch.step import MODES
+
+    assert backends.get("torch").modes == tuple(MODES) == ("eager",)
+
+
+@pytest.mark.parametrize("device", ["tpu", "cpu:1"])
+def test_unknown_device_is_a_backend_error(device):
+    with pytest.raises(BackendError, match=f"torch.*'{device}'"):
+        build(crossnn.example("linear-2x3"), device=device)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_cuda_without_gpu_is_a_backend_error():
+    with pytest.raises(BackendError, match="torch.*cuda"):
+        build(crossnn.example("linear-2x3"), device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to torch")
+@pytest.mark.parametrize("name", ["linear-2x3", "two-tower", "circle"])
+def test_cuda_matches_numpy_reference(name):
+    result = train(crossnn.example(name), [RunSpec("torch", "float64", "cuda"), RunSpec("torch", "float32", "cuda")])
+    for record in result.records:
+        parity = compare(result.reference, record)
+        assert parity.passed, parity.to_json()

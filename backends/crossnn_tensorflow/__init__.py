@@ -1,4 +1,13 @@
-"""crossnn's TensorFlow backend (work in progress)."""
+"""crossnn's TensorFlow backend: the experiment as a tf.Module of tf.Variables, a tf.GradientTape
+training step compiled with tf.function (or run eagerly, or XLA-compiled), and the spec's optimizer
+rules written with TF ops.
+
+Sections, as in every backend package: layers (the tf.Module and activations), losses, optimizers,
+step (the training step and trainer), device. TensorFlow is imported only when a backend method
+needs it, so loading this plugin (e.g. for `crossnn list`) stays cheap.
+"""
+
+from __future__ import annotations
 
 from crossnn.backends import Backend
 
@@ -8,8 +17,22 @@ class TensorflowBackend(Backend):
     requires = ("tensorflow",)
     distributions = ("tensorflow", "tensorflow-cpu")
     install_hint = "pip install 'crossnn[tensorflow]'"
-    modes = ("graph", "eager", "xla")
+    modes = ("graph", "eager", "xla")  # the keys of crossnn_tensorflow.step.MODES, listed without importing TF
     import_order = 20
 
+    def devices(self, probe: bool = False):
+        from crossnn_tensorflow import device
+
+        return device.probe() if probe else device.guess()
+
+    def prepare(self):
+        """Import TF and apply the parity settings (see crossnn_tensorflow.device.configure)."""
+        from crossnn_tensorflow import device
+
+        device.configure()
+
     def build(self, experiment, params, data, *, dtype, device, mode):
-        raise NotImplementedError
+        from crossnn_tensorflow.step import TensorflowTrainer
+
+        self.prepare()
+        return TensorflowTrainer(experiment, params, data, dtype=dtype, device=device, mode=mode)

@@ -48,7 +48,8 @@ class LeakyReLU(Activation, kind="leaky_relu"):
     """f(z) = z for z > 0, negative_slope · z otherwise; f'(0) = negative_slope.
 
     The slope has no default: PyTorch's is 0.01, keras.layers.LeakyReLU's 0.3 and
-    keras.activations.leaky_relu's 0.2.
+    keras.activations.leaky_relu's 0.2. tf.nn.leaky_relu takes alpha as a float32 op attribute,
+    so in float64 a slope of 0.01 acts as 0.009999999776482582.
     """
 
     negative_slope: float
@@ -70,8 +71,9 @@ class GELU(Activation, kind="gelu"):
     """approximate = "none": f(z) = z Φ(z) = ½ z (1 + erf(z / √2));
     approximate = "tanh": f(z) = ½ z (1 + tanh(√(2/π) (z + 0.044715 z³))).
 
-    No default: PyTorch uses "none", keras.activations.gelu approximate=False, but
-    keras.layers' and jax's gelu have defaulted to the tanh form.
+    No default: PyTorch's nn.GELU, tf.nn.gelu and keras.activations.gelu default to the exact form,
+    keras.ops.gelu and jax.nn.gelu to the tanh form. tf.nn.gelu builds 1/√2 and
+    0.044715 through float32 tensors, so in float64 it is ~5e-9 off this formula.
     """
 
     approximate: Literal["none", "tanh"]

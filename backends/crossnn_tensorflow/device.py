@@ -1,0 +1,124 @@
+"""Devices and parity settings: "cpu", and "gpu:N" (also spelled "gpu", "cuda", "cuda:N") when
+TensorFlow lists a GPU.
+
+`guess` imports nothing (it backs `crossnn list`); everything else imports TensorFlow when called.
+
+oneDNN (TF_ENABLE_ONEDNN_OPTS): TF's x86 Linux builds run some float32 kernels (matmul among them)
+through oneDNN, which orders sums differently from TF's Eigen kernels. The switch is read once, when
+TensorFlow is imported, so a plugin could only set it by changing the process environment before any
+import of TF — changing the user's own TF code too. Measured here (TF 2.21 tensorflow-cpu, 2-core AMD
+EPYC, the seed experiments in every mode, oneDNN on vs off): float64 results are bit-identical (no
+oneDNN kernels for float64); XLA results are bit-identical in both dtypes; float32 graph/eager
+results differ at float32 rounding level (circle after 12,000 steps: 1.8e-4 absolute), and neither
+setting is consistently closer to NumPy (circle: on is closer; adder: off matches NumPy float32
+bit for bit). So the backend leaves TF's default alone and reports the setting in
+Trainer.describe(); export TF_ENABLE_ONEDNN_OPTS=0 before starting Python to compare without it.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import re
+from pathlib import Path
+
+from crossnn.errors import BackendError
+
+#: where the NVIDIA driver lists one folder per GPU
+NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
+#: distributions of TensorFlow that never have GPU kernels
+CPU_ONLY_DISTRIBUTIONS = ("tensorflow-cpu", "intel-tensorflow")
+#: inter-op threads: the models are chains of small ops, so one scheduler thread; intra-op threads
+#: (inside a matmul or an elementwise op): every core this process may run on
+INTER_OP_THREADS = 1
+
+_NAME = re.compile(r"^(cpu|gpu|cuda)(?::(\d+))?$")
+
+
+def guess() -> tuple[str, ...]:
+    """A cheap guess without importing TF: cpu, plus gpu:N per GPU the NVIDIA driver lists unless
+    the installed TensorFlow is a CPU-only distribution."""
+    if not _installed("tensorflow") or any(_installed(d) for d in CPU_ONLY_DISTRIBUTIONS):
+        return ("cpu",)
+    try:
+        count = sum(1 for _ in NVIDIA_GPUS.iterdir())
+    except OSError:
+        count = 0
+    return ("cpu",) + tuple(f"gpu:{i}" for i in range(count))
+
+
+def probe() -> tuple[str, ...]:
+    """The devices TF can use, exactly: cpu and gpu:0 .. gpu:N-1."""
+    import tensorflow as tf
+
+    return ("cpu",) + tuple(f"gpu:{i}" for i in range(len(tf.config.list_physical_devices("GPU"))))
+
+
+def intra_op_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def configure() -> None:
+    """Parity settings: deterministic ops, TF32 off, fixed thread counts. Thread counts can only be
+    set before TF's runtime starts; if TF already ran ops in this process, its counts are kept (and
+    reported by `threads`)."""
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()
+    tf.config.experimental.enable_tensor_float_32_execution(False)
+    try:
+        if tf.config.threading.get_intra_op_parallelism_threads() != intra_op_threads():
+            tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads())
+        if tf.config.threading.get_inter_op_parallelism_threads() != INTER_OP_THREADS:
+            tf.config.threading.set_inter_op_parallelism_threads(INTER_OP_THREADS)
+    except RuntimeError:  # the runtime is already initialised
+        pass
+
+
+def threads() -> str:
+    """The thread counts in effect ("0" is TF's own choice: one per core)."""
+    import tensorflow as tf
+
+    return (f"intra-op {tf.config.threading.get_intra_op_parallelism_threads()}, "
+            f"inter-op {tf.config.threading.get_inter_op_parallelism_threads()} threads")
+
+
+def onednn() -> str:
+    """Whether TF's oneDNN kernels are on in this process (TF_ENABLE_ONEDNN_OPTS, read at import)."""
+    from tensorflow.python.util import _pywrap_util_port  # TF's own switch; no public API reports it
+
+    return "oneDNN on" if _pywrap_util_port.IsMklEnabled() else "oneDNN off"
+
+
+def resolve(name: str) -> str:
+    """TF's device string ("/CPU:0", "/GPU:N") for "cpu", "gpu[:N]" or "cuda[:N]", or a BackendError
+    saying why it cannot be used."""
+    match = _NAME.match(name.strip().lower())
+    if match is None or (match[1] == "cpu" and match[2] not in (None, "0")):
+        raise BackendError(f"backend 'tensorflow' has no device '{name}'; use cpu, gpu[:N] or cuda[:N]")
+    if match[1] == "cpu":
+        return "/CPU:0"
+    import tensorflow as tf
+
+    index = int(match[2] or 0)
+    count = len(tf.config.list_physical_devices("GPU"))
+    if index >= count:
+        raise BackendError(f"backend 'tensorflow' cannot use device '{name}': TensorFlow {tf.__version__} "
+                           f"sees {count} GPU(s)")
+    return f"/GPU:{index}"
+
+
+def synchronize(device: str) -> None:
+    """Wait for queued GPU work (nothing to wait for on the CPU)."""
+    if device.startswith("/GPU"):
+        import tensorflow as tf
+
+        tf.test.experimental.sync_devices()
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.version(distribution)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False

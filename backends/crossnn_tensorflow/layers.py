@@ -1,0 +1,178 @@
+"""Layers and activations: the model graph as a tf.Module holding one tf.Variable per parameter.
+
+Activations are TF's own ops wherever they compute the spec's function, gradient included; the three
+exceptions (gelu, leaky_relu, softplus) are written out below with TF ops, each saying why.
+Gradients come from tf.GradientTape.
+
+A Python float meets a tensor only in arithmetic (z * 0.5), where TF converts it straight to the
+tensor's dtype; tf.cast(<Python float>, tf.float64) would round it through float32 first.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import tensorflow as tf
+
+from crossnn import spec
+from crossnn.errors import UnsupportedFeature
+from crossnn.spec import INPUT, Experiment
+
+# ---- activations: spec -> function of the pre-activation z -----------------------------------
+
+SQRT_HALF = math.sqrt(0.5)
+SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def _linear(s):
+    return lambda z: z
+
+
+def _relu(s):
+    return tf.nn.relu  # gradient: ReluGrad passes da where z > 0, so relu'(0) = 0
+
+
+def _sigmoid(s):
+    return tf.nn.sigmoid  # gradient: SigmoidGrad, da · a (1 - a)
+
+
+def _tanh(s):
+    return tf.math.tanh  # gradient: TanhGrad, da (1 - a²)
+
+
+def _softmax(s):
+    return tf.nn.softmax  # gradient: SoftmaxGrad, (da - Σ da·a) a along the last axis
+
+
+def _gelu(s: spec.GELU):
+    """approximate = "none": ½ z (1 + erf(z √½)), gradient Φ(z) + z φ(z);
+    approximate = "tanh": ½ z (1 + tanh(√(2/π) (z + 0.044715 z³))), with its exact derivative.
+    Not tf.nn.gelu: it builds its constants with math_ops.cast(<Python float>, dtype), which goes
+    through a float32 tensor, so in float64 it uses float32(1/√2) (exact form) and float32(0.044715)
+    (tanh form): 5e-9 off the spec's value and gradient. The gradients mirror PyTorch's kernels."""
+    if s.approximate == "none":
+        @tf.custom_gradient
+        def gelu(z):
+            cdf = 0.5 * (1.0 + tf.math.erf(z * SQRT_HALF))
+            pdf = tf.exp(-0.5 * z * z) * INV_SQRT_2PI
+            return z * cdf, lambda da: da * (cdf + z * pdf)
+
+        return gelu
+
+    @tf.custom_gradient
+    def gelu_tanh(z):
+        t = tf.math.tanh(SQRT_2_OVER_PI * (z + 0.044715 * z * z * z))
+        d_inner = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * z * z)
+        return 0.5 * z * (1.0 + t), lambda da: da * (0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * d_inner)
+
+    return gelu_tanh
+
+
+def _leaky_relu(s: spec.LeakyReLU):
+    """z for z > 0, slope · z otherwise (gradient: slope at 0). Not tf.nn.leaky_relu: its `alpha` is
+    a float32 op attribute, so in float64 a slope of 0.01 becomes 0.009999999776482582."""
+    slope = s.negative_slope
+    return lambda z: tf.where(z > 0, z, z * slope)
+
+
+def _softplus(s):
+    """max(z, 0) + log1p(exp(-|z|)) with gradient sigmoid(z) = 1 / (1 + exp(-z)). Not
+    tf.math.softplus: its kernel returns exp(z) below z = log(eps) + 2 and z above -(log(eps) + 2),
+    up to 8 ulps (float64) / 7 ulps (float32) from the spec's value there; and not autodiff of the
+    formula, whose tf.maximum gradient at z = 0 would make softplus'(0) = 1 instead of 1/2."""
+
+    @tf.custom_gradient
+    def softplus(z):
+        value = tf.maximum(z, 0.0) + tf.math.log1p(tf.exp(-tf.abs(z)))
+        return value, lambda da: da * (1.0 / (1.0 + tf.exp(-z)))
+
+    return softplus
+
+
+ACTIVATIONS = {
+    spec.Linear: _linear, spec.Sigmoid: _sigmoid, spec.Tanh: _tanh, spec.ReLU: _relu,
+    spec.LeakyReLU: _leaky_relu, spec.Softplus: _softplus, spec.Softmax: _softmax, spec.GELU: _gelu,
+}
+
+
+def activation(s: spec.Activation):
+    if type(s) not in ACTIVATIONS:
+        raise UnsupportedFeature("tensorflow", f"activation '{s.kind}'")
+    return ACTIVATIONS[type(s)](s)
+
+
+# ---- layers: each maps its input tensors to one output -------------------------------------------
+
+
+class Dense(tf.Module):
+    """a = f(x @ W + b), W (in, units) as in keras.layers.Dense (the canonical layout, no transpose)."""
+
+    def __init__(self, node, variables):
+        super().__init__()
+        self.kernel = variables[f"{node.name}/kernel"]
+        self.bias = variables.get(f"{node.name}/bias")
+        self.act = activation(node.layer.activation)
+
+    def __call__(self, inputs):
+        z = tf.matmul(inputs[0], self.kernel)
+        if self.bias is not None:
+            z = tf.nn.bias_add(z, self.bias)
+        return self.act(z)
+
+
+class ActivationLayer(tf.Module):
+    """a = f(x)."""
+
+    def __init__(self, node, variables):
+        super().__init__()
+        self.act = activation(node.layer.activation)
+
+    def __call__(self, inputs):
+        return self.act(inputs[0])
+
+
+class Concatenate(tf.Module):
+    """[x_1, x_2, ...] joined along the feature axis."""
+
+    def __init__(self, node, variables):
+        super().__init__()
+
+    def __call__(self, inputs):
+        return tf.concat(inputs, axis=1)
+
+
+LAYERS = {spec.Dense: Dense, spec.ActivationLayer: ActivationLayer, spec.Concatenate: Concatenate}
+
+
+def layer(node, variables):
+    if type(node.layer) not in LAYERS:
+        raise UnsupportedFeature("tensorflow", f"layer type '{node.layer.kind}'")
+    return LAYERS[type(node.layer)](node, variables)
+
+
+class Model(tf.Module):
+    """The spec's layer graph. `variables_by_name` maps canonical names to tf.Variables in the spec's
+    parameter order, and `trainable` lists them in that order (the order the optimizer walks)."""
+
+    def __init__(self, experiment: Experiment, params: dict[str, np.ndarray], dtype):
+        super().__init__()
+        self.variables_by_name = {name: tf.Variable(tf.constant(value, dtype), name=_variable_name(name))
+                                  for name, value in params.items()}
+        self.trainable = list(self.variables_by_name.values())
+        self.layers = [(node.name, node.inputs, layer(node, self.variables_by_name))
+                       for node in experiment.model.nodes]
+        self.output = experiment.model.layers[-1].name
+
+    def __call__(self, x):
+        values = {INPUT: x}
+        for name, inputs, op in self.layers:
+            values[name] = op([values[i] for i in inputs])
+        return values[self.output]
+
+
+def _variable_name(name: str) -> str:
+    """A TF-legal variable name for a canonical parameter name (layer names may hold any character)."""
+    return re.sub(r"[^A-Za-z0-9_.\-/]", "_", name)

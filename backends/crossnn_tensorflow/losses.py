@@ -1,0 +1,131 @@
+"""Losses: loss(p, y) -> the scalar mean of crossnn.spec.losses, written with TF ops.
+
+The regression losses and cross-entropy from logits are plain TF code whose tape gradient is the
+spec's. The others carry a tf.custom_gradient with the spec's gradient: BCE (the spec's log clamp
+and PyTorch's gradient floor; Keras clips p instead), BCE on logits (sigmoid(z) - y, exactly 1/2 - y
+at z = 0) and cross-entropy on probabilities (a clamped log whose tape gradient would be 0 · (1/0) =
+NaN at p = 0).
+
+`n` below is the element count, or the sample count for the cross-entropies. 1/n is formed in
+float64 and then cast, as the NumPy reference and PyTorch do, so float32 runs round it once.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from crossnn import spec
+from crossnn.errors import UnsupportedFeature
+
+#: floor of p (1 - p) in the BCE gradient, as in PyTorch's binary_cross_entropy_backward
+BCE_GRAD_FLOOR = 1e-12
+
+
+def _inverse_count(count, dtype):
+    return tf.cast(1.0 / tf.cast(count, tf.float64), dtype)
+
+
+def _mse(s):
+    """mean((p - y)²); the tape gives (1/n) · 2 (p - y)."""
+    return lambda p, y: tf.reduce_mean(tf.square(p - y))
+
+
+def _mae(s):
+    """mean(|p - y|); the tape gives (1/n) · sign(p - y), sign(0) = 0."""
+    return lambda p, y: tf.reduce_mean(tf.abs(p - y))
+
+
+def _huber(s: spec.Huber):
+    """mean(½ d² where |d| < delta, else delta (|d| - ½ delta)); the tape gives clip(d, ±delta) / n
+    (both branches are finite, so the untaken one contributes exact zeros)."""
+    delta = s.delta
+
+    def huber(p, y):
+        d = p - y
+        ad = tf.abs(d)
+        return tf.reduce_mean(tf.where(ad < delta, 0.5 * d * d, delta * (ad - 0.5 * delta)))
+
+    return huber
+
+
+def _bce(s: spec.BCE):
+    """-mean(y max(log p, log_min) + (1 - y) max(log1p(-p), log_min)); gradient
+    (p - y) / max(p (1 - p), 1e-12) / n, PyTorch's binary_cross_entropy_backward."""
+    log_min = s.log_min
+
+    @tf.custom_gradient
+    def bce(p, y):
+        log_p = tf.maximum(tf.math.log(p), log_min)
+        log_q = tf.maximum(tf.math.log1p(-p), log_min)
+        value = tf.reduce_mean((y - 1.0) * log_q - y * log_p)
+
+        def grad(upstream):
+            dp = (p - y) / tf.maximum((1.0 - p) * p, BCE_GRAD_FLOOR) * _inverse_count(tf.size(p), p.dtype)
+            return upstream * dp, None
+
+        return value, grad
+
+    return bce
+
+
+def _bce_logits(s):
+    """tf.nn.sigmoid_cross_entropy_with_logits (max(z, 0) - z y + log1p(exp(-|z|))), averaged;
+    gradient (sigmoid(z) - y) / n."""
+
+    @tf.custom_gradient
+    def bce_logits(z, y):
+        value = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=z))
+
+        def grad(upstream):
+            dz = (1.0 / (1.0 + tf.exp(-z)) - y) * _inverse_count(tf.size(z), z.dtype)
+            return upstream * dz, None
+
+        return value, grad
+
+    return bce_logits
+
+
+def _cross_entropy(s: spec.CrossEntropy):
+    if s.from_logits:
+        if s.sparse:
+            def sparse_xent(z, labels):
+                """mean_n of log Σ exp z_n - z_n[label]; the tape gives (softmax(z) - onehot) / N."""
+                return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=z))
+
+            return sparse_xent
+
+        def xent(z, y):
+            """mean_n of -Σ_k y log_softmax(z); the tape gives (softmax(z) - y) / N."""
+            return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels=y, logits=z))
+
+        return xent
+
+    log_min = s.log_min
+    sparse = s.sparse
+
+    @tf.custom_gradient
+    def xent_probabilities(p, y):
+        """-Σ y max(log p, log_min) / N; gradient -y / p / N where log p > log_min, else 0."""
+        if sparse:
+            y = tf.one_hot(y, tf.shape(p)[1], dtype=p.dtype)
+        log_p = tf.math.log(p)
+        active = log_p > log_min
+        value = -tf.reduce_sum(y * tf.where(active, log_p, log_min)) / tf.cast(tf.shape(p)[0], p.dtype)
+
+        def grad(upstream):
+            dp = tf.where(active, -y / tf.where(active, p, 1.0), 0.0) * _inverse_count(tf.shape(p)[0], p.dtype)
+            return upstream * dp, None
+
+        return value, grad
+
+    return xent_probabilities
+
+
+LOSSES = {spec.MSE: _mse, spec.MAE: _mae, spec.Huber: _huber, spec.BCE: _bce, spec.BCELogits: _bce_logits,
+          spec.CrossEntropy: _cross_entropy}
+
+
+def loss(s: spec.Loss):
+    if type(s) not in LOSSES:
+        raise UnsupportedFeature("tensorflow", f"loss '{s.kind}'")
+    return LOSSES[type(s)](s)

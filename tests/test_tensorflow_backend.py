@@ -1,0 +1,485 @@
+"""The TensorFlow backend against two independent references:
+
+* the NumPy float64 reference backend, through crossnn.harness.train and crossnn.parity.compare
+  (every parameter at every snapshot within 1e-9 relative), and
+* for each seed experiment, an oracle written the way the original TF tutorials write it —
+  tf.Variables / keras.layers.Dense, a tf.GradientTape step and optimizer.apply_gradients over
+  crossnn's batch plan — started from crossnn's initial parameters (plus Keras' compile/fit for
+  `line`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from functools import lru_cache
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+keras = pytest.importorskip("keras")
+
+from crossnn import backends, examples  # noqa: E402
+from crossnn import spec as S  # noqa: E402
+from crossnn.data import load_dataset  # noqa: E402
+from crossnn.errors import BackendError, UnsupportedFeature  # noqa: E402
+from crossnn.harness import RunSpec, train  # noqa: E402
+from crossnn.params import initial_parameters  # noqa: E402
+from crossnn.parity import compare  # noqa: E402
+from crossnn.plan import BatchPlan  # noqa: E402
+
+MODES = ("graph", "eager", "xla")
+#: modes checked against NumPy per example; eager mode costs ~2 ms a step here, so the long runs
+#: (adder: 5,000 steps, circle: 12,000) check the two compiled modes
+PARITY_MODES = {"adder": ("graph", "xla"), "line": MODES, "linear-2x3": MODES, "two-tower": MODES,
+                "circle": ("graph", "xla")}
+FLOAT64_RTOL = 1e-9
+
+
+def _experiment(name: str) -> S.Experiment:
+    return S.load(examples.path(name))
+
+
+@lru_cache(maxsize=None)
+def _run(name: str, modes: tuple[str, ...], dtype: str = "float64"):
+    """crossnn's NumPy float64 reference and the TensorFlow lowerings of one example."""
+    return train(_experiment(name), [RunSpec("tensorflow", dtype, "cpu", mode) for mode in modes])
+
+
+def _tf_record(name: str, mode: str = "graph"):
+    result = _run(name, PARITY_MODES[name])
+    return next(r for r in result.records if r.spec.mode == mode)
+
+
+def _max_rel(got: dict, want: dict) -> float:
+    return max(float(np.max(np.abs(got[k] - want[k])) / np.max(np.abs(want[k]))) for k in want)
+
+
+@pytest.fixture
+def float64_keras():
+    """Keras in float64: layers AND the optimizer's learning-rate variable, which Keras creates in
+    floatx() and casts to the variable's dtype (with float32 floatx, lr = 0.1 would train a float64
+    model with 0.10000000149011612)."""
+    before = keras.config.floatx()
+    keras.config.set_floatx("float64")
+    yield
+    keras.config.set_floatx(before)
+
+
+# ---- the TF lowering against the NumPy float64 reference ----------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(PARITY_MODES))
+def test_float64_parity_with_numpy_every_snapshot(name):
+    result = _run(name, PARITY_MODES[name])
+    assert result.reference.ok and len(result.records) == len(PARITY_MODES[name])
+    for record in result.records:
+        assert record.ok, record.message
+        assert record.steps_done == result.plan.steps
+        parity = compare(result.reference, record)
+        assert parity.complete and parity.passed, (record.spec.label, parity.first_fail_step)
+        assert parity.max_rel <= FLOAT64_RTOL, (record.spec.label, parity.max_rel)
+        assert parity.loss_max_abs <= 1e-9 * max(1.0, float(np.max(np.abs(result.reference.losses))))
+        assert sorted(record.snapshots) == sorted(result.reference.snapshots)
+
+
+@pytest.mark.parametrize("name", ["linear-2x3", "two-tower"])
+def test_float32_within_1e_5_of_numpy_float64(name):
+    result = _run(name, MODES, "float32")
+    for record in result.records:
+        assert record.ok, record.message
+        for step, ref in result.reference.snapshots.items():
+            for key, value in ref.items():
+                assert np.max(np.abs(record.snapshots[step][key] - value)) <= 1e-5, (record.spec.label, step, key)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_linear_2x3_final_parameters(mode):
+    """The seed's numbers after 100 SGD(0.01) steps on [[1,2,3],[4,5,6]] -> [10, 20] from zeros."""
+    final = next(r for r in _run("linear-2x3", MODES).records if r.spec.mode == mode).final_params
+    np.testing.assert_allclose(final["fc/kernel"][:, 0], [0.40784463, 1.19106518, 1.97428573], rtol=0, atol=1e-8)
+    np.testing.assert_allclose(final["fc/bias"], [0.78322055], rtol=0, atol=1e-8)
+
+
+def test_same_spec_twice_is_bit_identical():
+    """Each lowering run twice (shuffled batches, sigmoid net, momentum) gives the same bits."""
+    exp = _experiment("circle")
+    exp = dataclasses.replace(exp, train=dataclasses.replace(exp.train, epochs=20, shuffle=True))
+    lowerings = [("float64", "graph"), ("float64", "xla"), ("float32", "graph"), ("float32", "xla")]
+    records = train(exp, [RunSpec("tensorflow", d, "cpu", m) for d, m in lowerings for _ in range(2)]).records
+    for first, second in zip(records[::2], records[1::2]):
+        assert first.ok and second.ok and first.spec == second.spec
+        assert np.array_equal(first.losses, second.losses), first.spec.label
+        for key, value in first.final_params.items():
+            assert np.array_equal(value, second.final_params[key]), (first.spec.label, key)
+    assert not np.array_equal(records[0].final_params["fc1/kernel"], initial_parameters(exp)["fc1/kernel"])
+
+
+@pytest.mark.parametrize("mode", ["graph", "xla"])
+def test_compiled_step_traces_once(mode):
+    """Batches of 4, 4 and 2 rows, reshuffled every epoch: one trace for the whole run."""
+    exp = _experiment("two-tower")
+    exp = dataclasses.replace(exp, train=dataclasses.replace(exp.train, epochs=5, batch_size=4, shuffle=True))
+    backend = backends.get("tensorflow")
+    backend.prepare()
+    data = load_dataset(exp)
+    plan = BatchPlan.for_experiment(exp, data.n)
+    trainer = backend.build(exp, initial_parameters(exp), data, dtype="float64", device="cpu", mode=mode)
+    assert trainer.traces == 1 and trainer.mode.step.experimental_get_tracing_count() == 1  # traced in build
+    losses = np.concatenate([trainer.run(plan.batches(a, b)) for a, b in plan.spans(4)])
+    assert {len(plan.batch(s)) for s in range(plan.steps)} == {4, 2}
+    assert trainer.traces == 1 and trainer.mode.step.experimental_get_tracing_count() == 1
+    reference = backends.get("numpy").build(exp, initial_parameters(exp), data, dtype="float64", device="cpu",
+                                            mode="default")
+    np.testing.assert_allclose(losses, reference.run(plan.batches(0, plan.steps)), rtol=1e-12, atol=0)
+
+
+# ---- spec features beyond the seed experiments, against NumPy -----------------------------------
+
+_RNG = np.random.default_rng(7)
+_X = _RNG.normal(size=(12, 3)).round(3)
+_LABELS = _RNG.integers(0, 3, size=12)
+_INIT = {"kernel_init": S.GlorotUniform(), "bias_init": S.Uniform(low=-0.5, high=0.5)}
+
+
+def _dense(units, activation=S.Linear()):
+    return S.Dense(units=units, activation=activation, **_INIT)
+
+
+def _feature_experiment(layers, loss, y, optimizer):
+    """12 inline samples of 3 features, batches of 5 (the last one 2), reshuffled for 6 epochs."""
+    return S.Experiment(name="features", seed=3, data=S.InlineData(x=_X.tolist(), y=y.tolist()),
+                        model=S.Model(inputs=3, layers=tuple(layers)), loss=loss, optimizer=optimizer,
+                        train=S.Train(epochs=6, batch_size=5, shuffle=True))
+
+
+#: every activation of the spec between the input and a linear output layer of `units`
+def _hidden_stack(units):
+    return [_dense(4, S.Tanh()), _dense(4, S.LeakyReLU(negative_slope=0.01)),
+            S.ActivationLayer(activation=S.Softplus()), _dense(5, S.GELU(approximate="none")),
+            _dense(4, S.GELU(approximate="tanh")), _dense(4, S.ReLU()), _dense(units)]
+
+
+_FEATURES = {
+    "mse+sgd-nesterov-decay": (S.MSE(), _RNG.normal(size=(12, 2)),
+                               S.SGD(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01)),
+    "mae+adam-decay": (S.MAE(), _RNG.normal(size=(12, 2)), S.Adam(lr=0.01, eps=1e-8, weight_decay=0.1)),
+    "huber": (S.Huber(delta=0.5), 2 * _RNG.normal(size=(12, 2)), S.SGD(lr=0.1)),
+    "bce_logits": (S.BCELogits(), (_RNG.uniform(size=(12, 1)) > 0.5) * 1.0, S.SGD(lr=0.1, momentum=0.5)),
+    "xent-logits-sparse": (S.CrossEntropy(from_logits=True, sparse=True), _LABELS, S.Adam(lr=0.02, eps=1e-8)),
+    "xent-logits-onehot": (S.CrossEntropy(from_logits=True, sparse=False), np.eye(3)[_LABELS], S.SGD(lr=0.1)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_FEATURES))
+def test_features_match_numpy(case):
+    """Every activation, the other losses and optimizer options, against NumPy at every step."""
+    loss, y, optimizer = _FEATURES[case]
+    units = 3 if isinstance(loss, S.CrossEntropy) else y.shape[1]
+    exp = _feature_experiment(_hidden_stack(units), loss, y, optimizer)
+    result = train(exp, [RunSpec("tensorflow", "float64", "cpu", "graph")], snapshot_every=1)
+    parity = compare(result.reference, result.records[0])
+    assert parity.passed and parity.max_rel <= FLOAT64_RTOL, (parity.max_rel, result.records[0].message)
+
+
+@pytest.mark.parametrize("case", ["bce", "xent-probabilities-sparse", "xent-probabilities-onehot"])
+def test_probability_losses_match_numpy(case):
+    """Losses on probabilities behind a sigmoid / softmax layer, trained against NumPy; then one step
+    from saturated outputs (p exactly 0 or 1), where the log clamp is active and the gradient there
+    must be 0, not NaN."""
+    if case == "bce":
+        loss, y, head, units = S.BCE(log_min=-100.0), (_RNG.uniform(size=(12, 1)) > 0.5) * 1.0, S.Sigmoid(), 1
+    else:
+        sparse = case.endswith("sparse")
+        loss = S.CrossEntropy(from_logits=False, sparse=sparse, log_min=-30.0)
+        y, head, units = (_LABELS if sparse else np.eye(3)[_LABELS]), S.Softmax(), 3
+    exp = _feature_experiment([_dense(4, S.Tanh()), _dense(units), S.ActivationLayer(activation=head)],
+                              loss, y, S.SGD(lr=0.2))
+    result = train(exp, [RunSpec("tensorflow", "float64", "cpu", m) for m in ("graph", "xla")], snapshot_every=1)
+    for record in result.records:
+        parity = compare(result.reference, record)
+        assert parity.passed and parity.max_rel <= FLOAT64_RTOL, (record.spec.label, parity.max_rel)
+
+    saturated = dict(initial_parameters(exp))
+    saturated["dense2/kernel"] = saturated["dense2/kernel"] * 1000.0
+    data = load_dataset(exp)
+    ran = {}
+    for name in ("numpy", "tensorflow"):
+        backend = backends.get(name)
+        trainer = backend.build(exp, saturated, data, dtype="float64", device="cpu", mode=backend.modes[0])
+        ran[name] = trainer.run([np.arange(12)])[0], trainer.parameters(), trainer.predict(data.x)
+    (want_loss, want, _), (got_loss, got, _) = ran["numpy"], ran["tensorflow"]
+    outputs = backends.get("numpy").build(exp, saturated, data, dtype="float64", device="cpu",
+                                          mode="default").predict(data.x)
+    assert np.any((outputs == 0.0) | (outputs == 1.0))  # the clamp is in play
+    assert np.isfinite(got_loss) and all(np.all(np.isfinite(v)) for v in got.values())
+    assert abs(got_loss - want_loss) <= 1e-12 * abs(want_loss)
+    assert _max_rel(got, want) <= 1e-12
+
+
+def test_activation_formulas_where_tf_ops_differ():
+    """softplus: gradient sigmoid(z), 1/2 at z = 0; leaky_relu: the float64 slope, not float32(0.01)."""
+    from crossnn_tensorflow import layers
+
+    z = tf.constant([-40.0, -3.0, 0.0, 2.5, 40.0], tf.float64)
+    softplus = layers.activation(S.Softplus())
+    leaky = layers.activation(S.LeakyReLU(negative_slope=0.01))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(z)
+        a, b = softplus(z), leaky(z)
+    zn = z.numpy()
+    np.testing.assert_allclose(a.numpy(), np.maximum(zn, 0) + np.log1p(np.exp(-np.abs(zn))), rtol=2e-16, atol=0)
+    np.testing.assert_allclose(tape.gradient(a, z).numpy(), 1 / (1 + np.exp(-zn)), rtol=2e-16, atol=0)
+    assert tape.gradient(a, z).numpy()[2] == 0.5
+    assert b.numpy()[1] == -3.0 * 0.01 and tf.nn.leaky_relu(z, 0.01).numpy()[1] != -3.0 * 0.01
+    np.testing.assert_array_equal(tape.gradient(b, z).numpy(), [0.01, 0.01, 0.01, 1.0, 1.0])
+
+
+# ---- unsupported features ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Swish(S.Activation):
+    """An activation no backend lowers; its kind is a plain class attribute, so it is not registered
+    in the spec's activation family (no other test sees it)."""
+
+    kind = "swish"
+
+
+def test_unsupported_feature_names_backend_and_feature():
+    exp = _experiment("linear-2x3")
+    layer = dataclasses.replace(exp.model.layers[0], activation=_Swish())
+    exp = dataclasses.replace(exp, model=S.Model(inputs=3, layers=(layer,)))
+    with pytest.raises(UnsupportedFeature) as err:
+        backends.get("tensorflow").build(exp, initial_parameters(exp), load_dataset(exp), dtype="float64",
+                                         device="cpu", mode="graph")
+    assert err.value.backend == "tensorflow" and err.value.feature == "activation 'swish'"
+    assert str(err.value) == "backend 'tensorflow' cannot lower activation 'swish'"
+    assert "swish" not in S.Activation.kinds()
+    exp = _experiment("linear-2x3")
+    with pytest.raises(UnsupportedFeature, match="cannot lower dtype 'float16'"):
+        backends.get("tensorflow").build(exp, initial_parameters(exp), load_dataset(exp), dtype="float16",
+                                         device="cpu", mode="graph")
+
+
+# ---- oracles written the way the TF tutorials write them ----------------------------------------
+
+
+class PaperAdam(keras.optimizers.Optimizer):
+    """Adam as written in Kingma & Ba (Algorithm 1) and torch.optim.Adam, following Keras' guide to
+    custom optimizers (build + update_step). Not keras.optimizers.Adam: Keras adds epsilon to the
+    uncorrected √v (w ← w - lr·√(1-β₂ᵗ)/(1-β₁ᵗ) · m / (√v + ε)), i.e. it uses ε/√(1-β₂ᵗ) on √v̂ —
+    about 30x the spec's ε on the first step of beta2 = 0.999 — so it trains different numbers."""
+
+    def __init__(self, learning_rate, beta_1, beta_2, epsilon, name="paper_adam", **kwargs):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self.m = [self.add_variable_from_reference(v, "m") for v in variables]
+        self.v = [self.add_variable_from_reference(v, "v") for v in variables]
+
+    def update_step(self, gradient, variable, learning_rate):
+        ops = keras.ops
+        lr = ops.cast(learning_rate, variable.dtype)
+        t = ops.cast(self.iterations + 1, variable.dtype)
+        m = self.m[self._get_variable_index(variable)]
+        v = self.v[self._get_variable_index(variable)]
+        self.assign(m, self.beta_1 * m + (1 - self.beta_1) * gradient)
+        self.assign(v, self.beta_2 * v + (1 - self.beta_2) * ops.square(gradient))
+        m_hat = m / (1 - ops.power(self.beta_1, t))
+        v_hat = v / (1 - ops.power(self.beta_2, t))
+        self.assign_sub(variable, lr * m_hat / (ops.sqrt(v_hat) + self.epsilon))
+
+
+def _oracle_loop(exp, model_fn, variables, loss_fn, optimizer):
+    """The tutorials' loop: for each batch of crossnn's plan, a tf.function GradientTape step and
+    optimizer.apply_gradients(zip(grads, variables))."""
+    data = load_dataset(exp)
+    plan = BatchPlan.for_experiment(exp, data.n)
+
+    @tf.function
+    def train_step(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model_fn(x))
+        grads = tape.gradient(loss, variables)
+        optimizer.apply_gradients(zip(grads, variables))
+        return loss
+
+    losses = [train_step(data.x[batch], data.y[batch]) for batch in plan.batches(0, plan.steps)]
+    return np.array([float(v) for v in losses])
+
+
+def _mse(y, p):
+    return tf.reduce_mean(tf.square(y - p))
+
+
+def _keras_weights(params, *layers):
+    return [w for layer in layers for w in (params[f"{layer}/kernel"], params[f"{layer}/bias"])]
+
+
+def _oracle_adder(exp, params):
+    """Seed 000: a tf.Module Dense layer of tf.Variables (y = x @ w + b), one sample per step."""
+
+    class DenseNN(tf.Module):
+        def __init__(self, w, b):
+            super().__init__()
+            self.w, self.b = tf.Variable(w), tf.Variable(b)
+
+        def __call__(self, x):
+            return x @ self.w + self.b
+
+    model = DenseNN(params["dense/kernel"], params["dense/bias"])
+    opt = exp.optimizer
+    adam = PaperAdam(opt.lr, opt.beta1, opt.beta2, opt.eps)
+    losses = _oracle_loop(exp, model, [model.w, model.b], _mse, adam)
+    return {"dense/kernel": model.w.numpy(), "dense/bias": model.b.numpy()}, losses
+
+
+def _oracle_line(exp, params):
+    """Seed 001: f(x) = w x + b with scalar tf.Variables (W = 5, b = 0), full-batch SGD."""
+
+    class MyModel(tf.Module):
+        def __init__(self, w, b):
+            super().__init__()
+            self.w, self.b = tf.Variable(w), tf.Variable(b)
+
+        def __call__(self, x):
+            return self.w * x + self.b
+
+    model = MyModel(params["linear/kernel"][0, 0], params["linear/bias"][0])
+    losses = _oracle_loop(exp, model, [model.w, model.b], _mse, keras.optimizers.SGD(exp.optimizer.lr))
+    return {"linear/kernel": model.w.numpy().reshape(1, 1), "linear/bias": model.b.numpy().reshape(1)}, losses
+
+
+def _oracle_linear_2x3(exp, params):
+    """Seed 002: a keras.Model subclass around one Dense(1), SGD(0.01) on the whole 2x3 matrix."""
+
+    class Linear(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(1, kernel_initializer="zeros", bias_initializer="zeros")
+
+        def call(self, x):
+            return self.dense(x)
+
+    model = Linear()
+    model(np.zeros((1, 3)))  # builds the Dense layer
+    model.dense.set_weights(_keras_weights(params, "fc"))
+    losses = _oracle_loop(exp, model, model.trainable_variables, _mse, keras.optimizers.SGD(exp.optimizer.lr))
+    kernel, bias = model.dense.get_weights()
+    return {"fc/kernel": kernel, "fc/bias": bias}, losses
+
+
+def _oracle_two_tower(exp, params):
+    """Seed 003: the functional two-tower model, Dense(1) and Dense(2) on one input, concatenated,
+    Dense(1) on top."""
+    inputs = keras.Input(shape=(2,), name="input")
+    dense1 = keras.layers.Dense(1, name="dense1")
+    dense2 = keras.layers.Dense(2, name="dense2")
+    dense3 = keras.layers.Dense(1, name="dense3")
+    outputs = dense3(keras.layers.Concatenate(name="concat")([dense1(inputs), dense2(inputs)]))
+    model = keras.Model(inputs=inputs, outputs=outputs)
+    for name, layer in (("dense1", dense1), ("dense2", dense2), ("dense3", dense3)):
+        layer.set_weights(_keras_weights(params, name))
+    opt = exp.optimizer
+    adam = PaperAdam(opt.lr, opt.beta1, opt.beta2, opt.eps)
+    losses = _oracle_loop(exp, model, model.trainable_variables, _mse, adam)
+    return {f"{n}/{p}": w for n, layer in (("dense1", dense1), ("dense2", dense2), ("dense3", dense3))
+            for p, w in zip(("kernel", "bias"), layer.get_weights())}, losses
+
+
+def _oracle_circle(exp, params):
+    """Seed 004's 2-5-1 sigmoid net as keras.Sequential, keras.losses.BinaryCrossentropy and Keras'
+    momentum SGD. Keras' momentum (v ← μ v - lr g, w ← w + v) equals the spec's (b ← μ b + g,
+    w ← w - lr b) at a constant lr up to rounding; Keras' BCE sees the sigmoid's logits (Keras 3 tags
+    sigmoid outputs) and uses sigmoid_cross_entropy_with_logits, the same loss up to rounding while
+    no probability saturates."""
+    model = keras.Sequential([keras.Input(shape=(2,)), keras.layers.Dense(5, activation="sigmoid", name="fc1"),
+                              keras.layers.Dense(1, activation="sigmoid", name="fc2")])
+    for name in ("fc1", "fc2"):
+        model.get_layer(name).set_weights(_keras_weights(params, name))
+    opt = exp.optimizer
+    # np.float64, not a Python float: SGD.update_step does ops.cast(self.momentum, float64), and
+    # casting a Python float goes through a float32 tensor (0.8 -> 0.800000011920929), which moves
+    # the final parameters by ~1e-6 relative after 12,000 steps
+    sgd = keras.optimizers.SGD(opt.lr, momentum=np.float64(opt.momentum))
+    losses = _oracle_loop(exp, model, model.trainable_variables, keras.losses.BinaryCrossentropy(), sgd)
+    return {f"{n}/{p}": w for n in ("fc1", "fc2")
+            for p, w in zip(("kernel", "bias"), model.get_layer(n).get_weights())}, losses
+
+
+ORACLES = {"adder": (_oracle_adder, 1e-11), "line": (_oracle_line, 1e-13), "linear-2x3": (_oracle_linear_2x3, 1e-13),
+           "two-tower": (_oracle_two_tower, 1e-12), "circle": (_oracle_circle, 1e-12)}
+
+
+@pytest.mark.parametrize("name", sorted(ORACLES))
+def test_tutorial_oracle_matches_tf_lowering(name, float64_keras):
+    oracle, rtol = ORACLES[name]
+    exp = _experiment(name)
+    record = _tf_record(name)
+    params, losses = oracle(exp, initial_parameters(exp))
+    assert sorted(params) == sorted(record.final_params)
+    rel = _max_rel(params, record.final_params)
+    print(f"{name}: oracle vs crossnn TF final parameters, max rel {rel:.3g}")
+    assert rel <= rtol
+    np.testing.assert_allclose(losses, record.losses, rtol=1e-9, atol=1e-12)
+
+
+def test_keras_compile_fit_line_matches(float64_keras):
+    """Seed 001's Keras twin: Dense(1) compiled with SGD(0.1) and MSE, fit on all 201 samples per
+    batch, no shuffling, 10 epochs, from crossnn's initial parameters."""
+    exp = _experiment("line")
+    data = load_dataset(exp)
+    params = initial_parameters(exp)
+    model = keras.Sequential([keras.Input(shape=(1,)), keras.layers.Dense(1, name="linear")])
+    model.set_weights(_keras_weights(params, "linear"))
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.1), loss="mse")
+    history = model.fit(data.x, data.y, batch_size=201, epochs=10, shuffle=False, verbose=0)
+    kernel, bias = model.get_weights()
+    record = _tf_record("line")
+    rel = _max_rel({"linear/kernel": kernel, "linear/bias": bias}, record.final_params)
+    print(f"line: keras fit vs crossnn TF final parameters, max rel {rel:.3g}")
+    assert rel <= 1e-13
+    np.testing.assert_allclose(history.history["loss"], record.losses, rtol=1e-12)
+
+
+def test_devices_guess_without_importing_tensorflow():
+    import subprocess
+    import sys
+
+    code = ("import sys; from crossnn import backends; b = backends.get('tensorflow'); "
+            "print(b.devices(), 'tensorflow' in sys.modules)")
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "('cpu',) False"  # this venv holds tensorflow-cpu: no GPU kernels
+    assert time.perf_counter() - start < 5
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    assert backends.get("tensorflow").devices(probe=True) == ("cpu",) + tuple(f"gpu:{i}" for i in range(gpus))
+
+
+def test_device_names():
+    from crossnn_tensorflow import device
+
+    assert device.resolve("cpu") == device.resolve("CPU:0") == "/CPU:0"
+    for bad in ("tpu", "cpu:1", "cuda:x"):
+        with pytest.raises(BackendError, match="has no device"):
+            device.resolve(bad)
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    for name in ("gpu", "cuda", f"gpu:{gpus}", f"cuda:{gpus}"):
+        if name in ("gpu", "cuda") and gpus:
+            assert device.resolve(name) == "/GPU:0"
+        else:
+            with pytest.raises(BackendError, match=f"sees {gpus} GPU"):
+                device.resolve(name)
+
+
+@pytest.mark.skipif(not tf.config.list_physical_devices("GPU"), reason="TensorFlow lists no GPU here")
+def test_gpu_float64_parity():
+    exp = _experiment("two-tower")
+    result = train(exp, [RunSpec("tensorflow", "float64", "gpu", "graph")])
+    assert compare(result.reference, result.records[0]).passed

@@ -36,8 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", metavar="SPEC_OR_EXAMPLE")
     p.set_defaults(handler=cmd_show)
 
-    p = commands.add_parser("run", help="train a spec on several backends and check parity")
-    p.add_argument("spec", metavar="SPEC_OR_EXAMPLE")
+    p = commands.add_parser("run", help="train specs on several backends and check parity")
+    p.add_argument("spec", metavar="SPEC_OR_EXAMPLE", nargs="+",
+                   help="spec files or example names; 'seeds' runs the five seed examples")
     p.add_argument("--backends", help="comma-separated backend names (default: every available one)")
     p.add_argument("--dtype", default="float64", help="float64 (default) or float32, or both comma-separated")
     p.add_argument("--device", default="cpu", help="device for non-reference runs, e.g. cpu or cuda (default cpu)")
@@ -90,6 +91,14 @@ def load_spec(text: str):
     raise SpecError(f"'{text}' is neither a spec file nor an example; examples: {', '.join(examples.names())}")
 
 
+#: names that stand for several examples
+SUITES = {"seeds": ("adder", "line", "linear-2x3", "two-tower", "circle")}
+
+
+def _expand_suite(name: str) -> tuple[str, ...]:
+    return SUITES.get(name, (name,))
+
+
 def _split(text: str | None) -> list[str]:
     return [part.strip() for part in (text or "").split(",") if part.strip()]
 
@@ -130,15 +139,16 @@ def cmd_show(args) -> int:
 
 def cmd_run(args) -> int:
     from crossnn import backends
-    from crossnn.console import Progress
+    from crossnn.console import Progress, table
     from crossnn.data import load_dataset
     from crossnn.errors import BackendError
     from crossnn.harness import RunSpec, train
     from crossnn.parity import TOLERANCES, Tolerance, compare, tolerance_for
     from crossnn.results import result_json, run_text
 
-    experiment = load_spec(args.spec)
-    dataset = load_dataset(experiment)
+    # everything the user typed is checked before any training starts
+    experiments = [load_spec(text) for name in args.spec for text in _expand_suite(name)]
+    datasets = [load_dataset(e) for e in experiments]
     names = _split(args.backends) or backends.available()
     dtypes = _split(args.dtype)
     for dtype in dtypes:
@@ -154,24 +164,45 @@ def cmd_run(args) -> int:
     def mode(name):
         return args.mode if args.mode in backends.get(name).modes else None
 
-    runs = [RunSpec(name, dtype, "cpu" if backends.get(name).reference else args.device, mode(name))
-            for dtype in dtypes for name in names]
-    result = train(experiment, runs, snapshot_every=args.snapshot_every, dataset=dataset,
-                   progress=Progress(enabled=not args.quiet))
-
     def tolerance(record):
         default = tolerance_for(record.spec.dtype, record.spec.device)
         return Tolerance(args.rtol if args.rtol is not None else default.rtol,
                          args.atol if args.atol is not None else default.atol)
 
-    parities = {id(r): compare(result.reference, r, tolerance(r)) for r in result.records}
-    print(run_text(result, parities))
+    runs = [RunSpec(name, dtype, "cpu" if backends.get(name).reference else args.device, mode(name))
+            for dtype in dtypes for name in names]
+    outcomes = []
+    for experiment, dataset in zip(experiments, datasets):
+        result = train(experiment, runs, snapshot_every=args.snapshot_every, dataset=dataset,
+                       progress=Progress(enabled=not args.quiet))
+        parities = {id(r): compare(result.reference, r, tolerance(r)) for r in result.records}
+        if len(experiments) > 1:
+            print(f"==== {experiment.name} " + "=" * max(0, 70 - len(experiment.name)))
+        print(run_text(result, parities))
+        print()
+        outcomes.append((result, parities))
+
+    if len(outcomes) > 1:
+        totals: dict[str, float] = {}
+        rows = []
+        for result, parities in outcomes:
+            for r in result.records:
+                totals[r.spec.label] = totals.get(r.spec.label, 0.0) + r.train_seconds
+                verdict = "reference" if r is result.reference else ("pass" if parities[id(r)].passed else "FAIL")
+                rows.append((result.experiment.name, r.spec.label, f"{r.train_seconds:.2f}", verdict))
+        print("summary:")
+        print(table(("experiment", "run", "train s", "parity"), rows))
+        print()
+        print("training time per run, all experiments:")
+        print(table(("run", "train s"), [(label, f"{seconds:.2f}") for label, seconds in totals.items()]))
     if args.json:
         from crossnn.files import write_text_atomic
 
-        write_text_atomic(Path(args.json), json.dumps(result_json(result, parities), indent=1))
+        documents = [result_json(result, parities) for result, parities in outcomes]
+        document = documents[0] if len(documents) == 1 else {"experiments": documents}
+        write_text_atomic(Path(args.json), json.dumps(document, indent=1))
         print(f"results written to {args.json}")
-    failed = [p for p in parities.values() if not p.passed]
+    failed = [p for _, parities in outcomes for p in parities.values() if not p.passed]
     return EXIT_PARITY_FAILED if failed else EXIT_OK
 
 

@@ -224,3 +224,17 @@ def test_cli_subprocess_bad_input_has_no_traceback(tmp_path):
     done = _cli("run", str(spec))
     assert done.returncode == 2
     assert done.stderr.strip() == f"crossnn: error: {spec}: model.layers[0].units: must be > 0, got 0"
+
+
+def test_several_specs_and_the_seed_suite(tmp_path, capsys):
+    out = tmp_path / "suite.json"
+    assert main(["run", "linear-2x3", "line", "--backends", "numpy", "--dtype", "float32", "--quiet",
+                 "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "==== linear-2x3" in text and "==== line" in text
+    assert "training time per run, all experiments:" in text
+    documents = json.loads(out.read_text())["experiments"]
+    assert [d["experiment"]["name"] for d in documents] == ["linear-2x3", "line"]
+    from crossnn.cli import SUITES
+
+    assert set(SUITES["seeds"]) == set(examples.names())

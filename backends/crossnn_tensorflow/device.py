@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import re
+import sys
 from pathlib import Path
 
 from crossnn.errors import BackendError
@@ -49,7 +50,7 @@ def guess() -> tuple[str, ...]:
 
 def probe() -> tuple[str, ...]:
     """The devices TF can use, exactly: cpu and gpu:0 .. gpu:N-1."""
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     return ("cpu",) + tuple(f"gpu:{i}" for i in range(len(tf.config.list_physical_devices("GPU"))))
 
@@ -58,11 +59,33 @@ def intra_op_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def import_tensorflow():
+    """Import TF with its C++ start-up chatter (oneDNN notices, CPU-feature hints, and, below level 2,
+    grappler's per-graph warnings) kept off the terminal, unless the user chose TF_CPP_MIN_LOG_LEVEL.
+    The notices are printed before TF's logging starts, so they are silenced by pointing file
+    descriptor 2 at /dev/null for the import only; Python exceptions still propagate."""
+    if "tensorflow" in sys.modules or "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+        import tensorflow as tf
+
+        return tf
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow as tf
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    return tf
+
+
 def configure() -> None:
     """Parity settings: deterministic ops, TF32 off, fixed thread counts. Thread counts can only be
     set before TF's runtime starts; if TF already ran ops in this process, its counts are kept (and
     reported by `threads`)."""
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     tf.config.experimental.enable_op_determinism()
     tf.config.experimental.enable_tensor_float_32_execution(False)

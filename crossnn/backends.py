@@ -23,7 +23,7 @@ import numpy as np
 
 from crossnn.data import Dataset
 from crossnn.errors import BackendError
-from crossnn.spec import Experiment
+from crossnn.spec import Experiment, Model
 
 Params = dict[str, np.ndarray]
 ENTRY_POINT_GROUP = "crossnn.backends"
@@ -102,6 +102,11 @@ class Backend(ABC):
 
     def prepare(self) -> None:
         """Import and configure the framework (threads, determinism). Called before any build."""
+
+    def import_model(self, model) -> tuple[Model, Params] | None:
+        """A native model of this framework as (spec Model, canonical float64 parameters), or None
+        when `model` is not one of this framework's models."""
+        return None
 
     @abstractmethod
     def build(self, experiment: Experiment, params: Params, data: Dataset, *,

@@ -4,7 +4,8 @@
     assert_parity("tests/parity_mlp.toml", backends=["torch", "tensorflow"], dtypes=["float64"])
 
 A failure raises `ParityError` (an AssertionError) whose message names the run, the parameter, the
-first step out of tolerance and the size of the difference. The pytest plugin (crossnn.pytest_plugin)
+first step out of tolerance and the size of the difference. `assert_model_parity` does the same for
+a model written in a framework (an nn.Sequential, a Keras model), starting from its own weights. The pytest plugin (crossnn.pytest_plugin)
 turns spec files named parity_*.toml into test items with the same messages.
 """
 
@@ -18,7 +19,8 @@ import numpy as np
 from crossnn import backends as registry
 from crossnn.harness import RunRecord, RunResult, RunSpec, train
 from crossnn.parity import Parity, Tolerance, compare, tolerance_for
-from crossnn.spec import Experiment, load
+from crossnn.errors import BackendError
+from crossnn.spec import DataSource, Experiment, Loss, Model, Optimizer, Train, load
 
 
 class ParityError(AssertionError):
@@ -71,6 +73,28 @@ def assert_parity(spec: Experiment | str | Path, backends: Iterable[str] | None 
     if failures:
         raise ParityError("\n".join(failures))
     return result
+
+
+def import_model(model) -> tuple[Model, dict[str, np.ndarray]]:
+    """A framework model (an nn.Sequential, a Keras model, ...) as a spec Model and its current
+    weights in canonical layout, read by whichever installed backend recognises it."""
+    for entry in registry.discover().values():
+        if entry.available:
+            imported = entry.backend.import_model(model)
+            if imported is not None:
+                return imported
+    raise BackendError(f"no installed backend can read a {type(model).__module__}.{type(model).__qualname__}")
+
+
+def assert_model_parity(model, *, data: DataSource, loss: Loss, optimizer: Optimizer, train: Train, seed: int = 0,
+                        backends: Iterable[str] | None = None, dtypes: Iterable[str] = ("float64",),
+                        **options) -> RunResult:
+    """Your own model, from its current weights, trained by every backend with the given data, loss,
+    optimizer and schedule: raise ParityError unless all agree with the reference."""
+    spec_model, params = import_model(model)
+    experiment = Experiment(name=type(model).__name__, seed=seed, data=data, model=spec_model, loss=loss,
+                            optimizer=optimizer, train=train)
+    return assert_parity(experiment, backends, dtypes, initial_params=params, **options)
 
 
 def assert_params_match(spec: Experiment | str | Path, final_params: Mapping[str, np.ndarray], *,

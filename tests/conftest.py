@@ -35,5 +35,7 @@ def backend_params(names=None):
 
 
 def pytest_generate_tests(metafunc):
-    if "backend_name" in metafunc.fixturenames:
+    """Tests taking `backend_name` run once per installed backend, unless they choose their own."""
+    chosen = any("backend_name" in marker.args[0] for marker in metafunc.definition.iter_markers("parametrize"))
+    if "backend_name" in metafunc.fixturenames and not chosen:
         metafunc.parametrize("backend_name", backend_params())

@@ -31,6 +31,16 @@ class TensorflowBackend(Backend):
 
         device.configure()
 
+    def import_model(self, model):
+        """A Keras Sequential or functional model of Dense, Activation and Concatenate layers as
+        (spec Model, canonical parameters)."""
+        roots = ("keras", "tf_keras", "tensorflow")
+        if not any(cls.__module__.split(".")[0] in roots for cls in type(model).__mro__):
+            return None
+        from crossnn_tensorflow.layers import import_keras
+
+        return import_keras(model)
+
     def build(self, experiment, params, data, *, dtype, device, mode):
         from crossnn_tensorflow.step import TensorflowTrainer
 

@@ -176,3 +176,77 @@ class Model(tf.Module):
 def _variable_name(name: str) -> str:
     """A TF-legal variable name for a canonical parameter name (layer names may hold any character)."""
     return re.sub(r"[^A-Za-z0-9_.\-/]", "_", name)
+
+
+# ---- reading a user's Keras model back into a spec --------------------------------------------------
+
+#: Keras activation names whose function is the spec's. leaky_relu and gelu are left out on purpose:
+#: keras.activations.leaky_relu's slope (0.2) and gelu's form are not in the layer config.
+KERAS_ACTIVATIONS = {"linear": spec.Linear(), "relu": spec.ReLU(), "sigmoid": spec.Sigmoid(), "tanh": spec.Tanh(),
+                     "softmax": spec.Softmax(), "softplus": spec.Softplus()}
+
+
+def _keras_activation(name, where: str) -> spec.Activation:
+    key = name if isinstance(name, str) else getattr(name, "__name__", repr(name))
+    if key not in KERAS_ACTIVATIONS:
+        raise UnsupportedFeature("tensorflow", f"importing activation '{key}' of {where}")
+    return KERAS_ACTIVATIONS[key]
+
+
+def _parents(nodes) -> list[str]:
+    """Names of the layers feeding a layer, from its Keras 3 inbound_nodes config, in order."""
+    found = []
+
+    def walk(value):
+        if isinstance(value, dict):
+            history = value.get("config", {}).get("keras_history") if value.get("class_name") == "__keras_tensor__" else None
+            if history:
+                found.append(history[0])
+            else:
+                for item in value.values():
+                    walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+
+    walk(nodes[:1])  # a layer called once: its first node
+    return found
+
+
+def import_keras(model):
+    """(spec Model, canonical float64 parameters) for a Keras Sequential or functional model of
+    Dense, Activation and Concatenate layers with one input. Layer names are kept; the initializers
+    recorded are Dense's defaults (glorot_uniform, zeros); the starting values are the model's."""
+    config = model.get_config()
+    entries = [entry for entry in config["layers"] if entry["class_name"] != "InputLayer"]
+    input_entries = [entry for entry in config["layers"] if entry["class_name"] == "InputLayer"]
+    if len(input_entries) != 1:
+        raise UnsupportedFeature("tensorflow", "importing a model without exactly one Input")
+    input_name = input_entries[0]["config"]["name"]
+    features = input_entries[0]["config"].get("batch_shape") or input_entries[0]["config"].get("batch_input_shape")
+    by_name = {layer.name: layer for layer in model.layers}
+    sequential = "inbound_nodes" not in entries[0]
+    layers: list[spec.Layer] = []
+    params = {}
+    for i, entry in enumerate(entries):
+        name, kind, cfg = entry["config"]["name"], entry["class_name"], entry["config"]
+        if sequential:
+            inputs = (INPUT,) if i == 0 else (entries[i - 1]["config"]["name"],)
+        else:
+            inputs = tuple(INPUT if parent == input_name else parent for parent in _parents(entry["inbound_nodes"]))
+        if kind == "Dense":
+            layers.append(spec.Dense(name=name, units=cfg["units"], use_bias=cfg["use_bias"], inputs=inputs,
+                                     activation=_keras_activation(cfg["activation"], f"layer {name}"),
+                                     kernel_init=spec.GlorotUniform(), bias_init=spec.Zeros()))
+            weights = by_name[name].get_weights()
+            params[f"{name}/kernel"] = np.asarray(weights[0], dtype=np.float64)
+            if cfg["use_bias"]:
+                params[f"{name}/bias"] = np.asarray(weights[1], dtype=np.float64)
+        elif kind == "Activation":
+            layers.append(spec.ActivationLayer(name=name, inputs=inputs,
+                                               activation=_keras_activation(cfg["activation"], f"layer {name}")))
+        elif kind == "Concatenate" and cfg.get("axis", -1) in (-1, 1):
+            layers.append(spec.Concatenate(name=name, inputs=inputs))
+        else:
+            raise UnsupportedFeature("tensorflow", f"importing layer {name} ({kind})")
+    return spec.Model(inputs=int(features[-1]), layers=tuple(layers)), params

@@ -29,6 +29,14 @@ class TorchBackend(Backend):
 
         device.configure()
 
+    def import_model(self, model):
+        """An nn.Sequential of nn.Linear and activations as (spec Model, canonical parameters)."""
+        if not any(cls.__module__.split(".")[0] == "torch" for cls in type(model).__mro__):
+            return None
+        from crossnn_torch.layers import import_sequential
+
+        return import_sequential(model)
+
     def build(self, experiment, params, data, *, dtype, device, mode):
         from crossnn_torch.step import TorchTrainer
 

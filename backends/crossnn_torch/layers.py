@@ -154,3 +154,59 @@ def build_model(model: spec.Model, *, dtype, device) -> tuple[nn.Module, dict[st
         net = GraphNet([(node.name, node.inputs, modules[0] if len(modules) == 1 else nn.Sequential(*modules))
                         for node, modules in per_layer], model.layers[-1].name)
     return net, {name: slots[name] for name in model.parameter_inits()}
+
+
+# ---- reading a user's nn.Sequential back into a spec ------------------------------------------------
+
+def _imported_activation(module: nn.Module) -> spec.Activation | None:
+    if isinstance(module, nn.Sigmoid):
+        return spec.Sigmoid()
+    if isinstance(module, nn.Tanh):
+        return spec.Tanh()
+    if isinstance(module, nn.ReLU):
+        return spec.ReLU()
+    if isinstance(module, nn.LeakyReLU):
+        return spec.LeakyReLU(negative_slope=module.negative_slope)
+    if isinstance(module, nn.GELU):
+        return spec.GELU(approximate=module.approximate)
+    if isinstance(module, nn.Softmax) and module.dim in (-1, 1):
+        return spec.Softmax()
+    if isinstance(module, (nn.Identity, Softplus)):
+        return spec.Linear() if isinstance(module, nn.Identity) else spec.Softplus()
+    return None
+
+
+def import_sequential(module: nn.Module):
+    """(spec Model, canonical float64 parameters) for an nn.Sequential of nn.Linear and activation
+    modules. Layers keep the Sequential's child names ("0", "1", ...); an activation right after a
+    Linear becomes that Dense layer's activation. The initializers recorded are nn.Linear's default
+    (fan_in_uniform); the actual starting values are the module's, returned as the parameters."""
+    if not isinstance(module, nn.Sequential):
+        raise UnsupportedFeature("torch", f"importing a {type(module).__name__} (only nn.Sequential of nn.Linear "
+                                          "and activation modules)")
+    layers: list[spec.Layer] = []
+    params = {}
+    inputs = None
+    for name, child in module.named_children():
+        if isinstance(child, nn.Linear):
+            inputs = inputs or child.in_features
+            layers.append(spec.Dense(name=name, units=child.out_features, use_bias=child.bias is not None,
+                                     kernel_init=spec.FanInUniform(), bias_init=spec.FanInUniform()))
+            params[f"{name}/kernel"] = child.weight.detach().cpu().double().numpy().T.copy()
+            if child.bias is not None:
+                params[f"{name}/bias"] = child.bias.detach().cpu().double().numpy().copy()
+            continue
+        act = _imported_activation(child)
+        if act is None:
+            raise UnsupportedFeature("torch", f"importing module {name} ({type(child).__name__})")
+        last = layers[-1] if layers else None
+        if isinstance(last, spec.Dense) and isinstance(last.activation, spec.Linear):
+            layers[-1] = spec.Dense(name=last.name, units=last.units, activation=act, use_bias=last.use_bias,
+                                    kernel_init=last.kernel_init, bias_init=last.bias_init)
+        elif layers:
+            layers.append(spec.ActivationLayer(name=name, activation=act))
+        else:
+            raise UnsupportedFeature("torch", "importing an nn.Sequential that does not start with nn.Linear")
+    if inputs is None:
+        raise UnsupportedFeature("torch", "importing an nn.Sequential without nn.Linear layers")
+    return spec.Model(inputs=inputs, layers=tuple(layers)), params

@@ -22,7 +22,7 @@ from typing import ClassVar, Sequence
 import numpy as np
 
 from crossnn.data import Dataset
-from crossnn.errors import BackendError
+from crossnn.errors import BackendError, UnsupportedFeature
 from crossnn.spec import Experiment, Model
 
 Params = dict[str, np.ndarray]
@@ -72,6 +72,8 @@ class Backend(ABC):
     install_hint: ClassVar[str] = ""
     #: execution modes; the first is the default
     modes: ClassVar[tuple[str, ...]] = ("default",)
+    #: one line per mode saying what it does (shown in benchmark reports)
+    mode_notes: ClassVar[dict[str, str]] = {}
     dtypes: ClassVar[tuple[str, ...]] = ("float32", "float64")
     #: backends are prepared in ascending order (torch must be imported before tensorflow)
     import_order: ClassVar[int] = 50
@@ -102,6 +104,23 @@ class Backend(ABC):
 
     def prepare(self) -> None:
         """Import and configure the framework (threads, determinism). Called before any build."""
+
+    def runtime(self) -> dict[str, object]:
+        """Settings that affect speed or numerics, for benchmark records (threads, TF32, ...).
+        Called after `prepare`."""
+        return {}
+
+    def tutorial(self, experiment: Experiment, params: Params, data: Dataset, *, dtype: str,
+                 device: str) -> Trainer:
+        """The framework's own tutorial-style training loop for `experiment`, written by hand and
+        sharing no code with the lowering: the yardstick crossnn's overhead is measured against.
+        Covers the models benchmarks use (chains of dense layers); raises UnsupportedFeature for
+        anything else."""
+        raise UnsupportedFeature(self.name, "a hand-written reference loop")
+
+    def matmul_gflops(self, n: int, dtype: str, device: str) -> float:
+        """Best-of-5 GFLOP/s of this framework's n×n @ n×n matrix product on `device`, synchronised."""
+        raise UnsupportedFeature(self.name, "a matmul benchmark")
 
     def import_model(self, model) -> tuple[Model, Params] | None:
         """A native model of this framework as (spec Model, canonical float64 parameters), or None

@@ -50,6 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="OUT", help="write the full results as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(handler=cmd_run)
+
+    p = commands.add_parser("bench", help="time training steps over backends, devices, modes, sizes and batch sizes")
+    p.add_argument("spec", metavar="SPEC_OR_SUITE", nargs="*",
+                   help="suites (seeds, mlp-width, fcn-r), spec files or examples (default: all three suites)")
+    p.add_argument("--backends", help="comma-separated backend names (default: every available one)")
+    p.add_argument("--devices", default="cpu", help="cpu and/or cuda, comma-separated (default cpu)")
+    p.add_argument("--modes", help="comma-separated modes (default: every mode; with --quick the tutorial-style "
+                                   "and the fast mode)")
+    p.add_argument("--dtype", default="float32", help="float32 (default) and/or float64, comma-separated")
+    p.add_argument("--quick", action="store_true", help="a subset that finishes in about two minutes")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats per row (default 5, at least 5 for reports)")
+    p.add_argument("--json", metavar="OUT", help="write all rows, peaks and machine facts as JSON")
+    p.set_defaults(handler=cmd_bench)
     return parser
 
 
@@ -204,6 +217,41 @@ def cmd_run(args) -> int:
         print(f"results written to {args.json}")
     failed = [p for _, parities in outcomes for p in parities.values() if not p.passed]
     return EXIT_PARITY_FAILED if failed else EXIT_OK
+
+
+def cmd_bench(args) -> int:
+    from crossnn import backends
+    from crossnn.bench.report_table import bench_table
+    from crossnn.bench.runner import run_bench
+    from crossnn.bench.select import device_kind
+    from crossnn.bench.suites import SUITES, cases_for
+    from crossnn.errors import BackendError
+    from crossnn.parity import TOLERANCES
+
+    cases = cases_for(args.spec or list(SUITES), args.quick)
+    names = _split(args.backends) or backends.available()
+    for name in names:
+        backends.get(name)
+    dtypes = _split(args.dtype)
+    for dtype in dtypes:
+        if dtype not in TOLERANCES:
+            raise BackendError(f"--dtype: unknown dtype '{dtype}'; use float32 or float64")
+    devices = _split(args.devices)
+    for device in devices:
+        if device_kind(device) is None:
+            raise BackendError(f"--devices: unknown device '{device}'; use cpu or cuda")
+    if args.repeats < 1:
+        raise SpecError(f"--repeats: must be >= 1, got {args.repeats}")
+    result = run_bench(cases, names, devices, dtypes, modes=_split(args.modes) or None, quick=args.quick,
+                       repeats=args.repeats, min_repeat_seconds=0.05 if args.quick else 0.2,
+                       say=lambda text: print(text, file=sys.stderr, flush=True))
+    print(bench_table(result))
+    if args.json:
+        from crossnn.files import write_text_atomic
+
+        write_text_atomic(Path(args.json), json.dumps(result.to_json(), indent=1))
+        print(f"results written to {args.json}")
+    return EXIT_OK
 
 
 if __name__ == "__main__":

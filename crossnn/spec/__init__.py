@@ -2,7 +2,9 @@
 
 from crossnn.spec.activations import GELU, Activation, LeakyReLU, Linear, ReLU, Sigmoid, Softmax, Softplus, Tanh
 from crossnn.spec.base import Array, Spec
-from crossnn.spec.data import Adder, Circle, CsvFile, DataSource, InlineData, Line, NpzFile, RandomNormal
+from crossnn.spec.data import (
+    Adder, Circle, CsvFile, DataSource, InlineData, Line, NpzFile, RandomNormal, TeacherClasses,
+)
 from crossnn.spec.experiment import Experiment, Train
 from crossnn.spec.initializers import (
     Constant, FanInUniform, GlorotNormal, GlorotUniform, HeNormal, HeUniform, Initializer, LecunNormal,
@@ -20,6 +22,6 @@ __all__ = [
     "GlorotNormal", "GlorotUniform", "HeNormal", "HeUniform", "Huber", "INPUT", "InlineData", "Initializer",
     "Layer", "LeakyReLU", "LecunNormal", "LecunUniform", "Line", "Linear", "Loss", "MAE", "MSE", "Model",
     "Node", "Normal", "NpzFile", "Ones", "Optimizer", "ParamInit", "RandomNormal", "ReLU", "SGD", "Sigmoid",
-    "Softmax", "Softplus", "Spec", "Tanh", "Train", "TruncatedNormal", "Uniform", "VarianceScaling", "Zeros",
+    "Softmax", "Softplus", "Spec", "Tanh", "TeacherClasses", "Train", "TruncatedNormal", "Uniform", "VarianceScaling", "Zeros",
     "dumps", "load", "loads", "save",
 ]

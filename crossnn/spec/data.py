@@ -206,3 +206,24 @@ class RandomNormal(DataSource, kind="random_normal"):
 def _reason(err: Exception) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
+
+
+@dataclass(frozen=True, kw_only=True)
+class TeacherClasses(DataSource, kind="teacher_classes"):
+    """A learnable classification set shaped like flattened images: x ~ U[0, 1)^(n × inputs) and the
+    class index y = argmax(x @ T + c) of a random linear teacher T ~ N(0, 1), c ~ N(0, 1), drawn from
+    the same stream (the synthetic MNIST-shaped data of benchmark studies: inputs = 784, classes = 10)."""
+
+    n: int = 1024
+    inputs: int = 784
+    classes: int = 10
+
+    def validate(self):
+        positive(self, "n", "inputs")
+        require(self.classes >= 2, "classes", f"must be >= 2, got {self.classes}")
+
+    def arrays(self, rng, base_dir):
+        x = rng.uniform(0.0, 1.0, size=(self.n, self.inputs))
+        teacher = rng.standard_normal((self.inputs, self.classes))
+        offset = rng.standard_normal(self.classes)
+        return x, np.argmax((x - 0.5) @ teacher + offset, axis=1)

@@ -62,6 +62,10 @@ class Layer(Spec, family="layer"):
         """The parameters this layer owns, in canonical layout."""
         return ()
 
+    def matmul_flops(self, input_sizes: tuple[int, ...]) -> int:
+        """Multiply-add FLOPs (2 per multiply-add) of the forward pass for one sample."""
+        return 0
+
 
 @dataclass(frozen=True, kw_only=True)
 class Dense(Layer, kind="dense"):
@@ -83,6 +87,9 @@ class Dense(Layer, kind="dense"):
 
     def output_size(self, input_sizes):
         return self.units
+
+    def matmul_flops(self, input_sizes):
+        return 2 * input_sizes[0] * self.units
 
     def parameters(self, input_sizes):
         (fan_in,) = input_sizes

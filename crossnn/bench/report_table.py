@@ -1,0 +1,31 @@
+"""Benchmark results as terminal tables."""
+
+from __future__ import annotations
+
+from crossnn.bench.runner import BenchResult
+from crossnn.console import table
+
+
+def _us(seconds: float) -> str:
+    return f"{seconds * 1e6:,.1f}"
+
+
+def bench_table(result: BenchResult) -> str:
+    m = result.machine
+    lines = [f"machine: {m['cpu']}, {m['logical_cores']} logical cores, "
+             f"{m['memory_gib']:.0f} GiB" + (f", GPU {', '.join(m['gpus'])}" if m["gpus"] else ", no GPU"),
+             "matmul peak (GFLOP/s, best framework): " + ", ".join(f"{k} {v:.0f}" for k, v in result.peaks.items()), ""]
+    rows = []
+    for r in result.rows:
+        rows.append((f"{r.suite}/{r.case}", r.backend, r.device, r.mode, r.dtype, r.batch_size, _us(r.seconds_per_step),
+                     _us(r.iqr_seconds), f"{r.samples_per_second:,.0f}", f"{r.gflops:.2f}",
+                     "-" if r.percent_of_peak is None else f"{r.percent_of_peak:.1f}",
+                     "-" if r.ratio_to_tutorial is None else f"{r.ratio_to_tutorial:.3f}",
+                     f"{r.first_step_seconds:.3f}"))
+    lines.append(table(("case", "backend", "device", "mode", "dtype", "batch", "us/step", "IQR us", "samples/s",
+                        "GFLOP/s", "% peak", "x tutorial", "first step s"), rows, indent=""))
+    for s in result.skipped:
+        lines.append(f"skipped: {s.backend} {s.device} {s.mode}: {s.reason}")
+    for f in result.failures:
+        lines.append(f"not timed: {f.suite}/{f.case} {f.backend} {f.device} {f.mode} {f.dtype}: {f.reason}")
+    return "\n".join(lines)

@@ -1,0 +1,214 @@
+"""Run a benchmark: every case × dtype × (backend, device, mode), plus each framework's hand-written
+tutorial loop on the same case, the machine's matmul peak, and the settings that explain the numbers.
+
+One row per timed trainer. Rows of the tutorial loops have mode "tutorial"; every other row carries
+the ratio of its step time to the tutorial loop of the same framework, device, dtype and case,
+measured in the same run.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import crossnn
+from crossnn import backends
+from crossnn.bench import machine
+from crossnn.bench.flops import training_flops
+from crossnn.bench.select import Offer, Skipped, Target, device_kind, select
+from crossnn.bench.suites import Case
+from crossnn.bench.timing import measure
+from crossnn.data import load_dataset
+from crossnn.errors import CrossnnError, UnsupportedFeature
+from crossnn.params import cast, initial_parameters
+from crossnn.plan import BatchPlan
+
+TUTORIAL = "tutorial"
+#: matrix size of the peak measurement
+PEAK_N = 2048
+
+
+@dataclass
+class Row:
+    suite: str
+    case: str
+    backend: str
+    version: str
+    mode: str
+    device: str
+    device_name: str
+    dtype: str
+    parameters: int
+    batch_size: int
+    flops_per_step: int
+    seconds_per_step: float
+    iqr_seconds: float
+    repeats: int
+    steps_per_repeat: int
+    build_seconds: float
+    first_step_seconds: float
+    samples_per_second: float
+    gflops: float
+    peak_gflops: float | None
+    percent_of_peak: float | None
+    ratio_to_tutorial: float | None = None
+    description: str = ""
+
+
+@dataclass
+class Failure:
+    suite: str
+    case: str
+    backend: str
+    device: str
+    mode: str
+    dtype: str
+    reason: str
+
+
+@dataclass
+class BenchResult:
+    machine: dict
+    runtimes: dict[str, dict]
+    peaks: dict[str, float]                     # "device dtype" -> best GFLOP/s of any framework
+    peak_sources: dict[str, dict[str, float]]   # "device dtype" -> framework -> GFLOP/s
+    rows: list[Row] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    mode_notes: dict[str, dict[str, str]] = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"crossnn_version": crossnn.__version__, "kind": "crossnn-bench", "machine": self.machine,
+                "runtimes": self.runtimes, "peaks": self.peaks, "peak_sources": self.peak_sources,
+                "settings": self.settings, "mode_notes": self.mode_notes,
+                "rows": [asdict(r) for r in self.rows], "skipped": [asdict(s) for s in self.skipped],
+                "failures": [asdict(f) for f in self.failures]}
+
+
+Progress = Callable[[str], None]
+
+
+def offers(names: Sequence[str], probe: bool = True) -> dict[str, Offer]:
+    out = {}
+    for name in names:
+        b = backends.get(name)
+        out[name] = Offer(tuple(b.devices(probe=probe)), tuple(b.modes), getattr(b, "fast_mode", None))
+    return out
+
+
+def device_name(device: str, info: dict) -> str:
+    if device_kind(device) == "cpu":
+        return info["cpu"]
+    index = int(device.split(":")[1]) if ":" in device else 0
+    gpus = info.get("gpus") or []
+    return gpus[index] if index < len(gpus) else device
+
+
+def measure_peaks(targets: Sequence[Target], dtypes: Sequence[str], say: Progress) -> dict[str, dict[str, float]]:
+    """GFLOP/s of an n×n matmul per device and dtype, by NumPy and by every framework benchmarked."""
+    sources: dict[str, dict[str, float]] = {}
+    pairs = sorted({(t.backend, t.device) for t in targets})
+    for dtype in dtypes:
+        sources.setdefault(f"cpu {dtype}", {})["numpy"] = machine.numpy_matmul_gflops(dtype, PEAK_N)
+        for name, device in pairs:
+            key = f"{'cpu' if device_kind(device) == 'cpu' else device} {dtype}"
+            try:
+                sources.setdefault(key, {})[name] = backends.get(name).matmul_gflops(PEAK_N, dtype, device)
+            except UnsupportedFeature:
+                continue
+        say(f"  matmul peak {dtype}: " + "; ".join(
+            f"{key.split()[0]} {fw} {g:.0f}" for key, per in sources.items() if key.endswith(dtype) for fw, g in per.items())
+            + " GFLOP/s")
+    return sources
+
+
+def run_bench(cases: Sequence[Case], names: Sequence[str], devices: Sequence[str], dtypes: Sequence[str], *,
+              modes: Sequence[str] | None = None, quick: bool = False, repeats: int = 5,
+              min_repeat_seconds: float = 0.2, say: Progress = print) -> BenchResult:
+    for name in sorted(names, key=lambda n: backends.get(n).import_order):
+        backends.get(name).prepare()
+    targets, skipped = select(offers(names), devices, modes, quick)
+    info = machine.describe()
+    sources = measure_peaks(targets, dtypes, say)
+    result = BenchResult(machine=info, runtimes={n: backends.get(n).runtime() for n in names},
+                         peaks={key: max(per.values()) for key, per in sources.items()}, peak_sources=sources,
+                         skipped=skipped,
+                         mode_notes={n: dict(backends.get(n).mode_notes) for n in names},
+                         settings={"repeats": repeats, "min_repeat_seconds": min_repeat_seconds, "quick": quick,
+                                   "devices": list(devices), "dtypes": list(dtypes), "peak_matrix": PEAK_N})
+    for s in skipped:
+        say(f"  skipped {s.backend} {s.device} {s.mode}: {s.reason}")
+
+    total = len(cases) * len(dtypes)
+    for k, (case, dtype) in enumerate(((c, d) for c in cases for d in dtypes), start=1):
+        experiment = case.experiment
+        data = load_dataset(experiment)
+        params = cast(initial_parameters(experiment), dtype)
+        plan = BatchPlan.for_experiment(experiment, data.n)
+        epoch = plan.batches(0, plan.steps_per_epoch)
+        batches = [b for b in epoch if len(b) == plan.batch_size] or epoch
+        flops = training_flops(experiment.model, plan.batch_size)
+        say(f"[{k}/{total}] {case.suite} {case.label} {dtype}: {experiment.model.parameter_count():,} parameters, "
+            f"batch {plan.batch_size}, {flops / 1e9:.3g} GFLOP per step")
+        tutorials: dict[tuple[str, str], Row] = {}
+        for target in sorted(targets, key=lambda t: (t.backend, t.device)):
+            key = (target.backend, target.device)
+            if key not in tutorials:
+                row = _time_one(case, target.backend, target.device, TUTORIAL, dtype, params, data, batches, flops,
+                                result, info, repeats, min_repeat_seconds, say)
+                if row is not None:
+                    tutorials[key] = row
+            row = _time_one(case, target.backend, target.device, target.mode, dtype, params, data, batches, flops,
+                            result, info, repeats, min_repeat_seconds, say)
+            if row is not None and key in tutorials:
+                row.ratio_to_tutorial = row.seconds_per_step / tutorials[key].seconds_per_step
+                say(f"      ratio to the hand-written loop: {row.ratio_to_tutorial:.3f}")
+    return result
+
+
+def _time_one(case, backend_name, device, mode, dtype, params, data, batches, flops, result, info, repeats,
+              min_repeat_seconds, say) -> Row | None:
+    backend = backends.get(backend_name)
+    label = f"{backend_name} {device} {mode}"
+    try:
+        start = time.perf_counter()
+        if mode == TUTORIAL:
+            trainer = backend.tutorial(case.experiment, params, data, dtype=dtype, device=device)
+        else:
+            trainer = backend.build(case.experiment, params, data, dtype=dtype, device=device, mode=mode)
+        trainer.synchronize()
+        build = time.perf_counter() - start
+        timing = measure(trainer, batches, repeats=repeats, min_repeat_seconds=min_repeat_seconds)
+    except UnsupportedFeature as err:
+        if mode == TUTORIAL:
+            say(f"    {label:<34} no hand-written loop for {err.feature}")
+            return None
+        result.failures.append(Failure(case.suite, case.label, backend_name, device, mode, dtype, str(err)))
+        say(f"    {label:<34} not timed: {err}")
+        return None
+    except Exception as err:  # a failing target must not stop the others
+        reason = f"{type(err).__name__}: {err}"
+        result.failures.append(Failure(case.suite, case.label, backend_name, device, mode, dtype, reason))
+        say(f"    {label:<34} FAILED: {reason}")
+        if not isinstance(err, CrossnnError):
+            say(traceback.format_exc(limit=3))
+        return None
+    peak_key = f"{'cpu' if device_kind(device) == 'cpu' else device} {dtype}"
+    peak = result.peaks.get(peak_key)
+    seconds = timing.median
+    gflops = flops / seconds / 1e9
+    row = Row(suite=case.suite, case=case.label, backend=backend_name, version=backend.version(), mode=mode,
+              device=device, device_name=device_name(device, info), dtype=dtype,
+              parameters=case.experiment.model.parameter_count(), batch_size=len(batches[0]),
+              flops_per_step=flops, seconds_per_step=seconds, iqr_seconds=timing.iqr, repeats=len(timing.per_step),
+              steps_per_repeat=timing.steps_per_repeat, build_seconds=build, first_step_seconds=timing.first_step,
+              samples_per_second=len(batches[0]) / seconds, gflops=gflops, peak_gflops=peak,
+              percent_of_peak=100 * gflops / peak if peak else None, description=trainer.describe())
+    result.rows.append(row)
+    peak_text = f", {row.percent_of_peak:5.1f}% of peak" if row.percent_of_peak is not None else ""
+    say(f"    {label:<34} {seconds * 1e6:11.1f} us/step (IQR {timing.iqr * 1e6:.1f}), "
+        f"{gflops:8.2f} GFLOP/s{peak_text}; first step {timing.first_step:.3f} s, build {build:.3f} s")
+    return row

@@ -63,6 +63,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per row (default 5, at least 5 for reports)")
     p.add_argument("--json", metavar="OUT", help="write all rows, peaks and machine facts as JSON")
     p.set_defaults(handler=cmd_bench)
+
+    p = commands.add_parser("report", help="write reports/<name>/: parity runs, benchmarks, figures, raw JSON")
+    p.add_argument("spec", metavar="SPEC_OR_EXAMPLE", nargs="*", help="specs whose parity runs the report shows "
+                                                                      "(default: circle)")
+    p.add_argument("--name", default="latest", help="report folder name under --out (default: latest)")
+    p.add_argument("--out", default="reports", help="parent folder (default: reports)")
+    p.add_argument("--backends", help="comma-separated backend names (default: every available one)")
+    p.add_argument("--devices", default="cpu", help="benchmark devices: cpu and/or cuda (default cpu)")
+    p.add_argument("--dtype", default="float64,float32", help="parity-run dtypes (default float64,float32)")
+    p.add_argument("--suites", default="seeds,mlp-width,fcn-r", help="benchmark suites or specs (comma-separated)")
+    p.add_argument("--quick", action="store_true", help="a quick benchmark subset")
+    p.add_argument("--bench", metavar="JSON", help="use this `crossnn bench --json` file instead of benchmarking")
+    p.add_argument("--no-bench", action="store_true", help="parity runs only")
+    p.add_argument("--pytest-benchmark", metavar="JSON", help="add a pytest-benchmark --benchmark-json file")
+    p.set_defaults(handler=cmd_report)
     return parser
 
 
@@ -251,6 +266,53 @@ def cmd_bench(args) -> int:
 
         write_text_atomic(Path(args.json), json.dumps(result.to_json(), indent=1))
         print(f"results written to {args.json}")
+    return EXIT_OK
+
+
+def _read_json(path: str, what: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise SpecError(f"{what}: cannot read {path}: {err}") from None
+
+
+def cmd_report(args) -> int:
+    from crossnn import backends
+    from crossnn.bench.runner import run_bench
+    from crossnn.bench.suites import cases_for
+    from crossnn.console import Progress
+    from crossnn.harness import RunSpec, train
+    from crossnn.parity import compare
+    from crossnn.report import ReportInputs, write_report
+    from crossnn.results import result_json
+
+    experiments = [load_spec(text) for name in (args.spec or ["circle"]) for text in _expand_suite(name)]
+    names = _split(args.backends) or backends.available()
+    for name in names:
+        backends.get(name)
+    bench = _read_json(args.bench, "--bench") if args.bench else None
+    pytest_benchmark = _read_json(args.pytest_benchmark, "--pytest-benchmark") if args.pytest_benchmark else None
+    if bench is not None and bench.get("kind") != "crossnn-bench":
+        raise SpecError(f"--bench: {args.bench} is not a `crossnn bench --json` file")
+    cases = cases_for(_split(args.suites), args.quick) if bench is None and not args.no_bench else []
+    command = "crossnn report " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["report"] else "crossnn report"
+
+    def say(text):
+        print(text, file=sys.stderr, flush=True)
+
+    runs = []
+    for experiment in experiments:
+        say(f"parity run: {experiment.name}")
+        specs = [RunSpec(name, dtype) for dtype in _split(args.dtype) for name in names]
+        result = train(experiment, specs, progress=Progress())
+        parities = {id(r): compare(result.reference, r) for r in result.records}
+        runs.append(result_json(result, parities))
+    if cases:
+        say(f"benchmark: {len(cases)} case(s)")
+        bench = run_bench(cases, names, _split(args.devices), ["float32"], quick=args.quick,
+                          min_repeat_seconds=0.05 if args.quick else 0.2, say=say).to_json()
+    target = write_report(ReportInputs(args.name, command, runs, bench, pytest_benchmark), Path(args.out))
+    print(f"report written to {target}/README.md")
     return EXIT_OK
 
 

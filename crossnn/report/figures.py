@@ -1,0 +1,157 @@
+"""The report's figures, drawn with matplotlib (imported here only, on the Agg backend).
+
+Each function takes plain data and returns PNG bytes, or None when there is nothing to draw.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+
+import numpy as np
+
+#: exact zeros on a log axis are drawn at this floor (and the caption says so)
+ZERO_FLOOR = 1e-18
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=110)
+    _pyplot().close(fig)
+    return buffer.getvalue()
+
+
+_STYLES = ["-", "--", "-.", ":"]
+
+
+def loss_curves(title: str, curves: dict[str, np.ndarray]) -> bytes | None:
+    """Loss per step of every run, overlaid (log scale); identical curves share a line, so each run
+    gets its own dash pattern and width."""
+    if not curves:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, (label, losses) in enumerate(curves.items()):
+        steps = np.arange(len(losses))
+        ax.plot(steps, np.maximum(losses, ZERO_FLOOR), _STYLES[i % len(_STYLES)], lw=2.2 - 0.3 * (i % 4),
+                label=label, alpha=0.85)
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("batch loss (before the step's update)")
+    ax.set_title(f"{title}: loss per step, all runs overlaid")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def parity_curves(title: str, curves: dict[str, list[tuple[int, float]]], tolerances: dict[str, float]) -> bytes | None:
+    """Largest relative parameter difference from the reference against step, one line per run,
+    with each dtype's rtol as a dashed line."""
+    if not curves:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, (label, points) in enumerate(curves.items()):
+        steps = [s for s, _ in points]
+        values = [max(v, ZERO_FLOOR) for _, v in points]
+        ax.plot(steps, values, _STYLES[i % len(_STYLES)], marker="." if len(points) < 60 else None, label=label)
+    for name, rtol in tolerances.items():
+        ax.axhline(rtol, color="grey", ls="--", lw=1)
+        ax.annotate(f"{name} rtol {rtol:g}", (0, rtol), textcoords="offset points", xytext=(4, 3), fontsize=8,
+                    color="grey")
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("max |a - r| / max |r| over parameters")
+    ax.set_title(f"{title}: divergence from the NumPy float64 reference\n(exact agreement drawn at {ZERO_FLOOR:g})")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _series(rows: list[dict], x_key: str) -> dict[str, list[tuple[float, float]]]:
+    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for r in rows:
+        series[f"{r['backend']} {r['device']} {r['mode']} {r['dtype']}"].append((r[x_key], r["seconds_per_step"]))
+    return {k: sorted(v) for k, v in sorted(series.items())}
+
+
+def step_time(title: str, rows: list[dict], x_key: str, x_label: str) -> bytes | None:
+    """Seconds per training step against `x_key` (parameter count or batch size), log-log, one line per
+    backend × device × mode × dtype; hand-written tutorial loops dashed."""
+    series = _series(rows, x_key)
+    if not series or all(len(points) < 2 for points in series.values()):
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8.5, 5))
+    for label, points in series.items():
+        xs, ys = zip(*points)
+        ax.plot(xs, np.array(ys) * 1e3, "--" if " tutorial " in f" {label} " else "-", marker="o", ms=4, label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("milliseconds per training step (median)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return _png(fig)
+
+
+def crossover(title: str, rows: list[dict], x_key: str, x_label: str) -> bytes | None:
+    """CPU time / GPU time per backend and mode against `x_key`: above 1 the GPU wins."""
+    by_target: dict[tuple[str, str, str], dict[str, dict[float, float]]] = defaultdict(lambda: defaultdict(dict))
+    for r in rows:
+        kind = "cpu" if r["device"] == "cpu" else "gpu"
+        by_target[(r["backend"], r["mode"], r["dtype"])][kind][r[x_key]] = r["seconds_per_step"]
+    lines = {}
+    for (backend, mode, dtype), kinds in sorted(by_target.items()):
+        shared = sorted(set(kinds.get("cpu", {})) & set(kinds.get("gpu", {})))
+        if len(shared) >= 2:
+            lines[f"{backend} {mode} {dtype}"] = [(x, kinds["cpu"][x] / kinds["gpu"][x]) for x in shared]
+    if not lines:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label, points in lines.items():
+        xs, ys = zip(*points)
+        ax.plot(xs, ys, marker="o", label=label)
+    ax.axhline(1.0, color="black", lw=1)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("CPU time / GPU time (>1: GPU faster)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def overhead(rows: list[dict]) -> bytes | None:
+    """Each lowered mode's step time divided by its framework's hand-written loop, per case."""
+    bars = [(f"{r['suite']}/{r['case']}  {r['backend']} {r['mode']} {r['device']} {r['dtype']}", r["ratio_to_tutorial"])
+            for r in rows if r.get("ratio_to_tutorial") is not None]
+    if not bars:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8.5, 0.28 * len(bars) + 1.4))
+    labels, ratios = zip(*bars)
+    colors = ["tab:green" if r <= 1.0 else ("tab:orange" if r <= 1.1 else "tab:red") for r in ratios]
+    ax.barh(range(len(bars)), ratios, color=colors)
+    ax.set_yticks(range(len(bars)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.axvline(1.0, color="black", lw=1)
+    ax.axvline(1.1, color="grey", ls="--", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("step time / hand-written tutorial loop of the same framework (log; <1 is faster)")
+    ax.set_title("crossnn's lowerings against hand-written loops, same run")
+    ax.grid(True, axis="x", which="both", alpha=0.3)
+    return _png(fig)

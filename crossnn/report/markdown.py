@@ -1,0 +1,207 @@
+"""The report's README.md: machine, versions, parity tables, benchmark tables, checks and figures."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+METHOD = """\
+Each row is one trainer, built from the case's spec and initial parameters, timed on the case's batch
+plan (full-size batches only, so no shape change triggers a recompile). The first step is timed on its
+own: it includes graph tracing or compilation and is reported as "first step", never averaged in.
+Warm-up steps follow (at least 0.1 s) and are excluded. Then 5 (or more) repeats each run enough steps
+to last at least 0.2 s (0.05 s with --quick); the device is synchronised before every clock read.
+Tables give the median time per step and the interquartile range (IQR) across repeats.
+GFLOP/s counts the matrix multiplies of a training step from the spec (forward, weight gradient and,
+where needed, input gradient: 2·B·in·out each), and "% peak" divides it by the best n×n matmul
+(n = 2048) any framework reached on the same device and dtype in the same run. "x tutorial" divides a
+lowering's step time by the hand-written tutorial loop of the same framework, device, dtype and case,
+timed in the same run (below 1: crossnn's lowering is faster). GPU rows run only where a framework
+sees a GPU; otherwise they are listed as skipped."""
+
+
+def _table(headers, rows) -> list[str]:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _us(seconds: float) -> str:
+    return f"{seconds * 1e6:,.1f}"
+
+
+def _machine(inputs) -> list[str]:
+    bench = inputs.bench
+    m = bench["machine"] if bench else None
+    lines = ["## Machine", ""]
+    if m:
+        lines += [f"- CPU: {m['cpu']}, {m['logical_cores']} logical cores, {m['memory_gib']:.1f} GiB memory",
+                  f"- GPU: {', '.join(m['gpus']) if m['gpus'] else 'none (GPU rows skipped, not faked)'}",
+                  f"- {m['platform']}, Python {m['python']}, NumPy {m['numpy']}"
+                  + (f" (BLAS threads: {', '.join(f'{k}: {v}' for k, v in m['numpy_blas_threads'].items())})"
+                     if m["numpy_blas_threads"] else ""),
+                  ]
+        if m.get("env"):
+            lines.append("- environment: " + ", ".join(f"{k}={v}" for k, v in m["env"].items()))
+        for name, runtime in bench["runtimes"].items():
+            if runtime:
+                lines.append(f"- {name}: " + ", ".join(f"{k} {v}" for k, v in runtime.items()))
+    versions = {}
+    for doc in inputs.runs:
+        for r in doc["runs"]:
+            versions[r["backend"]] = r["version"]
+    if versions:
+        lines.append("- framework versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
+    return lines + [""]
+
+
+def _parity(inputs, pictures) -> list[str]:
+    lines = []
+    for doc in inputs.runs:
+        name = doc["experiment"]["name"]
+        lines += [f"## Parity: {name}", "",
+                  f"{doc['steps']} steps, parameters compared with {doc['reference']} every "
+                  f"{doc['snapshot_every']} steps. A snapshot passes when max|a − r| ≤ atol + rtol · max|r|.", ""]
+        rows = []
+        for r in doc["runs"]:
+            if r["reference"]:
+                rows.append((r["label"], r["version"], r["steps"], f"{r['seconds']:.2f}", r["metrics"].get("accuracy", "-"),
+                             "reference", "", "", ""))
+                continue
+            p = r["parity"]
+            rows.append((r["label"], r["version"], r["steps"], f"{r['seconds']:.2f}", r["metrics"].get("accuracy", "-"),
+                         f"{p['max_abs']:.2e}", f"{p['max_rel']:.2e}",
+                         "-" if p["first_fail_step"] is None else p["first_fail_step"],
+                         ("pass" if p["passed"] else "FAIL") + (f" ({p['note']})" if p["note"] else "")))
+        lines += _table(("run", "version", "steps", "train s", "accuracy", "max abs", "max rel", "first step out",
+                         "verdict"), rows)
+        for picture, caption in ((f"loss_{name}.png", "Loss per step of every run"),
+                                 (f"parity_{name}.png", "Largest relative parameter difference against step")):
+            if picture in pictures:
+                lines += ["", f"![{caption}]({picture})", ""]
+    return lines
+
+
+def _find(rows, **match):
+    return [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+
+
+def _checks(bench) -> list[str]:
+    """The acceptance numbers of the benchmark issue, computed from the rows."""
+    rows = bench["rows"]
+    lines = ["### Checks", ""]
+
+    def line(ok: bool, text: str) -> None:
+        lines.append(f"- {'pass' if ok else 'FAIL'}: {text}")
+
+    for case, suite in (("circle", "seeds"), ("batch 256", "fcn-r")):
+        for backend, mode, target in (("torch", "eager", 1.10), ("tensorflow", "graph", 1.10), ("numpy", "default", 1.2)):
+            for r in _find(rows, suite=suite, case=case, backend=backend, mode=mode, device="cpu"):
+                if r["ratio_to_tutorial"] is not None:
+                    line(r["ratio_to_tutorial"] <= target,
+                         f"{suite}/{case} {backend} {mode} {r['dtype']}: {r['ratio_to_tutorial']:.3f} × the "
+                         f"hand-written loop (target ≤ {target})")
+    notes = bench.get("mode_notes", {})
+    for backend in sorted({r["backend"] for r in rows}):
+        tutorial = _find(rows, suite="seeds", case="circle", backend=backend, mode="tutorial", device="cpu")
+        for t in tutorial:
+            lowered = [r for r in _find(rows, suite="seeds", case="circle", backend=backend, device="cpu", dtype=t["dtype"])
+                       if r["mode"] != "tutorial"]
+            if not lowered:
+                continue
+            best = min(lowered, key=lambda r: r["seconds_per_step"])
+            speedup = t["seconds_per_step"] / best["seconds_per_step"]
+            target = 2.0 if backend in ("torch", "tensorflow") else None
+            text = (f"circle {backend} {t['dtype']}: fastest mode '{best['mode']}' {_us(best['seconds_per_step'])} µs/step, "
+                    f"{speedup:.2f}× faster than the hand-written tutorial loop ({_us(t['seconds_per_step'])} µs)")
+            if target:
+                line(speedup >= target, text + f" (target ≥ {target}×)")
+            else:
+                lines.append(f"- measured: {text}")
+    for backend in sorted({r["backend"] for r in rows}):
+        fcn = [r for r in _find(rows, suite="fcn-r", case="batch 256", backend=backend, device="cpu", dtype="float32")
+               if r["percent_of_peak"] is not None]
+        if fcn:
+            best = max(fcn, key=lambda r: r["percent_of_peak"])
+            line(best["percent_of_peak"] >= 70, f"FCN-R batch 256 float32 {backend}: best mode '{best['mode']}' at "
+                                                f"{best['percent_of_peak']:.1f}% of the matmul peak (target ≥ 70%)")
+    if notes and not any(r["device"] != "cpu" for r in rows):
+        lines.append("- no GPU was measured here: GPU rows were skipped, not faked")
+    return lines + [""]
+
+
+def _bench(inputs, pictures) -> list[str]:
+    bench = inputs.bench
+    if not bench:
+        return []
+    lines = ["## Benchmarks", "", METHOD, ""]
+    notes = bench.get("mode_notes", {})
+    if notes:
+        lines += ["### Modes", ""]
+        lines += _table(("backend", "mode", "what it does"),
+                        [(b, m, text) for b, per in notes.items() for m, text in per.items()]
+                        + [(b, "tutorial", "the framework's own tutorial-style loop, hand-written, no crossnn code")
+                           for b in notes])
+        lines.append("")
+    lines += ["### Matrix-multiply peak (GFLOP/s, n = 2048)", ""]
+    lines += _table(("device dtype", "best", "by framework"),
+                    [(k, f"{bench['peaks'][k]:.1f}", ", ".join(f"{fw} {g:.1f}" for fw, g in per.items()))
+                     for k, per in bench["peak_sources"].items()])
+    lines.append("")
+    lines += _checks(bench)
+    by_suite = defaultdict(list)
+    for r in bench["rows"]:
+        by_suite[r["suite"]].append(r)
+    for suite, rows in by_suite.items():
+        lines += [f"### {suite}", ""]
+        lines += _table(("case", "backend", "mode", "device", "dtype", "params", "batch", "µs/step", "IQR µs",
+                         "samples/s", "GFLOP/s", "% peak", "x tutorial", "first step s"),
+                        [(r["case"], r["backend"], r["mode"], r["device"], r["dtype"], f"{r['parameters']:,}",
+                          r["batch_size"], _us(r["seconds_per_step"]), _us(r["iqr_seconds"]),
+                          f"{r['samples_per_second']:,.0f}", f"{r['gflops']:.2f}",
+                          "-" if r["percent_of_peak"] is None else f"{r['percent_of_peak']:.1f}",
+                          "-" if r["ratio_to_tutorial"] is None else f"{r['ratio_to_tutorial']:.3f}",
+                          f"{r['first_step_seconds']:.3f}") for r in rows])
+        lines.append("")
+    for picture, caption in (("step_time_vs_size.png", "Step time against model size"),
+                             ("step_time_vs_batch.png", "Step time against batch size"),
+                             ("crossover_batch.png", "CPU/GPU crossover over batch size"),
+                             ("crossover_size.png", "CPU/GPU crossover over model size"),
+                             ("overhead.png", "Step time relative to the hand-written loops")):
+        if picture in pictures:
+            lines += [f"![{caption}]({picture})", ""]
+    if not any(r["device"] != "cpu" for r in bench["rows"]):
+        lines += ["No GPU was measured in this run, so there is no CPU/GPU crossover figure.", ""]
+    for s in bench["skipped"]:
+        lines.append(f"- skipped {s['backend']} {s['device']} {s['mode']}: {s['reason']}")
+    for f in bench["failures"]:
+        lines.append(f"- not timed {f['suite']}/{f['case']} {f['backend']} {f['device']} {f['mode']} {f['dtype']}: "
+                     f"{f['reason']}")
+    return lines + [""]
+
+
+def _pytest_benchmark(inputs) -> list[str]:
+    doc = inputs.pytest_benchmark
+    if not doc:
+        return []
+    rows = []
+    for b in doc.get("benchmarks", []):
+        info, stats = b.get("extra_info", {}), b["stats"]
+        steps = info.get("steps", 1)
+        rows.append((b["name"], info.get("backend", "-"), info.get("mode", "-"), info.get("dtype", "-"), steps,
+                     _us(stats["median"] / steps), _us(stats["iqr"] / steps), stats["rounds"]))
+    lines = ["## pytest-benchmark suite", "",
+             f"From `{doc.get('machine_info', {}).get('node', 'this machine')}`, "
+             f"{doc.get('datetime', '')}: median and IQR per training step over the rounds.", ""]
+    return lines + _table(("benchmark", "backend", "mode", "dtype", "steps per call", "µs/step", "IQR µs", "rounds"),
+                          rows) + [""]
+
+
+def readme(inputs, pictures: list[str]) -> str:
+    lines = [f"# crossnn report: {inputs.name}", "",
+             f"Generated {inputs.created} with `{inputs.command}`. The raw data is in the JSON files beside "
+             "this page.", ""]
+    lines += _machine(inputs)
+    lines += _parity(inputs, pictures)
+    lines += _bench(inputs, pictures)
+    lines += _pytest_benchmark(inputs)
+    return "\n".join(lines).rstrip() + "\n"

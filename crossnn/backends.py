@@ -74,6 +74,8 @@ class Backend(ABC):
     modes: ClassVar[tuple[str, ...]] = ("default",)
     #: one line per mode saying what it does (shown in benchmark reports)
     mode_notes: ClassVar[dict[str, str]] = {}
+    #: the fastest honest mode (parity kept), benchmarked beside the default with --quick
+    fast_mode: ClassVar[str | None] = None
     dtypes: ClassVar[tuple[str, ...]] = ("float32", "float64")
     #: backends are prepared in ascending order (torch must be imported before tensorflow)
     import_order: ClassVar[int] = 50

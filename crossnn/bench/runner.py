@@ -95,7 +95,7 @@ def offers(names: Sequence[str], probe: bool = True) -> dict[str, Offer]:
     out = {}
     for name in names:
         b = backends.get(name)
-        out[name] = Offer(tuple(b.devices(probe=probe)), tuple(b.modes), getattr(b, "fast_mode", None))
+        out[name] = Offer(tuple(b.devices(probe=probe)), tuple(b.modes), b.fast_mode)
     return out
 
 

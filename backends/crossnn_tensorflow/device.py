@@ -106,11 +106,53 @@ def threads() -> str:
             f"inter-op {tf.config.threading.get_inter_op_parallelism_threads()} threads")
 
 
-def onednn() -> str:
+def onednn_enabled() -> bool:
     """Whether TF's oneDNN kernels are on in this process (TF_ENABLE_ONEDNN_OPTS, read at import)."""
     from tensorflow.python.util import _pywrap_util_port  # TF's own switch; no public API reports it
 
-    return "oneDNN on" if _pywrap_util_port.IsMklEnabled() else "oneDNN off"
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
+def onednn() -> str:
+    return "oneDNN on" if onednn_enabled() else "oneDNN off"
+
+
+def settings() -> dict[str, object]:
+    """What affects speed and numerics in this process: TF version, thread counts (0 = TF's own
+    choice), op determinism, TF32, oneDNN."""
+    import tensorflow as tf
+    from tensorflow.python.framework import config  # is_op_determinism_enabled has no public alias
+
+    return {
+        "tensorflow": tf.__version__,
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+        "op_determinism": bool(config.is_op_determinism_enabled()),
+        "tf32": bool(tf.config.experimental.tensor_float_32_execution_enabled()),
+        "onednn": onednn_enabled(),
+    }
+
+
+def matmul_gflops(n: int, dtype: str, device: str, repeats: int = 5) -> float:
+    """Best-of-`repeats` GFLOP/s (2 n³ flops) of tf.linalg.matmul of two n×n matrices on `device`,
+    after one warm-up product. Each timed product is forced by reading one element of its result
+    back to the host, which waits for the whole product (on a GPU too)."""
+    import time
+
+    import numpy as np
+    import tensorflow as tf
+
+    where = resolve(device)
+    rng = np.random.default_rng(0)
+    with tf.device(where):
+        a, b = (tf.identity(tf.constant(rng.standard_normal((n, n)), dtype=dtype)) for _ in range(2))
+        tf.linalg.matmul(a, b)[0, 0].numpy()  # warm-up: kernel selection, thread pool start
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            tf.linalg.matmul(a, b)[0, 0].numpy()
+            best = min(best, time.perf_counter() - start)
+    return 2.0 * n**3 / best / 1e9
 
 
 def resolve(name: str) -> str:

@@ -24,7 +24,15 @@ from crossnn.errors import UnsupportedFeature
 
 class SGD(tf.Module):
     """g ← g + weight_decay · w;  b ← μ b + g (b = g on the first step);  d = g + μ b (Nesterov) or b;
-    w ← w - lr d.  The buffer b starts at zero, so μ · 0 + g = g gives the first step exactly."""
+    w ← w - lr d.  The buffer b starts at zero, so μ · 0 + g = g gives the first step exactly.
+
+    Without Nesterov this is exactly what TF's own fused training kernels compute, so they do it:
+    ResourceApplyGradientDescent (w ← w - g · lr) and ResourceApplyMomentum (b ← b · μ + g,
+    w ← w - b · lr), the kernels of TF's classic optimizers (tf.compat.v1.train, Keras 2). One
+    in-place op per parameter instead of three to five, which saves a tenth of the step time on small
+    models and a pass over the parameters on large ones. Nesterov's kernel computes
+    w ← w - (g · lr + b · μ · lr), which rounds differently from w ← w - lr (g + μ b), so that
+    case is written out."""
 
     def __init__(self, s: spec.SGD, variables):
         super().__init__()
@@ -36,11 +44,16 @@ class SGD(tf.Module):
         for i, (w, g) in enumerate(zip(variables, grads)):
             if s.weight_decay:
                 g = g + s.weight_decay * w
-            if s.momentum:
+            lr = tf.constant(s.lr, w.dtype)
+            if not s.momentum:
+                tf.raw_ops.ResourceApplyGradientDescent(var=w.handle, alpha=lr, delta=g)
+            elif not s.nesterov:
+                tf.raw_ops.ResourceApplyMomentum(var=w.handle, accum=self.buffers[i].handle, lr=lr, grad=g,
+                                                 momentum=tf.constant(s.momentum, w.dtype))
+            else:
                 b = self.buffers[i] * s.momentum + g
                 self.buffers[i].assign(b)
-                g = g + s.momentum * b if s.nesterov else b
-            w.assign_sub(s.lr * g)
+                w.assign_sub(s.lr * (g + s.momentum * b))
 
 
 class Adam(tf.Module):
@@ -77,4 +90,11 @@ OPTIMIZERS = {spec.SGD: SGD, spec.Adam: Adam}
 def optimizer(s: spec.Optimizer, variables):
     if type(s) not in OPTIMIZERS:
         raise UnsupportedFeature("tensorflow", f"optimizer '{s.kind}'")
+    # optimizer options this lowering does not implement yet: refused, never silently ignored
+    if getattr(s, "weight_decay_kind", None) == "decoupled" and s.weight_decay:
+        raise UnsupportedFeature("tensorflow", "decoupled weight decay")
+    if getattr(s, "clip_norm", None) is not None:
+        raise UnsupportedFeature("tensorflow", "gradient clipping (clip_norm)")
+    if getattr(s, "schedule", None) is not None:
+        raise UnsupportedFeature("tensorflow", "a learning-rate schedule")
     return OPTIMIZERS[type(s)](s, variables)

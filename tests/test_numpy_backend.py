@@ -16,6 +16,7 @@ from crossnn.harness import RunSpec, train
 from crossnn_numpy import losses as np_losses
 from crossnn_numpy import optimizers as np_optimizers
 from crossnn_numpy.step import NumpyTrainer, Program
+from crossnn_numpy.xp import numpy as XP
 
 RNG = np.random.default_rng(1234)
 
@@ -38,8 +39,8 @@ def _check_gradients(experiment, x, y):
     """Analytic gradients of the NumPy backend against central differences, relative error < 1e-6."""
     names = list(experiment.model.parameter_inits())
     values = [RNG.normal(0, 0.7, size=p.shape) for p in experiment.model.parameter_inits().values()]
-    program = Program(experiment, names, np)
-    loss = np_losses.loss(experiment.loss, np)
+    program = Program(experiment, names, XP)
+    loss = np_losses.loss(experiment.loss, XP)
 
     def objective(vals):
         out, _ = program.forward(vals, x)
@@ -100,7 +101,7 @@ def test_graph_backward_sums_gradients_of_shared_values():
 
 
 def test_bce_clamp_keeps_the_loss_finite_at_saturation():
-    loss = np_losses.loss(S.BCE(log_min=-100.0), np)
+    loss = np_losses.loss(S.BCE(log_min=-100.0), XP)
     with np.errstate(divide="ignore"):
         value, grad = loss.value_and_grad(np.array([[0.0], [1.0]]), np.array([[1.0], [0.0]]))
     assert value == pytest.approx(100.0)
@@ -110,7 +111,7 @@ def test_bce_clamp_keeps_the_loss_finite_at_saturation():
 # ---- optimizers on hand-computed numbers ------------------------------------------------------------
 
 def _steps(opt_spec, w0, grads):
-    opt = np_optimizers.optimizer(opt_spec, np)
+    opt = np_optimizers.optimizer(opt_spec, XP)
     params = [np.array(w0, dtype=float)]
     state = opt.init(params)
     for g in grads:
@@ -132,7 +133,8 @@ def test_sgd_nesterov_and_weight_decay():
     # g1 = 2 + 0.5*1 = 2.5, b = 2.5, d = 2.5 + 0.9*2.5 = 4.75, w = 1 - 0.475 = 0.525
     # g2 = 1 + 0.5*0.525 = 1.2625, b = 0.9*2.5 + 1.2625 = 3.5125, d = 1.2625 + 0.9*3.5125 = 4.42375
     # w = 0.525 - 0.442375 = 0.082625
-    w = _steps(S.SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.5), [1.0], [[2.0], [1.0]])
+    sgd = S.SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.5, weight_decay_kind="l2")
+    w = _steps(sgd, [1.0], [[2.0], [1.0]])
     assert w == pytest.approx([0.082625], abs=1e-15)
 
 
@@ -149,7 +151,7 @@ def test_adam_two_steps():
 
 def test_adam_weight_decay_is_l2():
     # g = 2 + 0.1*1 = 2.1: the first Adam step moves by lr * 2.1/(2.1 + eps) ≈ lr
-    w = _steps(S.Adam(lr=0.1, eps=1e-8, weight_decay=0.1), [1.0], [[2.0]])
+    w = _steps(S.Adam(lr=0.1, eps=1e-8, weight_decay=0.1, weight_decay_kind="l2"), [1.0], [[2.0]])
     assert w == pytest.approx([1 - 0.1 * 2.1 / (2.1 + 1e-8)], abs=1e-15)
 
 
@@ -218,3 +220,63 @@ def test_unknown_layer_kind_is_reported_as_unsupported():
     data = Dataset(np.zeros((4, 3)), np.zeros((4, 1)))
     with pytest.raises(UnsupportedFeature, match="backend 'numpy' cannot lower layer type 'test_scale_numpy'"):
         NumpyTrainer(e, {"o/kernel": np.zeros((3, 1)), "o/bias": np.zeros(1)}, data, "float64")
+
+
+# ---- the array namespace the math is written against ---------------------------------------------------
+
+def test_math_uses_only_the_documented_namespace_functions():
+    """layers, losses, optimizers and the step's Program/TrainStep call nothing of NumPy directly, and
+    every xp.<name> they use is in crossnn_numpy.xp.FUNCTIONS, which both namespaces provide."""
+    import inspect
+    import re
+
+    from crossnn_numpy import layers, losses, optimizers, step
+    from crossnn_numpy.xp import FUNCTIONS
+
+    for module in (layers, losses, optimizers):
+        assert not hasattr(module, "np"), module.__name__
+    sources = [inspect.getsource(m) for m in (layers, losses, optimizers)]
+    sources += [inspect.getsource(step.Program), inspect.getsource(step.TrainStep)]
+    used = {name for source in sources for name in re.findall(r"(?:\bself\.|(?<![\w.]))xp\.([a-z_]+)", source)}
+    assert used and used <= set(FUNCTIONS), used - set(FUNCTIONS)
+    assert all(callable(getattr(XP, name)) for name in FUNCTIONS)
+
+
+def test_namespace_functions_mean_what_numpy_means():
+    z = np.array([[-1.0, 0.0, 2.0]])
+    np.testing.assert_array_equal(XP.sigmoid(z), 1.0 / (1.0 + np.exp(-z)))
+    np.testing.assert_allclose(XP.erf(z), [[-0.8427007929497149, 0.0, 0.9953222650189527]], rtol=1e-15)
+    w = np.ones(3)
+    XP.subtract_scaled(w, 0.5, np.array([1.0, 2.0, 4.0]))
+    np.testing.assert_array_equal(w, [0.5, 0.0, -1.0])
+    out = np.empty((3, 3))
+    XP.matmul(z.T, z, out=out)
+    np.testing.assert_array_equal(out, z.T @ z)
+
+
+def test_contiguous_batches_become_slices():
+    from crossnn_numpy.step import contiguous_slices
+
+    assert contiguous_slices([np.arange(0, 3), np.arange(7, 9)]) == [slice(0, 3), slice(7, 9)]
+    assert contiguous_slices([np.array([5]), np.array([1])]) == [slice(5, 6), slice(1, 2)]
+    assert contiguous_slices([np.arange(3), np.array([4, 3])]) is None
+    assert contiguous_slices([np.array([0, 2, 1])]) is None
+    assert contiguous_slices([]) == []
+
+
+def test_parameters_live_in_one_flat_array_and_a_parameterless_model_still_runs():
+    e = _experiment([S.Dense(name="h", units=4, activation=S.Tanh(), kernel_init=S.Zeros(), bias_init=S.Zeros()),
+                     S.Dense(name="out", units=1, kernel_init=S.Zeros(), bias_init=S.Zeros())], S.MSE())
+    names = list(e.model.parameter_inits())
+    params = {name: RNG.normal(size=p.shape) for name, p in e.model.parameter_inits().items()}
+    trainer = NumpyTrainer(e, params, Dataset(RNG.normal(size=(4, 3)), RNG.normal(size=(4, 1))), "float64")
+    flat = trainer.train_step.flat
+    assert flat.shape == (3 * 4 + 4 + 4 + 1,)
+    assert all(np.shares_memory(v, flat) for v in trainer.values)
+    assert [n for n in trainer.parameters()] == names
+    for name in names:
+        np.testing.assert_array_equal(trainer.parameters()[name], params[name])
+
+    bare = _experiment([S.ActivationLayer(name="a", activation=S.Tanh())], S.MSE(), inputs=1)
+    losses = NumpyTrainer(bare, {}, Dataset(np.zeros((4, 1)), np.ones((4, 1))), "float64").run([np.arange(4)])
+    assert losses.tolist() == [1.0]

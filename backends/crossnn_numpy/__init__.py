@@ -1,12 +1,12 @@
 """crossnn's NumPy backend: the float64 reference, with hand-written forward and backward passes.
 
 Sections, as in every backend package: layers (layers and activations), losses, optimizers,
-step (the training step and trainer), device.
+step (the training step and trainer), device; plus xp, the array namespace the math is written
+against (exp log log1p tanh sqrt abs sign erf maximum clip where sum mean amax concat zeros_like
+copy, listed with their meaning in crossnn_numpy.xp), so the same code also runs on torch tensors.
 """
 
 from __future__ import annotations
-
-import numpy as np
 
 from crossnn.backends import Backend
 from crossnn.errors import BackendError
@@ -18,11 +18,22 @@ class NumpyBackend(Backend):
     requires = ("numpy",)
     distributions = ("numpy",)
     import_order = 0
+    mode_notes = {"default": "hand-written forward and backward passes in NumPy (the float64 reference); the same "
+                             "code runs on torch tensors as the torch backend's xp mode"}
 
     def devices(self, probe: bool = False):
         from crossnn_numpy.device import DEVICES
 
         return DEVICES
+
+    def tutorial(self, experiment, params, data, *, dtype, device):
+        """The hand-written NumPy loop of crossnn_numpy.tutorial (no code shared with the lowering)."""
+        from crossnn_numpy.device import DEVICES
+        from crossnn_numpy.tutorial import TutorialTrainer
+
+        if device not in DEVICES:
+            raise BackendError(f"backend 'numpy' has no device '{device}'; it has {', '.join(DEVICES)}")
+        return TutorialTrainer(experiment, params, data, dtype)
 
     def build(self, experiment, params, data, *, dtype, device, mode):
         from crossnn_numpy.device import DEVICES
@@ -30,4 +41,4 @@ class NumpyBackend(Backend):
 
         if device not in DEVICES:
             raise BackendError(f"backend 'numpy' has no device '{device}'; it has {', '.join(DEVICES)}")
-        return NumpyTrainer(experiment, params, data, dtype, np)
+        return NumpyTrainer(experiment, params, data, dtype)

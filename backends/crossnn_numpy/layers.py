@@ -1,15 +1,15 @@
 """Layers and activations with hand-written forward and backward passes.
 
-All math goes through the array namespace `xp` (NumPy here; any namespace with NumPy's names works,
-which is how the same code can run on other array libraries). Each backward mirrors the operation
-order PyTorch's kernels use, so float64 results agree to the last bits where possible.
+All math goes through the array namespace `xp` and uses only the names listed in crossnn_numpy.xp
+(NumPy's crossnn_numpy.xp.numpy here; crossnn_torch.xp runs the same code on torch tensors). Each
+backward mirrors the operation order PyTorch's kernels use, so float64 results agree to the last bits
+where possible.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-
-import numpy as np
 
 from crossnn import spec
 from crossnn.errors import UnsupportedFeature
@@ -33,7 +33,7 @@ class Sigmoid:
         self.xp = xp
 
     def forward(self, z):
-        return 1.0 / (1.0 + self.xp.exp(-z))
+        return self.xp.sigmoid(z)
 
     def backward(self, z, a, da):
         return da * (1.0 - a) * a
@@ -81,7 +81,7 @@ class Softplus:
         return xp.maximum(z, 0.0) + xp.log1p(xp.exp(-xp.abs(z)))
 
     def backward(self, z, a, da):
-        return da * (1.0 / (1.0 + self.xp.exp(-z)))
+        return da * self.xp.sigmoid(z)
 
 
 class Softmax:
@@ -90,7 +90,7 @@ class Softmax:
 
     def forward(self, z):
         xp = self.xp
-        e = xp.exp(z - xp.max(z, axis=-1, keepdims=True))
+        e = xp.exp(z - xp.amax(z, axis=-1, keepdims=True))
         return e / xp.sum(e, axis=-1, keepdims=True)
 
     def backward(self, z, a, da):
@@ -105,29 +105,23 @@ class GELU:
 
     def __init__(self, s: spec.GELU, xp):
         self.xp, self.exact = xp, s.approximate == "none"
-        self.erf = getattr(xp, "erf", None) or _vector_erf
 
     def forward(self, z):
         if self.exact:
-            return z * 0.5 * (1.0 + self.erf(z * math.sqrt(0.5)))
+            return z * 0.5 * (1.0 + self.xp.erf(z * math.sqrt(0.5)))
         inner = self.SQRT_2_OVER_PI * (z + 0.044715 * z * z * z)
         return 0.5 * z * (1.0 + self.xp.tanh(inner))
 
     def backward(self, z, a, da):
         xp = self.xp
         if self.exact:
-            cdf = 0.5 * (1.0 + self.erf(z * math.sqrt(0.5)))
+            cdf = 0.5 * (1.0 + self.xp.erf(z * math.sqrt(0.5)))
             pdf = xp.exp(-0.5 * z * z) * self.INV_SQRT_2PI
             return da * (cdf + z * pdf)
         inner = self.SQRT_2_OVER_PI * (z + 0.044715 * z * z * z)
         t = xp.tanh(inner)
         d_inner = self.SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * z * z)
         return da * (0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * d_inner)
-
-
-def _vector_erf(z):
-    """erf for NumPy arrays through the C library's erf (NumPy has none)."""
-    return np.vectorize(math.erf, otypes=[np.float64])(z).astype(z.dtype, copy=False)
 
 
 ACTIVATIONS = {
@@ -143,6 +137,9 @@ def activation(s: spec.Activation, xp):
 
 
 # ---- layers: forward(params, inputs) -> (output, cache); backward(...) -> input gradients ---------
+# backward(values, cache, d_output, grads, need_input_grads) writes the gradient of each parameter it
+# owns into grads[i], an array of the parameter's shape, in place (out=); it returns the gradients of
+# its inputs (None where need_input_grads is false: nothing upstream has parameters).
 
 
 class Dense:
@@ -166,9 +163,9 @@ class Dense:
     def backward(self, values, cache, da, grads, need_input_grads):
         x, z, a = cache
         dz = da if self.identity else self.act.backward(z, a, da)
-        grads[self.kernel] = x.T @ dz
+        self.xp.matmul(x.T, dz, out=grads[self.kernel])
         if self.bias is not None:
-            grads[self.bias] = self.xp.sum(dz, axis=0)
+            self.xp.sum(dz, axis=0, out=grads[self.bias])
         return (dz @ values[self.kernel].T,) if need_input_grads else (None,)
 
 
@@ -188,14 +185,14 @@ class ActivationLayer:
 
 class Concatenate:
     def __init__(self, node, index, xp):
-        self.concat = getattr(xp, "concat", None) or xp.concatenate
-        self.edges = np.cumsum((0,) + node.input_sizes)
+        self.concat = xp.concat
+        self.edges = tuple(itertools.accumulate(node.input_sizes, initial=0))
 
     def forward(self, values, inputs):
         return self.concat(inputs, axis=1), None
 
     def backward(self, values, cache, da, grads, need_input_grads):
-        return tuple(da[:, int(lo):int(hi)] for lo, hi in zip(self.edges[:-1], self.edges[1:]))
+        return tuple(da[:, lo:hi] for lo, hi in zip(self.edges[:-1], self.edges[1:]))
 
 
 LAYERS = {spec.Dense: Dense, spec.ActivationLayer: ActivationLayer, spec.Concatenate: Concatenate}

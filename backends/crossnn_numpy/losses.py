@@ -1,6 +1,9 @@
-"""Losses: value_and_grad(p, y) -> (L, dL/dp), the formulas of crossnn.spec.losses."""
+"""Losses: value_and_grad(p, y) -> (L, dL/dp), the formulas of crossnn.spec.losses, written against the
+array namespace `xp` (crossnn_numpy.xp). L is a 0-d array of the namespace (it stays on the device)."""
 
 from __future__ import annotations
+
+import math
 
 from crossnn import spec
 from crossnn.errors import UnsupportedFeature
@@ -15,7 +18,7 @@ class MSE:
 
     def value_and_grad(self, p, y):
         d = p - y
-        return self.xp.mean(d * d), (2.0 / d.size) * d
+        return self.xp.mean(d * d), (2.0 / math.prod(d.shape)) * d
 
 
 class MAE:
@@ -24,7 +27,7 @@ class MAE:
 
     def value_and_grad(self, p, y):
         d = p - y
-        return self.xp.mean(self.xp.abs(d)), self.xp.sign(d) * (1.0 / d.size)
+        return self.xp.mean(self.xp.abs(d)), self.xp.sign(d) * (1.0 / math.prod(d.shape))
 
 
 class Huber:
@@ -36,7 +39,7 @@ class Huber:
         d = p - y
         ad = xp.abs(d)
         value = xp.mean(xp.where(ad < delta, 0.5 * d * d, delta * (ad - 0.5 * delta)))
-        return value, xp.clip(d, -delta, delta) * (1.0 / d.size)
+        return value, xp.clip(d, -delta, delta) * (1.0 / math.prod(d.shape))
 
 
 class BCE:
@@ -48,7 +51,7 @@ class BCE:
         log_p = xp.maximum(xp.log(p), self.log_min)
         log_q = xp.maximum(xp.log1p(-p), self.log_min)
         value = xp.mean((y - 1.0) * log_q - y * log_p)
-        grad = (p - y) / xp.maximum((1.0 - p) * p, BCE_GRAD_FLOOR) * (1.0 / p.size)
+        grad = (p - y) / xp.maximum((1.0 - p) * p, BCE_GRAD_FLOOR) * (1.0 / math.prod(p.shape))
         return value, grad
 
 
@@ -59,7 +62,7 @@ class BCELogits:
     def value_and_grad(self, z, y):
         xp = self.xp
         value = xp.mean(xp.maximum(z, 0.0) - z * y + xp.log1p(xp.exp(-xp.abs(z))))
-        return value, (1.0 / (1.0 + xp.exp(-z)) - y) * (1.0 / z.size)
+        return value, (xp.sigmoid(z) - y) * (1.0 / math.prod(z.shape))
 
 
 class CrossEntropy:
@@ -72,7 +75,7 @@ class CrossEntropy:
         xp = self.xp
         n = p.shape[0]
         if self.from_logits:
-            shifted = p - xp.max(p, axis=1, keepdims=True)
+            shifted = p - xp.amax(p, axis=1, keepdims=True)
             e = xp.exp(shifted)
             total = xp.sum(e, axis=1, keepdims=True)
             log_softmax = shifted - xp.log(total)

@@ -1,5 +1,6 @@
-"""Optimizers as init/update pairs over a list of parameter arrays, updated in place.
-The rules are those of crossnn.spec.optimizers, in PyTorch's operation order."""
+"""Optimizers as init/update pairs over a list of parameter arrays, updated in place, written against
+the array namespace `xp` (crossnn_numpy.xp). The rules are those of crossnn.spec.optimizers, in
+PyTorch's operation order. `grads` may be overwritten."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ class SGD:
     """b ← μ b + g (b = g first), d = g + μ b (Nesterov) or b, w ← w - lr d; g includes L2 decay."""
 
     def __init__(self, s: spec.SGD, xp):
-        self.s = s
+        self.s, self.xp = s, xp
 
     def init(self, params):
         return {"momentum_buffer": [None] * len(params)}
@@ -22,17 +23,17 @@ class SGD:
         s, buffers = self.s, state["momentum_buffer"]
         lr, mu = s.lr, s.momentum
         for i, (w, g) in enumerate(zip(params, grads)):
-            if s.weight_decay:
-                g = g + s.weight_decay * w
+            if s.l2:
+                g = g + s.l2 * w
             if mu:
                 b = buffers[i]
                 if b is None:
-                    b = buffers[i] = g.copy()
+                    b = buffers[i] = self.xp.copy(g)
                 else:
                     b *= mu
                     b += g
                 g = g + mu * b if s.nesterov else b
-            w -= lr * g
+            self.xp.subtract_scaled(w, lr, g)  # w -= lr * g
 
 
 class Adam:
@@ -52,8 +53,8 @@ class Adam:
         step_size = s.lr / (1.0 - s.beta1 ** t)
         correction2_sqrt = math.sqrt(1.0 - s.beta2 ** t)
         for w, g, m, v in zip(params, grads, state["exp_avg"], state["exp_avg_sq"]):
-            if s.weight_decay:
-                g = g + s.weight_decay * w
+            if s.l2:
+                g = g + s.l2 * w
             m += (1.0 - s.beta1) * (g - m)
             v *= s.beta2
             v += ((1.0 - s.beta2) * g) * g
@@ -64,7 +65,15 @@ class Adam:
 OPTIMIZERS = {spec.SGD: SGD, spec.Adam: Adam}
 
 
+def unsupported_options(s: spec.Optimizer) -> list[str]:
+    """The optimizer options these rules do not implement yet (L2 decay is implemented)."""
+    return [name for name, used in (("decoupled weight decay", s.decoupled), ("clip_norm", s.clip_norm is not None),
+                                    ("a learning-rate schedule", s.schedule is not None)) if used]
+
+
 def optimizer(s: spec.Optimizer, xp):
     if type(s) not in OPTIMIZERS:
         raise UnsupportedFeature("numpy", f"optimizer '{s.kind}'")
+    if unsupported_options(s):
+        raise UnsupportedFeature("numpy", f"optimizer '{s.kind}' with {', '.join(unsupported_options(s))}")
     return OPTIMIZERS[type(s)](s, xp)

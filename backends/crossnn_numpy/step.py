@@ -1,8 +1,13 @@
 """The training step: the model graph compiled to a list of ops, a hand-written backward pass, and
-the trainer the harness drives."""
+the trainer the harness drives.
+
+Program, the layers, losses and optimizers compute through an array namespace `xp` (the functions
+listed in crossnn_numpy.xp), so they run unchanged on NumPy and, through crossnn_torch.xp, on torch
+tensors. NumpyTrainer is the NumPy side of that: NumPy arrays in, NumPy arrays out."""
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -12,6 +17,7 @@ from crossnn.data import Dataset
 from crossnn.spec import INPUT, Experiment
 
 from crossnn_numpy import layers, losses, optimizers
+from crossnn_numpy import xp as namespaces
 
 
 class Program:
@@ -26,7 +32,7 @@ class Program:
             self.ops.append((layers.layer(node, index, xp), inputs, k, any(i != 0 for i in inputs)))
             slot[node.name] = k
         self.output = slot[experiment.model.layers[-1].name]
-        self.n_params = len(names)
+        self.xp = xp
 
     def forward(self, values, x):
         acts = [x] + [None] * len(self.ops)
@@ -36,9 +42,11 @@ class Program:
             caches.append(cache)
         return acts[self.output], caches
 
-    def backward(self, values, caches, d_output):
-        """Parameter gradients, given dL/d(output); gradients of a value used twice are summed."""
-        grads = [None] * self.n_params
+    def backward(self, values, caches, d_output, grads=None):
+        """Parameter gradients, given dL/d(output), written into `grads` (arrays shaped like `values`;
+        new ones when None) and returned; gradients of a value used twice are summed."""
+        if grads is None:
+            grads = [self.xp.zeros_like(v) for v in values]
         d_acts = [None] * (len(self.ops) + 1)
         d_acts[self.output] = d_output
         for (op, inputs, out, need), cache in zip(reversed(self.ops), reversed(caches)):
@@ -49,37 +57,88 @@ class Program:
         return grads
 
 
-class NumpyTrainer(Trainer):
-    """Trains with the array namespace `xp` (NumPy). Sparse class labels become one-hot rows once."""
+class TrainStep:
+    """One training step of an experiment in the namespace `xp`: forward pass, loss and dL/d(output),
+    backward pass, optimizer update. step(x, y) returns the loss before the update, a 0-d array of the
+    namespace (it stays where the arrays are).
 
-    def __init__(self, experiment: Experiment, params: dict[str, np.ndarray], data: Dataset, dtype: str, xp=np):
-        self.xp = xp
-        self.names = list(params)
-        self.values = [xp.asarray(np.array(params[name], dtype=dtype)) for name in self.names]
-        self.program = Program(experiment, self.names, xp)
+    The parameters live in one flat array and `values` are views of it in canonical order and layout
+    (likewise the gradients, written in place by the backward pass), so the optimizer updates every
+    parameter with a handful of whole-array operations instead of a handful per parameter. Each
+    element sees the same arithmetic either way."""
+
+    def __init__(self, experiment: Experiment, names: list[str], values: list, xp):
+        """values: the starting parameters (arrays of the namespace, one dtype), copied in."""
+        self.program = Program(experiment, names, xp)
         self.loss = losses.loss(experiment.loss, xp)
         self.optimizer = optimizers.optimizer(experiment.optimizer, xp)
-        self.state = self.optimizer.init(self.values)
+        self.trains = bool(values)  # a model may have no parameters at all
+        self.flat = xp.concat([v.reshape(-1) for v in values], axis=0) if values else None
+        self.flat_grad = xp.zeros_like(self.flat) if values else None
+        self.values = _views(self.flat, values)
+        self.grads = _views(self.flat_grad, values)
+        self.state = self.optimizer.init([self.flat] if values else [])
+
+    def __call__(self, x, y):
+        output, caches = self.program.forward(self.values, x)
+        loss, d_output = self.loss.value_and_grad(output, y)
+        if self.trains:
+            self.program.backward(self.values, caches, d_output, self.grads)
+            self.optimizer.update([self.flat], [self.flat_grad], self.state)
+        return loss
+
+
+def _views(flat, like: list) -> list:
+    """Consecutive pieces of the 1-D array `flat`, shaped like the arrays in `like`."""
+    views, start = [], 0
+    for v in like:
+        size = math.prod(v.shape)
+        views.append(flat[start:start + size].reshape(tuple(v.shape)))
+        start += size
+    return views
+
+
+def contiguous_slices(batches: Sequence[np.ndarray]) -> list[slice] | None:
+    """Each batch as a slice when every batch is a run of consecutive indices (the plan without
+    shuffling), else None. A slice selects rows as a view, without the copy an index array costs;
+    the rows, and so every result, are the same. One vectorised check for the whole list."""
+    if not batches:
+        return []
+    flat = np.concatenate(batches)
+    steps = np.diff(flat)
+    ends = np.cumsum([len(b) for b in batches])[:-1]
+    steps[ends - 1] = 1  # a new batch may start anywhere
+    if not np.all(steps == 1):
+        return None
+    return [slice(int(b[0]), int(b[0]) + len(b)) for b in batches]
+
+
+class NumpyTrainer(Trainer):
+    """Trains with the NumPy namespace (crossnn_numpy.xp.numpy). Sparse class labels become one-hot
+    rows once."""
+
+    def __init__(self, experiment: Experiment, params: dict[str, np.ndarray], data: Dataset, dtype: str):
+        self.xp = xp = namespaces.numpy
+        self.names = list(params)
+        self.train_step = TrainStep(experiment, self.names, [np.asarray(params[name], dtype=dtype)
+                                                             for name in self.names], xp)
+        self.values = self.train_step.values
+        self.program = self.train_step.program
         self.dtype = dtype
-        self.x = xp.asarray(data.x.astype(dtype))
+        self.x = data.x.astype(dtype)
         y = data.y
         if experiment.loss.sparse_targets:
             y = np.eye(experiment.model.output_size)[y]
-        self.y = xp.asarray(y.astype(dtype))
+        self.y = y.astype(dtype)
 
     def step(self, batch):
-        values = self.values
-        x, y = self.x[batch], self.y[batch]
-        output, caches = self.program.forward(values, x)
-        loss, d_output = self.loss.value_and_grad(output, y)
-        grads = self.program.backward(values, caches, d_output)
-        self.optimizer.update(values, grads, self.state)
-        return loss
+        return self.train_step(self.x[batch], self.y[batch])
 
     def run(self, batches: Sequence[np.ndarray]) -> np.ndarray:
         out = np.empty(len(batches))
+        rows = contiguous_slices(batches) or batches
         with np.errstate(over="ignore", divide="ignore", invalid="ignore", under="ignore"):
-            for i, batch in enumerate(batches):
+            for i, batch in enumerate(rows):
                 out[i] = self.step(batch)
         return out
 
@@ -88,7 +147,7 @@ class NumpyTrainer(Trainer):
 
     def predict(self, x):
         with np.errstate(over="ignore", under="ignore"):
-            output, _ = self.program.forward(self.values, self.xp.asarray(x.astype(self.dtype)))
+            output, _ = self.program.forward(self.values, x.astype(self.dtype))
         return np.asarray(output)
 
     def describe(self):

@@ -102,13 +102,13 @@ def loss(s: spec.Loss) -> nn.Module:
     return LOSSES[type(s)](s)
 
 
-def targets(s: spec.Loss, y: np.ndarray, classes: int, *, dtype, device) -> torch.Tensor:
+def targets(s: spec.Loss, y: np.ndarray, classes: int, *, dtype, device, one_hot: bool = False) -> torch.Tensor:
     """The data set's targets as the loss module wants them: class indices (int64) for
-    nn.CrossEntropyLoss with sparse labels, one-hot rows for the probability cross-entropy,
-    else the values in `dtype`."""
+    nn.CrossEntropyLoss with sparse labels, one-hot rows for the probability cross-entropy (and for
+    every sparse target when `one_hot`), else the values in `dtype`."""
     if s.sparse_targets:
         labels = torch.as_tensor(y, dtype=torch.int64, device=device)
-        if isinstance(s, spec.CrossEntropy) and s.from_logits:
+        if isinstance(s, spec.CrossEntropy) and s.from_logits and not one_hot:
             return labels
         return nn.functional.one_hot(labels, classes).to(dtype)
     return torch.as_tensor(y, dtype=dtype, device=device)

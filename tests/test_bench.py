@@ -1,0 +1,112 @@
+"""Benchmark machinery: device/mode selection (GPU rows are skipped, never faked), FLOP counting,
+the timing method, and a quick end-to-end bench + report on the NumPy backend."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import crossnn
+from crossnn.bench.flops import training_flops
+from crossnn.bench.machine import median_iqr
+from crossnn.bench.select import Offer, Skipped, Target, select
+from crossnn.bench.suites import fcn_r_experiment
+from crossnn.bench.timing import measure
+from crossnn.cli import main
+
+CPU_ONLY = {"numpy": Offer(("cpu",), ("default",)), "torch": Offer(("cpu",), ("eager", "xp", "compile"), "xp")}
+WITH_GPU = {"torch": Offer(("cpu", "cuda:0"), ("eager", "xp"), "xp"), "tensorflow": Offer(("cpu", "gpu:0"), ("graph",))}
+
+
+def test_gpu_rows_are_skipped_with_a_note_when_no_gpu_is_seen():
+    targets, skipped = select(CPU_ONLY, ["cpu", "cuda"], quick=True)
+    assert targets == [Target("numpy", "cpu", "default"), Target("torch", "cpu", "eager"), Target("torch", "cpu", "xp")]
+    assert skipped == [Skipped("numpy", "cuda", "default", "numpy sees no GPU here (its devices: cpu)"),
+                       Skipped("torch", "cuda", "eager", "torch sees no GPU here (its devices: cpu)"),
+                       Skipped("torch", "cuda", "xp", "torch sees no GPU here (its devices: cpu)")]
+
+
+def test_cuda_and_gpu_spellings_select_each_frameworks_gpu():
+    targets, skipped = select(WITH_GPU, ["cuda"])
+    assert targets == [Target("torch", "cuda:0", "eager"), Target("torch", "cuda:0", "xp"),
+                       Target("tensorflow", "gpu:0", "graph")]
+    assert skipped == []
+    assert select(WITH_GPU, ["gpu:0"])[0][-1] == Target("tensorflow", "gpu:0", "graph")
+
+
+def test_mode_selection():
+    targets, skipped = select(CPU_ONLY, ["cpu"])
+    assert [t.mode for t in targets] == ["default", "eager", "xp", "compile"]  # every mode by default
+    targets, skipped = select(CPU_ONLY, ["cpu"], modes=["xp"])
+    assert targets == [Target("torch", "cpu", "xp")]
+    assert skipped[0].backend == "numpy" and "none of these modes" in skipped[0].reason
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        select(CPU_ONLY, ["tpu"])
+
+
+def test_training_flops_of_fcn_r():
+    # 784-2048-4096-1024-10, batch 256: first layer forward + weight gradient, the rest also input gradients
+    sizes = [(784, 2048), (2048, 4096), (4096, 1024), (1024, 10)]
+    expected = 256 * sum(2 * a * b * (2 if i == 0 else 3) for i, (a, b) in enumerate(sizes))
+    assert training_flops(fcn_r_experiment(256).model, 256) == expected
+
+
+def test_median_and_iqr():
+    assert median_iqr([1.0, 2.0, 3.0, 4.0, 100.0]) == (3.0, 2.0)
+    assert median_iqr([5.0]) == (5.0, 0.0)
+
+
+class _CountingTrainer:
+    """Stands in for a trainer: counts steps and synchronisations."""
+
+    def __init__(self):
+        self.steps, self.syncs = 0, 0
+
+    def run(self, batches):
+        self.steps += len(batches)
+        return np.zeros(len(batches))
+
+    def synchronize(self):
+        self.syncs += 1
+
+
+def test_timing_separates_the_first_step_and_repeats():
+    trainer = _CountingTrainer()
+    timing = measure(trainer, [np.arange(4)], repeats=5, min_repeat_seconds=0.0, warmup_seconds=0.0)
+    assert len(timing.per_step) == 5 and timing.steps_per_repeat >= 1
+    assert trainer.steps == 1 + timing.warmup_steps + 5 * timing.steps_per_repeat
+    assert trainer.syncs == 2 * (1 + 2 + 5)  # before and after every timed call (2 warm-up calls here)
+
+
+def test_quick_bench_and_report_on_numpy(tmp_path, capsys):
+    bench_json = tmp_path / "bench.json"
+    assert main(["bench", "seeds", "--backends", "numpy", "--quick", "--repeats", "5", "--json", str(bench_json)]) == 0
+    text = capsys.readouterr().out
+    assert "seeds/circle" in text and "tutorial" in text
+    doc = json.loads(bench_json.read_text())
+    circle = [r for r in doc["rows"] if r["case"] == "circle"]
+    assert {r["mode"] for r in circle} == {"tutorial", "default"}
+    lowered = next(r for r in circle if r["mode"] == "default")
+    assert lowered["repeats"] == 5 and lowered["seconds_per_step"] > 0 and 0 < lowered["ratio_to_tutorial"] < 5
+    assert lowered["gflops"] == pytest.approx(lowered["flops_per_step"] / lowered["seconds_per_step"] / 1e9)
+    assert doc["peaks"]["cpu float32"] > 1.0 and doc["machine"]["logical_cores"] >= 1
+
+    assert main(["report", "linear-2x3", "--backends", "numpy", "--bench", str(bench_json), "--name", "t",
+                 "--out", str(tmp_path / "reports")]) == 0
+    folder = tmp_path / "reports" / "t"
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["README.md", "bench.json", "loss_linear-2x3.png", "overhead.png", "parity_linear-2x3.png",
+                     "run_linear-2x3.json"]
+    readme = (folder / "README.md").read_text()
+    assert "## Parity: linear-2x3" in readme and "### Checks" in readme and "GPU rows skipped, not faked" in readme
+    assert all((folder / n).read_bytes()[:4] == b"\x89PNG" for n in names if n.endswith(".png"))
+
+
+def test_report_refuses_a_file_that_is_not_a_bench_result(tmp_path, capsys):
+    other = tmp_path / "x.json"
+    other.write_text(json.dumps({"rows": []}))
+    assert main(["report", "--bench", str(other), "--out", str(tmp_path)]) == 2
+    assert "is not a `crossnn bench --json` file" in capsys.readouterr().err
+    assert not (tmp_path / "latest").exists()

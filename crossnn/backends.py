@@ -21,6 +21,7 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 
+from crossnn.checkpoint import TrainingState
 from crossnn.data import Dataset
 from crossnn.errors import BackendError, UnsupportedFeature
 from crossnn.spec import Experiment, Model
@@ -52,6 +53,16 @@ class Trainer(ABC):
 
     def synchronize(self) -> None:
         """Block until queued device work is done (for timing)."""
+
+    def state(self) -> TrainingState:
+        """Steps done, parameters and optimizer state, canonical names and layout (see
+        crossnn.checkpoint for the optimizer slot names)."""
+        raise BackendError("this backend cannot export its training state")
+
+    def load_state(self, state: TrainingState) -> None:
+        """Continue from `state`: parameters, optimizer buffers and counters, steps done (which fix
+        the learning-rate schedule and the dropout masks of the next steps)."""
+        raise BackendError("this backend cannot resume from a training state")
 
     def describe(self) -> str:
         """A short text of how this lowering runs (shown in reports)."""

@@ -13,10 +13,12 @@ from crossnn.spec import Experiment
 
 @dataclass(frozen=True)
 class Dataset:
-    """x: float64 (N, inputs). y: float64 (N, outputs), or int64 class indices (N,) for sparse losses."""
+    """x: float64 (N, inputs). y: float64 (N, outputs), or int64 class indices (N,) for sparse losses.
+    The training samples; `validation` holds the samples a validation split keeps out of training."""
 
     x: np.ndarray
     y: np.ndarray
+    validation: Dataset | None = None
 
     @property
     def n(self) -> int:
@@ -24,9 +26,18 @@ class Dataset:
 
 
 def load_dataset(experiment: Experiment) -> Dataset:
-    """Generate or read the data from the "data" stream of the seed, then check it fits the model."""
+    """Generate or read the data from the "data" stream of the seed, check it fits the model, and
+    hold out the last `validation_split` of the samples (before any shuffling, as Keras does)."""
     x, y = experiment.data.arrays(stream(experiment.seed, "data"), experiment.base_dir)
-    return check_dataset(experiment, np.asarray(x), np.asarray(y))
+    full = check_dataset(experiment, np.asarray(x), np.asarray(y))
+    split = experiment.train.validation_split
+    if not split:
+        return full
+    cut = int(full.n * (1.0 - split))
+    if cut == full.n or cut == 0:
+        raise DataError(f"train.validation_split: {split} of {full.n} samples leaves "
+                        f"{'no validation' if cut == full.n else 'no training'} samples")
+    return Dataset(full.x[:cut], full.y[:cut], Dataset(full.x[cut:], full.y[cut:]))
 
 
 def check_dataset(experiment: Experiment, x: np.ndarray, y: np.ndarray) -> Dataset:

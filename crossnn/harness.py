@@ -14,7 +14,8 @@ import numpy as np
 from crossnn import backends
 from crossnn.data import Dataset, load_dataset
 from crossnn.errors import BackendError, CrossnnError, DataError
-from crossnn.metrics import accuracy
+from crossnn.checkpoint import TrainingState
+from crossnn.metrics import metric_values
 from crossnn.params import Params, cast, initial_parameters
 from crossnn.plan import BatchPlan, default_snapshot_every
 from crossnn.spec import Experiment
@@ -51,6 +52,9 @@ class RunRecord:
     build_seconds: float = 0.0
     train_seconds: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
+    history: dict[str, list[float]] = field(default_factory=dict)  # per-epoch metrics
+    start_step: int = 0  # losses[i] belongs to step start_step + i
+    final_state: TrainingState | None = None
     traceback: str = ""
 
     @property
@@ -83,11 +87,15 @@ def reference_spec() -> RunSpec:
 
 def train(experiment: Experiment, runs: Sequence[RunSpec], *, snapshot_every: int | None = None,
           progress: Progress | None = None, dataset: Dataset | None = None,
-          initial_params: Params | None = None, reference: RunRecord | None = None) -> RunResult:
-    """Run every RunSpec (plus the NumPy float64 reference, always) and return all records.
+          initial_params: Params | None = None, reference: RunRecord | None = None,
+          resume: TrainingState | None = None, stop_after: int | None = None) -> RunResult:
+    """Run every RunSpec (plus the NumPy float64 reference, always, uninterrupted from step 0) and
+    return all records.
 
     initial_params replaces the spec's initializers (e.g. weights taken from a user's model);
-    reference reuses a reference run made earlier with the same arguments.
+    reference reuses a reference run made earlier with the same arguments; resume starts the
+    requested runs from a saved training state; stop_after ends them after that many steps in all
+    (their final state is kept in RunRecord.final_state).
     """
     dataset = dataset if dataset is not None else load_dataset(experiment)
     params0 = initial_parameters(experiment)
@@ -95,6 +103,10 @@ def train(experiment: Experiment, runs: Sequence[RunSpec], *, snapshot_every: in
         params0 = _checked_override(params0, initial_params)
     plan = BatchPlan.for_experiment(experiment, dataset.n)
     every = snapshot_every or default_snapshot_every(plan.steps)
+    if resume is not None and not 0 <= resume.step <= plan.steps:
+        raise DataError(f"the checkpoint is at step {resume.step}, outside this plan's {plan.steps} steps")
+    if stop_after is not None and not 0 < stop_after <= plan.steps:
+        raise DataError(f"--stop-after: must be in 1..{plan.steps} (the plan's steps), got {stop_after}")
 
     resolved = [_resolve(spec) for spec in runs]
     ref_spec = _resolve(reference_spec())
@@ -102,7 +114,9 @@ def train(experiment: Experiment, runs: Sequence[RunSpec], *, snapshot_every: in
         backends.get(name).prepare()
 
     ref_record = reference or run_one(experiment, ref_spec, params0, dataset, plan, every, progress)
-    records = [ref_record if spec == ref_spec else run_one(experiment, spec, params0, dataset, plan, every, progress)
+    interrupted = resume is not None or stop_after is not None
+    records = [ref_record if spec == ref_spec and not interrupted else
+               run_one(experiment, spec, params0, dataset, plan, every, progress, resume=resume, stop_after=stop_after)
                for spec in resolved]
     return RunResult(experiment, dataset, plan, params0, every, ref_record, records)
 
@@ -132,20 +146,38 @@ def _resolve(spec: RunSpec) -> RunSpec:
     return RunSpec(spec.backend, spec.dtype, spec.device, mode)
 
 
+def _boundaries(plan: BatchPlan, start: int, stop: int, every: int, per_epoch: bool) -> list[tuple[int, int]]:
+    """Spans [a, b) from start to stop that end at every snapshot step (multiples of `every`) and,
+    with per_epoch, at every epoch end."""
+    ends = {s for s in range(every, stop, every) if s > start} | {stop}
+    if per_epoch:
+        ends |= {s for s in range(plan.steps_per_epoch, stop, plan.steps_per_epoch) if s > start}
+    points = [start] + sorted(ends)
+    return list(zip(points[:-1], points[1:]))
+
+
 def run_one(experiment: Experiment, spec: RunSpec, params0: Params, dataset: Dataset, plan: BatchPlan,
-            every: int, progress: Progress | None = None) -> RunRecord:
+            every: int, progress: Progress | None = None, *, resume: TrainingState | None = None,
+            stop_after: int | None = None) -> RunRecord:
     backend = backends.get(spec.backend)
     record = RunRecord(spec, version=backend.version())
     losses: list[np.ndarray] = []
+    start_step = resume.step if resume is not None else 0
+    stop_step = stop_after if stop_after is not None else plan.steps
+    record.start_step = start_step
+    track = bool(experiment.train.metrics)
     try:
         start = time.perf_counter()
-        trainer = backend.build(experiment, cast(params0, spec.dtype), dataset, dtype=spec.dtype, device=spec.device,
+        initial = resume.params if resume is not None else params0
+        trainer = backend.build(experiment, cast(initial, spec.dtype), dataset, dtype=spec.dtype, device=spec.device,
                                 mode=spec.mode or backend.modes[0])
+        if resume is not None:
+            trainer.load_state(resume)
         trainer.synchronize()
         record.build_seconds = time.perf_counter() - start
         record.description = trainer.describe()
-        record.snapshots[0] = _float64(trainer.parameters())
-        for first, stop in plan.spans(every):
+        record.snapshots[start_step] = _float64(trainer.parameters())
+        for first, stop in _boundaries(plan, start_step, stop_step, every, track):
             start = time.perf_counter()
             span_losses = trainer.run(plan.batches(first, stop))
             trainer.synchronize()
@@ -162,15 +194,18 @@ def run_one(experiment: Experiment, spec: RunSpec, params0: Params, dataset: Dat
             if broken:
                 record.status, record.message = "nonfinite", f"{broken} is not finite after step {stop - 1}; stopped"
                 break
-            record.snapshots[stop] = params
+            if stop % every == 0 or stop == stop_step:
+                record.snapshots[stop] = params
+            if track and stop % plan.steps_per_epoch == 0:
+                for name, value in evaluate(experiment, trainer, dataset, spec.dtype).items():
+                    record.history.setdefault(name, []).append(value)
             if progress:
                 record.losses = np.concatenate(losses)
                 progress(record, stop, plan.steps)
         if record.ok:
-            output = np.asarray(trainer.predict(dataset.x.astype(spec.dtype)))
-            acc = accuracy(experiment.loss, output, dataset.y)
-            if acc is not None:
-                record.metrics["accuracy"] = acc
+            record.metrics.update(evaluate(experiment, trainer, dataset, spec.dtype, final=True))
+            if stop_after is not None:
+                record.final_state = trainer.state().as_float64()
     except CrossnnError as err:
         record.status, record.message = "error", str(err)
     except Exception as err:  # a backend's own failure: keep it, keep going with the others
@@ -178,6 +213,19 @@ def run_one(experiment: Experiment, spec: RunSpec, params0: Params, dataset: Dat
         record.traceback = traceback.format_exc()
     record.losses = np.concatenate(losses) if losses else np.zeros(0)
     return record
+
+
+def evaluate(experiment: Experiment, trainer, dataset: Dataset, dtype: str, final: bool = False) -> dict[str, float]:
+    """The spec's metrics on the training samples and, as val_<metric>, on the validation samples.
+    With final, accuracy is always included for classification losses."""
+    names = set(experiment.train.metrics) | ({"accuracy"} if final else set())
+    out = {}
+    for prefix, part in (("", dataset), ("val_", dataset.validation)):
+        if part is None:
+            continue
+        values = metric_values(experiment.loss, sorted(names), np.asarray(trainer.predict(part.x.astype(dtype))), part.y)
+        out.update({prefix + name: value for name, value in values.items()})
+    return out
 
 
 def _float64(params: Params) -> Params:

@@ -18,3 +18,18 @@ def accuracy(loss: Loss, output: np.ndarray, y: np.ndarray) -> float | None:
         truth = y if loss.sparse_targets else np.argmax(y, axis=1)
         return float(np.mean(np.argmax(output, axis=1) == truth))
     return None
+
+
+def mae(output: np.ndarray, y: np.ndarray) -> float | None:
+    """mean |output - y| (None for class-index targets)."""
+    output = np.asarray(output, dtype=np.float64)
+    if y.ndim != 2 or y.shape != output.shape:
+        return None
+    return float(np.mean(np.abs(output - y)))
+
+
+def metric_values(loss: Loss, names, output: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """The named metrics that apply to this loss and data."""
+    found = {"accuracy": accuracy(loss, output, y) if "accuracy" in names else None,
+             "mae": mae(output, y) if "mae" in names else None}
+    return {name: value for name, value in found.items() if value is not None}

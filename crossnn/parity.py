@@ -104,8 +104,9 @@ def compare(reference: RunRecord, run: RunRecord, tolerance: Tolerance | None = 
                 p.first_fail_step = step
             worst = max(worst, rel)
         curve.append((step, worst))
-    n = min(len(reference.losses), len(run.losses))
-    loss_diff = float(np.max(np.abs(reference.losses[:n] - run.losses[:n]))) if n else 0.0
+    ref_losses = reference.losses[run.start_step - reference.start_step:]
+    n = min(len(ref_losses), len(run.losses))
+    loss_diff = float(np.max(np.abs(ref_losses[:n] - run.losses[:n]))) if n else 0.0
     complete = run.ok and reference.ok and max(run.snapshots, default=-1) == max(reference.snapshots, default=-1)
     note = "" if complete else (run.message or reference.message or "run incomplete")
     return Parity(run.spec.label, tol, list(params.values()), loss_diff, curve, complete, note)

@@ -20,10 +20,10 @@ def run_text(result: RunResult, parities: dict[int, Parity]) -> str:
     rows = []
     for r in records:
         status = "reference" if r is result.reference else r.status
-        acc = r.metrics.get("accuracy")
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in r.metrics.items()) or "-"
         rows.append((r.spec.label, r.version, r.steps_done, f"{r.train_seconds:.3f}",
-                     f"{r.losses[-1]:.6g}" if len(r.losses) else "-", "-" if acc is None else f"{acc:.4f}", status))
-    lines.append(table(("run", "version", "steps", "train s", "final loss", "accuracy", "status"), rows))
+                     f"{r.losses[-1]:.6g}" if len(r.losses) else "-", metrics, status))
+    lines.append(table(("run", "version", "steps", "train s", "final loss", "metrics", "status"), rows))
     for r in records:
         if r.message:
             lines.append(f"  {r.spec.label}: {r.message}")
@@ -69,6 +69,7 @@ def result_json(result: RunResult, parities: dict[int, Parity]) -> dict[str, Any
             "label": r.spec.label, "version": r.version, "description": r.description,
             "status": r.status, "message": r.message, "steps": r.steps_done,
             "seconds": r.train_seconds, "build_seconds": r.build_seconds, "metrics": r.metrics,
+            "history": r.history, "start_step": r.start_step,
             "losses": r.losses.tolist(),
             "initial_params": _nested(r.snapshots.get(0, {})), "final_params": _nested(r.final_params),
             "reference": r is result.reference,

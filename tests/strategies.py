@@ -54,13 +54,16 @@ losses = st.one_of(
 @st.composite
 def _sgd(draw, lr=positive):
     momentum = draw(st.one_of(st.just(0.0), unit))
+    decay = draw(st.one_of(st.just(0.0), st.floats(min_value=0.0, max_value=1.0)))
     return S.SGD(lr=draw(lr), momentum=momentum, nesterov=draw(st.booleans()) if momentum > 0 else False,
-                 weight_decay=draw(st.one_of(st.just(0.0), st.floats(min_value=0.0, max_value=1.0))))
+                 weight_decay=decay, weight_decay_kind="l2" if decay else None)
 
 
-def _adam(lr=positive):
-    return st.builds(S.Adam, lr=lr, beta1=unit, beta2=unit, eps=positive,
-                     weight_decay=st.one_of(st.just(0.0), st.floats(min_value=0.0, max_value=1.0)))
+@st.composite
+def _adam(draw, lr=positive):
+    decay = draw(st.one_of(st.just(0.0), st.floats(min_value=0.0, max_value=1.0)))
+    return S.Adam(lr=draw(lr), beta1=draw(unit), beta2=draw(unit), eps=draw(positive), weight_decay=decay,
+                  weight_decay_kind="l2" if decay else None)
 
 
 optimizers = st.one_of(_sgd(), _adam())
@@ -157,7 +160,8 @@ def trainable_experiments(draw, max_epochs: int = 4):
         y = rng.standard_normal((n, k))
     optimizer = draw(st.one_of(_sgd(lr=st.floats(1e-3, 0.2)), _adam(lr=st.floats(1e-4, 0.05))))
     if isinstance(optimizer, S.Adam):  # keep the moment estimates well away from eps
-        optimizer = S.Adam(lr=optimizer.lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=optimizer.weight_decay)
+        optimizer = S.Adam(lr=optimizer.lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=optimizer.weight_decay,
+                           weight_decay_kind=optimizer.weight_decay_kind)
     experiment = S.Experiment(
         name="generated", seed=draw(st.integers(0, 10_000)),
         data=S.InlineData(x=x.tolist(), y=y.tolist()), model=model, loss=loss, optimizer=optimizer,

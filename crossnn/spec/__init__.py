@@ -10,18 +10,21 @@ from crossnn.spec.initializers import (
     Constant, FanInUniform, GlorotNormal, GlorotUniform, HeNormal, HeUniform, Initializer, LecunNormal,
     LecunUniform, Normal, Ones, TruncatedNormal, Uniform, VarianceScaling, Zeros,
 )
-from crossnn.spec.layers import ActivationLayer, Concatenate, Dense, Layer, ParamInit
+from crossnn.spec.layers import ActivationLayer, Concatenate, Dense, Dropout, Layer, ParamInit
 from crossnn.spec.losses import BCE, MAE, MSE, BCELogits, CrossEntropy, Huber, Loss
 from crossnn.spec.model import INPUT, Model, Node
-from crossnn.spec.optimizers import SGD, Adam, Optimizer
+from crossnn.spec.optimizers import (
+    SGD, Adagrad, Adam, AdamW, ExponentialDecay, Optimizer, RMSprop, Schedule, StepDecay,
+)
 from crossnn.spec.toml import dumps, load, loads, save
 
 __all__ = [
-    "Activation", "ActivationLayer", "Adam", "Adder", "Array", "BCE", "BCELogits", "Circle", "Concatenate",
-    "Constant", "CrossEntropy", "CsvFile", "DataSource", "Dense", "Experiment", "FanInUniform", "GELU",
+    "Activation", "ActivationLayer", "Adagrad", "Adam", "AdamW", "Adder", "Array", "BCE", "BCELogits", "Circle", "Concatenate",
+    "Constant", "CrossEntropy", "CsvFile", "DataSource", "Dense", "Dropout", "Experiment", "ExponentialDecay", "FanInUniform", "GELU",
     "GlorotNormal", "GlorotUniform", "HeNormal", "HeUniform", "Huber", "INPUT", "InlineData", "Initializer",
     "Layer", "LeakyReLU", "LecunNormal", "LecunUniform", "Line", "Linear", "Loss", "MAE", "MSE", "Model",
-    "Node", "Normal", "NpzFile", "Ones", "Optimizer", "ParamInit", "RandomNormal", "ReLU", "SGD", "Sigmoid",
+    "Node", "Normal", "NpzFile", "Ones", "Optimizer", "ParamInit", "RMSprop", "RandomNormal", "ReLU", "SGD",
+    "Schedule", "Sigmoid", "StepDecay",
     "Softmax", "Softplus", "Spec", "Tanh", "TeacherClasses", "Train", "TruncatedNormal", "Uniform", "VarianceScaling", "Zeros",
     "dumps", "load", "loads", "save",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 from pathlib import Path
 
 from crossnn.spec.base import Spec, positive, require
@@ -14,17 +15,27 @@ from crossnn.spec.optimizers import Optimizer
 
 @dataclass(frozen=True, kw_only=True)
 class Train(Spec):
-    """The schedule. Each epoch visits the N samples in order, or in a fresh permutation drawn from
-    the seed when shuffle = true, in batches of batch_size; the last, smaller batch is dropped when
-    drop_last = true. The loss of every step is computed before that step's update."""
+    """The schedule. Each epoch visits the N training samples in order, or in a fresh permutation
+    drawn from the seed when shuffle = true, in batches of batch_size; the last, smaller batch is
+    dropped when drop_last = true. The loss of every step is computed before that step's update.
+
+    validation_split: the last fraction of the samples (taken before any shuffling, as Keras' fit
+    does) is held out and never trained on. metrics: computed after every epoch on the training
+    samples and, with a validation split, on the held-out ones ("accuracy" reads the output the way
+    the loss defines it: probability > 0.5, logit > 0 or argmax; "mae" is mean |output - y|)."""
 
     epochs: int
     batch_size: int
     shuffle: bool = False
     drop_last: bool = False
+    validation_split: float = 0.0
+    metrics: tuple[Literal["accuracy", "mae"], ...] = ()
 
     def validate(self):
         positive(self, "epochs", "batch_size")
+        require(0.0 <= self.validation_split < 1.0, "validation_split",
+                f"must be in [0, 1), got {self.validation_split}")
+        require(len(set(self.metrics)) == len(self.metrics), "metrics", "lists a metric twice")
 
 
 @dataclass(frozen=True, kw_only=True)

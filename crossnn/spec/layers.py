@@ -110,6 +110,22 @@ class ActivationLayer(Layer, kind="activation"):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Dropout(Layer, kind="dropout"):
+    """Inverted dropout while training: y = x ⊙ m / (1 - rate), m ~ Bernoulli(1 - rate) per element;
+    y = x when predicting. The masks are drawn once, in NumPy, from the seed's "dropout" stream
+    (one stream per layer and epoch), and every backend uses the same ones, so parity holds."""
+
+    rate: float
+
+    def validate(self):
+        super().validate()
+        require(0.0 <= self.rate < 1.0, "rate", f"must be in [0, 1), got {self.rate}")
+
+    def output_size(self, input_sizes):
+        return input_sizes[0]
+
+
+@dataclass(frozen=True, kw_only=True)
 class Concatenate(Layer, kind="concatenate"):
     """y = [x_1, x_2, ...] joined along the feature axis, in the order of `inputs`."""
 

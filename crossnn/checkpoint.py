@@ -1,0 +1,122 @@
+"""Training state and neutral checkpoint files that any backend can resume from.
+
+A checkpoint is a NumPy .npz archive holding:
+
+    format                  "crossnn-checkpoint-1"
+    spec                    the experiment's spec file text (TOML)
+    step                    steps completed (the position in the batch plan; the epoch and the
+                            learning-rate schedule follow from it)
+    param/<name>            parameters, canonical names and layout, float64
+    slot/<slot>/<name>      optimizer state per parameter, canonical layout, float64
+    counter/<name>          optimizer counters (e.g. Adam's step count)
+
+Optimizer slots by optimizer (the names PyTorch's optimizers use):
+    sgd       momentum_buffer (once a step with momentum has run)
+    adam(w)   exp_avg, exp_avg_sq; counter step
+    rmsprop   square_avg; momentum_buffer with momentum; grad_avg when centered; counter step
+    adagrad   sum; counter step
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from crossnn.errors import CrossnnError
+from crossnn.files import write_bytes_atomic
+from crossnn.params import Params
+from crossnn.spec import Experiment, dumps, loads
+
+FORMAT = "crossnn-checkpoint-1"
+
+
+class CheckpointError(CrossnnError):
+    """A checkpoint that cannot be used: unreadable, truncated, incomplete, or for another spec."""
+
+
+@dataclass
+class TrainingState:
+    """Everything needed to continue training exactly: steps done, parameters, optimizer state."""
+
+    step: int
+    params: Params
+    slots: dict[str, Params] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def as_float64(self) -> TrainingState:
+        def cast(group: Params) -> Params:
+            return {name: np.array(value, dtype=np.float64) for name, value in group.items()}
+
+        return TrainingState(self.step, cast(self.params), {k: cast(v) for k, v in self.slots.items()},
+                             dict(self.counters))
+
+
+def save_checkpoint(path: Path, experiment: Experiment, state: TrainingState) -> None:
+    """Write the checkpoint completely or not at all."""
+    import io
+
+    arrays: dict[str, np.ndarray] = {"format": np.array(FORMAT), "spec": np.array(dumps(experiment)),
+                                     "step": np.array(state.step, dtype=np.int64)}
+    for name, value in state.params.items():
+        arrays[f"param/{name}"] = np.asarray(value, dtype=np.float64)
+    for slot, values in state.slots.items():
+        for name, value in values.items():
+            arrays[f"slot/{slot}/{name}"] = np.asarray(value, dtype=np.float64)
+    for name, value in state.counters.items():
+        arrays[f"counter/{name}"] = np.array(value, dtype=np.int64)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_bytes_atomic(Path(path), buffer.getvalue())
+
+
+def load_checkpoint(path: Path, experiment: Experiment | None = None) -> tuple[Experiment, TrainingState]:
+    """Read a checkpoint; with `experiment`, also check it belongs to that spec and fits its model."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            contents = {key: archive[key] for key in archive.files}
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
+    for key in ("format", "spec", "step"):
+        if key not in contents:
+            raise CheckpointError(f"{path}: missing key '{key}' (not a crossnn checkpoint, or damaged)")
+    if str(contents["format"]) != FORMAT:
+        raise CheckpointError(f"{path}: format '{contents['format']}', expected '{FORMAT}'")
+    saved = loads(str(contents["spec"]), source=f"{path}:spec")
+    if experiment is not None and saved != experiment:
+        raise CheckpointError(f"{path}: saved for a different spec ('{saved.name}'); resume with the spec it was "
+                              "saved from")
+    experiment = experiment or saved
+    params = {key[len("param/"):]: value for key, value in contents.items() if key.startswith("param/")}
+    expected = experiment.model.parameter_inits()
+    missing = [name for name in expected if name not in params]
+    if missing:
+        raise CheckpointError(f"{path}: missing key 'param/{missing[0]}'")
+    for name, p in expected.items():
+        if params[name].shape != p.shape:
+            raise CheckpointError(f"{path}: param/{name} has shape {params[name].shape}, the model needs {p.shape}")
+    slots: dict[str, Params] = {}
+    for key, value in contents.items():
+        if key.startswith("slot/"):
+            _, slot, name = key.split("/", 2)
+            if name not in expected or value.shape != expected[name].shape:
+                raise CheckpointError(f"{path}: {key} does not match the model's parameters")
+            slots.setdefault(slot, {})[name] = value
+    counters = {key[len("counter/"):]: int(value) for key, value in contents.items() if key.startswith("counter/")}
+    step = int(contents["step"])
+    if step < 0:
+        raise CheckpointError(f"{path}: step {step} is negative")
+    if step > 0:  # after a step the optimizer's state must be complete
+        for slot in experiment.optimizer.state_slots():
+            for name in expected:
+                if name not in slots.get(slot, {}):
+                    raise CheckpointError(f"{path}: missing key 'slot/{slot}/{name}'")
+        for counter in experiment.optimizer.state_counters():
+            if counter not in counters:
+                raise CheckpointError(f"{path}: missing key 'counter/{counter}'")
+    return experiment, TrainingState(step, params, slots, counters)

@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bench", metavar="JSON", help="use this `crossnn bench --json` file instead of benchmarking")
     p.add_argument("--no-bench", action="store_true", help="parity runs only")
     p.add_argument("--pytest-benchmark", metavar="JSON", help="add a pytest-benchmark --benchmark-json file")
+    p.add_argument("--run-json", metavar="JSON", action="append", default=[],
+                   help="add a `crossnn run --json` file (e.g. made on another machine); repeatable")
     p.set_defaults(handler=cmd_report)
     return parser
 
@@ -257,15 +259,18 @@ def cmd_bench(args) -> int:
             raise BackendError(f"--devices: unknown device '{device}'; use cpu or cuda")
     if args.repeats < 1:
         raise SpecError(f"--repeats: must be >= 1, got {args.repeats}")
+    def save(result):
+        if args.json:
+            from crossnn.files import write_text_atomic
+
+            write_text_atomic(Path(args.json), json.dumps(result.to_json(), indent=1))
+
     result = run_bench(cases, names, devices, dtypes, modes=_split(args.modes) or None, quick=args.quick,
                        repeats=args.repeats, min_repeat_seconds=0.05 if args.quick else 0.2,
-                       say=lambda text: print(text, file=sys.stderr, flush=True))
+                       say=lambda text: print(text, file=sys.stderr, flush=True), after_case=save)
     print(bench_table(result))
     if args.json:
-        from crossnn.files import write_text_atomic
-
-        write_text_atomic(Path(args.json), json.dumps(result.to_json(), indent=1))
-        print(f"results written to {args.json}")
+        print(f"results written to {args.json} (rewritten after every case)")
     return EXIT_OK
 
 
@@ -286,7 +291,8 @@ def cmd_report(args) -> int:
     from crossnn.report import ReportInputs, write_report
     from crossnn.results import result_json
 
-    experiments = [load_spec(text) for name in (args.spec or ["circle"]) for text in _expand_suite(name)]
+    default_specs = [] if args.run_json else ["circle"]
+    experiments = [load_spec(text) for name in (args.spec or default_specs) for text in _expand_suite(name)]
     names = _split(args.backends) or backends.available()
     for name in names:
         backends.get(name)
@@ -300,7 +306,10 @@ def cmd_report(args) -> int:
     def say(text):
         print(text, file=sys.stderr, flush=True)
 
-    runs = []
+    runs = [_read_json(path, "--run-json") for path in args.run_json]
+    for path, doc in zip(args.run_json, runs):
+        if "experiment" not in doc or "runs" not in doc:
+            raise SpecError(f"--run-json: {path} is not a `crossnn run --json` file of one experiment")
     for experiment in experiments:
         say(f"parity run: {experiment.name}")
         specs = [RunSpec(name, dtype) for dtype in _split(args.dtype) for name in names]

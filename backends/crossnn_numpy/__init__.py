@@ -9,7 +9,7 @@ copy, listed with their meaning in crossnn_numpy.xp), so the same code also runs
 from __future__ import annotations
 
 from crossnn.backends import Backend
-from crossnn.errors import BackendError
+from crossnn.errors import UnsupportedFeature
 
 
 class NumpyBackend(Backend):
@@ -22,23 +22,34 @@ class NumpyBackend(Backend):
                              "code runs on torch tensors as the torch backend's xp mode"}
 
     def devices(self, probe: bool = False):
-        from crossnn_numpy.device import DEVICES
+        from crossnn_numpy import device
 
-        return DEVICES
+        return device.probe() if probe else device.guess()
 
     def tutorial(self, experiment, params, data, *, dtype, device):
         """The hand-written NumPy loop of crossnn_numpy.tutorial (no code shared with the lowering)."""
-        from crossnn_numpy.device import DEVICES
+        from crossnn_numpy.device import resolve
         from crossnn_numpy.tutorial import TutorialTrainer
 
-        if device not in DEVICES:
-            raise BackendError(f"backend 'numpy' has no device '{device}'; it has {', '.join(DEVICES)}")
+        if resolve(device) is not None:
+            raise UnsupportedFeature("numpy", "a hand-written loop on a GPU")
         return TutorialTrainer(experiment, params, data, dtype)
 
+    def runtime(self):
+        from crossnn.bench.machine import blas_threads
+
+        return {"numpy": self.version(), "blas threads": blas_threads() or "unknown (threadpoolctl not installed)"}
+
+    def matmul_gflops(self, n, dtype, device):
+        from crossnn.bench.machine import numpy_matmul_gflops
+        from crossnn_numpy.device import resolve
+
+        if resolve(device) is not None:
+            raise UnsupportedFeature("numpy", "a matmul benchmark on a GPU")
+        return numpy_matmul_gflops(dtype, n)
+
     def build(self, experiment, params, data, *, dtype, device, mode):
-        from crossnn_numpy.device import DEVICES
+        from crossnn_numpy.device import resolve
         from crossnn_numpy.step import NumpyTrainer
 
-        if device not in DEVICES:
-            raise BackendError(f"backend 'numpy' has no device '{device}'; it has {', '.join(DEVICES)}")
-        return NumpyTrainer(experiment, params, data, dtype)
+        return NumpyTrainer(experiment, params, data, dtype, gpu=resolve(device))

@@ -1,3 +1,51 @@
-"""Devices: NumPy computes on the CPU."""
+"""Devices: NumPy computes on the CPU; with CuPy installed and an NVIDIA GPU present, the same
+backend code runs on the GPU ("cuda:N") through CuPy's NumPy-compatible namespace (crossnn_numpy.xp)."""
 
-DEVICES = ("cpu",)
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from crossnn.errors import BackendError
+
+#: where the NVIDIA driver lists one folder per GPU
+NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
+
+
+def guess() -> tuple[str, ...]:
+    """cpu, plus cuda:N per GPU the driver lists when CuPy is installed (imports nothing)."""
+    try:
+        has_cupy = importlib.util.find_spec("cupy") is not None
+    except (ImportError, ValueError):
+        has_cupy = False
+    try:
+        count = sum(1 for _ in NVIDIA_GPUS.iterdir()) if has_cupy else 0
+    except OSError:
+        count = 0
+    return ("cpu",) + tuple(f"cuda:{i}" for i in range(count))
+
+
+def probe() -> tuple[str, ...]:
+    """cpu, plus the GPUs CuPy can use."""
+    try:
+        import cupy
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception:  # no CuPy, no driver, no GPU: the CPU only
+        count = 0
+    return ("cpu",) + tuple(f"cuda:{i}" for i in range(count))
+
+
+def resolve(name: str) -> int | None:
+    """None for the CPU, the GPU index for "cuda" / "cuda:N" (checked with CuPy)."""
+    if name == "cpu":
+        return None
+    kind, _, index = name.partition(":")
+    if kind not in ("cuda", "gpu") or (index and not index.isdigit()):
+        raise BackendError(f"backend 'numpy' has no device '{name}'; it has cpu, and cuda:N with CuPy")
+    gpus = probe()[1:]
+    number = int(index or 0)
+    if number >= len(gpus):
+        raise BackendError(f"backend 'numpy' cannot use device '{name}': "
+                           + ("CuPy is not installed" if importlib.util.find_spec("cupy") is None
+                              else f"CuPy sees {len(gpus)} GPU(s)"))
+    return number

@@ -114,41 +114,59 @@ def contiguous_slices(batches: Sequence[np.ndarray]) -> list[slice] | None:
 
 
 class NumpyTrainer(Trainer):
-    """Trains with the NumPy namespace (crossnn_numpy.xp.numpy). Sparse class labels become one-hot
-    rows once."""
+    """Trains with the NumPy namespace (crossnn_numpy.xp.numpy), or with CuPy's on a GPU. Sparse class
+    labels become one-hot rows once; the data is copied to the device once."""
 
-    def __init__(self, experiment: Experiment, params: dict[str, np.ndarray], data: Dataset, dtype: str):
-        self.xp = xp = namespaces.numpy
+    def __init__(self, experiment: Experiment, params: dict[str, np.ndarray], data: Dataset, dtype: str,
+                 gpu: int | None = None):
+        self.gpu = gpu
+        if gpu is None:
+            self.xp = namespaces.numpy
+            self.to_device, self.to_host = np.asarray, np.asarray
+        else:
+            import cupy
+
+            cupy.cuda.Device(gpu).use()
+            self.xp = namespaces.cupy_namespace()
+            self.to_device, self.to_host, self.cupy = cupy.asarray, cupy.asnumpy, cupy
         self.names = list(params)
-        self.train_step = TrainStep(experiment, self.names, [np.asarray(params[name], dtype=dtype)
-                                                             for name in self.names], xp)
+        self.train_step = TrainStep(experiment, self.names, [self.to_device(np.asarray(params[name], dtype=dtype))
+                                                             for name in self.names], self.xp)
         self.values = self.train_step.values
         self.program = self.train_step.program
         self.dtype = dtype
-        self.x = data.x.astype(dtype)
         y = data.y
         if experiment.loss.sparse_targets:
             y = np.eye(experiment.model.output_size)[y]
-        self.y = y.astype(dtype)
+        self.x = self.to_device(data.x.astype(dtype))
+        self.y = self.to_device(y.astype(dtype))
 
     def step(self, batch):
         return self.train_step(self.x[batch], self.y[batch])
 
     def run(self, batches: Sequence[np.ndarray]) -> np.ndarray:
+        rows = contiguous_slices(batches) or [self.to_device(b) for b in batches]
+        if self.gpu is not None:  # losses stay on the GPU until the span ends
+            losses = [self.step(batch) for batch in rows]
+            return self.to_host(self.cupy.stack(losses)).astype(np.float64) if losses else np.zeros(0)
         out = np.empty(len(batches))
-        rows = contiguous_slices(batches) or batches
         with np.errstate(over="ignore", divide="ignore", invalid="ignore", under="ignore"):
             for i, batch in enumerate(rows):
                 out[i] = self.step(batch)
         return out
 
     def parameters(self):
-        return {name: np.array(value, copy=True) for name, value in zip(self.names, self.values)}
+        return {name: np.array(self.to_host(value), copy=True) for name, value in zip(self.names, self.values)}
 
     def predict(self, x):
         with np.errstate(over="ignore", under="ignore"):
-            output, _ = self.program.forward(self.values, x.astype(self.dtype))
-        return np.asarray(output)
+            output, _ = self.program.forward(self.values, self.to_device(x.astype(self.dtype)))
+        return np.asarray(self.to_host(output))
+
+    def synchronize(self):
+        if self.gpu is not None:
+            self.cupy.cuda.Device(self.gpu).synchronize()
 
     def describe(self):
-        return "hand-written forward and backward passes in NumPy"
+        where = "in NumPy" if self.gpu is None else f"in CuPy on GPU {self.gpu}"
+        return f"hand-written forward and backward passes {where}"

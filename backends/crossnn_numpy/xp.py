@@ -61,3 +61,20 @@ numpy = SimpleNamespace(
     amax=np.amax, concat=getattr(np, "concat", np.concatenate), zeros_like=np.zeros_like, copy=np.copy,
     subtract_scaled=_subtract_scaled, name="numpy",
 )
+
+
+def cupy_namespace():
+    """The same names on CuPy arrays (a GPU): CuPy follows NumPy, so only erf (from
+    cupyx.scipy.special) and the three helpers differ."""
+    import cupy
+    from cupyx.scipy.special import erf
+
+    def sigmoid(z):
+        return 1.0 / (1.0 + cupy.exp(-z))
+
+    return SimpleNamespace(
+        exp=cupy.exp, log=cupy.log, log1p=cupy.log1p, tanh=cupy.tanh, sqrt=cupy.sqrt, abs=cupy.abs,
+        sign=cupy.sign, erf=erf, sigmoid=sigmoid, maximum=cupy.maximum, clip=cupy.clip, where=cupy.where,
+        matmul=cupy.matmul, sum=cupy.sum, mean=cupy.mean, amax=cupy.amax, concat=cupy.concatenate,
+        zeros_like=cupy.zeros_like, copy=cupy.copy, subtract_scaled=_subtract_scaled, name="cupy",
+    )

@@ -115,6 +115,8 @@ def measure_peaks(targets: Sequence[Target], dtypes: Sequence[str], say: Progres
         sources.setdefault(f"cpu {dtype}", {})["numpy"] = machine.numpy_matmul_gflops(dtype, PEAK_N)
         for name, device in pairs:
             key = f"{'cpu' if device_kind(device) == 'cpu' else device} {dtype}"
+            if name in sources.get(key, {}):
+                continue
             try:
                 sources.setdefault(key, {})[name] = backends.get(name).matmul_gflops(PEAK_N, dtype, device)
             except UnsupportedFeature:
@@ -127,7 +129,10 @@ def measure_peaks(targets: Sequence[Target], dtypes: Sequence[str], say: Progres
 
 def run_bench(cases: Sequence[Case], names: Sequence[str], devices: Sequence[str], dtypes: Sequence[str], *,
               modes: Sequence[str] | None = None, quick: bool = False, repeats: int = 5,
-              min_repeat_seconds: float = 0.2, say: Progress = print) -> BenchResult:
+              min_repeat_seconds: float = 0.2, say: Progress = print,
+              after_case: Callable[[BenchResult], None] | None = None) -> BenchResult:
+    """Time every case; `after_case` sees the result so far after each case (e.g. to save it, so an
+    interrupted benchmark keeps what it measured)."""
     for name in sorted(names, key=lambda n: backends.get(n).import_order):
         backends.get(name).prepare()
     targets, skipped = select(offers(names), devices, modes, quick)
@@ -166,6 +171,8 @@ def run_bench(cases: Sequence[Case], names: Sequence[str], devices: Sequence[str
             if row is not None and key in tutorials:
                 row.ratio_to_tutorial = row.seconds_per_step / tutorials[key].seconds_per_step
                 say(f"      ratio to the hand-written loop: {row.ratio_to_tutorial:.3f}")
+        if after_case:
+            after_case(result)
     return result
 
 

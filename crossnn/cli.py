@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import traceback
 from pathlib import Path
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bench", metavar="JSON", help="use this `crossnn bench --json` file instead of benchmarking")
     p.add_argument("--no-bench", action="store_true", help="parity runs only")
     p.add_argument("--pytest-benchmark", metavar="JSON", help="add a pytest-benchmark --benchmark-json file")
+    p.add_argument("--note", default="", help="a paragraph to put at the top of the report")
     p.add_argument("--run-json", metavar="JSON", action="append", default=[],
                    help="add a `crossnn run --json` file (e.g. made on another machine); repeatable")
     p.set_defaults(handler=cmd_report)
@@ -281,6 +283,19 @@ def _read_json(path: str, what: str) -> dict:
         raise SpecError(f"{what}: cannot read {path}: {err}") from None
 
 
+def _without_note(argv: list[str]) -> str:
+    """The command line as typed, minus the --note text (shown on the page anyway)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--note":
+            skip = True
+        elif not arg.startswith("--note="):
+            kept.append(arg)
+    return shlex.join(kept)
+
+
 def cmd_report(args) -> int:
     from crossnn import backends
     from crossnn.bench.runner import run_bench
@@ -301,15 +316,18 @@ def cmd_report(args) -> int:
     if bench is not None and bench.get("kind") != "crossnn-bench":
         raise SpecError(f"--bench: {args.bench} is not a `crossnn bench --json` file")
     cases = cases_for(_split(args.suites), args.quick) if bench is None and not args.no_bench else []
-    command = "crossnn report " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["report"] else "crossnn report"
+    command = "crossnn report " + _without_note(sys.argv[2:]) if sys.argv[1:2] == ["report"] else "crossnn report"
 
     def say(text):
         print(text, file=sys.stderr, flush=True)
 
-    runs = [_read_json(path, "--run-json") for path in args.run_json]
-    for path, doc in zip(args.run_json, runs):
-        if "experiment" not in doc or "runs" not in doc:
-            raise SpecError(f"--run-json: {path} is not a `crossnn run --json` file of one experiment")
+    runs = []
+    for path in args.run_json:
+        doc = _read_json(path, "--run-json")
+        documents = doc.get("experiments", [doc])  # one experiment, or several from one `crossnn run`
+        if not all("experiment" in d and "runs" in d for d in documents):
+            raise SpecError(f"--run-json: {path} is not a `crossnn run --json` file")
+        runs += documents
     for experiment in experiments:
         say(f"parity run: {experiment.name}")
         specs = [RunSpec(name, dtype) for dtype in _split(args.dtype) for name in names]
@@ -320,7 +338,8 @@ def cmd_report(args) -> int:
         say(f"benchmark: {len(cases)} case(s)")
         bench = run_bench(cases, names, _split(args.devices), ["float32"], quick=args.quick,
                           min_repeat_seconds=0.05 if args.quick else 0.2, say=say).to_json()
-    target = write_report(ReportInputs(args.name, command, runs, bench, pytest_benchmark), Path(args.out))
+    target = write_report(ReportInputs(args.name, command, runs, bench, pytest_benchmark, note=args.note),
+                          Path(args.out))
     print(f"report written to {target}/README.md")
     return EXIT_OK
 

@@ -17,6 +17,10 @@ from crossnn.report import figures
 from crossnn.report.markdown import readme
 
 
+#: the cases the overhead figure shows (the benchmark issue's targets): the circle net and FCN-R at 256
+HEADLINE_CASES = {("seeds", "circle"), ("fcn-r", "batch 256")}
+
+
 @dataclass
 class ReportInputs:
     name: str
@@ -24,6 +28,7 @@ class ReportInputs:
     runs: list[dict] = field(default_factory=list)       # `crossnn run --json` documents
     bench: dict | None = None                            # a `crossnn bench --json` document
     pytest_benchmark: dict | None = None                 # pytest-benchmark's --benchmark-json document
+    note: str = ""                                       # a paragraph for the top of the page
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M %Z"))
 
 
@@ -35,7 +40,8 @@ def _figures(inputs: ReportInputs) -> dict[str, bytes | None]:
         out[f"loss_{name}.png"] = figures.loss_curves(name, {k: _array(v) for k, v in curves.items()})
         divergence = {r["label"]: [tuple(p) for p in r["parity"]["curve"]] for r in doc["runs"]
                       if r.get("parity") and not r["reference"]}
-        tolerances = {r["dtype"]: r["parity"]["rtol"] for r in doc["runs"] if r.get("parity") and not r["reference"]}
+        tolerances = {f"{r['dtype']} {'cpu' if r['device'] == 'cpu' else 'gpu'}": r["parity"]["rtol"]
+                      for r in doc["runs"] if r.get("parity") and not r["reference"]}
         out[f"parity_{name}.png"] = figures.parity_curves(name, divergence, tolerances)
     if inputs.bench:
         rows = inputs.bench["rows"]
@@ -49,7 +55,8 @@ def _figures(inputs: ReportInputs) -> dict[str, bytes | None]:
                                                        "batch size")
         out["crossover_size.png"] = figures.crossover("MLP width sweep: where the GPU starts to win", width,
                                                       "parameters", "parameters")
-        out["overhead.png"] = figures.overhead(rows)
+        headline = [r for r in rows if (r["suite"], r["case"]) in HEADLINE_CASES]
+        out["overhead.png"] = figures.overhead(headline or rows)
     return out
 
 

@@ -54,6 +54,10 @@ def _machine(inputs) -> list[str]:
     return lines + [""]
 
 
+def _metric(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
 def _parity(inputs, pictures) -> list[str]:
     lines = []
     for doc in inputs.runs:
@@ -64,12 +68,12 @@ def _parity(inputs, pictures) -> list[str]:
         rows = []
         for r in doc["runs"]:
             if r["reference"]:
-                rows.append((r["label"], r["version"], r["steps"], f"{r['seconds']:.2f}", r["metrics"].get("accuracy", "-"),
-                             "reference", "", "", ""))
+                rows.append((r["label"], r["version"], r["steps"], f"{r['seconds']:.2f}",
+                             _metric(r["metrics"].get("accuracy", "-")), "reference", "", "", ""))
                 continue
             p = r["parity"]
-            rows.append((r["label"], r["version"], r["steps"], f"{r['seconds']:.2f}", r["metrics"].get("accuracy", "-"),
-                         f"{p['max_abs']:.2e}", f"{p['max_rel']:.2e}",
+            rows.append((r["label"], r["version"], r["steps"], f"{r['seconds']:.2f}",
+                         _metric(r["metrics"].get("accuracy", "-")), f"{p['max_abs']:.2e}", f"{p['max_rel']:.2e}",
                          "-" if p["first_fail_step"] is None else p["first_fail_step"],
                          ("pass" if p["passed"] else "FAIL") + (f" ({p['note']})" if p["note"] else "")))
         lines += _table(("run", "version", "steps", "train s", "accuracy", "max abs", "max rel", "first step out",
@@ -166,7 +170,7 @@ def _bench(inputs, pictures) -> list[str]:
                              ("step_time_vs_batch.png", "Step time against batch size"),
                              ("crossover_batch.png", "CPU/GPU crossover over batch size"),
                              ("crossover_size.png", "CPU/GPU crossover over model size"),
-                             ("overhead.png", "Step time relative to the hand-written loops")):
+                             ("overhead.png", "Step time relative to the hand-written loops (circle, FCN-R batch 256)")):
         if picture in pictures:
             lines += [f"![{caption}]({picture})", ""]
     if not any(r["device"] != "cpu" for r in bench["rows"]):
@@ -200,6 +204,8 @@ def readme(inputs, pictures: list[str]) -> str:
     lines = [f"# crossnn report: {inputs.name}", "",
              f"Generated {inputs.created} with `{inputs.command}`. The raw data is in the JSON files beside "
              "this page.", ""]
+    if inputs.note:
+        lines += [inputs.note, ""]
     lines += _machine(inputs)
     lines += _parity(inputs, pictures)
     lines += _bench(inputs, pictures)

@@ -115,7 +115,7 @@ def _steps(opt_spec, w0, grads):
     params = [np.array(w0, dtype=float)]
     state = opt.init(params)
     for g in grads:
-        opt.update(params, [np.array(g, dtype=float)], state)
+        opt.update(params, [np.array(g, dtype=float)], state, opt_spec.lr)
     return params[0]
 
 

@@ -183,6 +183,21 @@ class ActivationLayer:
         return (self.act.backward(z, a, da),)
 
 
+class Dropout:
+    """y = x ⊙ m while training, with m the step's mask (0 or 1/(1 - rate), drawn by crossnn's
+    StepClock); y = x when predicting (no mask). Gradient: dx = dy ⊙ m."""
+
+    def __init__(self, node, index, xp):
+        self.mask = None  # set by Program.forward for each training step
+
+    def forward(self, values, inputs):
+        mask = self.mask
+        return (inputs[0] if mask is None else inputs[0] * mask), mask
+
+    def backward(self, values, mask, da, grads, need_input_grads):
+        return (da if mask is None else da * mask,)
+
+
 class Concatenate:
     def __init__(self, node, index, xp):
         self.concat = xp.concat
@@ -195,7 +210,17 @@ class Concatenate:
         return tuple(da[:, lo:hi] for lo, hi in zip(self.edges[:-1], self.edges[1:]))
 
 
-LAYERS = {spec.Dense: Dense, spec.ActivationLayer: ActivationLayer, spec.Concatenate: Concatenate}
+LAYERS = {spec.Dense: Dense, spec.ActivationLayer: ActivationLayer, spec.Concatenate: Concatenate,
+          spec.Dropout: Dropout}
+
+
+def register(spec_class: type[spec.Layer]):
+    """Decorator: the NumPy op (a class with the constructor, forward and backward of the ops above)
+    for a user-defined layer spec class."""
+    def add(op):
+        LAYERS[spec_class] = op
+        return op
+    return add
 
 
 def layer(node, index, xp):

@@ -13,7 +13,9 @@ from typing import Sequence
 import numpy as np
 
 from crossnn.backends import Trainer
+from crossnn.checkpoint import TrainingState
 from crossnn.data import Dataset
+from crossnn.schedule import StepClock
 from crossnn.spec import INPUT, Experiment
 
 from crossnn_numpy import layers, losses, optimizers
@@ -33,8 +35,14 @@ class Program:
             slot[node.name] = k
         self.output = slot[experiment.model.layers[-1].name]
         self.xp = xp
+        self.dropout = {node.name: op for node, (op, *_) in zip(experiment.model.nodes, self.ops)
+                        if isinstance(op, layers.Dropout)}
 
-    def forward(self, values, x):
+    def forward(self, values, x, masks=None):
+        """The model output and the caches backward needs. masks: {dropout layer: mask} for a
+        training step; without them (prediction) dropout passes its input through."""
+        for name, op in self.dropout.items():
+            op.mask = masks[name] if masks else None
         acts = [x] + [None] * len(self.ops)
         caches = []
         for op, inputs, out, _ in self.ops:
@@ -69,6 +77,7 @@ class TrainStep:
 
     def __init__(self, experiment: Experiment, names: list[str], values: list, xp):
         """values: the starting parameters (arrays of the namespace, one dtype), copied in."""
+        self.xp = xp
         self.program = Program(experiment, names, xp)
         self.loss = losses.loss(experiment.loss, xp)
         self.optimizer = optimizers.optimizer(experiment.optimizer, xp)
@@ -79,13 +88,31 @@ class TrainStep:
         self.grads = _views(self.flat_grad, values)
         self.state = self.optimizer.init([self.flat] if values else [])
 
-    def __call__(self, x, y):
-        output, caches = self.program.forward(self.values, x)
+    def __call__(self, x, y, lr: float, masks=None):
+        """One step with learning rate `lr` and the step's dropout masks (arrays of the namespace)."""
+        output, caches = self.program.forward(self.values, x, masks)
         loss, d_output = self.loss.value_and_grad(output, y)
         if self.trains:
             self.program.backward(self.values, caches, d_output, self.grads)
-            self.optimizer.update([self.flat], [self.flat_grad], self.state)
+            self.optimizer.update([self.flat], [self.flat_grad], self.state, lr)
         return loss
+
+    def export_state(self, names: list[str]) -> tuple[dict, dict]:
+        """Optimizer slots per parameter name (views of the flat state arrays) and counters."""
+        slots = {}
+        for slot in self.optimizer.s.state_slots():
+            (flat,) = self.state[slot] if self.trains else (None,)
+            if flat is not None:
+                slots[slot] = dict(zip(names, _views(flat, self.values)))
+        return slots, {counter: self.state[counter] for counter in self.optimizer.s.state_counters()}
+
+    def import_state(self, names: list[str], slots: dict, counters: dict, to_device) -> None:
+        """Replace the optimizer state (per-parameter arrays, canonical layout) and counters."""
+        for slot in self.optimizer.s.state_slots():
+            if slot in slots and self.trains:
+                self.state[slot] = [self.xp.concat([to_device(slots[slot][name]).reshape(-1) for name in names], axis=0)]
+        for counter in self.optimizer.s.state_counters():
+            self.state[counter] = int(counters.get(counter, 0))
 
 
 def _views(flat, like: list) -> list:
@@ -115,7 +142,8 @@ def contiguous_slices(batches: Sequence[np.ndarray]) -> list[slice] | None:
 
 class NumpyTrainer(Trainer):
     """Trains with the NumPy namespace (crossnn_numpy.xp.numpy), or with CuPy's on a GPU. Sparse class
-    labels become one-hot rows once; the data is copied to the device once."""
+    labels become one-hot rows once; the data is copied to the device once. The trainer counts its
+    steps: the step number fixes the learning rate and the dropout masks (crossnn.schedule.StepClock)."""
 
     def __init__(self, experiment: Experiment, params: dict[str, np.ndarray], data: Dataset, dtype: str,
                  gpu: int | None = None):
@@ -135,6 +163,8 @@ class NumpyTrainer(Trainer):
         self.values = self.train_step.values
         self.program = self.train_step.program
         self.dtype = dtype
+        self.clock = StepClock(experiment, data.n)
+        self.steps_done = 0
         y = data.y
         if experiment.loss.sparse_targets:
             y = np.eye(experiment.model.output_size)[y]
@@ -142,7 +172,11 @@ class NumpyTrainer(Trainer):
         self.y = self.to_device(y.astype(dtype))
 
     def step(self, batch):
-        return self.train_step(self.x[batch], self.y[batch])
+        step = self.steps_done
+        masks = {name: self.to_device(m.astype(self.dtype)) for name, m in self.clock.masks(step, _rows(batch)).items()}
+        loss = self.train_step(self.x[batch], self.y[batch], self.clock.lr(step), masks)
+        self.steps_done += 1
+        return loss
 
     def run(self, batches: Sequence[np.ndarray]) -> np.ndarray:
         rows = contiguous_slices(batches) or [self.to_device(b) for b in batches]
@@ -158,6 +192,19 @@ class NumpyTrainer(Trainer):
     def parameters(self):
         return {name: np.array(self.to_host(value), copy=True) for name, value in zip(self.names, self.values)}
 
+    def state(self) -> TrainingState:
+        slots, counters = self.train_step.export_state(self.names)
+        return TrainingState(self.steps_done, self.parameters(),
+                             {slot: {name: np.array(self.to_host(v)) for name, v in per.items()}
+                              for slot, per in slots.items()}, counters)
+
+    def load_state(self, state: TrainingState) -> None:
+        for name, value in zip(self.names, self.values):
+            value[...] = self.to_device(np.asarray(state.params[name], dtype=self.dtype))
+        self.train_step.import_state(self.names, state.slots, state.counters,
+                                   lambda a: self.to_device(np.asarray(a, dtype=self.dtype)))
+        self.steps_done = state.step
+
     def predict(self, x):
         with np.errstate(over="ignore", under="ignore"):
             output, _ = self.program.forward(self.values, self.to_device(x.astype(self.dtype)))
@@ -170,3 +217,8 @@ class NumpyTrainer(Trainer):
     def describe(self):
         where = "in NumPy" if self.gpu is None else f"in CuPy on GPU {self.gpu}"
         return f"hand-written forward and backward passes {where}"
+
+
+def _rows(batch) -> int:
+    """How many samples a batch selects (a slice or an index array)."""
+    return batch.stop - batch.start if isinstance(batch, slice) else len(batch)

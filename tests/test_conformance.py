@@ -1,0 +1,156 @@
+"""Conformance: every spec feature, one row each, on every installed backend (and mode), must agree
+with the NumPy float64 reference to 1e-9 relative at every step. Adding a layer, activation, loss,
+optimizer or schedule means adding one row here."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import crossnn
+from crossnn import backends
+from crossnn import spec as S
+from crossnn.checkpoint import load_checkpoint, save_checkpoint
+from crossnn.harness import RunSpec, train
+from crossnn.parity import compare
+
+Z = dict(kernel_init=S.GlorotUniform(), bias_init=S.Normal(mean=0.0, stddev=0.1))
+RNG = np.random.default_rng(11)
+X = RNG.standard_normal((24, 3))
+
+
+def _experiment(name, *, hidden=S.Tanh(), extra=(), out_act=S.Linear(), loss=S.MSE(), y=None, units=None,
+                optimizer=S.SGD(lr=0.1, momentum=0.9), train=S.Train(epochs=3, batch_size=8, shuffle=True)):
+    units = units or (1 if y is None else np.asarray(y).shape[1])
+    layers = (S.Dense(name="h", units=5, activation=hidden, **Z), *extra,
+              S.Dense(name="out", units=units, activation=out_act, **Z))
+    y = RNG.standard_normal((24, 1)) if y is None else y
+    return S.Experiment(name=name, seed=3, data=S.InlineData(x=X.tolist(), y=np.asarray(y).tolist()),
+                        model=S.Model(inputs=3, layers=layers), loss=loss, optimizer=optimizer, train=train)
+
+
+LABELS = RNG.integers(0, 3, size=24)
+ONE_HOT = np.eye(3)[LABELS]
+BINARY = (RNG.uniform(size=(24, 1)) > 0.5).astype(float)
+L2 = dict(weight_decay=0.05, weight_decay_kind="l2")
+DECOUPLED = dict(weight_decay=0.05, weight_decay_kind="decoupled")
+
+FEATURES = {
+    # activations
+    **{f"activation {a.kind}{'-' + a.approximate if isinstance(a, S.GELU) else ''}": _experiment("a", hidden=a) for a in (
+        S.Linear(), S.ReLU(), S.Sigmoid(), S.Tanh(), S.Softmax(), S.Softplus(), S.LeakyReLU(negative_slope=0.1),
+        S.GELU(approximate="none"), S.GELU(approximate="tanh"))},
+    # layers
+    "activation layer": _experiment("l", extra=(S.ActivationLayer(name="act", activation=S.ReLU()),)),
+    "dropout": _experiment("d", extra=(S.Dropout(name="drop", rate=0.5),)),
+    "graph": S.Experiment(
+        name="g", seed=1, data=S.RandomNormal(n=16, inputs=2, outputs=1),
+        model=S.Model(inputs=2, layers=(S.Dense(name="a", units=2, activation=S.Sigmoid(), inputs=("input",), **Z),
+                                        S.Dense(name="b", units=3, inputs=("input",), **Z),
+                                        S.Concatenate(name="c", inputs=("b", "a")),
+                                        S.Dropout(name="drop", rate=0.25),
+                                        S.Dense(name="o", units=1, **Z))),
+        loss=S.MSE(), optimizer=S.Adam(lr=0.01, eps=1e-8), train=S.Train(epochs=4, batch_size=4)),
+    # losses
+    "loss mae": _experiment("m", loss=S.MAE()),
+    "loss huber": _experiment("h", loss=S.Huber(delta=0.5)),
+    "loss bce": _experiment("b", out_act=S.Sigmoid(), loss=S.BCE(log_min=-100.0), y=BINARY),
+    "loss bce clamp -5": _experiment("b5", out_act=S.Sigmoid(), loss=S.BCE(log_min=-5.0), y=BINARY),
+    "loss bce_logits": _experiment("bl", loss=S.BCELogits(), y=BINARY),
+    "loss ce logits one-hot": _experiment("c1", loss=S.CrossEntropy(from_logits=True, sparse=False), y=ONE_HOT),
+    "loss ce logits sparse": _experiment("c2", loss=S.CrossEntropy(from_logits=True, sparse=True),
+                                         y=LABELS.reshape(-1, 1), units=3),
+    "loss ce probabilities": _experiment("c3", out_act=S.Softmax(),
+                                         loss=S.CrossEntropy(from_logits=False, sparse=False, log_min=-100.0), y=ONE_HOT),
+    # optimizers
+    "sgd": _experiment("s", optimizer=S.SGD(lr=0.1)),
+    "sgd nesterov l2": _experiment("sn", optimizer=S.SGD(lr=0.1, momentum=0.9, nesterov=True, **L2)),
+    "sgd decoupled": _experiment("sd", optimizer=S.SGD(lr=0.1, momentum=0.5, **DECOUPLED)),
+    "adam l2": _experiment("al", optimizer=S.Adam(lr=0.01, eps=1e-8, **L2)),
+    "adamw": _experiment("aw", optimizer=S.AdamW(lr=0.01, eps=1e-8, weight_decay=0.05)),
+    "rmsprop": _experiment("r", optimizer=S.RMSprop(lr=0.01, alpha=0.99, eps=1e-8)),
+    "rmsprop momentum centered l2": _experiment("rc", optimizer=S.RMSprop(lr=0.01, alpha=0.9, eps=1e-7, momentum=0.8,
+                                                                          centered=True, **L2)),
+    "adagrad": _experiment("ag", optimizer=S.Adagrad(lr=0.1, initial_accumulator=0.1, eps=1e-10)),
+    "adagrad decoupled": _experiment("agd", optimizer=S.Adagrad(lr=0.1, initial_accumulator=0.0, eps=1e-10,
+                                                                **DECOUPLED)),
+    "clip_norm": _experiment("cl", optimizer=S.SGD(lr=0.5, momentum=0.9, clip_norm=0.05)),
+    "schedule step per epoch": _experiment("se", optimizer=S.SGD(lr=0.1, momentum=0.9, schedule=S.StepDecay(
+        unit="epoch", step_size=1, gamma=0.5))),
+    "schedule exponential per step": _experiment("sx", optimizer=S.Adam(lr=0.01, eps=1e-8, schedule=S.ExponentialDecay(
+        unit="step", gamma=0.9))),
+}
+
+
+def _targets():
+    params = []
+    for name, entry in backends.discover().items():
+        if not entry.available:
+            params.append(pytest.param(name, None, marks=pytest.mark.skip(reason=f"backend '{name}' unavailable: "
+                                                                                 f"{entry.reason}"), id=name))
+            continue
+        for mode in entry.backend.modes:
+            if mode == "compile":  # compiles for tens of seconds per model; the seed examples cover it
+                continue
+            params.append(pytest.param(name, mode, id=f"{name}-{mode}"))
+    return params
+
+
+@pytest.mark.parametrize("feature", list(FEATURES))
+@pytest.mark.parametrize("backend_name, mode", _targets())
+def test_feature_agrees_with_the_reference(feature, backend_name, mode):
+    result = train(FEATURES[feature], [RunSpec(backend_name, "float64", "cpu", mode)], snapshot_every=1)
+    (record,) = result.records
+    assert record.ok, record.message
+    parity = compare(result.reference, record)
+    assert parity.passed, f"{feature}: max rel {parity.max_rel:.2e}, first step out {parity.first_fail_step}"
+    assert parity.loss_max_abs <= 1e-9 * max(1.0, float(np.max(np.abs(result.reference.losses))))
+
+
+def test_schedule_changes_the_learning_rate_as_written():
+    e = FEATURES["schedule step per epoch"]
+    assert [e.optimizer.lr_at(epoch, 0) for epoch in range(4)] == [0.1, 0.05, 0.025, 0.0125]
+    x = FEATURES["schedule exponential per step"].optimizer
+    assert x.lr_at(5, 3) == pytest.approx(0.01 * 0.9 ** 3)
+
+
+def test_dropout_masks_are_shared_and_scaled():
+    from crossnn.schedule import StepClock
+
+    clock = StepClock(FEATURES["dropout"], 24)
+    a, b = clock.masks(7, 8)["drop"], clock.masks(7, 8)["drop"]
+    assert np.array_equal(a, b) and set(np.unique(a)) == {0.0, 2.0}
+    assert not np.array_equal(a, clock.masks(8, 8)["drop"])
+    many = np.concatenate([clock.masks(s, 8)["drop"] for s in range(200)])
+    assert abs((many > 0).mean() - 0.5) < 0.02
+
+
+@pytest.mark.parametrize("first", [p for p in backends.available()])
+def test_stop_and_resume_equals_never_stopping(first, tmp_path):
+    """Stop after 17 steps on one backend, save, resume on every backend: the final parameters
+    equal an uninterrupted reference run (Adam, shuffled batches, a schedule, dropout)."""
+    e = dataclasses.replace(FEATURES["dropout"], optimizer=S.Adam(lr=0.01, eps=1e-8, schedule=S.StepDecay(
+        unit="epoch", step_size=1, gamma=0.7)), train=S.Train(epochs=6, batch_size=5, shuffle=True))
+    stopped = train(e, [RunSpec(first, "float64")], stop_after=17).records[0]
+    assert stopped.ok, stopped.message
+    path = tmp_path / "ckpt.npz"
+    save_checkpoint(path, e, stopped.final_state)
+    _, state = load_checkpoint(path, e)
+    assert state.step == 17 and set(state.slots) == {"exp_avg", "exp_avg_sq"} and state.counters == {"step": 17}
+    for name in backends.available():
+        result = train(e, [RunSpec(name, "float64")], resume=state)
+        (record,) = result.records
+        assert record.ok, record.message
+        parity = compare(result.reference, record)
+        assert parity.passed, f"stopped in {first}, resumed in {name}: max rel {parity.max_rel:.2e}"
+        assert record.start_step == 17 and max(record.snapshots) == result.plan.steps
+
+
+def test_adamw_needs_decoupled_decay_and_decay_needs_its_kind():
+    with pytest.raises(crossnn.SpecError, match="weight_decay_kind: is required when weight_decay > 0"):
+        S.SGD(lr=0.1, weight_decay=0.1)
+    with pytest.raises(crossnn.SpecError, match="adamw's weight decay is decoupled"):
+        S.AdamW(lr=0.1, eps=1e-8, weight_decay=0.1, weight_decay_kind="l2")
+    assert S.AdamW(lr=0.1, eps=1e-8, weight_decay=0.1).weight_decay_kind == "decoupled"

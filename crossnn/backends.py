@@ -87,6 +87,9 @@ class Backend(ABC):
     mode_notes: ClassVar[dict[str, str]] = {}
     #: the fastest honest mode (parity kept), benchmarked beside the default with --quick
     fast_mode: ClassVar[str | None] = None
+    #: catalog entries (crossnn.differences) this backend can lower the framework's native way
+    #: instead of the spec's, with one line each on what the native lowering uses
+    native_entries: ClassVar[dict[str, str]] = {}
     dtypes: ClassVar[tuple[str, ...]] = ("float32", "float64")
     #: backends are prepared in ascending order (torch must be imported before tensorflow)
     import_order: ClassVar[int] = 50
@@ -140,11 +143,32 @@ class Backend(ABC):
         when `model` is not one of this framework's models."""
         return None
 
+    def facts(self) -> dict[str, object]:
+        """Measured facts of the installed framework that catalog entries check (defaults, layouts,
+        formulas run on fixed inputs), by the keys crossnn.differences documents. Imports the framework."""
+        return {}
+
+    def script(self, experiment: Experiment, params: Params, data: Dataset) -> str:
+        """A standalone Python script that trains `experiment` in this framework the tutorial way from
+        `params` and `data` (see crossnn.codegen for the shared parts) and prints the final parameters
+        as JSON, reproducing this backend's lowering."""
+        raise UnsupportedFeature(self.name, "emitting a script")
+
+    def export_native(self, experiment: Experiment, state: TrainingState, path) -> None:
+        """Write `state` in the framework's own checkpoint format (layout converted)."""
+        raise UnsupportedFeature(self.name, "native checkpoint export")
+
+    def import_native(self, experiment: Experiment, path) -> TrainingState:
+        """Read a checkpoint in the framework's own format back into a training state."""
+        raise UnsupportedFeature(self.name, "native checkpoint import")
+
     @abstractmethod
     def build(self, experiment: Experiment, params: Params, data: Dataset, *,
-              dtype: str, device: str, mode: str) -> Trainer:
+              dtype: str, device: str, mode: str, native: frozenset[str] = frozenset()) -> Trainer:
         """A trainer for `experiment`, starting from `params` (canonical layout, already cast to
-        `dtype`), training on `data` (float64; cast x and float targets to `dtype`)."""
+        `dtype`), training on `data` (float64; cast x and float targets to `dtype`). `native` names
+        catalog entries to lower with the framework's own built-ins and defaults instead of the
+        spec's formulas (the "native" flavour); entries the backend does not know are ignored."""
 
 
 @dataclass(frozen=True)

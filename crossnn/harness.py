@@ -25,16 +25,19 @@ Progress = Callable[["RunRecord", int, int], None]
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One lowering to run: backend, dtype, device and mode (None: the backend's default)."""
+    """One lowering to run: backend, dtype, device and mode (None: the backend's default); `native`
+    names catalog entries lowered the framework's own way instead of the spec's (crossnn.differences)."""
 
     backend: str
     dtype: str = "float64"
     device: str = "cpu"
     mode: str | None = None
+    native: frozenset[str] = frozenset()
 
     @property
     def label(self) -> str:
-        return " ".join(part for part in (self.backend, self.dtype, self.device, self.mode) if part)
+        flavor = "native" if self.native else None
+        return " ".join(part for part in (self.backend, self.dtype, self.device, self.mode, flavor) if part)
 
 
 @dataclass
@@ -143,7 +146,8 @@ def _resolve(spec: RunSpec) -> RunSpec:
     mode = spec.mode or backend.modes[0]
     if mode not in backend.modes:
         raise BackendError(f"backend '{spec.backend}' has no mode '{mode}'; it has {', '.join(backend.modes)}")
-    return RunSpec(spec.backend, spec.dtype, spec.device, mode)
+    native = frozenset(spec.native) & frozenset(backend.native_entries)
+    return RunSpec(spec.backend, spec.dtype, spec.device, mode, native)
 
 
 def _boundaries(plan: BatchPlan, start: int, stop: int, every: int, per_epoch: bool) -> list[tuple[int, int]]:
@@ -169,8 +173,9 @@ def run_one(experiment: Experiment, spec: RunSpec, params0: Params, dataset: Dat
     try:
         start = time.perf_counter()
         initial = resume.params if resume is not None else params0
+        options = {"native": spec.native} if spec.native else {}
         trainer = backend.build(experiment, cast(initial, spec.dtype), dataset, dtype=spec.dtype, device=spec.device,
-                                mode=spec.mode or backend.modes[0])
+                                mode=spec.mode or backend.modes[0], **options)
         if resume is not None:
             trainer.load_state(resume)
         trainer.synchronize()

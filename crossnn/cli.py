@@ -50,7 +50,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--atol", type=float, help="absolute tolerance (default per dtype)")
     p.add_argument("--json", metavar="OUT", help="write the full results as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--flavor", choices=("spec", "native"), default="spec",
+                   help="spec: the spec's formulas everywhere (default); native: each framework's own built-ins "
+                        "and defaults, with the catalog entries behind each difference measured")
+    p.add_argument("--stop-after", type=int, metavar="STEPS", help="stop after this many steps in all (with --save)")
+    p.add_argument("--save", metavar="PATH", help="write the stopped run's training state to a checkpoint (.npz)")
+    p.add_argument("--resume", metavar="PATH", help="continue the runs from a checkpoint of this spec")
     p.set_defaults(handler=cmd_run)
+
+    p = commands.add_parser("diff", help="the catalog entries that apply to a spec, and the divergence each causes")
+    p.add_argument("spec", metavar="SPEC_OR_EXAMPLE")
+    p.add_argument("--backends", help="comma-separated backend names (default: every available one)")
+    p.add_argument("--dtype", default="float64", help="float64 (default) or float32")
+    p.set_defaults(handler=cmd_diff)
+
+    p = commands.add_parser("differences", help="the catalog of framework differences, with measured demonstrations")
+    p.add_argument("entry", nargs="*", help="entry ids to show and demonstrate (default: list them all)")
+    p.add_argument("--markdown", action="store_true", help="print the catalog as the README's Markdown table")
+    p.set_defaults(handler=cmd_differences)
+
+    p = commands.add_parser("code", help="a standalone tutorial-style training script for a spec, per framework")
+    p.add_argument("spec", metavar="SPEC_OR_EXAMPLE")
+    p.add_argument("--backend", help="the framework to write it for (numpy, torch, tensorflow)")
+    p.add_argument("--out", metavar="FILE", help="write the script here instead of printing it")
+    p.add_argument("--side-by-side", action="store_true", help="the scripts of several backends in columns")
+    p.add_argument("--backends", help="with --side-by-side: comma-separated backends (default: every available one)")
+    p.add_argument("--html", metavar="FILE", help="with --side-by-side: write an HTML page instead")
+    p.add_argument("--width", type=int, help="with --side-by-side: total width in characters (default: the terminal's)")
+    p.set_defaults(handler=cmd_code)
+
+    p = commands.add_parser("export", help="convert a checkpoint to a framework's own format")
+    p.add_argument("checkpoint", metavar="CHECKPOINT")
+    p.add_argument("--backend", required=True, help="torch (model and optimizer state_dict) or tensorflow "
+                                                     "(Keras .weights.h5)")
+    p.add_argument("--out", required=True, metavar="FILE")
+    p.set_defaults(handler=cmd_export)
+
+    p = commands.add_parser("import", help="read a framework's own checkpoint into a crossnn checkpoint")
+    p.add_argument("native", metavar="FILE")
+    p.add_argument("--backend", required=True, help="the framework that wrote FILE")
+    p.add_argument("--spec", required=True, metavar="SPEC_OR_EXAMPLE", help="the spec the model was trained from")
+    p.add_argument("--out", required=True, metavar="CHECKPOINT")
+    p.set_defaults(handler=cmd_import)
 
     p = commands.add_parser("bench", help="time training steps over backends, devices, modes, sizes and batch sizes")
     p.add_argument("spec", metavar="SPEC_OR_SUITE", nargs="*",
@@ -79,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-bench", action="store_true", help="parity runs only")
     p.add_argument("--pytest-benchmark", metavar="JSON", help="add a pytest-benchmark --benchmark-json file")
     p.add_argument("--note", default="", help="a paragraph to put at the top of the report")
+    p.add_argument("--differences", action="store_true",
+                   help="write reports/differences/: a page per catalog entry with its measured divergence")
     p.add_argument("--run-json", metavar="JSON", action="append", default=[],
                    help="add a `crossnn run --json` file (e.g. made on another machine); repeatable")
     p.set_defaults(handler=cmd_report)
@@ -201,17 +244,25 @@ def cmd_run(args) -> int:
         return Tolerance(args.rtol if args.rtol is not None else default.rtol,
                          args.atol if args.atol is not None else default.atol)
 
-    runs = [RunSpec(name, dtype, "cpu" if backends.get(name).reference else args.device, mode(name))
+    def native(name):
+        return frozenset(backends.get(name).native_entries) if args.flavor == "native" else frozenset()
+
+    runs = [RunSpec(name, dtype, "cpu" if backends.get(name).reference else args.device, mode(name), native(name))
             for dtype in dtypes for name in names]
+    resume = _checkpoint_options(args, experiments, runs)
     outcomes = []
     for experiment, dataset in zip(experiments, datasets):
         result = train(experiment, runs, snapshot_every=args.snapshot_every, dataset=dataset,
-                       progress=Progress(enabled=not args.quiet))
+                       progress=Progress(enabled=not args.quiet), resume=resume, stop_after=args.stop_after)
+        if args.save:
+            _save_stopped(args.save, experiment, result.records[0])
         parities = {id(r): compare(result.reference, r, tolerance(r)) for r in result.records}
         if len(experiments) > 1:
             print(f"==== {experiment.name} " + "=" * max(0, 70 - len(experiment.name)))
         print(run_text(result, parities))
         print()
+        if args.flavor == "native":
+            print(native_explanation(experiment, result, parities))
         outcomes.append((result, parities))
 
     if len(outcomes) > 1:
@@ -236,6 +287,165 @@ def cmd_run(args) -> int:
         print(f"results written to {args.json}")
     failed = [p for _, parities in outcomes for p in parities.values() if not p.passed]
     return EXIT_PARITY_FAILED if failed else EXIT_OK
+
+
+def native_explanation(experiment, result, parities) -> str:
+    """Which catalog entries the native runs used, and the divergence each causes on its own."""
+    from crossnn.console import sci, table
+    from crossnn.differences import BY_ID, applicable, measure
+
+    relevant = {e.id for e in applicable(experiment)}
+    rows, names = [], []
+    for record in result.records:
+        if record.spec.native and record.spec.backend not in names:
+            names.append(record.spec.backend)
+    if not names:
+        return "native flavour: no backend here lowers any catalog entry differently from the spec"
+    effects = measure(experiment, names, dtype=result.records[0].spec.dtype,
+                      entries=[BY_ID[i] for i in sorted(relevant)], snapshot_every=result.snapshot_every)
+    for effect in effects:
+        rows.append((effect.backend, effect.entry.id, effect.native, sci(effect.divergence.max_rel),
+                     sci(effect.divergence.final_rel)))
+    unused = sorted({i for r in result.records for i in r.spec.native} - relevant)
+    text = ["catalog entries behind the native runs' divergence (each lowered natively on its own):"]
+    text.append(table(("backend", "entry", "native lowering", "max rel", "final rel"), rows) if rows
+                else "  none of the backends' native lowerings touch this spec")
+    if unused:
+        text.append(f"  entries that do not apply to this spec: {', '.join(unused)}")
+    text.append("  (crossnn differences ENTRY explains an entry; crossnn diff SPEC measures them all)")
+    return "\n".join(text)
+
+
+def cmd_diff(args) -> int:
+    from crossnn import backends
+    from crossnn.console import sci, table
+    from crossnn.differences import Lab, Unavailable, applicable, measure
+
+    experiment = load_spec(args.spec)
+    names = [n for n in (_split(args.backends) or backends.available()) if backends.get(n).native_entries]
+    lab = Lab()
+    effects = measure(experiment, names, lab, args.dtype, snapshot_every=None)
+    print(f"{experiment.name}: catalog entries that apply, and the divergence each causes when one framework lowers "
+          f"it its own way (max relative parameter difference from the NumPy {args.dtype} reference)")
+    print(table(("entry", "backend", "native lowering", "max rel", "final rel", "first step > 1e-9"),
+                [(e.entry.id, e.backend, e.native, sci(e.divergence.max_rel), sci(e.divergence.final_rel),
+                  "-" if e.divergence.first_step_over_1e9 is None else e.divergence.first_step_over_1e9)
+                 for e in effects]))
+    measured = {e.entry.id for e in effects}
+    others = [entry for entry in applicable(experiment) if entry.id not in measured]
+    if others:
+        print("\nentries that apply but change no training here (measured on the frameworks instead):")
+        for entry in others:
+            try:
+                findings = entry.demonstrate(lab)
+                print(f"  {entry.id}: " + "; ".join(f.text for f in findings))
+            except Unavailable as err:
+                print(f"  {entry.id}: not measured: {err}")
+    return EXIT_OK
+
+
+def cmd_differences(args) -> int:
+    from crossnn.differences import BY_ID, ENTRIES, Lab, Unavailable, readme_section
+
+    if args.markdown:
+        print(readme_section())
+        return EXIT_OK
+    if not args.entry:
+        for entry in ENTRIES:
+            print(f"  {entry.id:<24} {entry.title}")
+        print("\ncrossnn differences ID shows an entry and measures it on the installed frameworks")
+        return EXIT_OK
+    lab = Lab()
+    for name in args.entry:
+        if name not in BY_ID:
+            raise SpecError(f"no catalog entry '{name}'; entries: {', '.join(BY_ID)}")
+        entry = BY_ID[name]
+        print(f"{entry.title} ({entry.id})\n\n{entry.what}\n")
+        print(f"  PyTorch:      {entry.torch}\n  Keras/TF:     {entry.keras}\n  crossnn spec: {entry.crossnn}")
+        print("  sources:      " + "\n                ".join(entry.sources))
+        try:
+            for finding in entry.demonstrate(lab):
+                print(f"  measured:     {finding.text} [{'as documented' if finding.holds else 'NOT as documented'}]")
+        except Unavailable as err:
+            print(f"  measured:     not here: {err}")
+        print()
+    return EXIT_OK
+
+
+def _checkpoint_options(args, experiments, runs):
+    """Check --stop-after / --save / --resume; return the state to resume from, if any."""
+    from crossnn.checkpoint import load_checkpoint
+
+    if (args.save is None) != (args.stop_after is None):
+        raise SpecError("--stop-after and --save go together: stop after N steps and save the state")
+    if (args.save or args.resume) and len(experiments) != 1:
+        raise SpecError("--save and --resume take one spec")
+    if args.save and len(runs) != 1:
+        raise SpecError("--save: choose one backend and one dtype (e.g. --backends torch --dtype float64)")
+    if args.resume:
+        return load_checkpoint(Path(args.resume), experiments[0])[1]
+    return None
+
+
+def _save_stopped(path: str, experiment, record) -> None:
+    from crossnn.checkpoint import save_checkpoint
+
+    if record.final_state is None:
+        raise SpecError(f"--save: the {record.spec.label} run did not finish its steps ({record.message})")
+    save_checkpoint(Path(path), experiment, record.final_state)
+    print(f"training state after step {record.final_state.step} of {record.spec.label} saved to {path}")
+
+
+def cmd_code(args) -> int:
+    from crossnn import backends
+    from crossnn.data import load_dataset
+    from crossnn.files import write_text_atomic
+    from crossnn.params import initial_parameters
+    from crossnn.sidebyside import columns, html_page
+
+    experiment = load_spec(args.spec)
+    data, params = load_dataset(experiment), initial_parameters(experiment)
+    if not args.side_by_side:
+        if not args.backend:
+            raise SpecError("--backend: name the framework (numpy, torch or tensorflow), or use --side-by-side")
+        text = backends.get(args.backend).script(experiment, params, data)
+        if args.out:
+            write_text_atomic(Path(args.out), text)
+            print(f"{args.backend} script for {experiment.name} written to {args.out}")
+        else:
+            print(text, end="")
+        return EXIT_OK
+    names = _split(args.backends) or backends.available()
+    scripts = {name: backends.get(name).script(experiment, params, data) for name in names}
+    if args.html:
+        write_text_atomic(Path(args.html), html_page(experiment.name, scripts))
+        print(f"side-by-side page for {experiment.name} written to {args.html}")
+    else:
+        print(columns(scripts, args.width))
+    return EXIT_OK
+
+
+def cmd_export(args) -> int:
+    from crossnn import backends
+    from crossnn.checkpoint import load_checkpoint
+
+    experiment, state = load_checkpoint(Path(args.checkpoint))
+    backends.get(args.backend).export_native(experiment, state, Path(args.out))
+    print(f"{args.checkpoint} (step {state.step}) written as {args.backend}'s own format to {args.out}")
+    return EXIT_OK
+
+
+def cmd_import(args) -> int:
+    from crossnn import backends
+    from crossnn.checkpoint import save_checkpoint
+
+    experiment = load_spec(args.spec)
+    backend = backends.get(args.backend)
+    backend.prepare()
+    state = backend.import_native(experiment, Path(args.native))
+    save_checkpoint(Path(args.out), experiment, state)
+    print(f"{args.native} read as {args.backend}'s format; crossnn checkpoint (step {state.step}) written to {args.out}")
+    return EXIT_OK
 
 
 def cmd_bench(args) -> int:
@@ -306,6 +516,12 @@ def cmd_report(args) -> int:
     from crossnn.report import ReportInputs, write_report
     from crossnn.results import result_json
 
+    if args.differences:
+        from crossnn.report.differences import write_differences_report
+
+        target = write_differences_report(Path(args.out))
+        print(f"differences report written to {target}/README.md")
+        return EXIT_OK
     default_specs = [] if args.run_json else ["circle"]
     experiments = [load_spec(text) for name in (args.spec or default_specs) for text in _expand_suite(name)]
     names = _split(args.backends) or backends.available()

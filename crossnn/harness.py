@@ -57,6 +57,7 @@ class RunRecord:
     metrics: dict[str, float] = field(default_factory=dict)
     history: dict[str, list[float]] = field(default_factory=dict)  # per-epoch metrics
     start_step: int = 0  # losses[i] belongs to step start_step + i
+    end_step: int | None = None  # the step count the run was asked to reach
     final_state: TrainingState | None = None
     traceback: str = ""
 
@@ -168,7 +169,7 @@ def run_one(experiment: Experiment, spec: RunSpec, params0: Params, dataset: Dat
     losses: list[np.ndarray] = []
     start_step = resume.step if resume is not None else 0
     stop_step = stop_after if stop_after is not None else plan.steps
-    record.start_step = start_step
+    record.start_step, record.end_step = start_step, stop_step
     track = bool(experiment.train.metrics)
     try:
         start = time.perf_counter()

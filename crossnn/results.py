@@ -20,6 +20,8 @@ def run_text(result: RunResult, parities: dict[int, Parity]) -> str:
     rows = []
     for r in records:
         status = "reference" if r is result.reference else r.status
+        if r.start_step:
+            status += f" (resumed at step {r.start_step})"
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in r.metrics.items()) or "-"
         rows.append((r.spec.label, r.version, r.steps_done, f"{r.train_seconds:.3f}",
                      f"{r.losses[-1]:.6g}" if len(r.losses) else "-", metrics, status))

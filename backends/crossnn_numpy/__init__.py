@@ -48,6 +48,12 @@ class NumpyBackend(Backend):
             raise UnsupportedFeature("numpy", "a matmul benchmark on a GPU")
         return numpy_matmul_gflops(dtype, n)
 
+    def script(self, experiment, params, data):
+        """A NumPy tutorial-style script: forward and backward written out layer by layer."""
+        from crossnn_numpy.script import script
+
+        return script(experiment, params, data)
+
     def build(self, experiment, params, data, *, dtype, device, mode):
         from crossnn_numpy.device import resolve
         from crossnn_numpy.step import NumpyTrainer

@@ -155,3 +155,24 @@ def overhead(rows: list[dict]) -> bytes | None:
     ax.set_title("crossnn's lowerings against hand-written loops, same run\n(green: faster; orange: within 10%; red: slower)")
     ax.grid(True, axis="x", which="both", alpha=0.3)
     return _png(fig)
+
+
+def values_bar(title: str, values: dict[str, float]) -> bytes | None:
+    """Measured values side by side (log scale when they span more than two decades)."""
+    if not values:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 0.42 * len(values) + 1.4))
+    labels, numbers = zip(*values.items())
+    ax.barh(range(len(values)), [abs(v) for v in numbers], color="tab:blue")
+    ax.set_yticks(range(len(values)), labels, fontsize=8)
+    ax.invert_yaxis()
+    positive = [abs(v) for v in numbers if v]
+    if positive and max(positive) / min(positive) > 100:
+        ax.set_xscale("log")
+    for i, v in enumerate(numbers):
+        ax.annotate(f"{v:.6g}", (abs(v), i), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
+    ax.set_xlabel("measured value (absolute)")
+    ax.set_title(f"{title}: measured on the installed frameworks")
+    ax.grid(True, axis="x", alpha=0.3)
+    return _png(fig)

@@ -3,7 +3,7 @@
 from crossnn.spec.activations import GELU, Activation, LeakyReLU, Linear, ReLU, Sigmoid, Softmax, Softplus, Tanh
 from crossnn.spec.base import Array, Spec
 from crossnn.spec.data import (
-    Adder, Circle, CsvFile, DataSource, InlineData, Line, NpzFile, RandomNormal, TeacherClasses,
+    Adder, Circle, CsvFile, DataSource, Digits, InlineData, Line, NpzFile, RandomNormal, TeacherClasses,
 )
 from crossnn.spec.experiment import Experiment, Train
 from crossnn.spec.initializers import (
@@ -20,7 +20,7 @@ from crossnn.spec.toml import dumps, load, loads, save
 
 __all__ = [
     "Activation", "ActivationLayer", "Adagrad", "Adam", "AdamW", "Adder", "Array", "BCE", "BCELogits", "Circle", "Concatenate",
-    "Constant", "CrossEntropy", "CsvFile", "DataSource", "Dense", "Dropout", "Experiment", "ExponentialDecay", "FanInUniform", "GELU",
+    "Constant", "CrossEntropy", "CsvFile", "DataSource", "Dense", "Digits", "Dropout", "Experiment", "ExponentialDecay", "FanInUniform", "GELU",
     "GlorotNormal", "GlorotUniform", "HeNormal", "HeUniform", "Huber", "INPUT", "InlineData", "Initializer",
     "Layer", "LeakyReLU", "LecunNormal", "LecunUniform", "Line", "Linear", "Loss", "MAE", "MSE", "Model",
     "Node", "Normal", "NpzFile", "Ones", "Optimizer", "ParamInit", "RMSprop", "RandomNormal", "ReLU", "SGD",

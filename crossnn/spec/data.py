@@ -227,3 +227,29 @@ class TeacherClasses(DataSource, kind="teacher_classes"):
         teacher = rng.standard_normal((self.inputs, self.classes))
         offset = rng.standard_normal(self.classes)
         return x, np.argmax((x - 0.5) @ teacher + offset, axis=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Digits(DataSource, kind="digits"):
+    """scikit-learn's handwritten digits (1797 images of 8×8 pixels, classes 0-9), shipped inside
+    scikit-learn, so nothing is downloaded: x = pixels · scale (values 0..16), y = class index. With
+    shuffle the samples are permuted once from the seed's data stream (scikit-learn keeps them in
+    the order they were written, so its last ones come from the last writers); a validation split
+    then takes the last ones of that order."""
+
+    scale: float = 1.0 / 16.0
+    shuffle: bool = True
+
+    def validate(self):
+        finite(self, "scale")
+        positive(self, "scale")
+
+    def arrays(self, rng, base_dir):
+        try:
+            from sklearn.datasets import load_digits
+        except ImportError:
+            raise DataError("data.generator: the digits data set needs scikit-learn "
+                            "(pip install 'crossnn[digits]')") from None
+        digits = load_digits()
+        order = rng.permutation(len(digits.target)) if self.shuffle else np.arange(len(digits.target))
+        return digits.data[order].astype(np.float64) * self.scale, digits.target[order].astype(np.int64)

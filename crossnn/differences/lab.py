@@ -1,0 +1,88 @@
+"""Measuring differences: the installed frameworks' facts, and runs of a spec with chosen catalog
+entries lowered the framework's own way ("native") against the NumPy float64 reference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+from crossnn import backends
+from crossnn.harness import RunRecord, RunResult, RunSpec, train
+from crossnn.parity import compare
+from crossnn.spec import Experiment
+
+
+@dataclass
+class Finding:
+    """One measured statement and whether it holds as the catalog documents it; `values` are the
+    measured numbers side by side (label -> value), for the report's bar charts."""
+
+    text: str
+    holds: bool
+    values: dict[str, float] = field(default_factory=dict)
+
+
+class Unavailable(Exception):
+    """The framework a demonstration needs is not installed."""
+
+
+@dataclass
+class Divergence:
+    """How far a run drifts from the reference: the largest relative parameter difference over the
+    run, the final one, and the per-snapshot curve (for plots)."""
+
+    label: str
+    max_rel: float
+    final_rel: float
+    first_step_over_1e9: int | None
+    curve: list[tuple[int, float]]
+    record: RunRecord
+    result: RunResult
+
+
+class Lab:
+    """Runs demonstrations, caching each framework's facts."""
+
+    def __init__(self):
+        self._facts: dict[str, dict] = {}
+        self.history: list[Divergence] = []  # every run made, in order (the report plots them)
+
+    def facts(self, backend: str) -> dict:
+        entry = backends.discover().get(backend)
+        if entry is None or not entry.available:
+            raise Unavailable(f"{backend} is not available ({entry.reason if entry else 'not installed'})")
+        if backend not in self._facts:
+            entry.backend.prepare()
+            self._facts[backend] = entry.backend.facts()
+        return self._facts[backend]
+
+    @cached_property
+    def available(self) -> set[str]:
+        return set(backends.available())
+
+    def need(self, *names: str) -> None:
+        missing = [n for n in names if n not in self.available]
+        if missing:
+            raise Unavailable(f"needs {', '.join(missing)}, which is not installed")
+
+    def run(self, experiment: Experiment, backend: str, native: frozenset[str] = frozenset(),
+            dtype: str = "float64", snapshot_every: int | None = 1) -> Divergence:
+        """Train `experiment` on `backend` with `native` entries lowered natively; compare with the
+        reference at every step (or every `snapshot_every`; None: the harness default)."""
+        self.need(backend)
+        result = train(experiment, [RunSpec(backend, dtype, native=native)], snapshot_every=snapshot_every)
+        (record,) = result.records
+        if not record.ok:
+            raise RuntimeError(f"{record.spec.label}: {record.message}")
+        parity = compare(result.reference, record)
+        last = max(record.snapshots)
+        ref, got = result.reference.snapshots[last], record.snapshots[last]
+        final = max(float(np.max(np.abs(got[k] - ref[k]))) / max(float(np.max(np.abs(ref[k]))), 1e-300)
+                    for k in ref)
+        over = next((step for step, rel in parity.curve if rel > 1e-9), None)
+        label = record.spec.label + (f" ({', '.join(sorted(native))})" if native else " (spec)")
+        divergence = Divergence(label, parity.max_rel, final, over, parity.curve, record, result)
+        self.history.append(divergence)
+        return divergence

@@ -1,11 +1,13 @@
 """How much does going through crossnn cost on the NumPy backend?
 
 Times the circle net (2-5-1, sigmoid, BCE, SGD momentum 0.8, batch 100) trained by crossnn's NumPy
-trainer and by a hand-written NumPy loop doing the same math, interleaved in one process, and prints
-the ratio of median step times (target <= 1.2). Both start from the same parameters and must end
-at the same parameters, so the comparison is like for like.
+trainer and by the hand-written NumPy loop of crossnn_numpy.tutorial (no code shared with the
+lowering), interleaved in one process, and prints the ratio of median step times (target <= 1.2).
+Both start from the same parameters and must end at the same parameters.
 
     python tests/benchmarks/numpy_overhead.py [--epochs 50] [--repeats 7]
+
+(`crossnn bench circle --backends numpy` measures the same ratio with the full benchmark method.)
 """
 
 from __future__ import annotations
@@ -21,33 +23,7 @@ from crossnn.data import load_dataset
 from crossnn.params import initial_parameters
 from crossnn.plan import BatchPlan
 from crossnn_numpy.step import NumpyTrainer
-
-
-def hand_written_epochs(params, x, y, epochs, batch=100, lr=0.5, momentum=0.8):
-    """The tutorial loop: forward, BCE, explicit backward, momentum SGD, one slice per batch."""
-    w1, b1, w2, b2 = (params[k].copy() for k in ("fc1/kernel", "fc1/bias", "fc2/kernel", "fc2/bias"))
-    weights = [w1, b1, w2, b2]
-    buffers = [None] * 4
-    losses = []
-    for _ in range(epochs):
-        for i in range(0, len(x) - batch + 1, batch):
-            xb, yb = x[i:i + batch], y[i:i + batch]
-            h = 1.0 / (1.0 + np.exp(-(xb @ w1 + b1)))
-            p = 1.0 / (1.0 + np.exp(-(h @ w2 + b2)))
-            losses.append(np.mean((yb - 1.0) * np.maximum(np.log1p(-p), -100.0) - yb * np.maximum(np.log(p), -100.0)))
-            dp = (p - yb) / np.maximum((1.0 - p) * p, 1e-12) * (1.0 / p.size)
-            dz2 = dp * (1.0 - p) * p
-            dh = dz2 @ w2.T
-            dz1 = dh * (1.0 - h) * h
-            grads = [xb.T @ dz1, dz1.sum(axis=0), h.T @ dz2, dz2.sum(axis=0)]
-            for k, (w, g) in enumerate(zip(weights, grads)):
-                if buffers[k] is None:
-                    buffers[k] = g.copy()
-                else:
-                    buffers[k] *= momentum
-                    buffers[k] += g
-                w -= lr * buffers[k]
-    return weights, losses
+from crossnn_numpy.tutorial import TutorialTrainer
 
 
 def main() -> None:
@@ -63,21 +39,17 @@ def main() -> None:
     steps = args.epochs * plan.steps_per_epoch
     batches = plan.batches(0, steps)
 
-    crossnn_times, hand_times = [], []
+    times: dict[str, list[float]] = {"crossnn": [], "hand-written": []}
+    final = {}
     for _ in range(args.repeats):
-        trainer = NumpyTrainer(experiment, params, data, "float64")
-        start = time.perf_counter()
-        trainer.run(batches)
-        crossnn_times.append((time.perf_counter() - start) / steps)
-
-        start = time.perf_counter()
-        with np.errstate(over="ignore"):
-            weights, _ = hand_written_epochs(params, data.x, data.y, args.epochs)
-        hand_times.append((time.perf_counter() - start) / steps)
-
-    final = trainer.parameters()
-    diff = max(np.max(np.abs(final[k] - w)) for k, w in zip(("fc1/kernel", "fc1/bias", "fc2/kernel", "fc2/bias"), weights))
-    ours, hand = statistics.median(crossnn_times), statistics.median(hand_times)
+        for label, make in (("crossnn", NumpyTrainer), ("hand-written", TutorialTrainer)):
+            trainer = make(experiment, params, data, "float64")
+            start = time.perf_counter()
+            trainer.run(batches)
+            times[label].append((time.perf_counter() - start) / steps)
+            final[label] = trainer.parameters()
+    ours, hand = statistics.median(times["crossnn"]), statistics.median(times["hand-written"])
+    diff = max(float(np.max(np.abs(final["crossnn"][k] - final["hand-written"][k]))) for k in final["crossnn"])
     print(f"circle net, {steps} steps x {args.repeats} repeats, float64, NumPy {np.__version__}")
     print(f"  crossnn NumPy trainer : {ours * 1e6:8.1f} us/step")
     print(f"  hand-written NumPy    : {hand * 1e6:8.1f} us/step")

@@ -66,7 +66,37 @@ def _adam(draw, lr=positive):
                   weight_decay_kind="l2" if decay else None)
 
 
-optimizers = st.one_of(_sgd(), _adam())
+schedules = st.one_of(
+    st.none(),
+    st.builds(S.StepDecay, unit=st.sampled_from(["epoch", "step"]), step_size=st.integers(1, 50),
+              gamma=st.floats(1e-3, 1.0)),
+    st.builds(S.ExponentialDecay, unit=st.sampled_from(["epoch", "step"]), gamma=st.floats(1e-3, 1.0)),
+)
+
+
+@st.composite
+def _any_optimizer(draw):
+    """Every optimizer kind with every shared option (decay kinds, clipping, schedules)."""
+    decay = draw(st.one_of(st.just(0.0), st.floats(min_value=1e-6, max_value=1.0)))
+    shared = dict(lr=draw(positive), weight_decay=decay,
+                  weight_decay_kind=draw(st.sampled_from(["l2", "decoupled"])) if decay else None,
+                  clip_norm=draw(st.one_of(st.none(), positive)), schedule=draw(schedules))
+    kind = draw(st.sampled_from(["sgd", "adam", "adamw", "rmsprop", "adagrad"]))
+    if kind == "sgd":
+        momentum = draw(st.one_of(st.just(0.0), unit))
+        return S.SGD(momentum=momentum, nesterov=draw(st.booleans()) if momentum > 0 else False, **shared)
+    if kind in ("adam", "adamw"):
+        if kind == "adamw":
+            shared.update(weight_decay=decay or 0.01, weight_decay_kind="decoupled")
+            return S.AdamW(beta1=draw(unit), beta2=draw(unit), eps=draw(positive), **shared)
+        return S.Adam(beta1=draw(unit), beta2=draw(unit), eps=draw(positive), **shared)
+    if kind == "rmsprop":
+        return S.RMSprop(alpha=draw(unit), eps=draw(positive), momentum=draw(st.one_of(st.just(0.0), unit)),
+                         centered=draw(st.booleans()), **shared)
+    return S.Adagrad(initial_accumulator=draw(st.floats(0.0, 1.0)), eps=draw(positive), **shared)
+
+
+optimizers = st.one_of(_sgd(), _adam(), _any_optimizer())
 
 
 @st.composite
@@ -91,7 +121,8 @@ def models(draw, inputs=st.integers(1, 6), width=st.integers(1, 6), outputs=None
         depth = draw(st.integers(1, 3))
         layers = [dense(chosen[i], draw(width), draw(acts)) for i in range(depth - 1)]
         if draw(st.booleans()) and depth > 1:
-            layers.append(S.ActivationLayer(name=chosen[4], activation=draw(acts)))
+            layers.append(draw(st.one_of(st.builds(S.ActivationLayer, name=st.just(chosen[4]), activation=acts),
+                                         st.builds(S.Dropout, name=st.just(chosen[4]), rate=st.floats(0.0, 0.9)))))
         layers.append(dense(chosen[5], n_out, out_act))
     return S.Model(inputs=n_in, layers=tuple(layers))
 
@@ -110,12 +141,16 @@ def experiments(draw):
         st.builds(S.NpzFile, path=st.just("data/train.npz"), x_key=st.text(min_size=1, max_size=5),
                   y_key=st.text(min_size=1, max_size=5)),
         st.builds(S.CsvFile, path=st.just("train.csv"), y_columns=st.integers(1, 3), header=st.booleans()),
+        st.builds(S.TeacherClasses, n=st.integers(1, 100), inputs=st.integers(1, 50), classes=st.integers(2, 10)),
+        st.builds(S.Digits, scale=positive, shuffle=st.booleans()),
     ))
     return S.Experiment(
         name=draw(st.text(min_size=1, max_size=20).filter(lambda s: s.strip())),
         seed=draw(st.integers(0, 2**32)), data=data, model=model, loss=loss, optimizer=draw(optimizers),
         train=S.Train(epochs=draw(st.integers(1, 1000)), batch_size=draw(st.integers(1, 512)),
-                      shuffle=draw(st.booleans()), drop_last=draw(st.booleans())))
+                      shuffle=draw(st.booleans()), drop_last=draw(st.booleans()),
+                      validation_split=draw(st.one_of(st.just(0.0), st.floats(0.0, 0.9))),
+                      metrics=tuple(draw(st.lists(st.sampled_from(["accuracy", "mae"]), unique=True)))))
 
 
 # ---- specs that train the same on every backend -----------------------------------------------------

@@ -61,7 +61,8 @@ class Trainer(ABC):
 
     def load_state(self, state: TrainingState) -> None:
         """Continue from `state`: parameters, optimizer buffers and counters, steps done (which fix
-        the learning-rate schedule and the dropout masks of the next steps)."""
+        the learning-rate schedule and the dropout masks of the next steps). Copy what you load: the
+        same state may be handed to other runs."""
         raise BackendError("this backend cannot resume from a training state")
 
     def describe(self) -> str:

@@ -178,7 +178,7 @@ def run_one(experiment: Experiment, spec: RunSpec, params0: Params, dataset: Dat
         trainer = backend.build(experiment, cast(initial, spec.dtype), dataset, dtype=spec.dtype, device=spec.device,
                                 mode=spec.mode or backend.modes[0], **options)
         if resume is not None:
-            trainer.load_state(resume)
+            trainer.load_state(resume.as_float64())  # a copy: backends may update what they load in place
         trainer.synchronize()
         record.build_seconds = time.perf_counter() - start
         record.description = trainer.describe()

@@ -5,8 +5,13 @@ loop under torch.compile ("compile"), or the NumPy backend's hand-written passes
 
 Sections, as in every backend package: layers (the nn.Module), losses, optimizers, step (the
 training step, its modes and the trainer), device; plus xp (NumPy's array namespace mapped onto
-torch) and tutorial (the hand-written reference loop, sharing no code with the rest). torch is
-imported only when a backend method needs it.
+torch), tutorial (the hand-written reference loop, sharing no code with the rest), checkpoint
+(training state in canonical form, and torch.save'd model/optimizer state_dicts), facts (measured
+defaults and formulas of the installed torch) and script (a standalone PyTorch script of an
+experiment). torch is imported only when a backend method needs it.
+
+User code adds a layer or an optimizer without editing crossnn: crossnn_torch.layers.register and
+crossnn_torch.optimizers.register (beside crossnn_numpy's, which the reference needs).
 """
 
 from __future__ import annotations
@@ -30,6 +35,16 @@ class TorchBackend(Backend):
                    "compiles during the first steps (timed with them)",
     }
     import_order = 10
+    native_entries = {
+        "default-init": "nn.Linear's own initialisation (kaiming_uniform_(a=√5): U(±1/√fan_in) for weight and bias) "
+                        "after torch.manual_seed(seed), ignoring the spec's initial parameters",
+        "weight-decay": "torch.optim's weight_decay, which is L2 added to the gradient, whatever the spec's kind "
+                        "(AdamW keeps its decoupled decay)",
+        "bce-clamp": "nn.BCELoss, which clamps log p and log(1 - p) at -100, whatever the spec's log_min",
+        "cross-entropy-inputs": "nn.CrossEntropyLoss on whatever the model outputs, softmax probabilities included "
+                                "(a softmax applied twice)",
+        "softplus-threshold": "nn.Softplus() (beta 1, threshold 20): the identity above z = 20",
+    }
 
     def devices(self, probe: bool = False):
         from crossnn_torch import device
@@ -98,8 +113,36 @@ class TorchBackend(Backend):
 
         return import_sequential(model)
 
-    def build(self, experiment, params, data, *, dtype, device, mode):
+    def build(self, experiment, params, data, *, dtype, device, mode, native=frozenset()):
+        """A TorchTrainer (crossnn_torch.step); `native` entries (see native_entries) are lowered with
+        torch's built-ins and defaults instead of the spec's formulas (eager and compile modes)."""
         from crossnn_torch.step import TorchTrainer
 
         self.prepare()
-        return TorchTrainer(experiment, params, data, dtype=dtype, device=device, mode=mode)
+        return TorchTrainer(experiment, params, data, dtype=dtype, device=device, mode=mode,
+                            native=frozenset(native) & frozenset(self.native_entries))
+
+    def export_native(self, experiment, state, path):
+        """torch.save({"info", "date", "model": state_dict, "optimizer": state_dict, "step"}, path)
+        (crossnn_torch.checkpoint)."""
+        from crossnn_torch.checkpoint import export_native
+
+        return export_native(experiment, state, path)
+
+    def import_native(self, experiment, path):
+        """A file export_native wrote, back into a canonical TrainingState; CheckpointError otherwise."""
+        from crossnn_torch.checkpoint import import_native
+
+        return import_native(experiment, path)
+
+    def facts(self):
+        """Defaults and formulas of the installed torch, measured on fixed inputs (crossnn_torch.facts)."""
+        from crossnn_torch.facts import facts
+
+        return facts()
+
+    def script(self, experiment, params, data):
+        """A standalone PyTorch script of the experiment (crossnn_torch.script)."""
+        from crossnn_torch.script import script
+
+        return script(experiment, params, data)

@@ -4,12 +4,20 @@ submodules carry the layer names and whose forward() follows the graph.
 
 torch's formulas match the spec's (crossnn.spec.activations), derivatives at kinks included
 (relu'(0) = 0, leaky_relu'(0) = negative_slope), except nn.Softplus, which returns z above its
-threshold of 20; `Softplus` below computes the spec's formula instead.
+threshold of 20; `Softplus` below computes the spec's formula instead (nn.Softplus() itself with the
+native flavour "softplus-threshold").
+
+Dropout is `Dropout` below: x * mask while training, with the step's mask drawn by crossnn
+(crossnn.schedule.StepClock) and set by the trainer, so every backend drops the same units; the
+identity in eval mode. nn.Dropout would draw its own masks from torch's RNG.
+
+User-defined layers: `register(SpecClass)` adds the torch lowering of a layer spec class defined
+outside crossnn (see its docstring); crossnn_numpy.layers.register adds the reference's.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -40,6 +48,26 @@ class Softplus(nn.Module):
         return SoftplusFunction.apply(z)
 
 
+class Dropout(nn.Module):
+    """Inverted dropout with crossnn's masks: y = x * mask in train mode (mask: the step's 0 or
+    1/(1 - rate) per element, set by the trainer before each step), y = x in eval mode. The mask is a
+    non-persistent buffer: it follows .to(), stays out of state_dict(), and torch.compile reads it as
+    an input of the graph rather than a constant."""
+
+    def __init__(self, rate: float):
+        super().__init__()
+        self.rate = rate
+        self.register_buffer("mask", None, persistent=False)
+
+    def extra_repr(self):
+        return f"rate={self.rate}, masks from crossnn"
+
+    def forward(self, x):
+        if not self.training or self.mask is None:
+            return x
+        return x * self.mask
+
+
 class Concatenate(nn.Module):
     """torch.cat of the inputs along the feature axis."""
 
@@ -59,7 +87,11 @@ ACTIVATIONS = {
 }
 
 
-def activation(s: spec.Activation) -> nn.Module:
+def activation(s: spec.Activation, native: frozenset[str] = frozenset()) -> nn.Module:
+    """The module of activation `s`; with native "softplus-threshold", nn.Softplus() as torch users
+    write it (beta 1, threshold 20: the identity above z = 20)."""
+    if isinstance(s, spec.Softplus) and "softplus-threshold" in native:
+        return nn.Softplus()
     if type(s) not in ACTIVATIONS:
         raise UnsupportedFeature("torch", f"activation '{s.kind}'")
     return ACTIVATIONS[type(s)](s)
@@ -73,7 +105,7 @@ class Slot(NamedTuple):
     transposed: bool
 
 
-def dense(node, factory) -> tuple[list[nn.Module], dict[str, Slot]]:
+def dense(node, factory, native=frozenset()) -> tuple[list[nn.Module], dict[str, Slot]]:
     """nn.Linear, then the activation module unless the activation is linear."""
     s = node.layer
     (fan_in,) = node.input_sizes
@@ -81,23 +113,62 @@ def dense(node, factory) -> tuple[list[nn.Module], dict[str, Slot]]:
     slots = {f"{node.name}/kernel": Slot(linear.weight, True)}
     if s.use_bias:
         slots[f"{node.name}/bias"] = Slot(linear.bias, False)
-    act = [] if type(s.activation) is spec.Linear else [activation(s.activation)]
+    act = [] if type(s.activation) is spec.Linear else [activation(s.activation, native)]
     return [linear, *act], slots
 
 
-LAYERS = {
+LAYERS: dict[type, Callable] = {
     spec.Dense: dense,
-    spec.ActivationLayer: lambda node, factory: ([activation(node.layer.activation)], {}),
-    spec.Concatenate: lambda node, factory: ([Concatenate()], {}),
+    spec.ActivationLayer: lambda node, factory, native=frozenset(): ([activation(node.layer.activation, native)], {}),
+    spec.Concatenate: lambda node, factory, native=frozenset(): ([Concatenate()], {}),
+    spec.Dropout: lambda node, factory, native=frozenset(): ([Dropout(node.layer.rate)], {}),
 }
 
 
-def layer_modules(node, factory) -> tuple[list[nn.Module], dict[str, Slot]]:
+def register(spec_class: type[spec.Layer], params: dict[str, str] | None = None):
+    """Decorator: the torch lowering of a user-defined layer spec class, without editing crossnn.
+
+    The decorated callable (an nn.Module subclass, or a function returning a module) is called as
+    ``factory(node, dtype=..., device=...)`` with the layer's crossnn.spec.Node (``node.layer`` is
+    the spec, ``node.input_sizes`` the feature counts of its inputs) and must return an nn.Module
+    whose forward takes the layer's inputs and returns its output. Its initial values do not
+    matter: crossnn copies the spec's initial parameters in (unless the native flavour
+    "default-init" keeps the module's own).
+
+    params maps each canonical parameter short name (the names the spec's ``parameters()`` gives)
+    to the module attribute holding it, with ".T" when the module stores the transpose of the
+    canonical layout, e.g. ``{"kernel": "weight.T", "bias": "bias"}`` for an nn.Linear-style layer.
+    Without it, every short name is an attribute of that name in canonical layout.
+
+        @crossnn_torch.layers.register(MyLinear, params={"kernel": "weight.T", "bias": "bias"})
+        class TorchMyLinear(nn.Module):
+            def __init__(self, node, dtype=None, device=None): ...
+    """
+    def add(factory):
+        def lower(node, factory_kwargs, native=frozenset()):
+            module = factory(node, **factory_kwargs)
+            slots = {}
+            for p in node.params:
+                where = (params or {}).get(p.name, p.name)
+                attribute, transposed = (where[:-2], True) if where.endswith(".T") else (where, False)
+                parameter = getattr(module, attribute, None)
+                if not isinstance(parameter, nn.Parameter):
+                    raise UnsupportedFeature("torch", f"layer '{node.name}' ({node.layer.kind}): its module has "
+                                                      f"no nn.Parameter '{attribute}' for '{p.name}'")
+                slots[f"{node.name}/{p.name}"] = Slot(parameter, transposed)
+            return [module], slots
+
+        LAYERS[spec_class] = lower
+        return factory
+    return add
+
+
+def layer_modules(node, factory, native=frozenset()) -> tuple[list[nn.Module], dict[str, Slot]]:
     """The modules of one layer, in call order, and the slots of its parameters.
     factory: the dtype and device keywords for modules with parameters."""
     if type(node.layer) not in LAYERS:
         raise UnsupportedFeature("torch", f"layer type '{node.layer.kind}'")
-    return LAYERS[type(node.layer)](node, factory)
+    return LAYERS[type(node.layer)](node, factory, native)
 
 
 class GraphNet(nn.Module):
@@ -138,22 +209,35 @@ def is_chain(model: spec.Model) -> bool:
     return previous == model.layers[-1].name
 
 
-def build_model(model: spec.Model, *, dtype, device) -> tuple[nn.Module, dict[str, Slot]]:
+class Built(NamedTuple):
+    """A lowered model: the nn.Module, the slot of every canonical parameter (canonical order) and
+    the Dropout module of every dropout layer (by layer name)."""
+
+    module: nn.Module
+    slots: dict[str, Slot]
+    dropouts: dict[str, Dropout]
+
+
+def build_model(model: spec.Model, *, dtype, device, native: frozenset[str] = frozenset()) -> Built:
     """The nn.Module for `model` (an nn.Sequential for a chain, else a GraphNet), created directly
-    with `dtype` on `device`, and the slot of every canonical parameter, in canonical order."""
+    with `dtype` on `device`, with its parameter slots and dropout modules. `native`: the native
+    flavour's entries (only "softplus-threshold" changes modules)."""
     factory = {"dtype": dtype, "device": device}
     slots: dict[str, Slot] = {}
+    dropouts: dict[str, Dropout] = {}
     per_layer = []
     for node in model.nodes:
-        modules, layer_slots = layer_modules(node, factory)
+        modules, layer_slots = layer_modules(node, factory, native)
         per_layer.append((node, modules))
         slots.update(layer_slots)
+        if isinstance(node.layer, spec.Dropout):
+            dropouts[node.name] = modules[0]
     if is_chain(model):
         net: nn.Module = nn.Sequential(*(m for _, modules in per_layer for m in modules))
     else:
         net = GraphNet([(node.name, node.inputs, modules[0] if len(modules) == 1 else nn.Sequential(*modules))
                         for node, modules in per_layer], model.layers[-1].name)
-    return net, {name: slots[name] for name in model.parameter_inits()}
+    return Built(net, {name: slots[name] for name in model.parameter_inits()}, dropouts)
 
 
 # ---- reading a user's nn.Sequential back into a spec ------------------------------------------------

@@ -4,6 +4,10 @@ torch's built-ins are used where they compute the spec's formula and gradient: n
 nn.L1Loss, nn.HuberLoss, nn.BCELoss (its log clamp is fixed at -100), nn.BCEWithLogitsLoss and
 nn.CrossEntropyLoss (logits; class-index or one-hot targets). The rest are autograd Functions with
 the spec's value and the reference backend's gradient.
+
+Native flavour (crossnn.differences): "bce-clamp" takes nn.BCELoss whatever the spec's log_min
+(torch clamps log p at -100); "cross-entropy-inputs" takes nn.CrossEntropyLoss on whatever the model
+outputs, softmax probabilities included (the classic double softmax).
 """
 
 from __future__ import annotations
@@ -95,20 +99,30 @@ LOSSES = {
 }
 
 
-def loss(s: spec.Loss) -> nn.Module:
+def loss(s: spec.Loss, native: frozenset[str] = frozenset()) -> nn.Module:
     """The loss module for spec `s`, called as loss(model_output, targets(...)[batch])."""
+    if isinstance(s, spec.BCE) and "bce-clamp" in native:
+        return nn.BCELoss()
+    if _takes_logits(s, native):
+        return nn.CrossEntropyLoss()
     if type(s) not in LOSSES:
         raise UnsupportedFeature("torch", f"loss '{s.kind}'")
     return LOSSES[type(s)](s)
 
 
-def targets(s: spec.Loss, y: np.ndarray, classes: int, *, dtype, device, one_hot: bool = False) -> torch.Tensor:
+def _takes_logits(s: spec.Loss, native: frozenset[str]) -> bool:
+    """Whether the lowering is nn.CrossEntropyLoss (on logits, or on anything with the native flavour)."""
+    return isinstance(s, spec.CrossEntropy) and (s.from_logits or "cross-entropy-inputs" in native)
+
+
+def targets(s: spec.Loss, y: np.ndarray, classes: int, *, dtype, device, one_hot: bool = False,
+            native: frozenset[str] = frozenset()) -> torch.Tensor:
     """The data set's targets as the loss module wants them: class indices (int64) for
     nn.CrossEntropyLoss with sparse labels, one-hot rows for the probability cross-entropy (and for
     every sparse target when `one_hot`), else the values in `dtype`."""
     if s.sparse_targets:
         labels = torch.as_tensor(y, dtype=torch.int64, device=device)
-        if isinstance(s, spec.CrossEntropy) and s.from_logits and not one_hot:
+        if _takes_logits(s, native) and not one_hot:
             return labels
         return nn.functional.one_hot(labels, classes).to(dtype)
     return torch.as_tensor(y, dtype=dtype, device=device)

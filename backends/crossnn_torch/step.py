@@ -1,12 +1,17 @@
 """The training step and the trainer the harness drives.
 
 A mode is a class that, given the trainer (model, loss module, optimizer, parameter slots), is a
-callable step(x, y) -> the loss before the update as a 0-d device tensor; it also says what the steps
-run inside (context()), where the parameters are (parameters()), how to predict, and whether it wants
-sparse labels as one-hot rows. EagerStep has the defaults. Adding a mode adds its class to MODES and
-its name to TorchBackend.modes (with a line in TorchBackend.mode_notes), and nothing else. The modes:
+callable step(x, y, lr, masks) -> the loss before the update as a 0-d device tensor (lr: the step's
+learning rate, masks: its dropout masks as device tensors); it also says what the steps run inside
+(context()), where the parameters are (parameters()), how to predict, how to export and import its
+training state, and whether it wants sparse labels as one-hot rows. EagerStep has the defaults.
+Adding a mode adds its class to MODES and its name to TorchBackend.modes (with a line in
+TorchBackend.mode_notes), and nothing else. The trainer counts its steps: the step number fixes the
+learning rate and the dropout masks (crossnn.schedule.StepClock), so a run can stop and resume. The
+modes:
 
-eager    the tutorial's loop: optimizer.zero_grad(); loss_fn(model(x), y).backward(); optimizer.step()
+eager    the tutorial's loop: optimizer.zero_grad(); loss_fn(model(x), y).backward(); clipping and
+         the decay torch.optim does not do (crossnn_torch.optimizers.Update); optimizer.step()
 compile  the same loop on torch.compile(model), with the optimizer step compiled too (PyTorch's recipe)
 xp       no autograd, no nn.Module: the NumPy backend's hand-written forward pass, backward pass, loss
          gradient and optimizer update (crossnn_numpy.step.TrainStep) run on torch tensors through
@@ -23,11 +28,14 @@ import numpy as np
 import torch
 
 from crossnn.backends import Trainer
+from crossnn.checkpoint import TrainingState
 from crossnn.data import Dataset
-from crossnn.errors import BackendError
+from crossnn.errors import BackendError, UnsupportedFeature
+from crossnn.schedule import StepClock
 from crossnn.spec import Experiment
 
 from crossnn_numpy.step import TrainStep, contiguous_slices
+from crossnn_torch import checkpoint
 from crossnn_torch import device as devices
 from crossnn_torch import layers, losses, optimizers
 from crossnn_torch.xp import torch_namespace
@@ -35,25 +43,36 @@ from crossnn_torch.xp import torch_namespace
 
 class EagerStep:
     """The tutorial's step: optimizer.zero_grad(); loss = loss_fn(model(x), y); loss.backward();
-    optimizer.step()."""
+    then the step's learning rate, clipping and decay (crossnn_torch.optimizers.Update.before_step)
+    and optimizer.step(). Dropout modules get the step's masks before the forward pass."""
 
     description = "eager autograd, zero_grad / backward / optimizer.step"
     #: sparse class labels as one-hot rows (the hand-written losses want them) instead of indices
     one_hot_targets = False
+    #: dtype of torch's per-parameter "step" counters when a state is loaded (torch's own default)
+    step_dtype = torch.float32
 
     def __init__(self, trainer: TorchTrainer):
         self.trainer = trainer
-        self.model, self.loss_fn, self.optimizer = trainer.model, trainer.loss_fn, trainer.optimizer
+        self.model, self.loss_fn, self.update = trainer.model, trainer.loss_fn, trainer.update
+        self.optimizer = self.update.optimizer
+        self.dropouts = trainer.dropouts
 
     def context(self):
         """What the steps run inside (entered once per run of steps)."""
         return contextlib.nullcontext()
 
-    def __call__(self, x, y):
+    def set_masks(self, masks: dict[str, torch.Tensor]) -> None:
+        for name, module in self.dropouts.items():
+            module.mask = masks[name]
+
+    def __call__(self, x, y, lr, masks):
+        if masks:
+            self.set_masks(masks)
         self.optimizer.zero_grad()
         loss = self.loss_fn(self.model(x), y)
         loss.backward()
-        self.optimizer.step()
+        self.update(lr)
         return loss.detach()
 
     def parameters(self) -> dict[str, torch.Tensor]:
@@ -62,8 +81,21 @@ class EagerStep:
                 for name, slot in self.trainer.slots.items()}
 
     def predict(self, x):
-        with torch.no_grad():
-            return self.model(x)
+        """The model in eval mode (dropout is the identity), without grad."""
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                return self.model(x)
+        finally:
+            self.model.train()
+
+    def export_state(self, steps: int) -> TrainingState:
+        return checkpoint.training_state(steps, self.trainer.slots, self.optimizer, self.trainer.experiment.optimizer)
+
+    def import_state(self, state: TrainingState) -> None:
+        checkpoint.load_parameters(self.trainer.slots, state.params)
+        checkpoint.load_optimizer_state(self.optimizer, self.trainer.slots, self.trainer.experiment.optimizer, state,
+                                        self.step_dtype)
 
 
 def _quiet_profiler_note() -> None:
@@ -87,7 +119,11 @@ class CompiledStep(EagerStep):
     The compiled optimizer keeps its scalar state (Adam's step count, and with it the bias
     corrections) in tensors of torch's default dtype, float32, where the eager optimizer uses Python
     floats; that alone moves a float64 Adam run by about 1e-6. So the step runs with the default
-    dtype set to the run's dtype.
+    dtype set to the run's dtype, and the "step" counters Adagrad creates with the optimizer (in
+    float32: its compiled step computes lr / (1 + (step - 1) · lr_decay) in the counter's dtype, a
+    float32 learning rate, 1e-8 off) are cast to the run's dtype. With a learning-rate schedule the
+    param groups' lr is a 0-d tensor, updated in place (PyTorch's recipe: a Python float would be
+    compiled in as a constant, and every new value would compile the step again).
 
     Dynamo keeps at most `recompile_limit` (8) compiled versions of one function and then falls back
     to eager, silently but for a warning. Every trainer of this mode compiles the same functions again
@@ -111,6 +147,12 @@ class CompiledStep(EagerStep):
         _quiet_profiler_note()
         self.model = torch.compile(trainer.model)
         self.dtype = trainer.dtype
+        self.step_dtype = trainer.dtype
+        for state in self.optimizer.state.values():  # Adagrad creates its state, "step" included, up front
+            if isinstance(state.get("step"), torch.Tensor):
+                state["step"] = state["step"].to(self.step_dtype)
+        if self.update.scheduled:
+            self.update.use_tensor_lr(trainer.dtype)
         optimizer = self.optimizer
 
         @torch.compile(fullgraph=False)
@@ -119,10 +161,13 @@ class CompiledStep(EagerStep):
 
         self.optimizer_step = optimizer_step
 
-    def __call__(self, x, y):
+    def __call__(self, x, y, lr, masks):
+        if masks:
+            self.set_masks(masks)
         self.optimizer.zero_grad()
         loss = self.loss_fn(self.model(x), y)
         loss.backward()
+        self.update.before_step(lr)
         default = torch.get_default_dtype()
         torch.set_default_dtype(self.dtype)
         try:
@@ -132,8 +177,13 @@ class CompiledStep(EagerStep):
         return loss.detach()
 
     def predict(self, x):
-        with torch.no_grad():
-            return self.trainer.model(x)
+        model = self.trainer.model
+        model.eval()
+        try:
+            with torch.no_grad():
+                return model(x)
+        finally:
+            model.train()
 
 
 class XpStep(EagerStep):
@@ -156,8 +206,8 @@ class XpStep(EagerStep):
     def context(self):
         return torch.inference_mode()
 
-    def __call__(self, x, y):
-        return self.train_step(x, y)
+    def __call__(self, x, y, lr, masks):
+        return self.train_step(x, y, lr, masks)
 
     def parameters(self):
         return dict(zip(self.names, self.train_step.values))
@@ -166,6 +216,23 @@ class XpStep(EagerStep):
         with torch.inference_mode():
             output, _ = self.train_step.program.forward(self.train_step.values, x)
         return output
+
+    def export_state(self, steps: int) -> TrainingState:
+        slots, counters = self.train_step.export_state(self.names)
+        host = {slot: {name: checkpoint.canonical(v, False) for name, v in per.items()} for slot, per in slots.items()}
+        params = {name: checkpoint.canonical(v, False) for name, v in self.parameters().items()}
+        return TrainingState(steps, params, host, {name: int(v) for name, v in counters.items()})
+
+    def import_state(self, state: TrainingState) -> None:
+        trainer = self.trainer
+
+        def to_device(array):
+            return torch.as_tensor(np.asarray(array), dtype=trainer.dtype, device=trainer.device)
+
+        with torch.inference_mode():
+            for name, value in zip(self.names, self.train_step.values):
+                value.copy_(to_device(state.params[name]))
+            self.train_step.import_state(self.names, state.slots, state.counters, to_device)
 
 
 MODES = {"eager": EagerStep, "xp": XpStep, "compile": CompiledStep}
@@ -176,30 +243,50 @@ class TorchTrainer(Trainer):
     on the device from the start; a batch selects rows of it."""
 
     def __init__(self, experiment: Experiment, params: dict[str, np.ndarray], data: Dataset, *,
-                 dtype: str, device: str, mode: str):
+                 dtype: str, device: str, mode: str, native: frozenset[str] = frozenset()):
         if mode not in MODES:
             raise BackendError(f"backend 'torch' has no mode '{mode}'; it has {', '.join(MODES)}")
-        self.experiment = experiment
+        native = frozenset(native)
+        if native and mode == "xp":
+            raise UnsupportedFeature("torch", "the native flavour in the xp mode (it runs the NumPy backend's "
+                                              "formulas); use eager or compile")
+        self.experiment, self.native = experiment, native
         self.device = devices.resolve(device)
         self.dtype = getattr(torch, dtype)
-        self.model, self.slots = layers.build_model(experiment.model, dtype=self.dtype, device=self.device)
-        self._load(params)
-        self.loss_fn = losses.loss(experiment.loss)
-        self.optimizer = optimizers.optimizer(experiment.optimizer, self.model.parameters())
+        if "default-init" in native:  # torch's own nn.Linear init, seeded the way torch scripts seed it
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                torch.manual_seed(experiment.seed)
+                built = layers.build_model(experiment.model, dtype=self.dtype, device=self.device, native=native)
+        else:
+            built = layers.build_model(experiment.model, dtype=self.dtype, device=self.device, native=native)
+        self.model, self.slots, self.dropouts = built
+        if "default-init" not in native:
+            self._load(params)
+        self.loss_fn = losses.loss(experiment.loss, native)
+        self.update = optimizers.Update(experiment.optimizer, self.model.parameters(), native)
+        self.optimizer = self.update.optimizer
         self.x = torch.as_tensor(data.x, dtype=self.dtype, device=self.device)
         self.y = losses.targets(experiment.loss, data.y, experiment.model.output_size, dtype=self.dtype,
-                                device=self.device, one_hot=MODES[mode].one_hot_targets)
+                                device=self.device, one_hot=MODES[mode].one_hot_targets, native=native)
+        self.clock = StepClock(experiment, data.n)
+        self.steps_done = 0
         self.train_step = MODES[mode](self)
 
     def _load(self, params: dict[str, np.ndarray]) -> None:
         """Copy canonical parameters in, transposing kernels to nn.Linear's (out, in)."""
-        with torch.no_grad():
-            for name, slot in self.slots.items():
-                value, shape = params[name], tuple(slot.parameter.shape)
-                canonical = shape[::-1] if slot.transposed else shape
-                if value.shape != canonical:
-                    raise BackendError(f"parameter '{name}' has shape {value.shape}, the model expects {canonical}")
-                slot.parameter.copy_(torch.as_tensor(value.T if slot.transposed else value))
+        for name, slot in self.slots.items():
+            shape = tuple(slot.parameter.shape)
+            canonical = shape[::-1] if slot.transposed else shape
+            if params[name].shape != canonical:
+                raise BackendError(f"parameter '{name}' has shape {params[name].shape}, the model expects {canonical}")
+        checkpoint.load_parameters(self.slots, params)
+
+    def _masks(self, step: int, rows: int) -> dict[str, torch.Tensor]:
+        """The dropout masks of a step, drawn by crossnn in NumPy, on the device in the run's dtype."""
+        if not self.dropouts:
+            return {}
+        return {name: torch.as_tensor(mask, dtype=self.dtype, device=self.device)
+                for name, mask in self.clock.masks(step, rows).items()}
 
     def parameters(self):
         """Canonical names and layout: kernels transposed back to (in, out), as C-ordered copies."""
@@ -216,19 +303,28 @@ class TorchTrainer(Trainer):
         return list(torch.split(flat, [len(b) for b in batches]))
 
     def step(self, batch):
-        (rows,) = self._selections([batch])
-        with self.train_step.context():
-            return float(self.train_step(self.x[rows], self.y[rows]))
+        return float(self.run([batch])[0])
 
     def run(self, batches: Sequence[np.ndarray]) -> np.ndarray:
         """The losses stay on the device, in one tensor copied to the host once at the end."""
-        step, x, y = self.train_step, self.x, self.y
+        step, x, y, clock = self.train_step, self.x, self.y, self.clock
         losses = []
         with step.context():
-            for rows in self._selections(batches):
-                losses.append(step(x[rows], y[rows]))
+            for batch, rows in zip(batches, self._selections(batches)):
+                number = self.steps_done
+                losses.append(step(x[rows], y[rows], clock.lr(number), self._masks(number, len(batch))))
+                self.steps_done = number + 1
             out = torch.stack(losses) if losses else torch.zeros(0, dtype=self.dtype)
         return out.cpu().numpy().astype(np.float64)
+
+    def state(self) -> TrainingState:
+        """Steps done, parameters and optimizer state in canonical names and layout."""
+        return self.train_step.export_state(self.steps_done)
+
+    def load_state(self, state: TrainingState) -> None:
+        """Parameters, optimizer buffers and counters from `state`; the next step is state.step."""
+        self.train_step.import_state(state)
+        self.steps_done = int(state.step)
 
     def predict(self, x):
         output = self.train_step.predict(torch.as_tensor(x, dtype=self.dtype, device=self.device))

@@ -113,7 +113,7 @@ class ActivationLayer(Layer, kind="activation"):
 class Dropout(Layer, kind="dropout"):
     """Inverted dropout while training: y = x ⊙ m / (1 - rate), m ~ Bernoulli(1 - rate) per element;
     y = x when predicting. The masks are drawn once, in NumPy, from the seed's "dropout" stream
-    (one stream per layer and epoch), and every backend uses the same ones, so parity holds."""
+    (one stream per layer and step), and every backend uses the same ones, so parity holds."""
 
     rate: float
 

@@ -1,0 +1,127 @@
+"""Measured facts of the installed torch, the ones the catalog of framework differences
+(crossnn.differences) checks: defaults read from signatures and modules, and formulas run on fixed
+inputs. Every value is plain Python (JSON-serialisable). torch's global RNG is left as it was."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import subprocess
+import sys
+import warnings
+
+import torch
+from torch import nn
+
+#: run in a fresh interpreter: the TF32 switches before anything (crossnn's prepare()) changes them
+TF32_PROBE = ("import json, torch; print(json.dumps({'matmul': bool(torch.backends.cuda.matmul.allow_tf32), "
+              "'cudnn': bool(torch.backends.cudnn.allow_tf32)}))")
+
+F64 = torch.float64
+
+
+def _default(cls, name):
+    """The signature default of `name` in cls.__init__, or None where the argument is required."""
+    default = inspect.signature(cls).parameters[name].default
+    return None if default is inspect.Parameter.empty else default
+
+
+def _one_step(optimizer_class, w0: float, grad: float, **options) -> tuple[torch.Tensor, torch.optim.Optimizer]:
+    w = torch.tensor([w0], dtype=F64, requires_grad=True)
+    optimizer = optimizer_class([w], **options)
+    w.grad = torch.tensor([grad], dtype=F64)
+    optimizer.step()
+    return w, optimizer
+
+
+def _momentum() -> dict[str, float]:
+    w, optimizer = _one_step(torch.optim.SGD, 1.0, 2.0, lr=0.1, momentum=0.9)
+    out = {"w": w.item(), "buffer": optimizer.state[w]["momentum_buffer"].item()}
+    for group in optimizer.param_groups:
+        group["lr"] = 0.01
+    w.grad = torch.tensor([2.0], dtype=F64)
+    optimizer.step()
+    out["w2"] = w.item()
+    return out
+
+
+def _mse_broadcast() -> dict[str, object]:
+    p = torch.tensor([[1.0], [2.0], [3.0]], dtype=F64)
+    y = torch.tensor([1.0, 2.0, 3.0], dtype=F64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = nn.MSELoss()(p, y).item()
+    return {"value": value, "correct": 0.0, "warned": any(issubclass(w.category, UserWarning) for w in caught)}
+
+
+def _batchnorm() -> dict[str, object]:
+    bn = nn.BatchNorm1d(2, dtype=F64)
+    bn.train()
+    with torch.no_grad():
+        bn(torch.tensor([[1.0, 2.0], [3.0, 5.0], [6.0, 11.0]], dtype=F64))
+    return {"momentum": bn.momentum, "eps": bn.eps, "running_mean": bn.running_mean.tolist(),
+            "running_var": bn.running_var.tolist()}
+
+
+def _tf32() -> dict[str, object]:
+    try:
+        done = subprocess.run([sys.executable, "-c", TF32_PROBE], capture_output=True, text=True, timeout=120,
+                              check=True)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, OSError, ValueError, IndexError) as err:
+        return {"matmul": None, "cudnn": None, "error": f"{type(err).__name__}: {err}"}
+
+
+def facts() -> dict[str, object]:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        linear = nn.Linear(100, 50)
+        linear_init = {"weight_max_abs": linear.weight.abs().max().item(),
+                       "bias_max_abs": linear.bias.abs().max().item(),
+                       "bound": 1.0 / math.sqrt(100), "bias_all_zero": bool(torch.all(linear.bias == 0).item())}
+        torch.manual_seed(0)
+        random_seed0 = torch.rand(3, dtype=F64).tolist()
+
+    adam_w, _ = _one_step(torch.optim.Adam, 1.0, 0.0, lr=0.1, weight_decay=0.1)
+    adamw_w, _ = _one_step(torch.optim.AdamW, 1.0, 0.0, lr=0.1, weight_decay=0.1)
+
+    z = torch.tensor([[2.0, 1.0, 0.1]], dtype=F64)
+    label = torch.tensor([0])
+    p = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=F64)
+    zeros = torch.zeros(2, 2, dtype=F64)
+
+    gradient = torch.zeros(2, dtype=F64, requires_grad=True)
+    gradient.grad = torch.tensor([3.0, 4.0], dtype=F64)
+    nn.utils.clip_grad_norm_([gradient], max_norm=5.0)
+
+    return {
+        "linear_weight_shape": list(nn.Linear(3, 2).weight.shape),
+        "linear_init": linear_init,
+        "default_lr": {cls.__name__: _default(cls, "lr") for cls in (torch.optim.SGD, torch.optim.Adam,
+                                                                     torch.optim.RMSprop, torch.optim.Adagrad)},
+        "adam_eps": _default(torch.optim.Adam, "eps"),
+        "rmsprop_defaults": {"alpha": _default(torch.optim.RMSprop, "alpha"),
+                             "eps": _default(torch.optim.RMSprop, "eps")},
+        "adagrad_defaults": {"initial_accumulator_value": _default(torch.optim.Adagrad, "initial_accumulator_value"),
+                             "eps": _default(torch.optim.Adagrad, "eps")},
+        "adam_weight_decay_step": adam_w.item(),
+        "adamw_weight_decay_step": adamw_w.item(),
+        "momentum_first_step": _momentum(),
+        "bce_p0_y1": nn.BCELoss()(torch.tensor([0.0]), torch.tensor([1.0])).item(),
+        "bce_logit_input": nn.BCELoss()(torch.sigmoid(torch.tensor([-50.0], dtype=torch.float32)),
+                                        torch.tensor([1.0], dtype=torch.float32)).item(),
+        "ce_on_probabilities": nn.CrossEntropyLoss()(torch.softmax(z, dim=1), label).item(),
+        "ce_on_logits": nn.CrossEntropyLoss()(z, label).item(),
+        "mse_sum": nn.MSELoss(reduction="sum")(p, zeros).item(),
+        "mse_mean": nn.MSELoss(reduction="mean")(p, zeros).item(),
+        "mse_broadcast": _mse_broadcast(),
+        "leaky_relu_default": nn.LeakyReLU().negative_slope,
+        "gelu_default": nn.GELU().approximate,
+        "softplus_25": {"torch": float(nn.Softplus()(torch.tensor(25.0, dtype=F64))),
+                        "exact": math.log1p(math.exp(25.0))},
+        "batchnorm": _batchnorm(),
+        "tf32": _tf32(),
+        "random_seed0": random_seed0,
+        "clip_at_max_norm": gradient.grad.tolist(),
+    }

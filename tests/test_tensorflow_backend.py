@@ -9,7 +9,9 @@
 
 Also: the loop modes (epoch, xla-epoch) against NumPy and against the per-step modes, their tracing
 and XLA input shapes across spans; the hand-written Keras loop (Backend.tutorial) against crossnn;
-and what benchmarks read (mode_notes, runtime(), matmul_gflops).
+and what benchmarks read (mode_notes, runtime(), matmul_gflops). The issue 5/6 features (dropout,
+schedules, the other optimizers, training state, native flavour, .weights.h5, facts, scripts, user
+extensions) are in tests/test_tensorflow_features.py.
 """
 
 from __future__ import annotations
@@ -501,21 +503,6 @@ def test_keras_compile_fit_line_matches(float64_keras):
     print(f"line: keras fit vs crossnn TF final parameters, max rel {rel:.3g}")
     assert rel <= 1e-13
     np.testing.assert_allclose(history.history["loss"], record.losses, rtol=1e-12)
-
-
-@pytest.mark.skipif(not _L2, reason="this spec has no decoupled decay, clipping or schedules")
-def test_optimizer_options_not_lowered_are_refused():
-    """Decoupled weight decay, gradient clipping and learning-rate schedules are not lowered yet: the
-    build says so instead of training without them."""
-    exp = _experiment("linear-2x3")
-    options = {"decoupled weight decay": {"weight_decay": 0.1, "weight_decay_kind": "decoupled"},
-               "gradient clipping": {"clip_norm": 1.0},
-               "learning-rate schedule": {"schedule": S.ExponentialDecay(unit="epoch", gamma=0.9)}}
-    for feature, fields in options.items():
-        changed = dataclasses.replace(exp, optimizer=dataclasses.replace(exp.optimizer, **fields))
-        with pytest.raises(UnsupportedFeature, match=feature):
-            backends.get("tensorflow").build(changed, initial_parameters(exp), load_dataset(exp), dtype="float64",
-                                             device="cpu", mode="graph")
 
 
 # ---- the hand-written Keras loop (Backend.tutorial), the yardstick of the benchmarks ---------------

@@ -4,13 +4,37 @@ of steps inside one tf.function), and the spec's optimizer rules written with TF
 gives the Keras tutorials' own loop, written by hand (tutorial.py), as the benchmarks' yardstick.
 
 Sections, as in every backend package: layers (the tf.Module and activations), losses, optimizers,
-step (the training step and trainer), device. TensorFlow is imported only when a backend method
-needs it, so loading this plugin (e.g. for `crossnn list`) stays cheap.
+step (the training step and trainer), device; plus native (Keras models, .weights.h5 checkpoints,
+Keras' default initializers, measured facts) and script (the standalone script `script` emits).
+TensorFlow is imported only when a backend method needs it, so loading this plugin (e.g. for
+`crossnn list`) stays cheap.
+
+User-defined layers and optimizers: crossnn_tensorflow.layers.register and
+crossnn_tensorflow.optimizers.register (decorators, as crossnn_numpy's).
 """
 
 from __future__ import annotations
 
 from crossnn.backends import Backend
+
+#: catalog entries (crossnn.differences) the native flavour lowers TF/Keras' own way, and how
+NATIVE_ENTRIES = {
+    "default-init": "keras.layers.Dense's defaults (glorot_uniform kernel, zero bias), seeded with "
+                    "keras.utils.set_random_seed(seed), instead of the given initial parameters",
+    "momentum-sgd": "keras.optimizers.SGD: velocity v <- momentum*v - lr*g, w <- w + v (lr inside the buffer)",
+    "adam-epsilon": "keras.optimizers.Adam with epsilon = the spec's eps, added to the uncorrected sqrt(v)",
+    "weight-decay": "keras optimizers' weight_decay: always decoupled, w <- w - w*wd*lr, whatever the spec's kind",
+    "rmsprop": "keras.optimizers.RMSprop(rho=alpha, epsilon=eps): epsilon inside the square root",
+    "adagrad": "keras.optimizers.Adagrad(initial_accumulator_value, epsilon): epsilon inside the square root",
+    "bce-clamp": "keras.losses.BinaryCrossentropy: the logits behind a sigmoid output, else p clipped to "
+                 "[1e-7, 1 - 1e-7], instead of clamping log p",
+    "cross-entropy-inputs": "keras Categorical/SparseCategoricalCrossentropy with their default from_logits=False, "
+                            "whatever the spec says",
+    "leaky-relu-slope": "tf.nn.leaky_relu(alpha=slope): alpha is a float32 op attribute",
+    "gelu-approximation": "tf.nn.gelu(approximate=...): its constants are cast through float32",
+    "softplus-threshold": "tf.math.softplus: exp(z) / z beyond its thresholds",
+    "clip-norm": "tf.clip_by_global_norm: scales by clip_norm / max(norm, clip_norm), no 1e-6",
+}
 
 
 class TensorflowBackend(Backend):
@@ -32,6 +56,7 @@ class TensorflowBackend(Backend):
                      "one compilation per batch size",
     }
     import_order = 20
+    native_entries = NATIVE_ENTRIES
 
     def devices(self, probe: bool = False):
         from crossnn_tensorflow import device
@@ -75,8 +100,50 @@ class TensorflowBackend(Backend):
 
         return import_keras(model)
 
-    def build(self, experiment, params, data, *, dtype, device, mode):
+    def facts(self):
+        """Measured facts of the installed TF/Keras, computed by running them on fixed inputs:
+        dense_kernel_shape, dense_init, default_lr, adam_eps, rmsprop_defaults, adagrad_defaults,
+        adam_weight_decay_step, momentum_first_step, bce_p0_y1, bce_logit_input, ce_default_from_logits,
+        ce_on_logits_as_probabilities, ce_on_logits, mse_sum, mse_mean, mse_broadcast,
+        leaky_relu_default, leaky_relu_float64, gelu_default, gelu_float64_error, softplus_25,
+        batchnorm, tf32, random_seed0, clip_at_max_norm (see crossnn_tensorflow.native.facts). tf32,
+        random_seed0 and dense_init are measured in a fresh Python process (global state)."""
+        self.prepare()
+        from crossnn_tensorflow.native import facts
+
+        return facts()
+
+    def script(self, experiment, params, data):
+        """A standalone TensorFlow script (tf.Module of tf.Variables, @tf.function GradientTape
+        train_step, the spec's optimizer rule in TF ops) training `experiment` in float64 from
+        `params` on `data`; its last line of output is the final parameters as JSON."""
+        from crossnn_tensorflow.script import script
+
+        return script(experiment, params, data)
+
+    def export_native(self, experiment, state, path):
+        """The state's parameters as a Keras .weights.h5 (path must end in '.weights.h5') of a keras
+        model mirroring the spec: keras.Sequential of keras.layers.Dense (and Activation/Dropout)
+        named like the spec's layers, or a functional keras.Model for graphs. Loads into a user's
+        keras model of the same architecture with model.load_weights(path). Weights only: the step
+        and the optimizer state are not in a .weights.h5."""
+        self.prepare()
+        from crossnn_tensorflow.native import export_weights
+
+        export_weights(experiment, state, path)
+
+    def import_native(self, experiment, path):
+        """A Keras .weights.h5 of the spec's model as a TrainingState: the parameters, at step 0, with
+        no optimizer state (the file holds weights only). A missing, unreadable or mismatched file
+        raises crossnn.checkpoint.CheckpointError."""
+        self.prepare()
+        from crossnn_tensorflow.native import import_weights
+
+        return import_weights(experiment, path)
+
+    def build(self, experiment, params, data, *, dtype, device, mode, native=frozenset()):
         from crossnn_tensorflow.step import TensorflowTrainer
 
         self.prepare()
-        return TensorflowTrainer(experiment, params, data, dtype=dtype, device=device, mode=mode)
+        return TensorflowTrainer(experiment, params, data, dtype=dtype, device=device, mode=mode,
+                                 native=frozenset(native) & frozenset(self.native_entries))

@@ -1,8 +1,24 @@
 """Layers and activations: the model graph as a tf.Module holding one tf.Variable per parameter.
 
 Activations are TF's own ops wherever they compute the spec's function, gradient included; the three
-exceptions (gelu, leaky_relu, softplus) are written out below with TF ops, each saying why.
-Gradients come from tf.GradientTape.
+exceptions (gelu, leaky_relu, softplus) are written out below with TF ops, each saying why. In the
+native flavour (`native` names catalog entries, see crossnn_tensorflow.NATIVE_ENTRIES) those three
+are TF's own ops instead: tf.nn.leaky_relu ("leaky-relu-slope"), tf.nn.gelu ("gelu-approximation")
+and tf.math.softplus ("softplus-threshold"). Gradients come from tf.GradientTape.
+
+User-defined layers: subclass crossnn.spec.Layer (with a `kind`), then register its TF op here (and
+its NumPy op with crossnn_numpy.layers.register):
+
+    @crossnn_tensorflow.layers.register(MyScale)
+    class Scale(tf.Module):
+        def __init__(self, node, variables):        # node: crossnn.spec.Node; variables: name -> tf.Variable
+            super().__init__()
+            self.s = variables[f"{node.name}/scale"]
+        def __call__(self, inputs):                  # inputs: the tensors of node.inputs, in order
+            return inputs[0] * self.s
+
+The op finds its parameters by canonical name ("<layer>/<param>", as the spec's Layer.parameters
+names them, canonical layout) and tf.GradientTape differentiates it.
 
 A Python float meets a tensor only in arithmetic (z * 0.5), where TF converts it straight to the
 tensor's dtype; tf.cast(<Python float>, tf.float64) would round it through float32 first.
@@ -98,7 +114,59 @@ ACTIVATIONS = {
 }
 
 
-def activation(s: spec.Activation):
+# ---- the native flavour: TF's own ops where the spec writes its formula out ------------------------
+
+
+def _native_leaky_relu(s: spec.LeakyReLU):
+    """tf.nn.leaky_relu(z, alpha=slope): alpha is a float32 op attribute, so a float64 model uses
+    float32(slope) (0.01 -> 0.009999999776482582)."""
+    slope = s.negative_slope
+    return lambda z: tf.nn.leaky_relu(z, alpha=slope)
+
+
+def _native_gelu(s: spec.GELU):
+    """tf.nn.gelu(z, approximate=...): its constants are cast from Python floats through float32, so
+    a float64 model computes with float32(1/√2) or float32(0.044715); the gradient is the tape's."""
+    approximate = s.approximate == "tanh"
+    return lambda z: tf.nn.gelu(z, approximate=approximate)
+
+
+def _native_softplus(s):
+    """tf.math.softplus: exp(z) / z beyond its thresholds, its own gradient (sigmoid)."""
+    return tf.math.softplus
+
+
+def _keras_sigmoid(s):
+    """keras.activations.sigmoid: tf.nn.sigmoid, with its input kept on the output (_keras_logits),
+    from which keras.losses.BinaryCrossentropy recovers the logits. Used with the native "bce-clamp",
+    so Keras' loss sees what it sees behind a Keras model's sigmoid in every mode: a bare
+    tf.nn.sigmoid output is recognised by its op type inside a tf.function, but not eagerly."""
+    import keras
+
+    return keras.activations.sigmoid
+
+
+def _keras_softmax(s):
+    """keras.activations.softmax (tagged with its logits, as _keras_sigmoid), with the native
+    "cross-entropy-inputs"."""
+    import keras
+
+    return keras.activations.softmax
+
+
+#: catalog entry -> (activation spec class, TF's own lowering)
+NATIVE_ACTIVATIONS = {"leaky-relu-slope": (spec.LeakyReLU, _native_leaky_relu),
+                      "gelu-approximation": (spec.GELU, _native_gelu),
+                      "softplus-threshold": (spec.Softplus, _native_softplus),
+                      "bce-clamp": (spec.Sigmoid, _keras_sigmoid),
+                      "cross-entropy-inputs": (spec.Softmax, _keras_softmax)}
+
+
+def activation(s: spec.Activation, native: frozenset[str] = frozenset()):
+    """The TF function of activation `s`; TF's own op where `native` names its catalog entry."""
+    for entry, (cls, lower) in NATIVE_ACTIVATIONS.items():
+        if entry in native and type(s) is cls:
+            return lower(s)
     if type(s) not in ACTIVATIONS:
         raise UnsupportedFeature("tensorflow", f"activation '{s.kind}'")
     return ACTIVATIONS[type(s)](s)
@@ -107,14 +175,20 @@ def activation(s: spec.Activation):
 # ---- layers: each maps its input tensors to one output -------------------------------------------
 
 
+# Each op is built as op(node, variables) (node: crossnn.spec.Node; variables: canonical name ->
+# tf.Variable; the built-in ops below also take native=) and called as op(inputs), the list of its
+# input tensors; a Dropout op is called as op(inputs, mask), with the step's mask while training and
+# None when predicting.
+
+
 class Dense(tf.Module):
     """a = f(x @ W + b), W (in, units) as in keras.layers.Dense (the canonical layout, no transpose)."""
 
-    def __init__(self, node, variables):
+    def __init__(self, node, variables, native=frozenset()):
         super().__init__()
         self.kernel = variables[f"{node.name}/kernel"]
         self.bias = variables.get(f"{node.name}/bias")
-        self.act = activation(node.layer.activation)
+        self.act = activation(node.layer.activation, native)
 
     def __call__(self, inputs):
         z = tf.matmul(inputs[0], self.kernel)
@@ -126,50 +200,89 @@ class Dense(tf.Module):
 class ActivationLayer(tf.Module):
     """a = f(x)."""
 
-    def __init__(self, node, variables):
+    def __init__(self, node, variables, native=frozenset()):
         super().__init__()
-        self.act = activation(node.layer.activation)
+        self.act = activation(node.layer.activation, native)
 
     def __call__(self, inputs):
         return self.act(inputs[0])
 
 
+class Dropout(tf.Module):
+    """y = x * mask while training, with the step's mask fed in (0 or 1/(1 - rate), drawn in NumPy by
+    crossnn.schedule.StepClock, the same for every backend); y = x when predicting. Not
+    tf.nn.dropout / keras.layers.Dropout: they draw their own masks from TF's random streams, which
+    no other framework reproduces. The gradient is the tape's: dy * mask."""
+
+    def __init__(self, node, variables, native=frozenset()):
+        super().__init__()
+
+    def __call__(self, inputs, mask=None):
+        return inputs[0] if mask is None else inputs[0] * mask
+
+
 class Concatenate(tf.Module):
     """[x_1, x_2, ...] joined along the feature axis."""
 
-    def __init__(self, node, variables):
+    def __init__(self, node, variables, native=frozenset()):
         super().__init__()
 
     def __call__(self, inputs):
         return tf.concat(inputs, axis=1)
 
 
-LAYERS = {spec.Dense: Dense, spec.ActivationLayer: ActivationLayer, spec.Concatenate: Concatenate}
+LAYERS = {spec.Dense: Dense, spec.ActivationLayer: ActivationLayer, spec.Concatenate: Concatenate,
+          spec.Dropout: Dropout}
+#: the built-in ops, which take the native flavour's entries
+_BUILT_IN = frozenset(LAYERS.values())
 
 
-def layer(node, variables):
+def register(spec_class: type[spec.Layer]):
+    """Decorator: the TF op of a user-defined layer spec class (see the module docstring): a class
+    built as op(node, variables) and called as op(inputs) -> tensor, as the ops above are. Mirrors
+    crossnn_numpy.layers.register; registering again replaces the op."""
+    if not (isinstance(spec_class, type) and issubclass(spec_class, spec.Layer)):
+        raise TypeError(f"register() takes a crossnn.spec.Layer subclass, got {spec_class!r}")
+
+    def add(op):
+        LAYERS[spec_class] = op
+        return op
+    return add
+
+
+def layer(node, variables, native=frozenset()):
     if type(node.layer) not in LAYERS:
         raise UnsupportedFeature("tensorflow", f"layer type '{node.layer.kind}'")
-    return LAYERS[type(node.layer)](node, variables)
+    op = LAYERS[type(node.layer)]
+    return op(node, variables, native) if op in _BUILT_IN else op(node, variables)
 
 
 class Model(tf.Module):
     """The spec's layer graph. `variables_by_name` maps canonical names to tf.Variables in the spec's
     parameter order, and `trainable` lists them in that order (the order the optimizer walks)."""
 
-    def __init__(self, experiment: Experiment, params: dict[str, np.ndarray], dtype):
+    def __init__(self, experiment: Experiment, params: dict[str, np.ndarray], dtype, native=frozenset()):
         super().__init__()
         self.variables_by_name = {name: tf.Variable(tf.constant(value, dtype), name=_variable_name(name))
                                   for name, value in params.items()}
         self.trainable = list(self.variables_by_name.values())
-        self.layers = [(node.name, node.inputs, layer(node, self.variables_by_name))
+        self.layers = [(node.name, node.inputs, layer(node, self.variables_by_name, native))
                        for node in experiment.model.nodes]
         self.output = experiment.model.layers[-1].name
+        #: the dropout layers, in graph order (crossnn.schedule.StepClock's, the order masks are fed in)
+        self.dropout = [(node.name, node.size) for node in experiment.model.nodes
+                        if isinstance(node.layer, spec.Dropout)]
+        self.dropout_names = frozenset(name for name, _ in self.dropout)
 
-    def __call__(self, x):
+    def __call__(self, x, masks=None):
+        """The model output; masks: {dropout layer: its mask} for a training step, None to predict."""
         values = {INPUT: x}
         for name, inputs, op in self.layers:
-            values[name] = op([values[i] for i in inputs])
+            args = [values[i] for i in inputs]
+            if name in self.dropout_names:
+                values[name] = op(args, masks[name] if masks is not None else None)
+            else:
+                values[name] = op(args)
         return values[self.output]
 
 

@@ -8,6 +8,18 @@ NaN at p = 0).
 
 `n` below is the element count, or the sample count for the cross-entropies. 1/n is formed in
 float64 and then cast, as the NumPy reference and PyTorch do, so float32 runs round it once.
+
+The native flavour lowers two catalog entries with Keras' own loss objects instead:
+  * "bce-clamp": keras.losses.BinaryCrossentropy() on the probabilities. Keras clips p to
+    [1e-7, 1 - 1e-7] (its epsilon) where the spec clamps log p at log_min; and Keras recovers the
+    logits instead when p carries them (keras.activations.sigmoid tags its output) — the model's
+    sigmoid here is tf.nn.sigmoid, which does not, so the clip is what runs.
+  * "cross-entropy-inputs": keras.losses.CategoricalCrossentropy() /
+    SparseCategoricalCrossentropy() with their default from_logits=False, whatever the spec's
+    from_logits says: logits are then taken for probabilities (rescaled to sum to 1 and clipped to
+    [1e-7, 1 - 1e-7]).
+Keras computes a loss in its `dtype` (keras.config.floatx() by default, float32): the loss objects
+are given the run's dtype, as a float64 Keras program sets floatx to float64.
 """
 
 from __future__ import annotations
@@ -125,7 +137,29 @@ LOSSES = {spec.MSE: _mse, spec.MAE: _mae, spec.Huber: _huber, spec.BCE: _bce, sp
           spec.CrossEntropy: _cross_entropy}
 
 
-def loss(s: spec.Loss):
+def _keras_loss(keras_loss):
+    """Our (p, y) argument order for a Keras loss object, which takes (y_true, y_pred)."""
+    return lambda p, y: keras_loss(y, p)
+
+
+def _native(s: spec.Loss, native: frozenset[str], dtype: str):
+    """Keras' loss object for `s` where `native` names its catalog entry, else None."""
+    import keras
+
+    if "bce-clamp" in native and isinstance(s, spec.BCE):
+        return _keras_loss(keras.losses.BinaryCrossentropy(dtype=dtype))
+    if "cross-entropy-inputs" in native and isinstance(s, spec.CrossEntropy):
+        cls = keras.losses.SparseCategoricalCrossentropy if s.sparse else keras.losses.CategoricalCrossentropy
+        return _keras_loss(cls(dtype=dtype))  # from_logits=False, Keras' default
+    return None
+
+
+def loss(s: spec.Loss, native: frozenset[str] = frozenset(), dtype: str = "float32"):
+    """loss(p, y) -> scalar for the loss spec `s`; Keras' loss object where `native` names its entry
+    (computed in `dtype`)."""
+    lowered = _native(s, native, dtype) if native else None
+    if lowered is not None:
+        return lowered
     if type(s) not in LOSSES:
         raise UnsupportedFeature("tensorflow", f"loss '{s.kind}'")
     return LOSSES[type(s)](s)

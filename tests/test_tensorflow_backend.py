@@ -68,10 +68,10 @@ def float64_keras():
     """Keras in float64: layers AND the optimizer's learning-rate variable, which Keras creates in
     floatx() and casts to the variable's dtype (with float32 floatx, lr = 0.1 would train a float64
     model with 0.10000000149011612)."""
-    before = keras.config.floatx()
-    keras.config.set_floatx("float64")
-    yield
-    keras.config.set_floatx(before)
+    from crossnn_tensorflow.device import floatx
+
+    with floatx("float64"):
+        yield
 
 
 # ---- the TF lowering against the NumPy float64 reference ----------------------------------------

@@ -17,6 +17,7 @@ Trainer.describe(); export TF_ENABLE_ONEDNN_OPTS=0 before starting Python to com
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import re
@@ -187,3 +188,22 @@ def _installed(distribution: str) -> bool:
         return True
     except importlib.metadata.PackageNotFoundError:
         return False
+
+
+@contextlib.contextmanager
+def floatx(dtype: str):
+    """Keras' float type set to `dtype` for the block, as a float64 Keras program sets it: floatx (the
+    dtype of an optimizer's learning-rate variable) and the global dtype policy (the dtype of new
+    layers' weights and computations). Both are needed: Keras fixes the global policy from floatx
+    the first time any layer is made, so after one float32 layer in the process, set_floatx alone
+    no longer makes float64 layers."""
+    import keras
+
+    before, policy = keras.config.floatx(), keras.config.dtype_policy()
+    keras.config.set_floatx(dtype)
+    keras.config.set_dtype_policy(dtype)
+    try:
+        yield
+    finally:
+        keras.config.set_floatx(before)
+        keras.config.set_dtype_policy(policy)

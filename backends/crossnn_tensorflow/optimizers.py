@@ -45,12 +45,12 @@ User-defined optimizers: subclass crossnn.spec.Optimizer (with a `kind`), then r
 
 from __future__ import annotations
 
-import contextlib
-
 import tensorflow as tf
 
 from crossnn import spec
 from crossnn.errors import UnsupportedFeature
+
+from crossnn_tensorflow import device as devices
 
 #: added to the global norm before dividing, as torch.nn.utils.clip_grad_norm_ (and the spec) does
 CLIP_EPS = 1e-6
@@ -273,20 +273,6 @@ NATIVE_OPTIMIZERS = {"momentum-sgd": (spec.SGD,), "adam-epsilon": (spec.Adam, sp
                      "rmsprop": (spec.RMSprop,), "adagrad": (spec.Adagrad,)}
 
 
-@contextlib.contextmanager
-def floatx(dtype: str):
-    """keras.config.floatx() set to `dtype` for the block: Keras creates an optimizer's learning-rate
-    variable in floatx, as a float64 Keras program (which sets floatx to float64) gets it."""
-    import keras
-
-    before = keras.config.floatx()
-    keras.config.set_floatx(dtype)
-    try:
-        yield
-    finally:
-        keras.config.set_floatx(before)
-
-
 class KerasOptimizer(tf.Module):
     """A keras.optimizers optimizer in place of the spec's rule (the native flavour), with the spec's
     hyperparameters, built as a careful float64 Keras program builds it: keras.config.floatx() set to
@@ -313,7 +299,7 @@ class KerasOptimizer(tf.Module):
         self.decoupled = 0.0 if keras_decay or s.weight_decay_kind != "decoupled" else s.weight_decay
         f64 = np.float64
         options = {"weight_decay": f64(s.weight_decay)} if keras_decay else {}
-        with floatx(dtype):
+        with devices.floatx(dtype):
             if isinstance(s, spec.SGD):
                 self.keras = keras.optimizers.SGD(learning_rate=f64(s.lr), momentum=f64(s.momentum),
                                                   nesterov=s.nesterov, **options)

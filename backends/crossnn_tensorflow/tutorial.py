@@ -44,7 +44,6 @@ raises UnsupportedFeature.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from typing import Sequence
 
@@ -118,18 +117,6 @@ def _optimizer(s: spec.Optimizer):
     raise _unsupported(f"optimizer '{s.kind}'")
 
 
-@contextlib.contextmanager
-def _floatx(dtype: str):
-    import keras
-
-    before = keras.config.floatx()
-    keras.config.set_floatx(dtype)
-    try:
-        yield
-    finally:
-        keras.config.set_floatx(before)
-
-
 def _chain(model: spec.Model) -> list[spec.Layer]:
     """The layers, if they form a chain from the input to the output; else UnsupportedFeature."""
     previous = INPUT
@@ -158,7 +145,7 @@ class KerasTutorialTrainer(Trainer):
         chain = _chain(experiment.model)
         self.device = devices.resolve(device)
         self.dtype = dtype
-        with tf.device(self.device), _floatx(dtype):
+        with tf.device(self.device), devices.floatx(dtype):
             self.dense = {}
             layers = [keras.Input(shape=(experiment.model.inputs,), dtype=dtype)]
             for layer in chain:

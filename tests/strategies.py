@@ -193,10 +193,21 @@ def trainable_experiments(draw, max_epochs: int = 4):
         y = labels.reshape(-1, 1) if loss.sparse else np.eye(k)[labels]
     else:
         y = rng.standard_normal((n, k))
-    optimizer = draw(st.one_of(_sgd(lr=st.floats(1e-3, 0.2)), _adam(lr=st.floats(1e-4, 0.05))))
-    if isinstance(optimizer, S.Adam):  # keep the moment estimates well away from eps
-        optimizer = S.Adam(lr=optimizer.lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=optimizer.weight_decay,
-                           weight_decay_kind=optimizer.weight_decay_kind)
+    shared = dict(weight_decay=draw(st.sampled_from([0.0, 0.01])), clip_norm=draw(st.sampled_from([None, 0.5])),
+                  schedule=draw(st.sampled_from([None, S.StepDecay(unit="epoch", step_size=1, gamma=0.5),
+                                                 S.ExponentialDecay(unit="step", gamma=0.95)])))
+    shared["weight_decay_kind"] = draw(st.sampled_from(["l2", "decoupled"])) if shared["weight_decay"] else None
+    kind = draw(st.sampled_from(["sgd", "sgd-momentum", "adam", "adamw", "rmsprop", "adagrad"]))
+    lr = draw(st.floats(1e-3, 0.05))
+    optimizer = {  # moderate hyperparameters keep every step well conditioned, so float64 runs agree to rounding
+        "sgd": lambda: S.SGD(lr=lr * 4, **shared),
+        "sgd-momentum": lambda: S.SGD(lr=lr * 4, momentum=0.9, nesterov=draw(st.booleans()), **shared),
+        "adam": lambda: S.Adam(lr=lr, eps=1e-8, **shared),
+        "adamw": lambda: S.AdamW(lr=lr, eps=1e-8, **{**shared, "weight_decay": 0.01, "weight_decay_kind": "decoupled"}),
+        "rmsprop": lambda: S.RMSprop(lr=lr, alpha=0.9, eps=1e-8, momentum=draw(st.sampled_from([0.0, 0.5])),
+                                     centered=draw(st.booleans()), **shared),
+        "adagrad": lambda: S.Adagrad(lr=lr * 4, initial_accumulator=0.1, eps=1e-10, **shared),
+    }[kind]()
     experiment = S.Experiment(
         name="generated", seed=draw(st.integers(0, 10_000)),
         data=S.InlineData(x=x.tolist(), y=y.tolist()), model=model, loss=loss, optimizer=optimizer,

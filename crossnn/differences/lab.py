@@ -82,7 +82,8 @@ class Lab:
         final = max(float(np.max(np.abs(got[k] - ref[k]))) / max(float(np.max(np.abs(ref[k]))), 1e-300)
                     for k in ref)
         over = next((step for step, rel in parity.curve if rel > 1e-9), None)
-        label = record.spec.label + (f" ({', '.join(sorted(native))})" if native else " (spec)")
+        used = record.spec.native  # the entries the backend actually lowers natively
+        label = record.spec.label + (f" ({', '.join(sorted(used))})" if used else " (spec)")
         divergence = Divergence(label, parity.max_rel, final, over, parity.curve, record, result)
         self.history.append(divergence)
         return divergence

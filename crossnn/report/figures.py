@@ -23,7 +23,16 @@ def _pyplot():
     return plt
 
 
+def _title(text: str, width: int = 70) -> str:
+    """A title wrapped to fit the figure."""
+    import textwrap
+
+    return "\n".join(textwrap.fill(part, width) for part in text.split("\n"))
+
+
 def _png(fig) -> bytes:
+    for ax in fig.axes:
+        ax.set_title(_title(ax.get_title()))
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=110)

@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 
-import crossnn
 from crossnn.bench.flops import training_flops
 from crossnn.bench.machine import median_iqr
 from crossnn.bench.select import Offer, Skipped, Target, select

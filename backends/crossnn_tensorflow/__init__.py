@@ -106,10 +106,10 @@ class TensorflowBackend(Backend):
         adam_weight_decay_step, momentum_first_step, bce_p0_y1, bce_logit_input, ce_default_from_logits,
         ce_on_logits_as_probabilities, ce_on_logits, mse_sum, mse_mean, mse_broadcast,
         leaky_relu_default, leaky_relu_float64, gelu_default, gelu_float64_error, softplus_25,
-        batchnorm, tf32, random_seed0, clip_at_max_norm (see crossnn_tensorflow.native.facts). tf32,
+        batchnorm, tf32, random_seed0, clip_at_max_norm (see crossnn_tensorflow.facts.facts). tf32,
         random_seed0 and dense_init are measured in a fresh Python process (global state)."""
         self.prepare()
-        from crossnn_tensorflow.native import facts
+        from crossnn_tensorflow.facts import facts
 
         return facts()
 
@@ -128,7 +128,7 @@ class TensorflowBackend(Backend):
         keras model of the same architecture with model.load_weights(path). Weights only: the step
         and the optimizer state are not in a .weights.h5."""
         self.prepare()
-        from crossnn_tensorflow.native import export_weights
+        from crossnn_tensorflow.checkpoint import export_weights
 
         export_weights(experiment, state, path)
 
@@ -137,7 +137,7 @@ class TensorflowBackend(Backend):
         no optimizer state (the file holds weights only). A missing, unreadable or mismatched file
         raises crossnn.checkpoint.CheckpointError."""
         self.prepare()
-        from crossnn_tensorflow.native import import_weights
+        from crossnn_tensorflow.checkpoint import import_weights
 
         return import_weights(experiment, path)
 

@@ -250,7 +250,7 @@ class TensorflowTrainer(Trainer):
         self.dtype = DTYPES[dtype]
         self.native = frozenset(native)
         if "default-init" in self.native:
-            from crossnn_tensorflow.native import keras_initial_parameters
+            from crossnn_tensorflow.checkpoint import keras_initial_parameters
 
             params = keras_initial_parameters(experiment, params, dtype)
         self.loss_fn = losses.loss(experiment.loss, self.native, dtype)

@@ -4,7 +4,7 @@ elements (or over the N samples for the cross-entropies, which sum over classes 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 from crossnn.spec.base import Spec, finite, positive, require
 

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from crossnn.errors import SpecError
-from crossnn.spec.base import to_plain
 from crossnn.spec.data import DataSource
 from crossnn.spec.experiment import Experiment, Train
 from crossnn.spec.losses import Loss

@@ -1,0 +1,114 @@
+"""Measured facts of the installed TensorFlow/Keras, the ones the catalog of framework differences
+(crossnn.differences) checks: defaults read from signatures and objects, and formulas run on fixed
+inputs. Every value is plain Python (JSON-serialisable)."""
+
+from __future__ import annotations
+
+import os
+import json
+import math
+import subprocess
+import sys
+
+import tensorflow as tf
+
+_FRESH = r"""
+import json, math, os, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import tensorflow as tf
+import keras
+out = {"tf32": bool(tf.config.experimental.tensor_float_32_execution_enabled())}
+tf.random.set_seed(0)
+out["random_seed0"] = tf.random.uniform([3], dtype=tf.float64).numpy().tolist()
+keras.utils.set_random_seed(0)
+dense = keras.layers.Dense(50)
+dense.build((None, 100))
+out["dense_init"] = {"kernel_max_abs": float(abs(dense.kernel.numpy()).max()), "glorot_limit": math.sqrt(6 / 150),
+                     "bias_all_zero": bool((dense.bias.numpy() == 0).all())}
+print(json.dumps(out))
+"""
+
+
+def _fresh_facts() -> dict:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run([sys.executable, "-c", _FRESH], capture_output=True, text=True, env=env, timeout=300)
+    if done.returncode != 0:
+        raise RuntimeError(f"measuring TensorFlow in a fresh process failed: {done.stderr.strip().splitlines()[-1:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _default(function, name):
+    import inspect
+
+    return inspect.signature(function).parameters[name].default
+
+
+def facts() -> dict[str, object]:
+    """Measured facts of the installed TensorFlow/Keras (keys: see the TensorflowBackend.facts doc)."""
+    import keras
+
+    fresh = _fresh_facts()
+    out: dict[str, object] = {}
+
+    dense = keras.layers.Dense(2)
+    dense.build((None, 3))
+    out["dense_kernel_shape"] = [int(d) for d in dense.kernel.shape]
+    out["dense_init"] = fresh["dense_init"]
+
+    opt = keras.optimizers
+    out["default_lr"] = {name: float(_default(getattr(opt, name), "learning_rate"))
+                         for name in ("SGD", "Adam", "RMSprop", "Adagrad")}
+    out["adam_eps"] = float(_default(opt.Adam, "epsilon"))
+    out["rmsprop_defaults"] = {"rho": float(_default(opt.RMSprop, "rho")),
+                               "epsilon": float(_default(opt.RMSprop, "epsilon"))}
+    out["adagrad_defaults"] = {"initial_accumulator_value": float(_default(opt.Adagrad, "initial_accumulator_value")),
+                               "epsilon": float(_default(opt.Adagrad, "epsilon"))}
+
+    w = tf.Variable(1.0)
+    adam = opt.Adam(learning_rate=0.1, weight_decay=0.1)
+    adam.apply_gradients([(tf.constant(0.0), w)])
+    out["adam_weight_decay_step"] = float(w.numpy())
+
+    w = tf.Variable(1.0)
+    sgd = opt.SGD(learning_rate=0.1, momentum=0.9)
+    sgd.apply_gradients([(tf.constant(2.0), w)])
+    first = {"w": float(w.numpy()), "velocity": float(sgd.momentums[0].numpy())}
+    sgd.learning_rate = 0.01
+    sgd.apply_gradients([(tf.constant(2.0), w)])
+    out["momentum_first_step"] = {**first, "w2": float(w.numpy())}
+
+    losses = keras.losses
+    out["bce_p0_y1"] = float(losses.BinaryCrossentropy()(tf.constant([[1.0]]), tf.constant([[0.0]])))
+    out["bce_logit_input"] = float(losses.BinaryCrossentropy()(tf.constant([[1.0]]),
+                                                                keras.activations.sigmoid(tf.constant([[-50.0]]))))
+    one_hot, z = tf.one_hot([0], 3), tf.constant([[2.0, 1.0, 0.1]])
+    out["ce_default_from_logits"] = bool(losses.CategoricalCrossentropy().get_config()["from_logits"])
+    out["ce_on_logits_as_probabilities"] = float(losses.CategoricalCrossentropy()(one_hot, z))
+    out["ce_on_logits"] = float(losses.CategoricalCrossentropy(from_logits=True)(one_hot, z))
+    y, p = tf.constant([[0.0, 0.0], [0.0, 0.0]]), tf.constant([[1.0, 2.0], [3.0, 4.0]])
+    out["mse_sum"] = float(losses.MeanSquaredError(reduction="sum")(y, p))
+    out["mse_mean"] = float(losses.MeanSquaredError()(y, p))
+    out["mse_broadcast"] = {"value": float(losses.MeanSquaredError()(tf.constant([1.0, 2.0, 3.0]),
+                                                                      tf.constant([[1.0], [2.0], [3.0]]))),
+                            "correct": 0.0}
+
+    out["leaky_relu_default"] = {"layer": float(keras.layers.LeakyReLU().negative_slope),
+                                 "activation": float(_default(keras.activations.leaky_relu, "negative_slope"))}
+    out["leaky_relu_float64"] = float(tf.nn.leaky_relu(tf.constant(-1.0, tf.float64), alpha=0.01))
+    out["gelu_default"] = {"activations": bool(_default(keras.activations.gelu, "approximate")),
+                           "ops": bool(_default(keras.ops.gelu, "approximate"))}
+    exact = 0.5 * (1.0 + math.erf(1.0 / math.sqrt(2.0)))
+    out["gelu_float64_error"] = abs(float(tf.nn.gelu(tf.constant(1.0, tf.float64))) - exact)
+    out["softplus_25"] = {"tf": float(tf.math.softplus(tf.constant(25.0, tf.float64))),
+                          "exact": math.log1p(math.exp(25.0))}
+
+    bn = keras.layers.BatchNormalization()
+    bn(tf.constant([[1.0, 2.0], [3.0, 5.0], [6.0, 11.0]]), training=True)
+    out["batchnorm"] = {"momentum": float(bn.momentum), "epsilon": float(bn.epsilon),
+                        "moving_mean": [float(v) for v in bn.moving_mean.numpy()],
+                        "moving_variance": [float(v) for v in bn.moving_variance.numpy()]}
+
+    out["tf32"] = fresh["tf32"]
+    out["random_seed0"] = fresh["random_seed0"]
+    out["clip_at_max_norm"] = [float(v) for v in tf.clip_by_global_norm([tf.constant([3.0, 4.0])], 5.0)[0][0].numpy()]
+    return out

@@ -158,18 +158,17 @@ def run_bench(cases: Sequence[Case], names: Sequence[str], devices: Sequence[str
         flops = training_flops(experiment.model, plan.batch_size)
         say(f"[{k}/{total}] {case.suite} {case.label} {dtype}: {experiment.model.parameter_count():,} parameters, "
             f"batch {plan.batch_size}, {flops / 1e9:.3g} GFLOP per step")
-        tutorials: dict[tuple[str, str], Row] = {}
+        tutorials: dict[tuple[str, str], Row | None] = {}  # None: no hand-written loop for this case
         for target in sorted(targets, key=lambda t: (t.backend, t.device)):
             key = (target.backend, target.device)
             if key not in tutorials:
-                row = _time_one(case, target.backend, target.device, TUTORIAL, dtype, params, data, batches, flops,
-                                result, info, repeats, min_repeat_seconds, say)
-                if row is not None:
-                    tutorials[key] = row
+                tutorials[key] = _time_one(case, target.backend, target.device, TUTORIAL, dtype, params, data,
+                                           batches, flops, result, info, repeats, min_repeat_seconds, say)
             row = _time_one(case, target.backend, target.device, target.mode, dtype, params, data, batches, flops,
                             result, info, repeats, min_repeat_seconds, say)
-            if row is not None and key in tutorials:
-                row.ratio_to_tutorial = row.seconds_per_step / tutorials[key].seconds_per_step
+            tutorial = tutorials[key]
+            if row is not None and tutorial is not None:
+                row.ratio_to_tutorial = row.seconds_per_step / tutorial.seconds_per_step
                 say(f"      ratio to the hand-written loop: {row.ratio_to_tutorial:.3f}")
         if after_case:
             after_case(result)

@@ -280,3 +280,80 @@ def test_parameters_live_in_one_flat_array_and_a_parameterless_model_still_runs(
     bare = _experiment([S.ActivationLayer(name="a", activation=S.Tanh())], S.MSE(), inputs=1)
     losses = NumpyTrainer(bare, {}, Dataset(np.zeros((4, 1)), np.ones((4, 1))), "float64").run([np.arange(4)])
     assert losses.tolist() == [1.0]
+
+
+def test_rmsprop_two_steps_by_hand():
+    # v1 = 0.1·4 = 0.4, w1 = 1 - 0.1·2/(√0.4 + 1e-8); v2 = 0.9·0.4 + 0.1·1 = 0.46, w2 = w1 - 0.1·1/(√0.46 + 1e-8)
+    w1 = 1 - 0.1 * 2 / (np.sqrt(0.4) + 1e-8)
+    w2 = w1 - 0.1 * 1 / (np.sqrt(0.46) + 1e-8)
+    assert _steps(S.RMSprop(lr=0.1, alpha=0.9, eps=1e-8), [1.0], [[2.0], [1.0]]) == pytest.approx([w2], abs=1e-15)
+
+
+def test_rmsprop_centered_with_momentum_by_hand():
+    # v = 0.4, ḡ = 0.1·2 = 0.2, a = √(0.4 - 0.04) + eps, b = g/a, w = 1 - 0.1·b
+    a = np.sqrt(0.4 - 0.04) + 1e-8
+    w = _steps(S.RMSprop(lr=0.1, alpha=0.9, eps=1e-8, momentum=0.5, centered=True), [1.0], [[2.0]])
+    assert w == pytest.approx([1 - 0.1 * 2 / a], abs=1e-15)
+
+
+def test_adagrad_two_steps_by_hand():
+    # s1 = 0.1 + 4, w1 = 1 - 0.5·2/(√4.1 + 1e-10); s2 = 4.1 + 1, w2 = w1 - 0.5·1/(√5.1 + 1e-10)
+    w1 = 1 - 0.5 * 2 / (np.sqrt(4.1) + 1e-10)
+    w2 = w1 - 0.5 * 1 / (np.sqrt(5.1) + 1e-10)
+    spec = S.Adagrad(lr=0.5, initial_accumulator=0.1, eps=1e-10)
+    assert _steps(spec, [1.0], [[2.0], [1.0]]) == pytest.approx([w2], abs=1e-15)
+
+
+def test_adamw_decouples_decay_from_the_update():
+    # w ← w·(1 - lr·wd) = 0.99, then the first Adam step moves by lr·g/(|g| + eps) ≈ 0.1
+    w = _steps(S.AdamW(lr=0.1, eps=1e-8, weight_decay=0.1), [1.0], [[2.0]])
+    assert w == pytest.approx([0.99 - 0.1 * 2 / (2 + 1e-8)], abs=1e-15)
+
+
+def test_decoupled_sgd_with_momentum_differs_from_l2():
+    # decoupled: w ← 0.95 then b = g = 2, w ← 0.95 - 0.2 = 0.75; L2: g = 2 + 0.5 = 2.5, w ← 1 - 0.25 = 0.75 (same
+    # on step 1), step 2 with g = 0: decoupled w ← 0.75·0.95 - 0.1·(0.9·2) = 0.5325; L2 g = 0.375, b = 2.25 + 0.375,
+    # w ← 0.75 - 0.2625 = 0.4875
+    decoupled = S.SGD(lr=0.1, momentum=0.9, weight_decay=0.5, weight_decay_kind="decoupled")
+    l2 = S.SGD(lr=0.1, momentum=0.9, weight_decay=0.5, weight_decay_kind="l2")
+    assert _steps(decoupled, [1.0], [[2.0], [0.0]]) == pytest.approx([0.5325], abs=1e-15)
+    assert _steps(l2, [1.0], [[2.0], [0.0]]) == pytest.approx([0.4875], abs=1e-15)
+
+
+def test_clip_by_global_norm_by_hand():
+    # gradients [3] and [4]: norm 5, clipped to 1: scale 1/(5 + 1e-6); SGD lr 1 from zero
+    opt = np_optimizers.optimizer(S.SGD(lr=1.0, clip_norm=1.0), XP)
+    params, grads = [np.zeros(1), np.zeros(1)], [np.array([3.0]), np.array([4.0])]
+    opt.update(params, grads, opt.init(params), 1.0)
+    scale = 1.0 / (5.0 + 1e-6)
+    assert params[0][0] == pytest.approx(-3 * scale, abs=1e-15) and params[1][0] == pytest.approx(-4 * scale, abs=1e-15)
+
+
+def test_dropout_backward_matches_finite_differences_with_a_fixed_mask():
+    e = _experiment([S.Dense(name="h", units=4, activation=S.Tanh(), kernel_init=S.Zeros(), bias_init=S.Zeros()),
+                     S.Dropout(name="drop", rate=0.5),
+                     S.Dense(name="out", units=1, kernel_init=S.Zeros(), bias_init=S.Zeros())], S.MSE())
+    mask = (RNG.uniform(size=(5, 4)) < 0.5) * 2.0
+    names = list(e.model.parameter_inits())
+    values = [RNG.normal(0, 0.7, size=p.shape) for p in e.model.parameter_inits().values()]
+    program = Program(e, names, np)
+    x, y = RNG.standard_normal((5, 3)), RNG.standard_normal((5, 1))
+    loss = np_losses.loss(S.MSE(), np)
+
+    def objective():
+        return float(loss.value_and_grad(program.forward(values, x, {"drop": mask})[0], y)[0])
+
+    out, caches = program.forward(values, x, {"drop": mask})
+    grads = program.backward(values, caches, loss.value_and_grad(out, y)[1])
+    kernel = values[0]
+    numeric = np.zeros_like(kernel)
+    for idx in np.ndindex(kernel.shape):
+        saved = kernel[idx]
+        kernel[idx] = saved + 1e-6
+        plus = objective()
+        kernel[idx] = saved - 1e-6
+        minus = objective()
+        kernel[idx] = saved
+        numeric[idx] = (plus - minus) / 2e-6
+    assert np.abs(grads[0] - numeric).max() / np.abs(numeric).max() < 1e-6
+    assert np.all(numeric[:, mask.sum(axis=0) == 0] == 0)  # a unit dropped in every row gets no gradient

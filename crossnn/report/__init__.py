@@ -43,6 +43,8 @@ def _figures(inputs: ReportInputs) -> dict[str, bytes | None]:
         tolerances = {f"{r['dtype']} {'cpu' if r['device'] == 'cpu' else 'gpu'}": r["parity"]["rtol"]
                       for r in doc["runs"] if r.get("parity") and not r["reference"]}
         out[f"parity_{name}.png"] = figures.parity_curves(name, divergence, tolerances)
+        histories = {r["label"]: r.get("history") or {} for r in doc["runs"]}
+        out[f"metrics_{name}.png"] = figures.metric_curves(name, {k: v for k, v in histories.items() if v})
     if inputs.bench:
         rows = inputs.bench["rows"]
         width = [r for r in rows if r["suite"] == "mlp-width"]

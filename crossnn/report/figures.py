@@ -185,3 +185,25 @@ def values_bar(title: str, values: dict[str, float]) -> bytes | None:
     ax.set_title(f"{title}: measured on the installed frameworks")
     ax.grid(True, axis="x", alpha=0.3)
     return _png(fig)
+
+
+def metric_curves(title: str, histories: dict[str, dict[str, list[float]]]) -> bytes | None:
+    """Per-epoch metrics of every run (training solid, validation dashed), one panel per metric."""
+    metrics = sorted({name.removeprefix("val_") for h in histories.values() for name in h})
+    if not metrics:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.2), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for i, (label, history) in enumerate(histories.items()):
+            for key, style in ((metric, "-"), (f"val_{metric}", "--")):
+                if key in history:
+                    epochs = range(1, len(history[key]) + 1)
+                    ax.plot(epochs, history[key], style, lw=2.0 - 0.3 * (i % 4), alpha=0.85,
+                            label=f"{label} ({'validation' if key.startswith('val_') else 'training'})")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.set_title(f"{title}: {metric} per epoch")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    return _png(fig)

@@ -79,7 +79,8 @@ def _parity(inputs, pictures) -> list[str]:
         lines += _table(("run", "version", "steps", "train s", "accuracy", "max abs", "max rel", "first step out",
                          "verdict"), rows)
         for picture, caption in ((f"loss_{name}.png", "Loss per step of every run"),
-                                 (f"parity_{name}.png", "Largest relative parameter difference against step")):
+                                 (f"parity_{name}.png", "Largest relative parameter difference against step"),
+                                 (f"metrics_{name}.png", "Metrics per epoch")):
             if picture in pictures:
                 lines += ["", f"![{caption}]({picture})", ""]
     return lines

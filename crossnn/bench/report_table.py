@@ -20,10 +20,11 @@ def bench_table(result: BenchResult) -> str:
         rows.append((f"{r.suite}/{r.case}", r.backend, r.device, r.mode, r.dtype, r.batch_size, _us(r.seconds_per_step),
                      _us(r.iqr_seconds), f"{r.samples_per_second:,.0f}", f"{r.gflops:.2f}",
                      "-" if r.percent_of_peak is None else f"{r.percent_of_peak:.1f}",
+                     "-" if r.percent_of_own_peak is None else f"{r.percent_of_own_peak:.1f}",
                      "-" if r.ratio_to_tutorial is None else f"{r.ratio_to_tutorial:.3f}",
                      f"{r.first_step_seconds:.3f}"))
     lines.append(table(("case", "backend", "device", "mode", "dtype", "batch", "us/step", "IQR us", "samples/s",
-                        "GFLOP/s", "% peak", "x tutorial", "first step s"), rows, indent=""))
+                        "GFLOP/s", "% peak", "% own", "x tutorial", "first step s"), rows, indent=""))
     for s in result.skipped:
         lines.append(f"skipped: {s.backend} {s.device} {s.mode}: {s.reason}")
     for f in result.failures:

@@ -53,6 +53,8 @@ class Row:
     gflops: float
     peak_gflops: float | None
     percent_of_peak: float | None
+    own_peak_gflops: float | None  # this framework's own n×n matmul on the device, same run
+    percent_of_own_peak: float | None
     ratio_to_tutorial: float | None = None
     description: str = ""
 
@@ -204,6 +206,7 @@ def _time_one(case, backend_name, device, mode, dtype, params, data, batches, fl
         return None
     peak_key = f"{'cpu' if device_kind(device) == 'cpu' else device} {dtype}"
     peak = result.peaks.get(peak_key)
+    own = result.peak_sources.get(peak_key, {}).get(backend_name)
     seconds = timing.median
     gflops = flops / seconds / 1e9
     row = Row(suite=case.suite, case=case.label, backend=backend_name, version=backend.version(), mode=mode,
@@ -212,7 +215,8 @@ def _time_one(case, backend_name, device, mode, dtype, params, data, batches, fl
               flops_per_step=flops, seconds_per_step=seconds, iqr_seconds=timing.iqr, repeats=len(timing.per_step),
               steps_per_repeat=timing.steps_per_repeat, build_seconds=build, first_step_seconds=timing.first_step,
               samples_per_second=len(batches[0]) / seconds, gflops=gflops, peak_gflops=peak,
-              percent_of_peak=100 * gflops / peak if peak else None, description=trainer.describe())
+              percent_of_peak=100 * gflops / peak if peak else None, own_peak_gflops=own,
+              percent_of_own_peak=100 * gflops / own if own else None, description=trainer.describe())
     result.rows.append(row)
     peak_text = f", {row.percent_of_peak:5.1f}% of peak" if row.percent_of_peak is not None else ""
     say(f"    {label:<34} {seconds * 1e6:11.1f} us/step (IQR {timing.iqr * 1e6:.1f}), "

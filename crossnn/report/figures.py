@@ -43,20 +43,29 @@ def _png(fig) -> bytes:
 _STYLES = ["-", "--", "-.", ":"]
 
 
+#: runs longer than this are drawn as means over windows of steps (batch losses oscillate)
+SMOOTH_ABOVE = 1000
+
+
 def loss_curves(title: str, curves: dict[str, np.ndarray]) -> bytes | None:
     """Loss per step of every run, overlaid (log scale); identical curves share a line, so each run
-    gets its own dash pattern and width."""
+    gets its own dash pattern and width. Long runs are averaged over windows of steps."""
     if not curves:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
+    longest = max(len(losses) for losses in curves.values())
+    window = max(1, longest // 400) if longest > SMOOTH_ABOVE else 1
     for i, (label, losses) in enumerate(curves.items()):
-        steps = np.arange(len(losses))
-        ax.plot(steps, np.maximum(losses, ZERO_FLOOR), _STYLES[i % len(_STYLES)], lw=2.2 - 0.3 * (i % 4),
+        losses = np.asarray(losses, dtype=float)
+        usable = len(losses) // window * window
+        means = losses[:usable].reshape(-1, window).mean(axis=1) if usable else losses
+        steps = np.arange(len(means)) * window + (window - 1) / 2
+        ax.plot(steps, np.maximum(means, ZERO_FLOOR), _STYLES[i % len(_STYLES)], lw=2.2 - 0.3 * (i % 4),
                 label=label, alpha=0.85)
     ax.set_yscale("log")
     ax.set_xlabel("training step")
-    ax.set_ylabel("batch loss (before the step's update)")
+    ax.set_ylabel("batch loss (before the step's update)" + (f", mean of {window} steps" if window > 1 else ""))
     ax.set_title(f"{title}: loss per step, all runs overlaid")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
@@ -102,9 +111,12 @@ def step_time(title: str, rows: list[dict], x_key: str, x_label: str) -> bytes |
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8.5, 5))
-    for label, points in series.items():
+    colors = plt.get_cmap("tab20").colors
+    markers = {"numpy": "s", "torch": "o", "tensorflow": "^"}
+    for i, (label, points) in enumerate(series.items()):
         xs, ys = zip(*points)
-        ax.plot(xs, np.array(ys) * 1e3, "--" if " tutorial " in f" {label} " else "-", marker="o", ms=4, label=label)
+        ax.plot(xs, np.array(ys) * 1e3, "--" if " tutorial " in f" {label} " else "-", color=colors[i % len(colors)],
+                marker=markers.get(label.split()[0], "D"), ms=4, label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(x_label)

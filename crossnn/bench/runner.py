@@ -80,12 +80,14 @@ class BenchResult:
     skipped: list[Skipped] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     mode_notes: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: per backend: its default (tutorial-style) mode, its fast mode, whether it is the reference
+    backends: dict[str, dict] = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {"crossnn_version": crossnn.__version__, "kind": "crossnn-bench", "machine": self.machine,
                 "runtimes": self.runtimes, "peaks": self.peaks, "peak_sources": self.peak_sources,
-                "settings": self.settings, "mode_notes": self.mode_notes,
+                "settings": self.settings, "mode_notes": self.mode_notes, "backends": self.backends,
                 "rows": [asdict(r) for r in self.rows], "skipped": [asdict(s) for s in self.skipped],
                 "failures": [asdict(f) for f in self.failures]}
 
@@ -144,6 +146,8 @@ def run_bench(cases: Sequence[Case], names: Sequence[str], devices: Sequence[str
                          peaks={key: max(per.values()) for key, per in sources.items()}, peak_sources=sources,
                          skipped=skipped,
                          mode_notes={n: dict(backends.get(n).mode_notes) for n in names},
+                         backends={n: {"default_mode": backends.get(n).modes[0], "fast_mode": backends.get(n).fast_mode,
+                                       "reference": backends.get(n).reference} for n in names},
                          settings={"repeats": repeats, "min_repeat_seconds": min_repeat_seconds, "quick": quick,
                                    "devices": list(devices), "dtypes": list(dtypes), "peak_matrix": PEAK_N})
     for s in skipped:

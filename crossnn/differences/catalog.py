@@ -89,7 +89,7 @@ def _default_init(lab: Lab) -> list[Finding]:
                      f"limit {_fmt(k['glorot_limit'])}, bias all zero: {k['bias_all_zero']}",
                      k["kernel_max_abs"] <= k["glorot_limit"] and k["bias_all_zero"])]
     e = _regression(S.SGD(lr=0.05), epochs=3)
-    for backend in ("torch", "tensorflow"):
+    for backend in lab.lowering("default-init"):
         d = lab.run(e, backend, frozenset({"default-init"}))
         found.append(Finding(f"{backend} with its own initializers and RNG starts elsewhere: parameters differ "
                              f"from the shared start by {d.max_rel:.2e} (relative)", d.max_rel > 1e-2))

@@ -62,6 +62,10 @@ class Lab:
     def available(self) -> set[str]:
         return set(backends.available())
 
+    def lowering(self, entry_id: str) -> list[str]:
+        """The available backends that can lower a catalog entry natively."""
+        return [name for name in backends.available() if entry_id in backends.get(name).native_entries]
+
     def need(self, *names: str) -> None:
         missing = [n for n in names if n not in self.available]
         if missing:

@@ -149,10 +149,6 @@ class Update:
                 if p.grad is not None:
                     p.grad.add_(p, alpha=self.l2)
 
-    def __call__(self, lr: float) -> None:
-        self.before_step(lr)
-        self.optimizer.step()
-
 
 def optimizer(s: spec.Optimizer, params, native: frozenset[str] = frozenset()) -> torch.optim.Optimizer:
     """The torch optimizer for spec `s` over the parameters `params` (without the loop's part)."""

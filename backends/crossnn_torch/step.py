@@ -72,8 +72,12 @@ class EagerStep:
         self.optimizer.zero_grad()
         loss = self.loss_fn(self.model(x), y)
         loss.backward()
-        self.update(lr)
+        self.update.before_step(lr)
+        self.optimizer_step()
         return loss.detach()
+
+    def optimizer_step(self) -> None:
+        self.optimizer.step()
 
     def parameters(self) -> dict[str, torch.Tensor]:
         """The current parameters, canonical names and layout (views, possibly transposed)."""
@@ -156,25 +160,19 @@ class CompiledStep(EagerStep):
         optimizer = self.optimizer
 
         @torch.compile(fullgraph=False)
-        def optimizer_step():
+        def compiled_step():
             optimizer.step()
 
-        self.optimizer_step = optimizer_step
+        self.compiled_step = compiled_step
 
-    def __call__(self, x, y, lr, masks):
-        if masks:
-            self.set_masks(masks)
-        self.optimizer.zero_grad()
-        loss = self.loss_fn(self.model(x), y)
-        loss.backward()
-        self.update.before_step(lr)
+    def optimizer_step(self) -> None:
+        """The compiled optimizer.step(), with the run's dtype as torch's default (see above)."""
         default = torch.get_default_dtype()
         torch.set_default_dtype(self.dtype)
         try:
-            self.optimizer_step()
+            self.compiled_step()
         finally:
             torch.set_default_dtype(default)
-        return loss.detach()
 
     def predict(self, x):
         model = self.trainer.model

@@ -154,7 +154,7 @@ class Dense:
 
     def forward(self, values, inputs):
         x = inputs[0]
-        z = x @ values[self.kernel]
+        z = self.xp.matmul(x, values[self.kernel])
         if self.bias is not None:
             z += values[self.bias]
         a = z if self.identity else self.act.forward(z)
@@ -166,7 +166,7 @@ class Dense:
         self.xp.matmul(x.T, dz, out=grads[self.kernel])
         if self.bias is not None:
             self.xp.sum(dz, axis=0, out=grads[self.bias])
-        return (dz @ values[self.kernel].T,) if need_input_grads else (None,)
+        return (self.xp.matmul(dz, values[self.kernel].T),) if need_input_grads else (None,)
 
 
 class ActivationLayer:

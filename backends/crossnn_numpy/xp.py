@@ -11,7 +11,8 @@ functions of the namespace (NumPy's meaning; `c`, `lo`, `hi` are Python floats)
     maximum(x, c)                           elementwise max with a scalar
     clip(x, lo, hi)                         elementwise clamp into [lo, hi]
     where(cond, a, b)                       a, b arrays or Python floats
-    matmul(a, b, out)                       a @ b written into out (2-D)
+    matmul(a, b, out=None)                  a @ b (2-D; a or b may be a transposed view), written
+                                            into out when given
     sum(x, axis=None, keepdims=False, out=None)
                                             sum of every element, or along axis (an int)
     mean(x)                                 mean of every element (a 0-d array)

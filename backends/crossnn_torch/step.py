@@ -16,6 +16,8 @@ compile  the same loop on torch.compile(model), with the optimizer step compiled
 xp       no autograd, no nn.Module: the NumPy backend's hand-written forward pass, backward pass, loss
          gradient and optimizer update (crossnn_numpy.step.TrainStep) run on torch tensors through
          the namespace adapter crossnn_torch.xp, under torch.inference_mode()
+onednn   the xp step with float32 matrix products through PyTorch's bundled oneDNN instead of MKL
+         (crossnn_torch.xp.onednn_namespace); CPU only
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from crossnn_numpy.step import TrainStep, contiguous_slices
 from crossnn_torch import checkpoint
 from crossnn_torch import device as devices
 from crossnn_torch import layers, losses, optimizers
-from crossnn_torch.xp import torch_namespace
+from crossnn_torch.xp import onednn_namespace, onednn_unavailable, torch_namespace
 
 
 class EagerStep:
@@ -193,13 +195,14 @@ class XpStep(EagerStep):
     description = ("the NumPy backend's hand-written forward/backward/optimizer on torch tensors "
                    "(crossnn_torch.xp), inference_mode, no autograd")
     one_hot_targets = True
+    namespace = torch_namespace
 
     def __init__(self, trainer: TorchTrainer):
         super().__init__(trainer)
         names = list(trainer.slots)
         values = list(super().parameters().values())  # copied into the step's flat parameter array
         self.names = names
-        self.train_step = TrainStep(trainer.experiment, names, values, torch_namespace)
+        self.train_step = TrainStep(trainer.experiment, names, values, self.namespace)
 
     def context(self):
         return torch.inference_mode()
@@ -233,7 +236,27 @@ class XpStep(EagerStep):
             self.train_step.import_state(self.names, state.slots, state.counters, to_device)
 
 
-MODES = {"eager": EagerStep, "xp": XpStep, "compile": CompiledStep}
+class OneDnnStep(XpStep):
+    """XpStep whose float32 matrix products (forward x·W, backward xᵀ·dz and dz·Wᵀ) run on oneDNN's
+    inner-product kernels inside PyTorch rather than MKL's sgemm (crossnn_torch.xp.onednn_namespace).
+    Same formulas, same order of operations elsewhere; the products round differently, within the
+    float32 tolerance. Float64 products stay torch.matmul, so float64 results equal the xp mode's."""
+
+    description = ("the xp step with float32 matmuls through PyTorch's bundled oneDNN "
+                   "(torch.ops.mkldnn._linear_pointwise) instead of MKL")
+    namespace = onednn_namespace
+
+    def __init__(self, trainer: TorchTrainer):
+        if trainer.device.type != "cpu":
+            raise UnsupportedFeature("torch", f"the onednn mode on {trainer.device} (oneDNN runs on the CPU; "
+                                              "the xp mode is the fast mode on a GPU)")
+        reason = onednn_unavailable()
+        if reason:
+            raise BackendError(f"backend 'torch' cannot run the onednn mode: {reason}")
+        super().__init__(trainer)
+
+
+MODES = {"eager": EagerStep, "xp": XpStep, "compile": CompiledStep, "onednn": OneDnnStep}
 
 
 class TorchTrainer(Trainer):
@@ -245,8 +268,8 @@ class TorchTrainer(Trainer):
         if mode not in MODES:
             raise BackendError(f"backend 'torch' has no mode '{mode}'; it has {', '.join(MODES)}")
         native = frozenset(native)
-        if native and mode == "xp":
-            raise UnsupportedFeature("torch", "the native flavour in the xp mode (it runs the NumPy backend's "
+        if native and issubclass(MODES[mode], XpStep):
+            raise UnsupportedFeature("torch", f"the native flavour in the {mode} mode (it runs the NumPy backend's "
                                               "formulas); use eager or compile")
         self.experiment, self.native = experiment, native
         self.device = devices.resolve(device)

@@ -16,6 +16,13 @@ accepts NumPy's `axis` and `keepdims` keywords); the differences are:
 
 The functions must be called under torch.no_grad() or torch.inference_mode(): the gradients are the
 hand-written ones, autograd has nothing to record.
+
+onednn_namespace is the same namespace with one change: float32 products on the CPU go through the
+oneDNN library that ships inside PyTorch (torch.ops.mkldnn._linear_pointwise, the inner-product kernel
+torch.compile's CPU code generator calls for nn.Linear) instead of torch.matmul, which calls MKL's
+sgemm. On CPUs where MKL takes a slow code path (AMD's, for one) oneDNN's kernels run about twice as
+fast. The operator is internal to PyTorch: where a build lacks it, onednn_unavailable() says so.
+Float64 (oneDNN has no float64 kernels) and GPU products stay torch.matmul.
 """
 
 from __future__ import annotations
@@ -29,9 +36,37 @@ def _subtract_scaled(w, c, d):
     w.sub_(d, alpha=c)
 
 
+def _linear_operator():
+    ops = getattr(torch.ops, "mkldnn", None)
+    return getattr(ops, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
+
+
+def onednn_unavailable() -> str | None:
+    """Why this torch build cannot run onednn_namespace's products, or None when it can."""
+    if not torch.backends.mkldnn.is_available():
+        return f"torch {torch.__version__} was built without oneDNN (torch.backends.mkldnn)"
+    if _linear_operator() is None:
+        return f"torch {torch.__version__} has no torch.ops.mkldnn._linear_pointwise"
+    return None
+
+
+def _onednn_matmul(a, b, out=None):
+    """a @ b. float32 on the CPU: oneDNN's inner product, which computes x @ wᵀ for x (n, k) and
+    w (m, k), called with x = a made contiguous (a copy only for the weight gradient's xᵀ, batch-sized:
+    a strided x costs oneDNN up to half its speed) and w = bᵀ (a view, no copy); otherwise torch.matmul."""
+    if a.dtype != torch.float32 or a.device.type != "cpu":
+        return torch.matmul(a, b, out=out)
+    product = _linear_operator()(a.contiguous(), b.t(), None, "none", [], "")
+    if out is None:
+        return product
+    return out.copy_(product)
+
+
 torch_namespace = SimpleNamespace(
     exp=torch.exp, log=torch.log, log1p=torch.log1p, tanh=torch.tanh, sqrt=torch.sqrt, abs=torch.abs,
     sign=torch.sign, erf=torch.special.erf, sigmoid=torch.sigmoid, maximum=torch.clamp_min, clip=torch.clip,
     where=torch.where, matmul=torch.matmul, sum=torch.sum, mean=torch.mean, amax=torch.amax, concat=torch.cat,
     zeros_like=torch.zeros_like, copy=torch.clone, subtract_scaled=_subtract_scaled, name="torch",
 )
+
+onednn_namespace = SimpleNamespace(**{**vars(torch_namespace), "matmul": _onednn_matmul, "name": "torch-onednn"})

@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a subset that finishes in about two minutes")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per row (default 5, at least 5 for reports)")
     p.add_argument("--json", metavar="OUT", help="write all rows, peaks and machine facts as JSON")
+    p.add_argument("--in-process", action="store_true",
+                   help="time every backend in this process instead of one fresh process per backend (starts "
+                        "sooner; frameworks loaded side by side slow each other down)")
     p.set_defaults(handler=cmd_bench)
 
     p = commands.add_parser("report", help="write reports/<name>/: parity runs, benchmarks, figures, raw JSON")
@@ -479,7 +482,9 @@ def cmd_bench(args) -> int:
 
     result = run_bench(cases, names, devices, dtypes, modes=_split(args.modes) or None, quick=args.quick,
                        repeats=args.repeats, min_repeat_seconds=0.05 if args.quick else 0.2,
-                       say=lambda text: print(text, file=sys.stderr, flush=True), after_case=save)
+                       say=lambda text: print(text, file=sys.stderr, flush=True), after_case=save,
+                       isolate=not args.in_process)
+    save(result)
     print(bench_table(result))
     if args.json:
         print(f"results written to {args.json} (rewritten after every case)")

@@ -8,7 +8,10 @@ import json
 import numpy as np
 import pytest
 
+from crossnn import backends
 from crossnn.bench.flops import training_flops
+from crossnn.bench.isolate import in_child, merge, peaks_of
+from crossnn.bench.runner import BenchResult, Row
 from crossnn.bench.machine import median_iqr
 from crossnn.bench.select import Offer, Skipped, Target, select
 from crossnn.bench.suites import fcn_r_experiment
@@ -91,6 +94,10 @@ def test_quick_bench_and_report_on_numpy(tmp_path, capsys):
     assert lowered["repeats"] == 5 and lowered["seconds_per_step"] > 0 and 0 < lowered["ratio_to_tutorial"] < 5
     assert lowered["gflops"] == pytest.approx(lowered["flops_per_step"] / lowered["seconds_per_step"] / 1e9)
     assert doc["peaks"]["cpu float32"] > 1.0 and doc["machine"]["logical_cores"] >= 1
+    # numpy was timed in a process of its own; every installed framework's peak was measured anyway
+    assert doc["settings"]["isolated"] is True
+    assert set(doc["peak_sources"]["cpu float32"]) == set(backends.available())
+    assert lowered["percent_of_peak"] == pytest.approx(100 * lowered["gflops"] / doc["peaks"]["cpu float32"])
 
     assert main(["report", "linear-2x3", "--backends", "numpy", "--bench", str(bench_json), "--name", "t",
                  "--out", str(tmp_path / "reports")]) == 0
@@ -109,3 +116,53 @@ def test_report_refuses_a_file_that_is_not_a_bench_result(tmp_path, capsys):
     assert main(["report", "--bench", str(other), "--out", str(tmp_path)]) == 2
     assert "is not a `crossnn bench --json` file" in capsys.readouterr().err
     assert not (tmp_path / "latest").exists()
+
+
+def _row(backend, gflops, own):
+    return Row(suite="s", case="c", backend=backend, version="1", mode="m", device="cpu", device_name="cpu",
+               dtype="float32", parameters=1, batch_size=1, flops_per_step=1, seconds_per_step=1.0, iqr_seconds=0.0,
+               repeats=5, steps_per_repeat=1, build_seconds=0.0, first_step_seconds=0.0, samples_per_second=1.0,
+               gflops=gflops, peak_gflops=own, percent_of_peak=100 * gflops / own, own_peak_gflops=own,
+               percent_of_own_peak=100 * gflops / own)
+
+
+def test_merge_takes_the_best_peak_of_every_process_and_redoes_each_rows_share():
+    a = BenchResult(machine={}, runtimes={"a": {}}, peaks={"cpu float32": 200.0},
+                    peak_sources={"cpu float32": {"numpy": 190.0, "a": 200.0}}, rows=[_row("a", 150.0, 200.0)])
+    b = BenchResult(machine={}, runtimes={"b": {}}, peaks={"cpu float32": 210.0},
+                    peak_sources={"cpu float32": {"numpy": 210.0, "b": 100.0}}, rows=[_row("b", 90.0, 100.0)])
+    merged = merge([a, b], {"c": {"cpu float32": {"c": 400.0}}})
+    assert merged.peak_sources == {"cpu float32": {"numpy": 210.0, "a": 200.0, "b": 100.0, "c": 400.0}}
+    assert merged.peaks == {"cpu float32": 400.0}
+    assert [(r.backend, r.percent_of_peak, r.percent_of_own_peak) for r in merged.rows] == [("a", 37.5, 75.0),
+                                                                                         ("b", 22.5, 90.0)]
+    assert set(merged.runtimes) == {"a", "b"}
+
+
+def test_a_child_process_reports_progress_and_its_error_as_one_line():
+    said = []
+    outcome = in_child(peaks_of, ("numpy", ["cpu"], ["float64"]), {}, said.append, None)
+    assert set(outcome) == {"cpu float64"} and outcome["cpu float64"]["numpy"] > 0
+    assert any("matmul peak float64" in line for line in said)
+    outcome = in_child(peaks_of, ("no-such-backend", ["cpu"], ["float64"]), {}, said.append, None)
+    assert outcome.startswith("the benchmark process raised") and "no-such-backend" in outcome
+
+
+def test_checks_compare_each_backends_best_fcn_r_mode_with_the_machine_peak_and_name_a_pinned_blas():
+    from dataclasses import asdict
+
+    from crossnn.report.markdown import _checks
+
+    rows = [asdict(_row("a", 300.0, 400.0)), asdict(_row("a", 100.0, 400.0)), asdict(_row("b", 200.0, 220.0))]
+    for row, mode in zip(rows, ("fast", "slow", "default")):
+        row.update(suite="fcn-r", case="batch 256", mode=mode, percent_of_peak=100 * row["gflops"] / 400.0)
+    bench = {"rows": rows, "machine": {"env": {"OPENBLAS_CORETYPE": "Haswell"}},
+             "backends": {"a": {"default_mode": "slow", "fast_mode": "fast", "reference": False},
+                          "b": {"default_mode": "default", "fast_mode": None, "reference": True}}}
+    lines = _checks(bench)
+    text = "\n".join(lines)
+    assert "- pass: FCN-R batch 256 float32 a: best mode 'fast' at 75.0% of the machine's matmul peak" in text
+    assert "- FAIL: FCN-R batch 256 float32 b: best mode 'default' at 50.0%" in text
+    assert any("OPENBLAS_CORETYPE=Haswell" in line for line in lines)
+    bench["machine"]["env"] = {}
+    assert not any("OPENBLAS_CORETYPE" in line for line in _checks(bench))

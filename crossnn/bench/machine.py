@@ -72,7 +72,7 @@ def describe() -> dict:
     }
 
 
-def numpy_matmul_gflops(dtype: str, n: int = 2048, repeats: int = 5) -> float:
+def numpy_matmul_gflops(dtype: str, n: int = 2048, repeats: int = 10) -> float:
     """Best-of-repeats GFLOP/s of an n×n by n×n NumPy matmul (2 n³ flops)."""
     rng = np.random.default_rng(0)
     a, b = (rng.standard_normal((n, n)).astype(dtype) for _ in range(2))

@@ -134,9 +134,25 @@ def measure_peaks(targets: Sequence[Target], dtypes: Sequence[str], say: Progres
 def run_bench(cases: Sequence[Case], names: Sequence[str], devices: Sequence[str], dtypes: Sequence[str], *,
               modes: Sequence[str] | None = None, quick: bool = False, repeats: int = 5,
               min_repeat_seconds: float = 0.2, say: Progress = print,
-              after_case: Callable[[BenchResult], None] | None = None) -> BenchResult:
+              after_case: Callable[[BenchResult], None] | None = None, isolate: bool = True) -> BenchResult:
     """Time every case; `after_case` sees the result so far after each case (e.g. to save it, so an
-    interrupted benchmark keeps what it measured)."""
+    interrupted benchmark keeps what it measured). With `isolate`, each backend is timed in a fresh
+    process of its own and the machine's peak is measured with every available framework
+    (crossnn.bench.isolate); otherwise all in this process."""
+    if isolate:
+        from crossnn.bench.isolate import run_isolated
+
+        return run_isolated(cases, names, devices, dtypes, modes=modes, quick=quick, repeats=repeats,
+                            min_repeat_seconds=min_repeat_seconds, say=say, after_case=after_case)
+    return run_in_process(cases, names, devices, dtypes, modes=modes, quick=quick, repeats=repeats,
+                          min_repeat_seconds=min_repeat_seconds, say=say, after_case=after_case)
+
+
+def run_in_process(cases: Sequence[Case], names: Sequence[str], devices: Sequence[str], dtypes: Sequence[str], *,
+                   modes: Sequence[str] | None = None, quick: bool = False, repeats: int = 5,
+                   min_repeat_seconds: float = 0.2, say: Progress = print,
+                   after_case: Callable[[BenchResult], None] | None = None) -> BenchResult:
+    """run_bench's work in this process: every backend in `names` loaded side by side."""
     for name in sorted(names, key=lambda n: backends.get(n).import_order):
         backends.get(name).prepare()
     targets, skipped = select(offers(names), devices, modes, quick)
@@ -149,7 +165,8 @@ def run_bench(cases: Sequence[Case], names: Sequence[str], devices: Sequence[str
                          backends={n: {"default_mode": backends.get(n).modes[0], "fast_mode": backends.get(n).fast_mode,
                                        "reference": backends.get(n).reference} for n in names},
                          settings={"repeats": repeats, "min_repeat_seconds": min_repeat_seconds, "quick": quick,
-                                   "devices": list(devices), "dtypes": list(dtypes), "peak_matrix": PEAK_N})
+                                   "devices": list(devices), "dtypes": list(dtypes), "peak_matrix": PEAK_N,
+                                   "isolated": False})
     for s in skipped:
         say(f"  skipped {s.backend} {s.device} {s.mode}: {s.reason}")
 
@@ -222,7 +239,10 @@ def _time_one(case, backend_name, device, mode, dtype, params, data, batches, fl
               percent_of_peak=100 * gflops / peak if peak else None, own_peak_gflops=own,
               percent_of_own_peak=100 * gflops / own if own else None, description=trainer.describe())
     result.rows.append(row)
-    peak_text = f", {row.percent_of_peak:5.1f}% of peak" if row.percent_of_peak is not None else ""
+    # the machine's peak is only known once every framework has been measured: the share of this
+    # framework's own matmul is the number that is final here
+    peak_text = (f", {row.percent_of_own_peak:5.1f}% of {backend_name}'s matmul"
+                 if row.percent_of_own_peak is not None else "")
     say(f"    {label:<34} {seconds * 1e6:11.1f} us/step (IQR {timing.iqr * 1e6:.1f}), "
         f"{gflops:8.2f} GFLOP/s{peak_text}; first step {timing.first_step:.3f} s, build {build:.3f} s")
     return row

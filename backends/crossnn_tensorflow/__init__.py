@@ -76,7 +76,7 @@ class TensorflowBackend(Backend):
         return device.settings()
 
     def matmul_gflops(self, n, dtype, device):
-        """Best of 5 tf.linalg.matmul of n×n by n×n on `device`, each forced to finish (warm-up excluded)."""
+        """Best of 10 tf.linalg.matmul of n×n by n×n on `device`, each forced to finish (warm-up excluded)."""
         from crossnn_tensorflow import device as devices
 
         self.prepare()

@@ -134,7 +134,7 @@ def settings() -> dict[str, object]:
     }
 
 
-def matmul_gflops(n: int, dtype: str, device: str, repeats: int = 5) -> float:
+def matmul_gflops(n: int, dtype: str, device: str, repeats: int = 10) -> float:
     """Best-of-`repeats` GFLOP/s (2 n³ flops) of tf.linalg.matmul of two n×n matrices on `device`,
     after one warm-up product. Each timed product is forced by reading one element of its result
     back to the host, which waits for the whole product (on a GPU too)."""

@@ -156,6 +156,11 @@ def _checks(bench) -> list[str]:
             line(best["percent_of_peak"] >= PEAK_TARGET, f"FCN-R batch 256 float32 {backend}: best mode '{best['mode']}' "
                                                          f"at {best['percent_of_peak']:.1f}% of the machine's matmul "
                                                          f"peak (target ≥ {PEAK_TARGET:g}%){own_text}")
+    coretype = (bench.get("machine") or {}).get("env", {}).get("OPENBLAS_CORETYPE")
+    if coretype:
+        lines.append(f"- note: the environment set OPENBLAS_CORETYPE={coretype}, so OpenBLAS (NumPy's BLAS) ran "
+                     f"{coretype} kernels whatever this CPU supports; the NumPy rows and NumPy's peak "
+                     "carry that")
     if not any(r["device"] != "cpu" for r in rows):
         lines.append("- no GPU was measured here: GPU rows were skipped, not faked")
     return lines + [""]

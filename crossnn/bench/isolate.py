@@ -84,7 +84,7 @@ def merge(parts: Sequence[BenchResult], extra_peaks: dict[str, dict] | None = No
                        skipped=[s for p in parts for s in p.skipped], failures=[f for p in parts for f in p.failures],
                        mode_notes={k: v for p in parts for k, v in p.mode_notes.items()},
                        backends={k: v for p in parts for k, v in p.backends.items()},
-                       settings={**first.settings, "isolated": True})
+                       settings={**next((p.settings for p in parts if p.settings), {}), "isolated": True})
 
 
 def _crashed(name, cases, devices, dtypes, reason: str) -> BenchResult:

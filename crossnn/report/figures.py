@@ -110,20 +110,21 @@ def step_time(title: str, rows: list[dict], x_key: str, x_label: str) -> bytes |
     if not series or all(len(points) < 2 for points in series.values()):
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8.5, 5))
+    fig, ax = plt.subplots(figsize=(11, 5))
     colors = plt.get_cmap("tab20").colors
-    markers = {"numpy": "s", "torch": "o", "tensorflow": "^"}
+    backends = list(dict.fromkeys(label.split()[0] for label in series))
+    markers = {name: "so^Dv<>p"[i % 8] for i, name in enumerate(backends)}  # one marker per backend
     for i, (label, points) in enumerate(series.items()):
         xs, ys = zip(*points)
         ax.plot(xs, np.array(ys) * 1e3, "--" if " tutorial " in f" {label} " else "-", color=colors[i % len(colors)],
-                marker=markers.get(label.split()[0], "D"), ms=4, label=label)
+                marker=markers[label.split()[0]], ms=4, label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(x_label)
     ax.set_ylabel("milliseconds per training step (median)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: no line hidden under it
     return _png(fig)
 
 

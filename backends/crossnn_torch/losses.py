@@ -43,6 +43,9 @@ class ClampedBCEFunction(torch.autograd.Function):
         return d, None, None
 
 
+# ClampedBCELoss and ProbabilityCrossEntropyLoss repeat the same small module on purpose: `crossnn code`
+# copies each one's source into a standalone script (crossnn_torch.script), so neither may lean on a
+# shared base class.
 class ClampedBCELoss(nn.Module):
     """Binary cross-entropy on probabilities with the log clamp `log_min` (nn.BCELoss fixes it at -100)."""
 

@@ -27,6 +27,7 @@ Float64 (oneDNN has no float64 kernels) and GPU products stay torch.matmul.
 
 from __future__ import annotations
 
+import functools
 from types import SimpleNamespace
 
 import torch
@@ -36,17 +37,20 @@ def _subtract_scaled(w, c, d):
     w.sub_(d, alpha=c)
 
 
+@functools.cache
 def _linear_operator():
-    ops = getattr(torch.ops, "mkldnn", None)
-    return getattr(ops, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
+    """torch.ops.mkldnn._linear_pointwise, looked up once; None where this build has no oneDNN or no
+    such operator."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    return getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
 
 
 def onednn_unavailable() -> str | None:
     """Why this torch build cannot run onednn_namespace's products, or None when it can."""
-    if not torch.backends.mkldnn.is_available():
-        return f"torch {torch.__version__} was built without oneDNN (torch.backends.mkldnn)"
     if _linear_operator() is None:
-        return f"torch {torch.__version__} has no torch.ops.mkldnn._linear_pointwise"
+        return (f"torch {torch.__version__} has no oneDNN inner product (torch.backends.mkldnn, "
+                "torch.ops.mkldnn._linear_pointwise)")
     return None
 
 

@@ -17,8 +17,8 @@ from dataclasses import replace
 from typing import Callable, Sequence
 
 from crossnn import backends
-from crossnn.bench.runner import BenchResult, Failure, Progress, measure_peaks, offers, run_in_process
-from crossnn.bench.select import device_kind, select
+from crossnn.bench.runner import BenchResult, Failure, Progress, measure_peaks, offers, peak_key, run_in_process
+from crossnn.bench.select import select
 from crossnn.bench.suites import Case
 
 
@@ -75,8 +75,7 @@ def merge(parts: Sequence[BenchResult], extra_peaks: dict[str, dict] | None = No
     rows = []
     for part in parts:
         for row in part.rows:
-            key = f"{'cpu' if device_kind(row.device) == 'cpu' else row.device} {row.dtype}"
-            peak = peaks.get(key, row.peak_gflops)
+            peak = peaks.get(peak_key(row.device, row.dtype), row.peak_gflops)
             rows.append(replace(row, peak_gflops=peak, percent_of_peak=100 * row.gflops / peak if peak else None))
     first = parts[0]
     return BenchResult(machine=first.machine, runtimes={k: v for p in parts for k, v in p.runtimes.items()},

@@ -111,6 +111,11 @@ def device_name(device: str, info: dict) -> str:
     return gpus[index] if index < len(gpus) else device
 
 
+def peak_key(device: str, dtype: str) -> str:
+    """The key of a peak in BenchResult.peaks: "cpu float32", "cuda:0 float32", ..."""
+    return f"{'cpu' if device_kind(device) == 'cpu' else device} {dtype}"
+
+
 def measure_peaks(targets: Sequence[Target], dtypes: Sequence[str], say: Progress) -> dict[str, dict[str, float]]:
     """GFLOP/s of an n×n matmul per device and dtype, by NumPy and by every framework benchmarked."""
     sources: dict[str, dict[str, float]] = {}
@@ -118,7 +123,7 @@ def measure_peaks(targets: Sequence[Target], dtypes: Sequence[str], say: Progres
     for dtype in dtypes:
         sources.setdefault(f"cpu {dtype}", {})["numpy"] = machine.numpy_matmul_gflops(dtype, PEAK_N)
         for name, device in pairs:
-            key = f"{'cpu' if device_kind(device) == 'cpu' else device} {dtype}"
+            key = peak_key(device, dtype)
             if name in sources.get(key, {}):
                 continue
             try:
@@ -225,9 +230,9 @@ def _time_one(case, backend_name, device, mode, dtype, params, data, batches, fl
         if not isinstance(err, CrossnnError):
             say(traceback.format_exc(limit=3))
         return None
-    peak_key = f"{'cpu' if device_kind(device) == 'cpu' else device} {dtype}"
-    peak = result.peaks.get(peak_key)
-    own = result.peak_sources.get(peak_key, {}).get(backend_name)
+    key = peak_key(device, dtype)
+    peak = result.peaks.get(key)
+    own = result.peak_sources.get(key, {}).get(backend_name)
     seconds = timing.median
     gflops = flops / seconds / 1e9
     row = Row(suite=case.suite, case=case.label, backend=backend_name, version=backend.version(), mode=mode,

@@ -86,8 +86,11 @@ class Backend(ABC):
     modes: ClassVar[tuple[str, ...]] = ("default",)
     #: one line per mode saying what it does (shown in benchmark reports)
     mode_notes: ClassVar[dict[str, str]] = {}
-    #: the fastest honest mode (parity kept), benchmarked beside the default with --quick
-    fast_mode: ClassVar[str | None] = None
+    #: the fastest honest modes (parity kept), best first: --quick benchmarks, beside the default, the
+    #: first of them that runs on each device
+    fast_modes: ClassVar[tuple[str, ...]] = ()
+    #: modes that run on some device kinds only ("cpu", "gpu"); the others run on every device
+    mode_device_kinds: ClassVar[dict[str, tuple[str, ...]]] = {}
     #: catalog entries (crossnn.differences) this backend can lower the framework's native way
     #: instead of the spec's, with one line each on what the native lowering uses
     native_entries: ClassVar[dict[str, str]] = {}

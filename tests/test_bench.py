@@ -18,8 +18,11 @@ from crossnn.bench.suites import fcn_r_experiment
 from crossnn.bench.timing import measure
 from crossnn.cli import main
 
-CPU_ONLY = {"numpy": Offer(("cpu",), ("default",)), "torch": Offer(("cpu",), ("eager", "xp", "compile"), "xp")}
-WITH_GPU = {"torch": Offer(("cpu", "cuda:0"), ("eager", "xp"), "xp"), "tensorflow": Offer(("cpu", "gpu:0"), ("graph",))}
+CPU_ONLY = {"numpy": Offer(("cpu",), ("default",)), "torch": Offer(("cpu",), ("eager", "xp", "compile"), ("xp",))}
+WITH_GPU = {"torch": Offer(("cpu", "cuda:0"), ("eager", "xp"), ("xp",)),
+            "tensorflow": Offer(("cpu", "gpu:0"), ("graph",))}
+#: a CPU-only fast mode preferred where it runs, like torch's onednn
+CPU_ONLY_MODE = {"torch": Offer(("cpu", "cuda:0"), ("eager", "xp", "onednn"), ("onednn", "xp"), {"onednn": ("cpu",)})}
 
 
 def test_gpu_rows_are_skipped_with_a_note_when_no_gpu_is_seen():
@@ -36,6 +39,16 @@ def test_cuda_and_gpu_spellings_select_each_frameworks_gpu():
                        Target("tensorflow", "gpu:0", "graph")]
     assert skipped == []
     assert select(WITH_GPU, ["gpu:0"])[0][-1] == Target("tensorflow", "gpu:0", "graph")
+
+
+def test_quick_takes_the_first_fast_mode_that_runs_on_each_device_and_skips_cpu_only_modes_on_a_gpu():
+    targets, skipped = select(CPU_ONLY_MODE, ["cpu", "cuda"], quick=True)
+    assert targets == [Target("torch", "cpu", "eager"), Target("torch", "cpu", "onednn"),
+                       Target("torch", "cuda:0", "eager"), Target("torch", "cuda:0", "xp")]
+    assert skipped == []
+    targets, skipped = select(CPU_ONLY_MODE, ["cuda"])
+    assert targets == [Target("torch", "cuda:0", "eager"), Target("torch", "cuda:0", "xp")]
+    assert skipped == [Skipped("torch", "cuda", "onednn", "torch's onednn mode runs on CPU only")]
 
 
 def test_mode_selection():
@@ -157,8 +170,8 @@ def test_checks_compare_each_backends_best_fcn_r_mode_with_the_machine_peak_and_
     for row, mode in zip(rows, ("fast", "slow", "default")):
         row.update(suite="fcn-r", case="batch 256", mode=mode, percent_of_peak=100 * row["gflops"] / 400.0)
     bench = {"rows": rows, "machine": {"env": {"OPENBLAS_CORETYPE": "Haswell"}},
-             "backends": {"a": {"default_mode": "slow", "fast_mode": "fast", "reference": False},
-                          "b": {"default_mode": "default", "fast_mode": None, "reference": True}}}
+             "backends": {"a": {"default_mode": "slow", "fast_modes": ["fast"], "reference": False},
+                          "b": {"default_mode": "default", "fast_modes": [], "reference": True}}}
     lines = _checks(bench)
     text = "\n".join(lines)
     assert "- pass: FCN-R batch 256 float32 a: best mode 'fast' at 75.0% of the machine's matmul peak" in text

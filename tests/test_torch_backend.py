@@ -395,7 +395,7 @@ def test_modes_are_the_step_modes_each_with_a_note():
     assert backend.modes == tuple(MODES) == ("eager", "xp", "compile", "onednn")
     assert set(backend.mode_notes) == set(backend.modes)
     assert all(isinstance(note, str) and note and "\n" not in note for note in backend.mode_notes.values())
-    assert backend.fast_mode == "xp"
+    assert backend.fast_modes == ("onednn", "xp") and backend.mode_device_kinds == {"onednn": ("cpu",)}
 
 
 @pytest.mark.parametrize("device", ["tpu", "cpu:1"])
@@ -518,12 +518,23 @@ def test_xp_step_and_run_agree_and_parameters_are_canonical_copies():
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
 
 
+@pytest.fixture
+def every_product_on_onednn(monkeypatch):
+    """The onednn namespace with no size threshold: the small test nets' products go to oneDNN too."""
+    from crossnn_torch import xp
+
+    monkeypatch.setattr(xp, "SMALL_PRODUCT", 0)
+
+
 @needs_onednn
 def test_onednn_matmul_computes_the_product_in_every_call_form(monkeypatch):
     """The three products of a Dense layer (x·W, xᵀ·dz into out, dz·Wᵀ), against float64 NumPy, each
-    shown to go through oneDNN's operator; float64 products go to torch.matmul instead."""
+    shown to go through oneDNN's operator; float64 products, and float32 ones under SMALL_PRODUCT
+    multiply-adds, go to torch.matmul instead."""
     from crossnn_torch import xp
 
+    assert 33 * 70 * 19 < xp.SMALL_PRODUCT
+    monkeypatch.setattr(xp, "SMALL_PRODUCT", 33 * 70 * 19)
     calls = []
     operator = xp._linear_operator()
     monkeypatch.setattr(xp, "_linear_operator", lambda: lambda *a: calls.append(a) or operator(*a))
@@ -541,7 +552,26 @@ def test_onednn_matmul_computes_the_product_in_every_call_form(monkeypatch):
     doubles = x.double()
     np.testing.assert_array_equal(xp.onednn_namespace.matmul(doubles, w.double()).numpy(),
                                   (doubles @ w.double()).numpy())
+    np.testing.assert_array_equal(xp.onednn_namespace.matmul(x[:32], w).numpy(), (x[:32] @ w).numpy())
     assert len(calls) == 3
+
+
+@needs_onednn
+def test_onednn_matmul_into_out_runs_in_pieces_that_fill_every_row(monkeypatch, every_product_on_onednn):
+    """xᵀ·dz into `out` with pieces of 8 rows (CHUNK_ELEMENTS = 8 rows of 19): ceil(70 / 8) = 9 calls,
+    and every row of `out` (filled with NaN first) holds the product."""
+    from crossnn_torch import xp
+
+    calls = []
+    operator = xp._linear_operator()
+    monkeypatch.setattr(xp, "_linear_operator", lambda: lambda *a: calls.append(a) or operator(*a))
+    monkeypatch.setattr(xp, "CHUNK_ELEMENTS", 8 * 19)
+    rng = np.random.default_rng(4)
+    x, dz = (torch.from_numpy(rng.standard_normal(shape).astype(np.float32)) for shape in ((33, 70), (33, 19)))
+    out = torch.full((70, 19), float("nan"))
+    xp.onednn_namespace.matmul(x.T, dz, out=out)
+    assert len(calls) == 9
+    np.testing.assert_allclose(out.numpy(), x.numpy().astype(np.float64).T @ dz.numpy(), rtol=2e-5, atol=2e-5)
 
 
 @lru_cache(maxsize=None)
@@ -553,7 +583,7 @@ def onednn_run(name):
 
 @needs_onednn
 @pytest.mark.parametrize("name", ["two-tower", "circle", "digits"])
-def test_onednn_mode_keeps_parity(name):
+def test_onednn_mode_keeps_parity(name, every_product_on_onednn):
     if name == "digits":
         pytest.importorskip("sklearn", reason="the digits example needs scikit-learn")
     result = onednn_run(name)

@@ -46,7 +46,7 @@ class TensorflowBackend(Backend):
     #: per-step tf.function) is the default
     modes = ("graph", "eager", "xla", "epoch", "xla-epoch")
     #: the fastest on the circle net (~20x graph) and on FCN-R (~1.1x); parity as in every mode
-    fast_mode = "xla-epoch"
+    fast_modes = ("xla-epoch",)
     mode_notes = {
         "graph": "the tutorial-style step: one tf.function (GradientTape + update) called from Python per batch",
         "eager": "the same step run op by op, without tf.function",

@@ -1,7 +1,8 @@
 """crossnn's PyTorch backend: the experiment as an nn.Module of nn.Linear and torch's activation
 modules, torch's loss modules and torch.optim, trained with the tutorial's loop ("eager"), the same
 loop under torch.compile ("compile"), or the NumPy backend's hand-written passes on torch tensors
-("xp", the fast mode).
+("xp", the fast mode on a GPU; "onednn", the same with oneDNN's float32 products, the fast mode on
+the CPU).
 
 Sections, as in every backend package: layers (the nn.Module), losses, optimizers, step (the
 training step, its modes and the trainer), device; plus xp (NumPy's array namespace mapped onto
@@ -25,7 +26,8 @@ class TorchBackend(Backend):
     distributions = ("torch",)
     install_hint = "pip install 'crossnn[torch]'"
     modes = ("eager", "xp", "compile", "onednn")  # the keys of crossnn_torch.step.MODES, listed without importing torch
-    fast_mode = "xp"
+    fast_modes = ("onednn", "xp")
+    mode_device_kinds = {"onednn": ("cpu",)}
     mode_notes = {
         "eager": "tutorial-style eager loop: nn.Module forward, torch loss module, autograd backward, "
                  "torch.optim step (zero_grad / backward / step)",

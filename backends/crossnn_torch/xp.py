@@ -17,12 +17,13 @@ accepts NumPy's `axis` and `keepdims` keywords); the differences are:
 The functions must be called under torch.no_grad() or torch.inference_mode(): the gradients are the
 hand-written ones, autograd has nothing to record.
 
-onednn_namespace is the same namespace with one change: float32 products on the CPU go through the
-oneDNN library that ships inside PyTorch (torch.ops.mkldnn._linear_pointwise, the inner-product kernel
-torch.compile's CPU code generator calls for nn.Linear) instead of torch.matmul, which calls MKL's
-sgemm. On CPUs where MKL takes a slow code path (AMD's, for one) oneDNN's kernels run about twice as
-fast. The operator is internal to PyTorch: where a build lacks it, onednn_unavailable() says so.
-Float64 (oneDNN has no float64 kernels) and GPU products stay torch.matmul.
+onednn_namespace is the same namespace with one change: float32 products on the CPU, all but the
+smallest, go through the oneDNN library that ships inside PyTorch (torch.ops.mkldnn._linear_pointwise,
+the inner-product kernel torch.compile's CPU code generator calls for nn.Linear) instead of
+torch.matmul, which calls MKL's sgemm. On CPUs where MKL takes a slow code path (AMD's, for one)
+oneDNN's kernels run about twice as fast. The operator is internal to PyTorch: where a build lacks it,
+onednn_unavailable() says so. Float64 (oneDNN has no float64 kernels) and GPU products stay
+torch.matmul.
 """
 
 from __future__ import annotations
@@ -54,16 +55,32 @@ def onednn_unavailable() -> str | None:
     return None
 
 
+# Smaller products (n·k·m multiply-adds, 128³ = 2²¹) stay on torch.matmul: a oneDNN call costs about
+# 14 µs whatever its size (it sets a primitive up each time), where MKL takes 2 µs on the circle net's
+# products; from about 128³ on, oneDNN is faster (half MKL's time from 256³ on, measured here).
+SMALL_PRODUCT = 1 << 21
+
+# Products written into an existing array (the weight gradient, xᵀ·dz, into the gradient buffer) are
+# computed this many output elements (1 MiB of float32) at a time, each piece copied while it is still
+# in cache. On FCN-R's 2048x4096 layer, one 32 MiB product ran at half the speed of its 1 MiB pieces.
+CHUNK_ELEMENTS = 1 << 18
+
+
 def _onednn_matmul(a, b, out=None):
     """a @ b. float32 on the CPU: oneDNN's inner product, which computes x @ wᵀ for x (n, k) and
     w (m, k), called with x = a made contiguous (a copy only for the weight gradient's xᵀ, batch-sized:
-    a strided x costs oneDNN up to half its speed) and w = bᵀ (a view, no copy); otherwise torch.matmul."""
-    if a.dtype != torch.float32 or a.device.type != "cpu":
+    a strided x costs oneDNN up to half its speed) and w = bᵀ (a view, no copy); with `out`, in pieces
+    of CHUNK_ELEMENTS rows' worth. Otherwise (other dtypes and devices, products under SMALL_PRODUCT)
+    torch.matmul."""
+    if a.dtype != torch.float32 or a.device.type != "cpu" or a.shape[0] * a.shape[1] * b.shape[1] < SMALL_PRODUCT:
         return torch.matmul(a, b, out=out)
-    product = _linear_operator()(a.contiguous(), b.t(), None, "none", [], "")
+    a, w = a.contiguous(), b.t()
     if out is None:
-        return product
-    return out.copy_(product)
+        return _linear_operator()(a, w, None, "none", [], "")
+    rows = max(1, CHUNK_ELEMENTS // w.shape[0])
+    for start in range(0, a.shape[0], rows):
+        out[start:start + rows].copy_(_linear_operator()(a[start:start + rows], w, None, "none", [], ""))
+    return out
 
 
 torch_namespace = SimpleNamespace(

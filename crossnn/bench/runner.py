@@ -99,7 +99,8 @@ def offers(names: Sequence[str], probe: bool = True) -> dict[str, Offer]:
     out = {}
     for name in names:
         b = backends.get(name)
-        out[name] = Offer(tuple(b.devices(probe=probe)), tuple(b.modes), b.fast_mode)
+        out[name] = Offer(tuple(b.devices(probe=probe)), tuple(b.modes), tuple(b.fast_modes),
+                          dict(b.mode_device_kinds))
     return out
 
 
@@ -167,7 +168,8 @@ def run_in_process(cases: Sequence[Case], names: Sequence[str], devices: Sequenc
                          peaks={key: max(per.values()) for key, per in sources.items()}, peak_sources=sources,
                          skipped=skipped,
                          mode_notes={n: dict(backends.get(n).mode_notes) for n in names},
-                         backends={n: {"default_mode": backends.get(n).modes[0], "fast_mode": backends.get(n).fast_mode,
+                         backends={n: {"default_mode": backends.get(n).modes[0],
+                                       "fast_modes": list(backends.get(n).fast_modes),
                                        "reference": backends.get(n).reference} for n in names},
                          settings={"repeats": repeats, "min_repeat_seconds": min_repeat_seconds, "quick": quick,
                                    "devices": list(devices), "dtypes": list(dtypes), "peak_matrix": PEAK_N,

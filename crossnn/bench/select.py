@@ -6,7 +6,7 @@ never measured on the CPU under a GPU label.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 #: spellings of the device kinds a user may ask for
@@ -15,11 +15,16 @@ DEVICE_KINDS = {"cpu": "cpu", "cuda": "gpu", "gpu": "gpu"}
 
 @dataclass(frozen=True)
 class Offer:
-    """What a backend can run: its devices (e.g. "cpu", "cuda:0", "gpu:0"), modes, and fast mode."""
+    """What a backend can run: its devices (e.g. "cpu", "cuda:0", "gpu:0"), its modes, its fast modes
+    (best first) and the device kinds of the modes that do not run everywhere."""
 
     devices: tuple[str, ...]
     modes: tuple[str, ...]
-    fast_mode: str | None = None
+    fast_modes: tuple[str, ...] = ()
+    mode_device_kinds: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def runs_on(self, mode: str, kind: str) -> bool:
+        return kind in self.mode_device_kinds.get(mode, (kind,))
 
 
 @dataclass(frozen=True)
@@ -46,33 +51,40 @@ def select(offers: Mapping[str, Offer], devices: Sequence[str], modes: Sequence[
     """Targets for every backend in `offers` × requested device kind × mode.
 
     modes: None means every mode of each backend (or, with quick, its first — the tutorial-style
-    step — and its fast mode); a list keeps the named modes a backend has.
+    step — and the first of its fast modes that runs on the device); a list keeps the named modes a
+    backend has. A mode that does not run on a device kind is skipped there with a note.
     """
     targets, skipped = [], []
     for name, offer in offers.items():
-        if modes is None and quick:
-            chosen = [offer.modes[0]]
-            if offer.fast_mode and offer.fast_mode != offer.modes[0]:
-                chosen.append(offer.fast_mode)
-        elif modes is None:
-            chosen = list(offer.modes)
-        else:
-            chosen = [m for m in modes if m in offer.modes]
-            if not chosen:
-                skipped.append(Skipped(name, ",".join(devices), ",".join(modes),
-                                       f"{name} has none of these modes (it has {', '.join(offer.modes)})"))
-                continue
+        if modes is not None and not any(m in offer.modes for m in modes):
+            skipped.append(Skipped(name, ",".join(devices), ",".join(modes),
+                                   f"{name} has none of these modes (it has {', '.join(offer.modes)})"))
+            continue
         for wanted in devices:
             kind = device_kind(wanted)
             if kind is None:
                 raise ValueError(f"unknown device '{wanted}': use cpu or cuda")
             exact = [d for d in offer.devices if d == wanted]
             matching = exact or [d for d in offer.devices if device_kind(d) == kind]
+            chosen = _modes_for(offer, kind, modes, quick)
             if not matching:
                 for mode in chosen:
                     skipped.append(Skipped(name, wanted, mode, f"{name} sees no {kind.upper()} here "
                                                                f"(its devices: {', '.join(offer.devices)})"))
                 continue
             for mode in chosen:
-                targets.append(Target(name, matching[0], mode))
+                if offer.runs_on(mode, kind):
+                    targets.append(Target(name, matching[0], mode))
+                else:
+                    kinds = " and ".join(offer.mode_device_kinds[mode]).upper()
+                    skipped.append(Skipped(name, wanted, mode, f"{name}'s {mode} mode runs on {kinds} only"))
     return targets, skipped
+
+
+def _modes_for(offer: Offer, kind: str, modes: Sequence[str] | None, quick: bool) -> list[str]:
+    if modes is not None:
+        return [m for m in modes if m in offer.modes]
+    if not quick:
+        return list(offer.modes)
+    fast = next((m for m in offer.fast_modes if offer.runs_on(m, kind)), None)
+    return list(dict.fromkeys([offer.modes[0]] + ([fast] if fast else [])))

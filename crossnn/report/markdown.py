@@ -110,7 +110,7 @@ def _backend_facts(bench) -> dict[str, dict]:
             installed = entry.backend if entry is not None else None
             out[name] = known.get(name) or {
                 "default_mode": installed.modes[0] if installed else None,
-                "fast_mode": installed.fast_mode if installed else None,
+                "fast_modes": list(installed.fast_modes) if installed else [],
                 "reference": bool(installed and installed.reference)}
     return out
 
@@ -142,7 +142,8 @@ def _checks(bench) -> list[str]:
             speedup = t["seconds_per_step"] / best["seconds_per_step"]
             text = (f"circle {backend} {t['dtype']}: fastest mode '{best['mode']}' {_us(best['seconds_per_step'])} µs/step, "
                     f"{speedup:.2f}× faster than the hand-written tutorial loop ({_us(t['seconds_per_step'])} µs)")
-            if info["fast_mode"] and not info["reference"]:
+            # files written before backends had several fast modes name one: "fast_mode"
+            if (info.get("fast_modes") or info.get("fast_mode")) and not info["reference"]:
                 line(speedup >= FAST_SPEEDUP_TARGET, text + f" (target ≥ {FAST_SPEEDUP_TARGET}×)")
             else:
                 lines.append(f"- measured: {text}")

@@ -26,7 +26,8 @@ def _targets():
                                                                                 f"{entry.reason}"), id=name))
             continue
         b = entry.backend
-        for mode in dict.fromkeys([b.modes[0], b.fast_mode or b.modes[0]]):
+        cpu_fast_modes = [m for m in b.fast_modes if "cpu" in b.mode_device_kinds.get(m, ("cpu",))]
+        for mode in dict.fromkeys([b.modes[0], *cpu_fast_modes]):
             params.append(pytest.param(name, mode, id=f"{name}-{mode}"))
     return params
 

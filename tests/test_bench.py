@@ -15,7 +15,7 @@ from crossnn.bench.runner import BenchResult, Row
 from crossnn.bench.machine import median_iqr
 from crossnn.bench.select import Offer, Skipped, Target, select
 from crossnn.bench.suites import fcn_r_experiment
-from crossnn.bench.timing import measure
+from crossnn.bench.timing import Timer, interleave, measure
 from crossnn.cli import main
 
 CPU_ONLY = {"numpy": Offer(("cpu",), ("default",)), "torch": Offer(("cpu",), ("eager", "xp", "compile"), ("xp",))}
@@ -93,6 +93,29 @@ def test_timing_separates_the_first_step_and_repeats():
     assert len(timing.per_step) == 5 and timing.steps_per_repeat >= 1
     assert trainer.steps == 1 + timing.warmup_steps + 5 * timing.steps_per_repeat
     assert trainer.syncs == 2 * (1 + 2 + 5)  # before and after every timed call (2 warm-up calls here)
+
+
+def test_interleaved_repeats_take_turns_and_drop_a_trainer_that_fails():
+    log = []
+
+    class Logging(_CountingTrainer):
+        def __init__(self, name, fail_at=None):
+            super().__init__()
+            self.name, self.fail_at = name, fail_at
+
+        def run(self, batches):
+            log.append(self.name)
+            if self.steps == self.fail_at:
+                raise RuntimeError("out of memory")
+            return super().run(batches)
+
+    timers = {name: Timer(Logging(name, fail_at), [np.arange(4)], min_repeat_seconds=0.0, warmup_seconds=0.0)
+              for name, fail_at in (("a", None), ("b", None), ("c", 3 + 1))}
+    log.clear()  # first steps and warm-up (3 steps in 2 calls each) done
+    errors = interleave(timers, repeats=3)
+    assert log == ["a", "b", "c", "a", "b", "c", "a", "b"]  # c failed in its second repeat
+    assert list(errors) == ["c"] and "out of memory" in str(errors["c"])
+    assert list(timers) == ["a", "b"] and all(len(t.timing.per_step) == 3 for t in timers.values())
 
 
 def test_quick_bench_and_report_on_numpy(tmp_path, capsys):

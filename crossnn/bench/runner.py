@@ -3,7 +3,8 @@ tutorial loop on the same case, the machine's matmul peak, and the settings that
 
 One row per timed trainer. Rows of the tutorial loops have mode "tutorial"; every other row carries
 the ratio of its step time to the tutorial loop of the same framework, device, dtype and case,
-measured in the same run.
+measured in the same run: all trainers of a framework and device are built and warmed up first, then
+take their repeats in turn (crossnn.bench.timing.interleave).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from crossnn.bench import machine
 from crossnn.bench.flops import training_flops
 from crossnn.bench.select import Offer, Skipped, Target, device_kind, select
 from crossnn.bench.suites import Case
-from crossnn.bench.timing import measure
+from crossnn.bench.timing import Timer, interleave
 from crossnn.data import load_dataset
 from crossnn.errors import CrossnnError, UnsupportedFeature
 from crossnn.params import cast, initial_parameters
@@ -188,27 +189,38 @@ def run_in_process(cases: Sequence[Case], names: Sequence[str], devices: Sequenc
         flops = training_flops(experiment.model, plan.batch_size)
         say(f"[{k}/{total}] {case.suite} {case.label} {dtype}: {experiment.model.parameter_count():,} parameters, "
             f"batch {plan.batch_size}, {flops / 1e9:.3g} GFLOP per step")
-        tutorials: dict[tuple[str, str], Row | None] = {}  # None: no hand-written loop for this case
+        groups: dict[tuple[str, str], list[str]] = {}
         for target in sorted(targets, key=lambda t: (t.backend, t.device)):
-            key = (target.backend, target.device)
-            if key not in tutorials:
-                tutorials[key] = _time_one(case, target.backend, target.device, TUTORIAL, dtype, params, data,
-                                           batches, flops, result, info, repeats, min_repeat_seconds, say)
-            row = _time_one(case, target.backend, target.device, target.mode, dtype, params, data, batches, flops,
-                            result, info, repeats, min_repeat_seconds, say)
-            tutorial = tutorials[key]
-            if row is not None and tutorial is not None:
-                row.ratio_to_tutorial = row.seconds_per_step / tutorial.seconds_per_step
-                say(f"      ratio to the hand-written loop: {row.ratio_to_tutorial:.3f}")
+            groups.setdefault((target.backend, target.device), []).append(target.mode)
+        for (backend_name, device), modes in groups.items():
+            say(f"    {backend_name} {device}: first step and warm-up of {', '.join([TUTORIAL, *modes])}")
+            timers, builds = {}, {}
+            for mode in [TUTORIAL, *modes]:
+                started = _start(case, backend_name, device, mode, dtype, params, data, batches, result,
+                                 min_repeat_seconds, say)
+                if started is not None:
+                    timers[mode], builds[mode] = started
+            say(f"    {backend_name} {device}: {repeats} repeats of each, taken in turn")
+            for mode, err in interleave(timers, repeats).items():
+                _failed(case, backend_name, device, mode, dtype, err, result, say)
+            rows = {mode: _row(case, backend_name, device, mode, dtype, batches, flops, timer, builds[mode],
+                               result, info) for mode, timer in timers.items()}
+            tutorial = rows.get(TUTORIAL)
+            for mode, row in rows.items():
+                if tutorial is not None and mode != TUTORIAL:
+                    row.ratio_to_tutorial = row.seconds_per_step / tutorial.seconds_per_step
+                result.rows.append(row)
+                say(_row_line(row))
         if after_case:
             after_case(result)
     return result
 
 
-def _time_one(case, backend_name, device, mode, dtype, params, data, batches, flops, result, info, repeats,
-              min_repeat_seconds, say) -> Row | None:
+def _start(case, backend_name, device, mode, dtype, params, data, batches, result, min_repeat_seconds,
+           say) -> tuple[Timer, float] | None:
+    """Build a trainer for the target (the tutorial loop for mode TUTORIAL), time its first step and
+    warm it up: (its Timer, build seconds), or None when it cannot run (a failure is recorded)."""
     backend = backends.get(backend_name)
-    label = f"{backend_name} {device} {mode}"
     try:
         start = time.perf_counter()
         if mode == TUTORIAL:
@@ -217,39 +229,55 @@ def _time_one(case, backend_name, device, mode, dtype, params, data, batches, fl
             trainer = backend.build(case.experiment, params, data, dtype=dtype, device=device, mode=mode)
         trainer.synchronize()
         build = time.perf_counter() - start
-        timing = measure(trainer, batches, repeats=repeats, min_repeat_seconds=min_repeat_seconds)
+        return Timer(trainer, batches, min_repeat_seconds=min_repeat_seconds), build
     except UnsupportedFeature as err:
         if mode == TUTORIAL:
-            say(f"    {label:<34} no hand-written loop for {err.feature}")
+            say(f"    {backend_name + ' ' + device + ' ' + mode:<34} no hand-written loop for {err.feature}")
             return None
+        _failed(case, backend_name, device, mode, dtype, err, result, say)
+    except Exception as err:  # a failing target must not stop the others
+        _failed(case, backend_name, device, mode, dtype, err, result, say)
+    return None
+
+
+def _failed(case, backend_name, device, mode, dtype, err, result, say) -> None:
+    label = f"{backend_name} {device} {mode}"
+    if isinstance(err, UnsupportedFeature):
         result.failures.append(Failure(case.suite, case.label, backend_name, device, mode, dtype, str(err)))
         say(f"    {label:<34} not timed: {err}")
-        return None
-    except Exception as err:  # a failing target must not stop the others
-        reason = f"{type(err).__name__}: {err}"
-        result.failures.append(Failure(case.suite, case.label, backend_name, device, mode, dtype, reason))
-        say(f"    {label:<34} FAILED: {reason}")
-        if not isinstance(err, CrossnnError):
-            say(traceback.format_exc(limit=3))
-        return None
+        return
+    reason = f"{type(err).__name__}: {err}"
+    result.failures.append(Failure(case.suite, case.label, backend_name, device, mode, dtype, reason))
+    say(f"    {label:<34} FAILED: {reason}")
+    if not isinstance(err, CrossnnError):
+        say("".join(traceback.format_exception(err, limit=3)))
+
+
+def _row(case, backend_name, device, mode, dtype, batches, flops, timer: Timer, build: float, result,
+         info) -> Row:
+    backend, timing = backends.get(backend_name), timer.timing
     key = peak_key(device, dtype)
     peak = result.peaks.get(key)
     own = result.peak_sources.get(key, {}).get(backend_name)
     seconds = timing.median
     gflops = flops / seconds / 1e9
-    row = Row(suite=case.suite, case=case.label, backend=backend_name, version=backend.version(), mode=mode,
-              device=device, device_name=device_name(device, info), dtype=dtype,
-              parameters=case.experiment.model.parameter_count(), batch_size=len(batches[0]),
-              flops_per_step=flops, seconds_per_step=seconds, iqr_seconds=timing.iqr, repeats=len(timing.per_step),
-              steps_per_repeat=timing.steps_per_repeat, build_seconds=build, first_step_seconds=timing.first_step,
-              samples_per_second=len(batches[0]) / seconds, gflops=gflops, peak_gflops=peak,
-              percent_of_peak=100 * gflops / peak if peak else None, own_peak_gflops=own,
-              percent_of_own_peak=100 * gflops / own if own else None, description=trainer.describe())
-    result.rows.append(row)
-    # the machine's peak is only known once every framework has been measured: the share of this
-    # framework's own matmul is the number that is final here
-    peak_text = (f", {row.percent_of_own_peak:5.1f}% of {backend_name}'s matmul"
+    return Row(suite=case.suite, case=case.label, backend=backend_name, version=backend.version(), mode=mode,
+               device=device, device_name=device_name(device, info), dtype=dtype,
+               parameters=case.experiment.model.parameter_count(), batch_size=len(batches[0]),
+               flops_per_step=flops, seconds_per_step=seconds, iqr_seconds=timing.iqr, repeats=len(timing.per_step),
+               steps_per_repeat=timing.steps_per_repeat, build_seconds=build, first_step_seconds=timing.first_step,
+               samples_per_second=len(batches[0]) / seconds, gflops=gflops, peak_gflops=peak,
+               percent_of_peak=100 * gflops / peak if peak else None, own_peak_gflops=own,
+               percent_of_own_peak=100 * gflops / own if own else None, description=timer.trainer.describe())
+
+
+def _row_line(row: Row) -> str:
+    """The progress line of a row. The machine's peak is only known once every framework has been
+    measured: the share of this framework's own matmul is the number that is final here."""
+    label = f"{row.backend} {row.device} {row.mode}"
+    peak_text = (f", {row.percent_of_own_peak:5.1f}% of {row.backend}'s matmul"
                  if row.percent_of_own_peak is not None else "")
-    say(f"    {label:<34} {seconds * 1e6:11.1f} us/step (IQR {timing.iqr * 1e6:.1f}), "
-        f"{gflops:8.2f} GFLOP/s{peak_text}; first step {timing.first_step:.3f} s, build {build:.3f} s")
-    return row
+    ratio = f"; {row.ratio_to_tutorial:.3f} x the hand-written loop" if row.ratio_to_tutorial is not None else ""
+    return (f"    {label:<34} {row.seconds_per_step * 1e6:11.1f} us/step (IQR {row.iqr_seconds * 1e6:.1f}), "
+            f"{row.gflops:8.2f} GFLOP/s{peak_text}; first step {row.first_step_seconds:.3f} s, "
+            f"build {row.build_seconds:.3f} s{ratio}")

@@ -40,26 +40,55 @@ def _timed(trainer: Trainer, batches: Sequence[np.ndarray]) -> float:
     return time.perf_counter() - start
 
 
+class Timer:
+    """One trainer being timed. On creation: the first step, timed on its own, then warm-up for at
+    least `warmup_seconds` (and 2 steps), which also sets how many steps a repeat takes to last
+    `min_repeat_seconds`. Each repeat() then adds one timed repeat to `timing`."""
+
+    def __init__(self, trainer: Trainer, batches: Sequence[np.ndarray], *, min_repeat_seconds: float = 0.2,
+                 warmup_seconds: float = 0.1, max_steps: int = 2000):
+        self.trainer = trainer
+        self._cycle = itertools.cycle(batches)
+        self.timing = Timing(first_step=_timed(trainer, self._take(1)))
+        warm, spent = 0, 0.0
+        while warm < 2 or spent < warmup_seconds:
+            k = max(1, warm)
+            spent += _timed(trainer, self._take(k))
+            warm += k
+            if warm >= max_steps:
+                break
+        self.timing.warmup_steps = warm
+        estimate = spent / warm
+        self.timing.steps_per_repeat = max(1, min(max_steps, math.ceil(min_repeat_seconds / max(estimate, 1e-9))))
+
+    def _take(self, k: int) -> list[np.ndarray]:
+        return [next(self._cycle) for _ in range(k)]
+
+    def repeat(self) -> None:
+        steps = self.timing.steps_per_repeat
+        self.timing.per_step.append(_timed(self.trainer, self._take(steps)) / steps)
+
+
 def measure(trainer: Trainer, batches: Sequence[np.ndarray], *, repeats: int = 5, min_repeat_seconds: float = 0.2,
             warmup_seconds: float = 0.1, max_steps: int = 2000) -> Timing:
     """Time `trainer` on cycles of `batches` (all the same size, so no shape change recompiles)."""
-    cycle = itertools.cycle(batches)
-
-    def take(k: int) -> list[np.ndarray]:
-        return [next(cycle) for _ in range(k)]
-
-    timing = Timing(first_step=_timed(trainer, take(1)))
-    # warm up for at least `warmup_seconds` (and 2 steps), which also estimates the step time
-    warm, spent = 0, 0.0
-    while warm < 2 or spent < warmup_seconds:
-        k = max(1, warm)
-        spent += _timed(trainer, take(k))
-        warm += k
-        if warm >= max_steps:
-            break
-    timing.warmup_steps = warm
-    estimate = spent / warm
-    timing.steps_per_repeat = max(1, min(max_steps, math.ceil(min_repeat_seconds / max(estimate, 1e-9))))
+    timer = Timer(trainer, batches, min_repeat_seconds=min_repeat_seconds, warmup_seconds=warmup_seconds,
+                  max_steps=max_steps)
     for _ in range(repeats):
-        timing.per_step.append(_timed(trainer, take(timing.steps_per_repeat)) / timing.steps_per_repeat)
-    return timing
+        timer.repeat()
+    return timer.timing
+
+
+def interleave(timers: dict, repeats: int) -> dict[object, Exception]:
+    """Repeat round-robin: one repeat of every timer, `repeats` times over, so that whatever else
+    the machine does during the measurement falls on all of them alike and their ratios hold. A
+    timer whose trainer raises is dropped; returns those errors by key."""
+    errors = {}
+    for _ in range(repeats):
+        for key, timer in list(timers.items()):
+            try:
+                timer.repeat()
+            except Exception as err:  # one failing trainer must not stop the others
+                errors[key] = err
+                del timers[key]
+    return errors

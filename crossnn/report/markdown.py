@@ -16,7 +16,9 @@ where needed, input gradient: 2·B·in·out each), and "% peak" divides it by th
 (n = 2048) any framework reached on the same device and dtype in the same run; "% own" divides it by
 that framework's own matmul (its BLAS may be slower than the best one). "x tutorial" divides a
 lowering's step time by the hand-written tutorial loop of the same framework, device, dtype and case,
-timed in the same run (below 1: crossnn's lowering is faster). GPU rows run only where a framework
+timed in the same run (below 1: crossnn's lowering is faster); a framework's modes and its
+hand-written loop take their repeats in turn, so a disturbance of the machine falls on all of them
+alike. GPU rows run only where a framework
 sees a GPU; otherwise they are listed as skipped."""
 
 

@@ -254,6 +254,24 @@ def test_namespace_functions_mean_what_numpy_means():
     np.testing.assert_array_equal(out, z.T @ z)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_subtract_scaled_in_pieces_equals_one_pass_bit_for_bit(dtype):
+    """Arrays over PIECE elements are updated a piece at a time: the last piece partial, a transposed
+    (non-contiguous) view updated through itself, every element as w - c·d would round it."""
+    from crossnn_numpy import xp
+
+    rng = np.random.default_rng(5)
+    w, d = (rng.standard_normal((3 * xp.PIECE + 7,)).astype(dtype) for _ in range(2))
+    expected = w - np.asarray(0.37, dtype) * d
+    XP.subtract_scaled(w, 0.37, d)
+    np.testing.assert_array_equal(w, expected)
+    square = rng.standard_normal((400, 300)).astype(dtype)
+    view, d2 = square.T, rng.standard_normal((300, 400)).astype(dtype)
+    expected = view - 0.37 * d2
+    XP.subtract_scaled(view, 0.37, d2)
+    np.testing.assert_array_equal(square.T, expected)
+
+
 def test_contiguous_batches_become_slices():
     from crossnn_numpy.step import contiguous_slices
 

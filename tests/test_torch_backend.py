@@ -697,6 +697,14 @@ def test_runtime_records_threads_determinism_tf32_and_math_libraries():
     assert info["deterministic_algorithms"] is True and info["cuda_matmul_allow_tf32"] is False
 
 
-def test_matmul_gflops_is_a_positive_number():
+def test_matmul_gflops_times_onednn_too_for_float32_on_the_cpu(monkeypatch):
+    from crossnn_torch import xp
+
+    calls = []
+    operator = xp._linear_operator()
+    monkeypatch.setattr(xp, "_linear_operator", lambda: lambda *a: calls.append(a) or operator(*a))
     gflops = backends.get("torch").matmul_gflops(128, "float32", "cpu")
     assert isinstance(gflops, float) and 0 < gflops < 1e6
+    assert len(calls) == (11 if torch.backends.mkldnn.is_available() else 0)  # warm-up and 10 timed
+    assert 0 < backends.get("torch").matmul_gflops(128, "float64", "cpu") < 1e6
+    assert len(calls) == (11 if torch.backends.mkldnn.is_available() else 0)

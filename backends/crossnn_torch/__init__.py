@@ -37,7 +37,8 @@ class TorchBackend(Backend):
                    "compiles during the first steps (timed with them)",
         "onednn": "the xp step with float32 matrix products through the oneDNN library inside PyTorch "
                   "(torch.ops.mkldnn._linear_pointwise, the kernel torch.compile's CPU code uses for nn.Linear) "
-                  "instead of MKL's sgemm, about twice MKL's speed on AMD CPUs; CPU only, float64 as xp",
+                  "instead of MKL's sgemm (products under 128³ multiply-adds stay on torch.matmul), about twice "
+                  "MKL's speed on AMD CPUs; CPU only, float64 as xp",
     }
     import_order = 10
     native_entries = {

@@ -125,6 +125,11 @@ class Backend(ABC):
     def prepare(self) -> None:
         """Import and configure the framework (threads, determinism). Called before any build."""
 
+    def mode_unavailable(self, mode: str) -> str | None:
+        """Why `mode` cannot run with the installed framework (e.g. a kernel library this build
+        lacks), or None. Called after `prepare`."""
+        return None
+
     def runtime(self) -> dict[str, object]:
         """Settings that affect speed or numerics, for benchmark records (threads, TF32, ...).
         Called after `prepare`."""

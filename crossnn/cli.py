@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", help="comma-separated backend names (default: every available one)")
     p.add_argument("--devices", default="cpu", help="cpu and/or cuda, comma-separated (default cpu)")
     p.add_argument("--modes", help="comma-separated modes (default: every mode; with --quick the tutorial-style "
-                                   "and the fast mode)")
+                                   "and the fast mode for the device)")
     p.add_argument("--dtype", default="float32", help="float32 (default) and/or float64, comma-separated")
     p.add_argument("--quick", action="store_true", help="a subset that finishes in about two minutes")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per row (default 5, at least 5 for reports)")

@@ -51,6 +51,18 @@ def test_quick_takes_the_first_fast_mode_that_runs_on_each_device_and_skips_cpu_
     assert skipped == [Skipped("torch", "cuda", "onednn", "torch's onednn mode runs on CPU only")]
 
 
+def test_a_mode_the_installed_framework_cannot_run_is_skipped_and_quick_falls_back_to_the_next_fast_mode():
+    offer = CPU_ONLY_MODE["torch"]
+    lacking = {"torch": Offer(offer.devices, offer.modes, offer.fast_modes, offer.mode_device_kinds,
+                              {"onednn": "this torch has no oneDNN"})}
+    targets, skipped = select(lacking, ["cpu"], quick=True)
+    assert targets == [Target("torch", "cpu", "eager"), Target("torch", "cpu", "xp")] and skipped == []
+    targets, skipped = select(lacking, ["cpu"])
+    assert [t.mode for t in targets] == ["eager", "xp"]
+    assert skipped == [Skipped("torch", "cpu", "onednn",
+                               "torch's onednn mode is unavailable: this torch has no oneDNN")]
+
+
 def test_mode_selection():
     targets, skipped = select(CPU_ONLY, ["cpu"])
     assert [t.mode for t in targets] == ["default", "eager", "xp", "compile"]  # every mode by default

@@ -44,7 +44,7 @@ FUNCTIONS = ("exp", "log", "log1p", "tanh", "sqrt", "abs", "sign", "erf", "sigmo
 
 def _sigmoid(z):
     """1 / (1 + exp(-z)), each operation written into one new array (no temporary per operation)."""
-    s = np.negative(z)
+    s = np.negative(z, out=np.empty_like(z, dtype=np.result_type(z, 1.0)))
     np.exp(s, out=s)
     s += 1.0
     return np.reciprocal(s, out=s)
@@ -56,12 +56,13 @@ PIECE = 1 << 15
 
 
 def _subtract_scaled(w, c, d):
-    """w -= c * d, the same arithmetic per element, a cache-sized piece at a time."""
-    if w.size <= PIECE or not (w.flags.c_contiguous and d.flags.c_contiguous):
+    """w -= c * d, the same arithmetic per element (c · d in c · d's own dtype), a cache-sized piece
+    at a time."""
+    if w.size <= PIECE or d.shape != w.shape or not (w.flags.c_contiguous and d.flags.c_contiguous):
         w -= c * d
         return
     flat_w, flat_d = w.reshape(-1), d.reshape(-1)
-    scratch = np.empty(PIECE, dtype=np.result_type(w, d))
+    scratch = np.empty(PIECE, dtype=np.result_type(d, c))
     for start in range(0, flat_w.size, PIECE):
         piece = flat_d[start:start + PIECE]
         scaled = np.multiply(piece, c, out=scratch[:piece.size])
@@ -84,16 +85,19 @@ numpy = SimpleNamespace(
 
 def cupy_namespace():
     """The same names on CuPy arrays (a GPU): CuPy follows NumPy, so only erf (from
-    cupyx.scipy.special) and the three helpers differ."""
+    cupyx.scipy.special) and the helpers differ (plain formulas: a GPU has no cache to fit)."""
     import cupy
     from cupyx.scipy.special import erf
 
     def sigmoid(z):
         return 1.0 / (1.0 + cupy.exp(-z))
 
+    def subtract_scaled(w, c, d):
+        w -= c * d
+
     return SimpleNamespace(
         exp=cupy.exp, log=cupy.log, log1p=cupy.log1p, tanh=cupy.tanh, sqrt=cupy.sqrt, abs=cupy.abs,
         sign=cupy.sign, erf=erf, sigmoid=sigmoid, maximum=cupy.maximum, clip=cupy.clip, where=cupy.where,
         matmul=cupy.matmul, sum=cupy.sum, mean=cupy.mean, amax=cupy.amax, concat=cupy.concatenate,
-        zeros_like=cupy.zeros_like, copy=cupy.copy, subtract_scaled=_subtract_scaled, name="cupy",
+        zeros_like=cupy.zeros_like, copy=cupy.copy, subtract_scaled=subtract_scaled, name="cupy",
     )

@@ -63,6 +63,14 @@ class TorchBackend(Backend):
 
         device.configure()
 
+    def mode_unavailable(self, mode):
+        """The onednn mode needs the oneDNN inner product inside this torch build."""
+        if mode != "onednn":
+            return None
+        from crossnn_torch.xp import onednn_unavailable
+
+        return onednn_unavailable()
+
     def runtime(self):
         """Threads, determinism, TF32 and the CPU math libraries torch was built with."""
         import torch
@@ -89,7 +97,7 @@ class TorchBackend(Backend):
 
         import torch
         from crossnn_torch import device as devices
-        from crossnn_torch.xp import onednn_namespace, onednn_unavailable
+        from crossnn_torch.xp import linear_operator, onednn_unavailable
 
         where = devices.resolve(device)
         a = torch.rand(n, n, dtype=getattr(torch, dtype), device=where)
@@ -97,7 +105,8 @@ class TorchBackend(Backend):
         out = torch.empty(n, n, dtype=a.dtype, device=where)
         products = [lambda: torch.matmul(a, b, out=out)]
         if where.type == "cpu" and a.dtype == torch.float32 and onednn_unavailable() is None:
-            products.append(lambda: onednn_namespace.matmul(a, b))
+            operator, weight = linear_operator(), b.t()
+            products.append(lambda: operator(a, weight, None, "none", [], ""))
         best = float("inf")
         for product in products:
             product()

@@ -16,8 +16,8 @@ compile  the same loop on torch.compile(model), with the optimizer step compiled
 xp       no autograd, no nn.Module: the NumPy backend's hand-written forward pass, backward pass, loss
          gradient and optimizer update (crossnn_numpy.step.TrainStep) run on torch tensors through
          the namespace adapter crossnn_torch.xp, under torch.inference_mode()
-onednn   the xp step with float32 matrix products through PyTorch's bundled oneDNN instead of MKL
-         (crossnn_torch.xp.onednn_namespace); CPU only
+onednn   the xp step with float32 matrix products (all but small ones) through PyTorch's bundled
+         oneDNN instead of MKL (crossnn_torch.xp.onednn_namespace); CPU only
 """
 
 from __future__ import annotations
@@ -238,12 +238,14 @@ class XpStep(EagerStep):
 
 class OneDnnStep(XpStep):
     """XpStep whose float32 matrix products (forward x·W, backward xᵀ·dz and dz·Wᵀ) run on oneDNN's
-    inner-product kernels inside PyTorch rather than MKL's sgemm (crossnn_torch.xp.onednn_namespace).
-    Same formulas, same order of operations elsewhere; the products round differently, within the
-    float32 tolerance. Float64 products stay torch.matmul, so float64 results equal the xp mode's."""
+    inner-product kernels inside PyTorch rather than MKL's sgemm (crossnn_torch.xp.onednn_namespace),
+    all but products under crossnn_torch.xp.SMALL_PRODUCT multiply-adds: on a net as small as the
+    circle's, every product stays torch.matmul and the step is the xp mode's. Same formulas, same order
+    of operations elsewhere; oneDNN's products round differently, within the float32 tolerance.
+    Float64 products stay torch.matmul, so float64 results equal the xp mode's."""
 
     description = ("the xp step with float32 matmuls through PyTorch's bundled oneDNN "
-                   "(torch.ops.mkldnn._linear_pointwise) instead of MKL")
+                   "(torch.ops.mkldnn._linear_pointwise) instead of MKL, small ones left to torch.matmul")
     namespace = onednn_namespace
 
     def __init__(self, trainer: TorchTrainer):

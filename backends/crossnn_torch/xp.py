@@ -39,7 +39,7 @@ def _subtract_scaled(w, c, d):
 
 
 @functools.cache
-def _linear_operator():
+def linear_operator():
     """torch.ops.mkldnn._linear_pointwise, looked up once; None where this build has no oneDNN or no
     such operator."""
     if not torch.backends.mkldnn.is_available():
@@ -49,7 +49,7 @@ def _linear_operator():
 
 def onednn_unavailable() -> str | None:
     """Why this torch build cannot run onednn_namespace's products, or None when it can."""
-    if _linear_operator() is None:
+    if linear_operator() is None:
         return (f"torch {torch.__version__} has no oneDNN inner product (torch.backends.mkldnn, "
                 "torch.ops.mkldnn._linear_pointwise)")
     return None
@@ -76,10 +76,10 @@ def _onednn_matmul(a, b, out=None):
         return torch.matmul(a, b, out=out)
     a, w = a.contiguous(), b.t()
     if out is None:
-        return _linear_operator()(a, w, None, "none", [], "")
+        return linear_operator()(a, w, None, "none", [], "")
     rows = max(1, CHUNK_ELEMENTS // w.shape[0])
     for start in range(0, a.shape[0], rows):
-        out[start:start + rows].copy_(_linear_operator()(a[start:start + rows], w, None, "none", [], ""))
+        out[start:start + rows].copy_(linear_operator()(a[start:start + rows], w, None, "none", [], ""))
     return out
 
 

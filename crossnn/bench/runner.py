@@ -100,8 +100,9 @@ def offers(names: Sequence[str], probe: bool = True) -> dict[str, Offer]:
     out = {}
     for name in names:
         b = backends.get(name)
+        unavailable = {mode: why for mode in b.modes if (why := b.mode_unavailable(mode))}
         out[name] = Offer(tuple(b.devices(probe=probe)), tuple(b.modes), tuple(b.fast_modes),
-                          dict(b.mode_device_kinds))
+                          dict(b.mode_device_kinds), unavailable)
     return out
 
 
@@ -200,7 +201,8 @@ def run_in_process(cases: Sequence[Case], names: Sequence[str], devices: Sequenc
                                  min_repeat_seconds, say)
                 if started is not None:
                     timers[mode], builds[mode] = started
-            say(f"    {backend_name} {device}: {repeats} repeats of each, taken in turn")
+            if timers:
+                say(f"    {backend_name} {device}: {repeats} repeats of each, taken in turn")
             for mode, err in interleave(timers, repeats).items():
                 _failed(case, backend_name, device, mode, dtype, err, result, say)
             rows = {mode: _row(case, backend_name, device, mode, dtype, batches, flops, timer, builds[mode],
@@ -219,7 +221,8 @@ def run_in_process(cases: Sequence[Case], names: Sequence[str], devices: Sequenc
 def _start(case, backend_name, device, mode, dtype, params, data, batches, result, min_repeat_seconds,
            say) -> tuple[Timer, float] | None:
     """Build a trainer for the target (the tutorial loop for mode TUTORIAL), time its first step and
-    warm it up: (its Timer, build seconds), or None when it cannot run (a failure is recorded)."""
+    warm it up: (its Timer, build seconds), or None when it cannot run (a failure is recorded; a
+    missing hand-written loop is only reported)."""
     backend = backends.get(backend_name)
     try:
         start = time.perf_counter()
@@ -250,7 +253,7 @@ def _failed(case, backend_name, device, mode, dtype, err, result, say) -> None:
     result.failures.append(Failure(case.suite, case.label, backend_name, device, mode, dtype, reason))
     say(f"    {label:<34} FAILED: {reason}")
     if not isinstance(err, CrossnnError):
-        say("".join(traceback.format_exception(err, limit=3)))
+        say("".join(traceback.format_exception(err, limit=-3)))  # the innermost frames: where it raised
 
 
 def _row(case, backend_name, device, mode, dtype, batches, flops, timer: Timer, build: float, result,

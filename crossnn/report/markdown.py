@@ -14,7 +14,8 @@ Tables give the median time per step and the interquartile range (IQR) across re
 GFLOP/s counts the matrix multiplies of a training step from the spec (forward, weight gradient and,
 where needed, input gradient: 2·B·in·out each), and "% peak" divides it by the best n×n matmul
 (n = 2048) any framework reached on the same device and dtype in the same run; "% own" divides it by
-that framework's own matmul (its BLAS may be slower than the best one). "x tutorial" divides a
+that framework's own matmul (its BLAS may be slower than the best one; PyTorch's counts its oneDNN
+inner product too). "x tutorial" divides a
 lowering's step time by the hand-written tutorial loop of the same framework, device, dtype and case,
 timed in the same run (below 1: crossnn's lowering is faster); a framework's modes and its
 hand-written loop take their repeats in turn, so a disturbance of the machine falls on all of them
@@ -99,7 +100,7 @@ OVERHEAD_TARGET, REFERENCE_OVERHEAD_TARGET, FAST_SPEEDUP_TARGET, PEAK_TARGET = 1
 
 
 def _backend_facts(bench) -> dict[str, dict]:
-    """Each backend's default mode, fast mode and reference flag, as the file records them (files
+    """Each backend's default mode, fast modes and reference flag, as the file records them (files
     written before it did: from the installed backend of that name)."""
     from crossnn import backends
 

@@ -12,6 +12,8 @@ import pytest
 
 import crossnn
 from crossnn import backends
+from crossnn.bench.runner import offers
+from crossnn.bench.select import select
 from crossnn.bench.suites import fcn_r_experiment
 from crossnn.data import load_dataset
 from crossnn.params import cast, initial_parameters
@@ -25,10 +27,10 @@ def _targets():
             params.append(pytest.param(name, "-", marks=pytest.mark.skip(reason=f"backend '{name}' unavailable: "
                                                                                 f"{entry.reason}"), id=name))
             continue
-        b = entry.backend
-        cpu_fast_modes = [m for m in b.fast_modes if "cpu" in b.mode_device_kinds.get(m, ("cpu",))]
-        for mode in dict.fromkeys([b.modes[0], *cpu_fast_modes]):
-            params.append(pytest.param(name, mode, id=f"{name}-{mode}"))
+        entry.backend.prepare()
+        targets, _ = select(offers([name]), ["cpu"], quick=True)  # what `crossnn bench --quick` times
+        for target in targets:
+            params.append(pytest.param(name, target.mode, id=f"{name}-{target.mode}"))
     return params
 
 

@@ -270,6 +270,15 @@ def test_subtract_scaled_in_pieces_equals_one_pass_bit_for_bit(dtype):
     expected = view - 0.37 * d2
     XP.subtract_scaled(view, 0.37, d2)
     np.testing.assert_array_equal(square.T, expected)
+    c = np.float64(0.37)  # a float64 scalar makes c·d float64 before the subtraction, piece or not
+    expected = w - c * d
+    XP.subtract_scaled(w, c, d)
+    np.testing.assert_array_equal(w, expected)
+
+
+def test_sigmoid_takes_zero_dimensional_and_integer_input():
+    assert XP.sigmoid(np.array(0.0)) == 0.5 and XP.sigmoid(0.0) == 0.5
+    np.testing.assert_array_equal(XP.sigmoid(np.arange(3)), 1.0 / (1.0 + np.exp(-np.arange(3.0))))
 
 
 def test_contiguous_batches_become_slices():

@@ -271,7 +271,8 @@ def test_subtract_scaled_in_pieces_equals_one_pass_bit_for_bit(dtype):
     XP.subtract_scaled(view, 0.37, d2)
     np.testing.assert_array_equal(square.T, expected)
     c = np.float64(0.37)  # a float64 scalar makes c·d float64 before the subtraction, piece or not
-    expected = w - c * d
+    expected = w.copy()
+    expected -= c * d
     XP.subtract_scaled(w, c, d)
     np.testing.assert_array_equal(w, expected)
 

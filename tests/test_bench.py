@@ -15,7 +15,7 @@ from crossnn.bench.runner import BenchResult, Row
 from crossnn.bench.machine import median_iqr
 from crossnn.bench.select import Offer, Skipped, Target, select
 from crossnn.bench.suites import fcn_r_experiment
-from crossnn.bench.timing import Timer, interleave, measure
+from crossnn.bench.timing import Timer, interleave
 from crossnn.cli import main
 
 CPU_ONLY = {"numpy": Offer(("cpu",), ("default",)), "torch": Offer(("cpu",), ("eager", "xp", "compile"), ("xp",))}
@@ -101,7 +101,9 @@ class _CountingTrainer:
 
 def test_timing_separates_the_first_step_and_repeats():
     trainer = _CountingTrainer()
-    timing = measure(trainer, [np.arange(4)], repeats=5, min_repeat_seconds=0.0, warmup_seconds=0.0)
+    timer = Timer(trainer, [np.arange(4)], min_repeat_seconds=0.0, warmup_seconds=0.0)
+    interleave({"only": timer}, repeats=5)
+    timing = timer.timing
     assert len(timing.per_step) == 5 and timing.steps_per_repeat >= 1
     assert trainer.steps == 1 + timing.warmup_steps + 5 * timing.steps_per_repeat
     assert trainer.syncs == 2 * (1 + 2 + 5)  # before and after every timed call (2 warm-up calls here)

@@ -17,9 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 import numpy as np
@@ -41,6 +38,7 @@ from crossnn.harness import RunSpec, train  # noqa: E402
 from crossnn.params import initial_parameters  # noqa: E402
 from crossnn.parity import compare  # noqa: E402
 from crossnn.plan import BatchPlan  # noqa: E402
+from tests.scripts import run_scripts  # noqa: E402
 
 MODES = ("graph", "eager", "xla", "epoch", "xla-epoch")
 RNG = np.random.default_rng(5)
@@ -667,12 +665,7 @@ def test_scripts_reproduce_crossnn_tf_runs(tmp_path):
         assert "@tf.function" in text and "tf.GradientTape()" in text and "def batches(epoch)" in text
         paths[name] = tmp_path / f"{name.replace('+', '_')}.py"
         paths[name].write_text(text)
-
-    def run(path):
-        return subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=300)
-
-    with ThreadPoolExecutor(2) as pool:
-        done = dict(zip(paths, pool.map(run, paths.values())))
+    done = run_scripts(paths)
     for name, exp in cases.items():
         out = done[name]
         assert out.returncode == 0, (name, out.stderr[-2000:])

@@ -16,9 +16,6 @@ import datetime
 import json
 import math
 import re
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +38,7 @@ from crossnn.parity import compare  # noqa: E402
 from crossnn.plan import BatchPlan  # noqa: E402
 from crossnn.schedule import StepClock  # noqa: E402
 from crossnn.spec.base import positive  # noqa: E402
+from tests.scripts import run_scripts  # noqa: E402
 
 pytestmark = pytest.mark.skipif("torch" not in backends.available(), reason="the torch backend is unavailable")
 
@@ -722,12 +720,7 @@ def test_scripts_reproduce_crossnns_torch_run(tmp_path):
         path = tmp_path / f"{len(texts)}.py"
         path.write_text(text)
         texts[name] = path
-
-    def run(path):
-        return subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=300)
-
-    with ThreadPoolExecutor(2) as pool:
-        done = dict(zip(texts, pool.map(run, texts.values())))
+    done = run_scripts(texts)
     for name, e in SCRIPT_SPECS.items():
         out = done[name]
         assert out.returncode == 0, f"{name}: {out.stderr[-2000:]}"

@@ -233,14 +233,12 @@ def _start(case, backend_name, device, mode, dtype, params, data, batches, resul
         trainer.synchronize()
         build = time.perf_counter() - start
         return Timer(trainer, batches, min_repeat_seconds=min_repeat_seconds), build
-    except UnsupportedFeature as err:
-        if mode == TUTORIAL:
-            say(f"    {backend_name + ' ' + device + ' ' + mode:<34} no hand-written loop for {err.feature}")
-            return None
-        _failed(case, backend_name, device, mode, dtype, err, result, say)
     except Exception as err:  # a failing target must not stop the others
-        _failed(case, backend_name, device, mode, dtype, err, result, say)
-    return None
+        if mode == TUTORIAL and isinstance(err, UnsupportedFeature):
+            say(f"    {backend_name + ' ' + device + ' ' + mode:<34} no hand-written loop for {err.feature}")
+        else:
+            _failed(case, backend_name, device, mode, dtype, err, result, say)
+        return None
 
 
 def _failed(case, backend_name, device, mode, dtype, err, result, say) -> None:

@@ -1,6 +1,7 @@
-"""Timing one trainer the established way: the first step (which includes tracing or compiling)
-timed on its own, warm-up steps excluded, the device synchronised before every clock read, several
-repeats of enough steps to outlast timer noise, and the median with its interquartile range."""
+"""Timing trainers the established way: the first step (which includes tracing or compiling) timed
+on its own, warm-up steps excluded, the device synchronised before every clock read, several repeats
+of enough steps to outlast timer noise, and the median with its interquartile range; trainers that
+are compared take their repeats in turn (interleave)."""
 
 from __future__ import annotations
 
@@ -67,16 +68,6 @@ class Timer:
     def repeat(self) -> None:
         steps = self.timing.steps_per_repeat
         self.timing.per_step.append(_timed(self.trainer, self._take(steps)) / steps)
-
-
-def measure(trainer: Trainer, batches: Sequence[np.ndarray], *, repeats: int = 5, min_repeat_seconds: float = 0.2,
-            warmup_seconds: float = 0.1, max_steps: int = 2000) -> Timing:
-    """Time `trainer` on cycles of `batches` (all the same size, so no shape change recompiles)."""
-    timer = Timer(trainer, batches, min_repeat_seconds=min_repeat_seconds, warmup_seconds=warmup_seconds,
-                  max_steps=max_steps)
-    for _ in range(repeats):
-        timer.repeat()
-    return timer.timing
 
 
 def interleave(timers: dict, repeats: int) -> dict[object, Exception]:

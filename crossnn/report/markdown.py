@@ -15,12 +15,11 @@ GFLOP/s counts the matrix multiplies of a training step from the spec (forward, 
 where needed, input gradient: 2·B·in·out each), and "% peak" divides it by the best n×n matmul
 (n = 2048) any framework reached on the same device and dtype in the same run; "% own" divides it by
 that framework's own matmul (its BLAS may be slower than the best one; PyTorch's counts its oneDNN
-inner product too). "x tutorial" divides a
-lowering's step time by the hand-written tutorial loop of the same framework, device, dtype and case,
-timed in the same run (below 1: crossnn's lowering is faster); a framework's modes and its
-hand-written loop take their repeats in turn, so a disturbance of the machine falls on all of them
-alike. GPU rows run only where a framework
-sees a GPU; otherwise they are listed as skipped."""
+inner product too). "x tutorial" divides a lowering's step time by the hand-written tutorial loop of
+the same framework, device, dtype and case, timed in the same run (below 1: crossnn's lowering is
+faster); a framework's modes and its hand-written loop take their repeats in turn, so a disturbance
+of the machine falls on all of them alike. GPU rows run only where a framework sees a GPU; otherwise
+they are listed as skipped."""
 
 
 def _table(headers, rows) -> list[str]:

@@ -11,6 +11,9 @@ from crossnn.harness import RunResult
 from crossnn.parity import Parity
 from crossnn.spec.toml import experiment_to_dict
 
+#: A parameter tensor with more values than this prints as its first and last three.
+PRINTED_VALUES = 24
+
 
 def run_text(result: RunResult, parities: dict[int, Parity]) -> str:
     e, plan = result.experiment, result.plan
@@ -50,9 +53,13 @@ def run_text(result: RunResult, parities: dict[int, Parity]) -> str:
                 lines.append(f"  {p.label}: did not finish: {p.note}")
         lines.append("")
         lines.append(f"parity: {'PASS' if not failed else 'FAIL'} ({len(compared) - len(failed)} of {len(compared)} runs agree)")
-    lines += ["", f"final parameters ({result.reference.spec.label}):"]
-    for name, value in result.reference.final_params.items():
-        lines.append(f"  {name} {tuple(value.shape)}: {np.array2string(value.ravel(), precision=8, max_line_width=100)}")
+    params = result.reference.final_params
+    elided = any(v.size > PRINTED_VALUES for v in params.values())
+    lines += ["", f"final parameters ({result.reference.spec.label}"
+                  f"{'; tensors over ' + str(PRINTED_VALUES) + ' values shortened, all of them in --json' if elided else ''}):"]
+    for name, value in params.items():
+        text = np.array2string(value.ravel(), precision=8, max_line_width=100, threshold=PRINTED_VALUES, edgeitems=3)
+        lines.append(f"  {name} {tuple(value.shape)}: {text}")
     return "\n".join(lines)
 
 

@@ -238,3 +238,19 @@ def test_several_specs_and_the_seed_suite(tmp_path, capsys):
     from crossnn.cli import SUITES
 
     assert set(SUITES["seeds"]) == set(examples.names()) - {"digits"}
+
+
+def test_large_parameters_print_shortened(tmp_path, capsys):
+    """A 30-value kernel prints as its first and last three values; the 1-value bias in full."""
+    x = [[float(i + j) / 30 for i in range(30)] for j in range(2)]
+    spec = tmp_path / "wide.toml"
+    spec.write_text(f'name = "wide"\nseed = 0\n[data]\nx = {x}\ny = [[1.0], [2.0]]\n[model]\ninputs = 30\n'
+                    '[[model.layers]]\ntype = "dense"\nname = "fc"\nunits = 1\nactivation = "linear"\n'
+                    'use_bias = true\nkernel_init = "zeros"\nbias_init = "zeros"\n[loss]\ntype = "mse"\n[optimizer]\ntype = "sgd"\nlr = 0.01\n'
+                    '[train]\nepochs = 1\nbatch_size = 2\n')
+    assert main(["run", str(spec), "--backends", "numpy"]) == 0
+    text = capsys.readouterr().out
+    assert "tensors over 24 values shortened, all of them in --json" in text
+    kernel = next(line for line in text.splitlines() if line.startswith("  fc/kernel (30, 1): "))
+    assert kernel.count("...") == 1 and len(kernel.split("...")[0].split()) == 3 + 3
+    assert "  fc/bias (1,): [0.03" in text

@@ -21,17 +21,16 @@ class Tolerance:
     atol: float
 
 
-#: float64 runs must agree to rounding; float32 runs drift by design (see the divergence plot).
-TOLERANCES = {"float64": Tolerance(rtol=1e-9, atol=1e-12), "float32": Tolerance(rtol=1e-4, atol=1e-6)}
-#: GPU kernels reorder sums (and must run with TF32 off); their bound is wider.
-GPU_FACTOR = 100.0
+#: float64 runs must agree to rounding. float32 runs drift by design (see the divergence plot): on the
+#: examples the NumPy float32 run itself, the reference's own code, ends 0.9e-4 (digits, 1290 Adam steps)
+#: and 2.3e-5 (circle, 12,000 SGD steps) from float64, so the float32 bound sits ten times above that.
+TOLERANCES = {"float64": Tolerance(rtol=1e-9, atol=1e-12), "float32": Tolerance(rtol=1e-3, atol=1e-6)}
+#: GPU kernels reorder sums (and must run with TF32 off); their bounds are wider.
+GPU_TOLERANCES = {"float64": Tolerance(rtol=1e-7, atol=1e-10), "float32": Tolerance(rtol=1e-2, atol=1e-4)}
 
 
 def tolerance_for(dtype: str, device: str) -> Tolerance:
-    tol = TOLERANCES[dtype]
-    if device != "cpu":
-        return Tolerance(tol.rtol * GPU_FACTOR, tol.atol * GPU_FACTOR)
-    return tol
+    return (TOLERANCES if device == "cpu" else GPU_TOLERANCES)[dtype]
 
 
 @dataclass

@@ -24,12 +24,16 @@ needs_sklearn = pytest.mark.skipif(importlib.util.find_spec("sklearn") is None,
 @needs_sklearn
 def test_digits_trains_to_high_test_accuracy_with_parity(backend_name):
     experiment = crossnn.example("digits")
-    result = train(experiment, [RunSpec(backend_name, "float64")])
-    record = result.records[0]
+    result = train(experiment, [RunSpec(backend_name, "float64"), RunSpec(backend_name, "float32")])
+    record, single = result.records
     assert record.ok, record.message
     assert record.metrics["val_accuracy"] >= 0.95
     assert len(record.history["val_accuracy"]) == experiment.train.epochs
     assert compare(result.reference, record).max_rel <= 1e-9
+    # float32 drifts (about 1e-4 after 1290 Adam steps) but stays inside its default bound.
+    drift = compare(result.reference, single)
+    assert drift.passed and 1e-6 < drift.max_rel < 1e-3, drift.max_rel
+    assert single.metrics["val_accuracy"] >= 0.95
 
 
 @needs_sklearn

@@ -709,3 +709,21 @@ def test_matmul_gflops_times_onednn_too_for_float32_on_the_cpu(monkeypatch):
     assert len(calls) == 11  # warm-up and 10 timed
     assert 0 < backends.get("torch").matmul_gflops(128, "float64", "cpu") < 1e6
     assert len(calls) == 11
+
+
+def test_bce_gradient_floor_is_torchs_float32_constant():
+    """nn.BCELoss floors p (1 - p) at the float constant 1e-12 (9.999999960041972e-13 in float64):
+    the NumPy reference and crossnn's clamped torch BCE share that floor (1e-12 itself was 4e-9 off)."""
+    from crossnn_numpy.losses import BCE as NumpyBCE
+    from crossnn_torch.losses import ClampedBCELoss
+
+    assert spec.BCE.grad_floor == float(np.float32(1e-12)) != 1e-12
+    p = np.array([[1e-30], [1e-13], [0.3], [1.0 - 1e-13], [1.0]])
+    y = np.array([[1.0], [0.0], [1.0], [0.0], [1.0]])
+    with np.errstate(divide="ignore"):  # log1p(-1) = -inf, clamped
+        _, want = NumpyBCE(spec.BCE(log_min=-100.0), np).value_and_grad(p, y)
+    for loss in (nn.BCELoss(), ClampedBCELoss(log_min=-100.0)):
+        pt = torch.tensor(p, requires_grad=True)
+        loss(pt, torch.tensor(y)).backward()
+        np.testing.assert_allclose(pt.grad.numpy(), want, rtol=5e-16, atol=0)
+    assert want[0, 0] == -1.0 / spec.BCE.grad_floor / 5

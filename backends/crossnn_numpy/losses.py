@@ -8,9 +8,6 @@ import math
 from crossnn import spec
 from crossnn.errors import UnsupportedFeature
 
-#: floor of p (1 - p) in the BCE gradient, as in PyTorch's binary_cross_entropy_backward
-BCE_GRAD_FLOOR = 1e-12
-
 
 class MSE:
     def __init__(self, s, xp):
@@ -51,7 +48,7 @@ class BCE:
         log_p = xp.maximum(xp.log(p), self.log_min)
         log_q = xp.maximum(xp.log1p(-p), self.log_min)
         value = xp.mean((y - 1.0) * log_q - y * log_p)
-        grad = (p - y) / xp.maximum((1.0 - p) * p, BCE_GRAD_FLOOR) * (1.0 / math.prod(p.shape))
+        grad = (p - y) / xp.maximum((1.0 - p) * p, spec.BCE.grad_floor) * (1.0 / math.prod(p.shape))
         return value, grad
 
 

@@ -118,7 +118,8 @@ def _loss_code(loss: S.Loss) -> str:
         body = (f"    log_p = np.maximum(np.log(p), {loss.log_min!r})      # the log clamp\n"
                 f"    log_q = np.maximum(np.log1p(-p), {loss.log_min!r})\n"
                 "    value = np.mean((y - 1.0) * log_q - y * log_p)\n"
-                "    return value, (p - y) / np.maximum((1.0 - p) * p, 1e-12) * (1.0 / p.size)\n")
+                f"    floor = {S.BCE.grad_floor!r}  # float32(1e-12), as torch's BCELoss floors p (1 - p)\n"
+                "    return value, (p - y) / np.maximum((1.0 - p) * p, floor) * (1.0 / p.size)\n")
     elif isinstance(loss, S.BCELogits):
         body = ("    value = np.mean(np.maximum(p, 0.0) - p * y + np.log1p(np.exp(-np.abs(p))))\n"
                 "    return value, (1.0 / (1.0 + np.exp(-p)) - y) * (1.0 / p.size)\n")

@@ -29,9 +29,6 @@ import tensorflow as tf
 from crossnn import spec
 from crossnn.errors import UnsupportedFeature
 
-#: floor of p (1 - p) in the BCE gradient, as in PyTorch's binary_cross_entropy_backward
-BCE_GRAD_FLOOR = 1e-12
-
 
 def _inverse_count(count, dtype):
     return tf.cast(1.0 / tf.cast(count, tf.float64), dtype)
@@ -62,8 +59,8 @@ def _huber(s: spec.Huber):
 
 def _bce(s: spec.BCE):
     """-mean(y max(log p, log_min) + (1 - y) max(log1p(-p), log_min)); gradient
-    (p - y) / max(p (1 - p), 1e-12) / n, PyTorch's binary_cross_entropy_backward."""
-    log_min = s.log_min
+    (p - y) / max(p (1 - p), grad_floor) / n, PyTorch's binary_cross_entropy_backward."""
+    log_min, grad_floor = s.log_min, s.grad_floor
 
     @tf.custom_gradient
     def bce(p, y):
@@ -72,7 +69,7 @@ def _bce(s: spec.BCE):
         value = tf.reduce_mean((y - 1.0) * log_q - y * log_p)
 
         def grad(upstream):
-            dp = (p - y) / tf.maximum((1.0 - p) * p, BCE_GRAD_FLOOR) * _inverse_count(tf.size(p), p.dtype)
+            dp = (p - y) / tf.maximum((1.0 - p) * p, grad_floor) * _inverse_count(tf.size(p), p.dtype)
             return upstream * dp, None
 
         return value, grad

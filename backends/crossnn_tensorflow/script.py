@@ -210,7 +210,7 @@ def loss_fn(p, y):
 '''
     if isinstance(s, spec.BCE):
         return LOSS_NOTE + f'''LOG_MIN = {s.log_min!r}  # the spec's clamp of log p and log(1 - p)
-BCE_GRAD_FLOOR = 1e-12  # floor of p (1 - p) in the gradient, as torch's binary_cross_entropy_backward
+BCE_GRAD_FLOOR = {s.grad_floor!r}  # floor of p (1 - p) in the gradient: float32(1e-12), as torch's BCELoss
 
 
 @tf.custom_gradient

@@ -21,13 +21,13 @@ from crossnn.errors import UnsupportedFeature
 
 #: the log clamp built into nn.BCELoss
 TORCH_BCE_LOG_MIN = -100.0
-#: floor of p (1 - p) in the BCE gradient, as in torch's binary_cross_entropy_backward
-BCE_GRAD_FLOOR = 1e-12
+#: floor of p (1 - p) in the BCE gradient: binary_cross_entropy_backward's float constant 1e-12
+BCE_GRAD_FLOOR = spec.BCE.grad_floor
 
 
 class ClampedBCEFunction(torch.autograd.Function):
     """L = mean((y - 1) max(log1p(-p), log_min) - y max(log p, log_min));
-    dL/dp = (p - y) / max((1 - p) p, 1e-12) / (N K), as torch computes it for its clamp of -100."""
+    dL/dp = (p - y) / max((1 - p) p, BCE_GRAD_FLOOR) / (N K), as torch computes it for its clamp of -100."""
 
     @staticmethod
     def forward(ctx, p, y, log_min):

@@ -50,16 +50,18 @@ class BCE(Loss, kind="bce"):
     """Binary cross-entropy on probabilities p in [0, 1]:
 
         L     = -mean(y · max(log p, log_min) + (1 - y) · max(log1p(-p), log_min))
-        dL/dp = (p - y) / max(p (1 - p), 1e-12) / (N K)
+        dL/dp = (p - y) / max(p (1 - p), grad_floor) / (N K)
 
-    The clamp keeps L finite when p reaches 0 or 1 (in float32 a sigmoid saturates near |z| = 17).
-    The gradient is that of the unclamped form with its denominator floored, so it stays finite at
-    p = 0 or 1 (autograd through the clamped logs would give 0 · ∞ = NaN there); this is what
-    PyTorch's BCELoss computes, with log_min = -100. Keras instead clips p to [1e-7, 1 - 1e-7] and,
-    after a sigmoid, recovers the logits.
+    The clamp keeps L finite when p reaches 0 or 1 (in float32 a sigmoid rounds to 1 from z ≈ 17 and
+    to 0 only near z ≈ -104). The gradient is that of the unclamped form with its denominator
+    floored, so it stays finite at p = 0 or 1 (autograd through the clamped logs would give
+    0 · ∞ = NaN there); this is what PyTorch's BCELoss computes, with log_min = -100 and a floor that
+    is the float32 constant 1e-12 (grad_floor, 9.999999960041972e-13 in float64). Keras instead clips
+    p to [1e-7, 1 - 1e-7] and, after a sigmoid, recovers the logits.
     """
 
     outputs: ClassVar[str] = "probability"
+    grad_floor: ClassVar[float] = 9.999999960041972e-13
     log_min: float
 
     def validate(self):

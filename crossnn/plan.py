@@ -49,9 +49,6 @@ class BatchPlan:
         """Index arrays of steps [start, stop)."""
         return [self.batch(step) for step in range(start, stop)]
 
-    def epoch_of(self, step: int) -> int:
-        return step // self.steps_per_epoch
-
     def spans(self, every: int) -> list[tuple[int, int]]:
         """[start, stop) ranges of `every` steps covering the plan (the last may be shorter)."""
         return [(s, min(s + every, self.steps)) for s in range(0, self.steps, every)]

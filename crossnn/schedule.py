@@ -26,8 +26,9 @@ class StepClock:
         return self.experiment.optimizer.lr_at(self.epoch(step), step)
 
     def masks(self, step: int, batch: int) -> dict[str, np.ndarray]:
-        """{dropout layer: float64 (batch, features) of 0 or 1/(1 - rate)} for this step; the draw for
-        row i uses uniform u < 1 - rate from stream(seed, "dropout", layer, step)."""
+        """{dropout layer: float64 (batch, features) of 0 or 1/(1 - rate)} for this step: one
+        (batch, features) draw of uniforms u from stream(seed, "dropout", layer, step), kept where
+        u < 1 - rate."""
         out = {}
         for name, rate, size in self.dropout:
             keep = stream(self.experiment.seed, "dropout", name, step).random((batch, size)) < 1.0 - rate

@@ -20,8 +20,6 @@ CLIP_EPS = 1e-6
 class Rule:
     """Shared steps of every rule: clip by global norm, then weight decay (L2 or decoupled)."""
 
-    slots: tuple[str, ...] = ()
-
     def __init__(self, s: spec.Optimizer, xp):
         self.s, self.xp = s, xp
 

@@ -24,7 +24,8 @@ NATIVE_ENTRIES = {
     "momentum-sgd": "keras.optimizers.SGD: velocity v <- momentum*v - lr*g, w <- w + v (lr inside the buffer)",
     "adam-epsilon": "keras.optimizers.Adam with epsilon = the spec's eps, added to the uncorrected sqrt(v)",
     "weight-decay": "keras optimizers' weight_decay: always decoupled, w <- w - w*wd*lr, whatever the spec's kind",
-    "rmsprop": "keras.optimizers.RMSprop(rho=alpha, epsilon=eps): epsilon inside the square root",
+    "rmsprop": "keras.optimizers.RMSprop(rho=alpha, epsilon=eps): epsilon inside the square root, lr inside the "
+               "momentum buffer",
     "adagrad": "keras.optimizers.Adagrad(initial_accumulator_value, epsilon): epsilon inside the square root",
     "bce-clamp": "keras.losses.BinaryCrossentropy: the logits behind a sigmoid output, else p clipped to "
                  "[1e-7, 1 - 1e-7], instead of clamping log p",

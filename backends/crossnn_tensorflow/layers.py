@@ -97,7 +97,7 @@ def _leaky_relu(s: spec.LeakyReLU):
 def _softplus(s):
     """max(z, 0) + log1p(exp(-|z|)) with gradient sigmoid(z) = 1 / (1 + exp(-z)). Not
     tf.math.softplus: its kernel returns exp(z) below z = log(eps) + 2 and z above -(log(eps) + 2),
-    up to 8 ulps (float64) / 7 ulps (float32) from the spec's value there; and not autodiff of the
+    up to about 8 ulps from the spec's value there; and not autodiff of the
     formula, whose tf.maximum gradient at z = 0 would make softplus'(0) = 1 instead of 1/2."""
 
     @tf.custom_gradient
@@ -293,8 +293,10 @@ def _variable_name(name: str) -> str:
 
 # ---- reading a user's Keras model back into a spec --------------------------------------------------
 
-#: Keras activation names whose function is the spec's. leaky_relu and gelu are left out on purpose:
-#: keras.activations.leaky_relu's slope (0.2) and gelu's form are not in the layer config.
+#: Keras activation names whose function is the spec's. leaky_relu (slope 0.2) and gelu (the exact
+#: form) are left out on purpose: Keras computes them with float32 constants (the slope is a float32
+#: op attribute, tf.nn.gelu casts 1/√2 through float32; catalog entries leaky-relu-slope and
+#: gelu-approximation), so a float64 Keras model using them would not match the imported spec.
 KERAS_ACTIVATIONS = {"linear": spec.Linear(), "relu": spec.ReLU(), "sigmoid": spec.Sigmoid(), "tanh": spec.Tanh(),
                      "softmax": spec.Softmax(), "softplus": spec.Softplus()}
 

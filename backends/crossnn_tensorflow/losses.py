@@ -12,8 +12,9 @@ float64 and then cast, as the NumPy reference and PyTorch do, so float32 runs ro
 The native flavour lowers two catalog entries with Keras' own loss objects instead:
   * "bce-clamp": keras.losses.BinaryCrossentropy() on the probabilities. Keras clips p to
     [1e-7, 1 - 1e-7] (its epsilon) where the spec clamps log p at log_min; and Keras recovers the
-    logits instead when p carries them (keras.activations.sigmoid tags its output) — the model's
-    sigmoid here is tf.nn.sigmoid, which does not, so the clip is what runs.
+    logits instead when p carries them. Under this entry the model's sigmoid is
+    keras.activations.sigmoid (crossnn_tensorflow.layers), which tags its output with them, so a
+    sigmoid output is scored on its logits and the clip runs only on probabilities from elsewhere.
   * "cross-entropy-inputs": keras.losses.CategoricalCrossentropy() /
     SparseCategoricalCrossentropy() with their default from_logits=False, whatever the spec's
     from_logits says: logits are then taken for probabilities (rescaled to sum to 1 and clipped to

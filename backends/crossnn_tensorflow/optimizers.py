@@ -124,7 +124,7 @@ class Rule(tf.Module):
         for i, (w, g) in enumerate(zip(variables, grads)):
             if self.decoupled:
                 if self.keras_decay:  # keras' _apply_weight_decay: w - w · wd · lr
-                    w.assign(w - w * tf.cast(self.decoupled, w.dtype) * tf.cast(lr, w.dtype))
+                    w.assign(w - w * tf.constant(self.decoupled, w.dtype) * tf.cast(lr, w.dtype))
                 else:
                     w.assign(w * tf.cast(1.0 - lr * self.decoupled, w.dtype))
             if self.l2:

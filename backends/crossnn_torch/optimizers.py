@@ -148,8 +148,3 @@ class Update:
             for p in self.params:
                 if p.grad is not None:
                     p.grad.add_(p, alpha=self.l2)
-
-
-def optimizer(s: spec.Optimizer, params, native: frozenset[str] = frozenset()) -> torch.optim.Optimizer:
-    """The torch optimizer for spec `s` over the parameters `params` (without the loop's part)."""
-    return Update(s, params, native).optimizer

@@ -96,6 +96,21 @@ def _default_init(lab: Lab) -> list[Finding]:
     return found
 
 
+def _split_at_lr_change(d, *, change: int, lr_old: float, lr_new: float, mu: float) -> tuple[float, float]:
+    """For an optimizer that keeps lr inside its momentum buffer against one that applies it outside:
+    (largest difference up to step `change`, where lr is constant; relative error of the predicted
+    split at step change + 1). Steps 0 .. change-1 use lr_old, step `change` the first lr_new, so
+    with the buffer b = (w_k-1 - w_k)/lr_old the lr-inside rule lands μ·(lr_new - lr_old)·b away."""
+    ref = d.result.reference.snapshots
+    before = max(float(np.max(np.abs(d.record.snapshots[s][n] - ref[s][n]))) for s in range(change + 1) for n in ref[0])
+    worst = 0.0
+    for name in ref[0]:
+        predicted = mu * (lr_new - lr_old) / lr_old * (ref[change - 1][name] - ref[change][name])
+        measured = d.record.snapshots[change + 1][name] - ref[change + 1][name]
+        worst = max(worst, float(np.max(np.abs(measured - predicted))) / max(float(np.max(np.abs(predicted))), 1e-300))
+    return before, worst
+
+
 def momentum_split_spec() -> Experiment:
     """SGD with momentum whose learning rate drops tenfold after epoch 2 (one step per epoch)."""
     return _regression(S.SGD(lr=0.1, momentum=0.9, schedule=S.StepDecay(unit="epoch", step_size=3, gamma=0.1)),
@@ -110,17 +125,8 @@ def _momentum(lab: Lab) -> list[Finding]:
              Finding(f"keras, same steps: velocity {_fmt(k['velocity'])} (= -lr·g), w {_fmt(k['w'])}; after lr -> 0.01: "
                      f"w {_fmt(k['w2'])} (= 0.8 + 0.9·(-0.2) - 0.01·2 = 0.6)",
                      _close(k["velocity"], -0.2) and _close(k["w"], 0.8) and _close(k["w2"], 0.6))]
-    e = momentum_split_spec()
-    d = lab.run(e, "tensorflow", frozenset({"momentum-sgd"}))
-    ref = d.result.reference.snapshots
-    change = 3  # steps 0-2 use lr 0.1, step 3 uses 0.01 (one step per epoch)
-    before = max(float(np.max(np.abs(d.record.snapshots[s][n] - ref[s][n]))) for s in range(change + 1) for n in ref[0])
-    lr_old, lr_new, mu = 0.1, 0.01, 0.9
-    worst = 0.0
-    for name in ref[0]:
-        predicted = mu * (lr_new - lr_old) / lr_old * (ref[change - 1][name] - ref[change][name])
-        measured = d.record.snapshots[change + 1][name] - ref[change + 1][name]
-        worst = max(worst, float(np.max(np.abs(measured - predicted))) / max(float(np.max(np.abs(predicted))), 1e-300))
+    d = lab.run(momentum_split_spec(), "tensorflow", frozenset({"momentum-sgd"}))
+    before, worst = _split_at_lr_change(d, change=3, lr_old=0.1, lr_new=0.01, mu=0.9)
     found.append(Finding(f"keras SGD vs the spec under a step decay: identical to {before:.1e} while lr is constant; "
                          f"at the first step with the new lr they split by mu·(lr_new - lr_old)/lr_old·(w_k-1 - w_k), "
                          f"as the formulas predict (measured vs predicted: {worst:.1e} relative)",
@@ -164,14 +170,28 @@ def _weight_decay(lab: Lab) -> list[Finding]:
     return found
 
 
+def rmsprop_momentum_split_spec() -> Experiment:
+    """RMSprop with momentum whose learning rate drops tenfold after epoch 2 (one step per epoch); eps
+    so small that inside or outside the square root makes no difference."""
+    return _regression(S.RMSprop(lr=0.01, alpha=0.9, eps=1e-30, momentum=0.9,
+                                 schedule=S.StepDecay(unit="epoch", step_size=3, gamma=0.1)), epochs=6)
+
+
 def _rmsprop(lab: Lab) -> list[Finding]:
     t, k = lab.facts("torch")["rmsprop_defaults"], lab.facts("tensorflow")["rmsprop_defaults"]
     e = _regression(S.RMSprop(lr=0.01, alpha=0.9, eps=1e-7), scale=1e-4)
     d = lab.run(e, "tensorflow", frozenset({"rmsprop"}))
-    return [Finding(f"defaults: torch alpha {t['alpha']}, eps {t['eps']}; keras rho {k['rho']}, epsilon {k['epsilon']}",
-                    t["alpha"] == 0.99 and k["rho"] == 0.9 and t["eps"] == 1e-8 and k["epsilon"] == 1e-7),
-            Finding(f"same alpha/rho and eps, eps outside (torch) vs inside (keras) the square root: keras RMSprop "
-                    f"drifts from the spec by {d.max_rel:.2e} on gradients ~1e-4", d.max_rel > 1e-6)]
+    found = [Finding(f"defaults: torch alpha {t['alpha']}, eps {t['eps']}; keras rho {k['rho']}, epsilon {k['epsilon']}",
+                     t["alpha"] == 0.99 and k["rho"] == 0.9 and t["eps"] == 1e-8 and k["epsilon"] == 1e-7),
+             Finding(f"same alpha/rho and eps, eps outside (torch) vs inside (keras) the square root: keras RMSprop "
+                     f"drifts from the spec by {d.max_rel:.2e} on gradients ~1e-4", d.max_rel > 1e-6)]
+    split = lab.run(rmsprop_momentum_split_spec(), "tensorflow", frozenset({"rmsprop"}))
+    before, worst = _split_at_lr_change(split, change=3, lr_old=0.01, lr_new=0.001, mu=0.9)
+    found.append(Finding(f"with momentum 0.9 under a step decay (eps 1e-30): keras RMSprop equals the spec to "
+                         f"{before:.1e} while lr is constant and splits at the new lr by "
+                         f"mu·(lr_new - lr_old)/lr_old·(w_k-1 - w_k), lr inside its momentum buffer as in keras SGD "
+                         f"(measured vs predicted: {worst:.1e} relative)", before < 1e-12 and worst < 1e-9))
+    return found
 
 
 def _adagrad(lab: Lab) -> list[Finding]:
@@ -359,10 +379,12 @@ ENTRIES = [
           (TORCH_DOCS + "generated/torch.optim.Adam.html", TORCH_DOCS + "generated/torch.optim.AdamW.html",
            KERAS_DOCS + "optimizers/", "keras/src/optimizers/base_optimizer.py (_apply_weight_decay)"), _weight_decay,
           lambda e: e.optimizer.weight_decay > 0),
-    Entry("rmsprop", "RMSprop's defaults and epsilon",
+    Entry("rmsprop", "RMSprop's defaults, epsilon and momentum buffer",
           "PyTorch's RMSprop averages squared gradients with alpha = 0.99 and divides by √v + eps (eps 1e-8); Keras "
-          "uses rho = 0.9 and divides by √(v + epsilon) (epsilon 1e-7).",
-          "v ← αv + (1−α)g²; w ← w − lr·g/(√v + eps)", "v ← ρv + (1−ρ)g²; w ← w − lr·g/√(v + ε)",
+          "uses rho = 0.9 and divides by √(v + epsilon) (epsilon 1e-7). With momentum, Keras keeps lr inside the "
+          "momentum buffer, as its SGD does, so the two split when the learning rate changes.",
+          "v ← αv + (1−α)g²; w ← w − lr·g/(√v + eps); momentum: b ← μb + g/(√v + eps), w ← w − lr·b",
+          "v ← ρv + (1−ρ)g²; w ← w − lr·g/√(v + ε); momentum: m ← μm + lr·g/√(v + ε), w ← w − m",
           "PyTorch's rule; alpha and eps required",
           (TORCH_DOCS + "generated/torch.optim.RMSprop.html", KERAS_DOCS + "optimizers/rmsprop/",
            "keras/src/optimizers/rmsprop.py"), _rmsprop, _uses(S.RMSprop)),

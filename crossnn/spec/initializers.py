@@ -2,7 +2,8 @@
 
 Every initializer gets the parameter's shape and its layer's fan_in and fan_out (for a Dense layer,
 inputs and units; a bias uses its layer's fans, as PyTorch's nn.Linear does).
-The variance-scaling family follows Keras' definition: with n = fan_in, fan_out or their mean,
+The variance-scaling family follows Keras' definition: with n = fan_in, fan_out or their mean
+(at least 1),
 
     uniform:          U(-√(3 s / n), +√(3 s / n))
     normal:           N(0, s / n)

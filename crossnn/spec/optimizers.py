@@ -51,7 +51,8 @@ class StepDecay(Schedule, kind="step"):
 @dataclass(frozen=True, kw_only=True)
 class ExponentialDecay(Schedule, kind="exponential"):
     """factor(u) = gamma ^ u (torch's ExponentialLR stepped once per unit; Keras' ExponentialDecay
-    with decay_steps = 1 unit)."""
+    with decay_rate = gamma, decay_steps = the steps in one unit and, for unit = "epoch",
+    staircase=True)."""
 
     gamma: float
 
@@ -206,7 +207,8 @@ class RMSprop(Optimizer, kind="rmsprop"):
         without:       w ← w - lr_t · g / a
 
     alpha and eps have no defaults: torch uses alpha 0.99 and eps 1e-8 outside the square root,
-    Keras rho 0.9 and epsilon 1e-7 inside it (g / √(v + eps)).
+    Keras rho 0.9 and epsilon 1e-7 inside it (g / √(v + eps)). Keras' momentum buffer holds
+    lr · g / a, so it differs from this rule once lr changes.
     """
 
     alpha: float

@@ -162,12 +162,17 @@ _hidden = st.one_of(st.sampled_from([S.Linear(), S.ReLU(), S.Sigmoid(), S.Tanh()
                     st.builds(S.GELU, approximate=st.sampled_from(["none", "tanh"])))
 
 
+TASKS = ("mse", "mae", "huber", "bce", "bce_logits", "ce_logits", "ce_probs")
+OPTIMIZER_KINDS = ("sgd", "sgd-momentum", "adam", "adamw", "rmsprop", "adagrad")
+
+
 @st.composite
-def trainable_experiments(draw, max_epochs: int = 4):
+def trainable_experiments(draw, max_epochs: int = 4, task: str | None = None, kind: str | None = None):
     """Specs whose loss fits the output (bce after sigmoid, probability cross-entropy after softmax),
     with inline data of matching shape (0/1 targets, class indices or one-hot rows for the
-    classification losses), small learning rates and a few epochs."""
-    task = draw(st.sampled_from(["mse", "mae", "huber", "bce", "bce_logits", "ce_logits", "ce_probs"]))
+    classification losses), small learning rates and a few epochs; half of them with a dropout
+    layer before the output. `task` (a loss) and `kind` (an optimizer) fix those choices."""
+    task = task or draw(st.sampled_from(TASKS))
     classes = draw(st.integers(2, 4))
     outputs, last, loss = {
         "mse": (st.integers(1, 3), st.sampled_from([S.Linear(), S.Tanh()]), S.MSE()),
@@ -182,6 +187,9 @@ def trainable_experiments(draw, max_epochs: int = 4):
     model = draw(models(inputs=st.integers(1, 4), width=st.integers(1, 5), outputs=outputs, last_activation=last,
                         names=st.sampled_from(["a", "b", "c", "d", "e", "f", "g", "h"]), inits=_small_inits,
                         acts=_hidden))
+    if draw(st.booleans()):
+        *body, out = model.layers
+        model = S.Model(inputs=model.inputs, layers=(*body, S.Dropout(name="drop", rate=draw(st.floats(0.1, 0.6))), out))
     n = draw(st.integers(2, 24))
     rng = np.random.default_rng(draw(st.integers(0, 2**32)))
     x = rng.standard_normal((n, model.inputs))
@@ -197,7 +205,7 @@ def trainable_experiments(draw, max_epochs: int = 4):
                   schedule=draw(st.sampled_from([None, S.StepDecay(unit="epoch", step_size=1, gamma=0.5),
                                                  S.ExponentialDecay(unit="step", gamma=0.95)])))
     shared["weight_decay_kind"] = draw(st.sampled_from(["l2", "decoupled"])) if shared["weight_decay"] else None
-    kind = draw(st.sampled_from(["sgd", "sgd-momentum", "adam", "adamw", "rmsprop", "adagrad"]))
+    kind = kind or draw(st.sampled_from(OPTIMIZER_KINDS))
     lr = draw(st.floats(1e-3, 0.05))
     optimizer = {  # moderate hyperparameters keep every step well conditioned, so float64 runs agree to rounding
         "sgd": lambda: S.SGD(lr=lr * 4, **shared),

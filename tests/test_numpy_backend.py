@@ -317,11 +317,18 @@ def test_rmsprop_two_steps_by_hand():
     assert _steps(S.RMSprop(lr=0.1, alpha=0.9, eps=1e-8), [1.0], [[2.0], [1.0]]) == pytest.approx([w2], abs=1e-15)
 
 
-def test_rmsprop_centered_with_momentum_by_hand():
-    # v = 0.4, ḡ = 0.1·2 = 0.2, a = √(0.4 - 0.04) + eps, b = g/a, w = 1 - 0.1·b
-    a = np.sqrt(0.4 - 0.04) + 1e-8
-    w = _steps(S.RMSprop(lr=0.1, alpha=0.9, eps=1e-8, momentum=0.5, centered=True), [1.0], [[2.0]])
-    assert w == pytest.approx([1 - 0.1 * 2 / a], abs=1e-15)
+def test_rmsprop_centered_with_momentum_two_steps_by_hand():
+    """Two steps, so the momentum coefficient weighs the first step's buffer in the second."""
+    # step 1, g = 2: v = 0.1·4 = 0.4, ḡ = 0.1·2 = 0.2, a = √(0.4 - 0.04) + eps, b = 2/a, w = 1 - 0.1·b
+    a1 = np.sqrt(0.4 - 0.2**2) + 1e-8
+    b1 = 2 / a1
+    w1 = 1 - 0.1 * b1
+    # step 2, g = -1: v = 0.9·0.4 + 0.1·1 = 0.46, ḡ = 0.9·0.2 - 0.1 = 0.08, a = √(0.46 - 0.0064) + eps, b = 0.5·b1 - 1/a
+    a2 = np.sqrt(0.46 - 0.08**2) + 1e-8
+    w2 = w1 - 0.1 * (0.5 * b1 - 1 / a2)
+    spec = S.RMSprop(lr=0.1, alpha=0.9, eps=1e-8, momentum=0.5, centered=True)
+    assert _steps(spec, [1.0], [[2.0]]) == pytest.approx([w1], abs=1e-15)
+    assert _steps(spec, [1.0], [[2.0], [-1.0]]) == pytest.approx([w2], abs=1e-15)
 
 
 def test_adagrad_two_steps_by_hand():

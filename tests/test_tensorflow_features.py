@@ -681,3 +681,52 @@ def test_script_refuses_what_it_cannot_write():
     exp = _spec([ScaleTFTest(name="scale"), S.Dense(name="out", units=2, **INIT)], S.SGD(lr=0.1))
     with pytest.raises(UnsupportedFeature, match="layer type 'scale_tf_test' in a script"):
         backends.get("tensorflow").script(exp, initial_parameters(exp), load_dataset(exp))
+
+
+TINY_EPS = 1e-30  # inside or outside the square root, too small to matter: Keras' formula is then the spec's
+
+KERAS_SAME_FORMULA = {
+    # spec optimizer: the keras.optimizers optimizer that computes the same update (float64 hyperparameters)
+    "rmsprop centered momentum": (
+        S.RMSprop(lr=2.0**-6, alpha=0.875, eps=TINY_EPS, momentum=0.75, centered=True),
+        lambda: keras.optimizers.RMSprop(learning_rate=np.float64(2.0**-6), rho=np.float64(0.875),
+                                         epsilon=np.float64(TINY_EPS), momentum=np.float64(0.75), centered=True)),
+    "adagrad": (
+        S.Adagrad(lr=2.0**-4, initial_accumulator=0.125, eps=TINY_EPS),
+        lambda: keras.optimizers.Adagrad(learning_rate=np.float64(2.0**-4), initial_accumulator_value=0.125,
+                                         epsilon=np.float64(TINY_EPS))),
+    "adamw": (
+        S.AdamW(lr=2.0**-6, beta1=0.875, beta2=0.9921875, eps=TINY_EPS, weight_decay=0.125),
+        lambda: keras.optimizers.AdamW(learning_rate=np.float64(2.0**-6), beta_1=np.float64(0.875),
+                                       beta_2=np.float64(0.9921875), epsilon=np.float64(TINY_EPS),
+                                       weight_decay=np.float64(0.125))),
+}
+
+
+@pytest.mark.parametrize("case", sorted(KERAS_SAME_FORMULA))
+def test_spec_optimizers_match_a_keras_loop_configured_to_the_same_formula(case):
+    """A Keras tutorial loop (GradientTape, apply_gradients) on tf.Variables, fed crossnn's initial
+    parameters and batch plan, with the keras.optimizers optimizer set up to compute the spec's rule
+    (epsilon negligible, constant lr): crossnn's TF lowering of the spec ends within 1e-9 of it in
+    float64. The learning rates and betas are powers of two, so Keras' float32 learning-rate variable
+    holds them exactly."""
+    optimizer, make = KERAS_SAME_FORMULA[case]
+    exp = _spec([S.Dense(name="h", units=4, activation=S.Tanh(), **INIT), S.Dense(name="out", units=2, **INIT)],
+                optimizer, epochs=4)
+    params = initial_parameters(exp)
+    variables = {k: tf.Variable(tf.constant(v, tf.float64), name=k.replace("/", "_")) for k, v in params.items()}
+    keras_optimizer = make()
+    plan = BatchPlan.for_experiment(exp, len(X))
+    for step in range(plan.steps):
+        rows = plan.batch(step)
+        x, y = tf.constant(X[rows]), tf.constant(Y[rows])
+        with tf.GradientTape() as tape:
+            h = tf.tanh(x @ variables["h/kernel"] + variables["h/bias"])
+            loss = tf.reduce_mean(tf.square(h @ variables["out/kernel"] + variables["out/bias"] - y))
+        order = list(variables.values())
+        keras_optimizer.apply_gradients(zip(tape.gradient(loss, order), order))
+    want = {k: v.numpy() for k, v in variables.items()}
+    result = train(exp, [RunSpec("tensorflow", "float64")])
+    got = result.records[0].final_params
+    assert _rel(got, want) <= 1e-9, (case, _rel(got, want))
+    assert _rel(want, params) > 1e-3  # it trained

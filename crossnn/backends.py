@@ -163,8 +163,9 @@ class Backend(ABC):
         as JSON, reproducing this backend's lowering."""
         raise UnsupportedFeature(self.name, "emitting a script")
 
-    def export_native(self, experiment: Experiment, state: TrainingState, path) -> None:
-        """Write `state` in the framework's own checkpoint format (layout converted)."""
+    def export_native(self, experiment: Experiment, state: TrainingState, path) -> str:
+        """Write `state` in the framework's own checkpoint format (layout converted); return what the
+        file holds, in a few words (e.g. whether the optimizer state and step are in it)."""
         raise UnsupportedFeature(self.name, "native checkpoint export")
 
     def import_native(self, experiment: Experiment, path) -> TrainingState:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import shlex
 import sys
 import traceback
@@ -25,9 +27,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="crossnn", description=(
         "Lower one neural-network experiment spec to PyTorch, TensorFlow and NumPy, train every "
         "lowering from the same data, initial parameters and batch order, and compare them step by step."))
+    from crossnn import __version__
+
+    parser.add_argument("--version", action="version", version=f"crossnn {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    # --debug is accepted after the command too; SUPPRESS keeps the subcommand from resetting it
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
+    add_parser = commands.add_parser
+    commands.add_parser = lambda *a, **k: add_parser(*a, parents=[debug], **k)
 
     p = commands.add_parser("list", help="backends (availability, version, devices) and built-in examples")
     p.add_argument("--probe", action="store_true", help="import each framework to list its devices exactly")
@@ -144,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("crossnn: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`crossnn ... | head`): stop quietly, like a SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13
     except Exception as err:  # a bug: say so in one line unless asked for the traceback
         if args.debug:
             raise
@@ -169,6 +182,17 @@ def load_spec(text: str):
     raise SpecError(f"'{text}' is neither a spec file nor an example; examples: {', '.join(examples.names())}")
 
 
+def load_data(experiment, where: str):
+    """The experiment's data set; a data error names the spec (file or example) it came from."""
+    from crossnn.data import load_dataset
+    from crossnn.errors import DataError
+
+    try:
+        return load_dataset(experiment)
+    except DataError as err:
+        raise DataError(f"{where}: {err}") from None
+
+
 #: names that stand for several examples
 SUITES = {"seeds": ("adder", "line", "linear-2x3", "two-tower", "circle")}
 
@@ -178,7 +202,8 @@ def _expand_suite(name: str) -> tuple[str, ...]:
 
 
 def _split(text: str | None) -> list[str]:
-    return [part.strip() for part in (text or "").split(",") if part.strip()]
+    """Comma-separated names, each once, in the order given."""
+    return list(dict.fromkeys(part.strip() for part in (text or "").split(",") if part.strip()))
 
 
 # ---- commands -----------------------------------------------------------------------------------
@@ -217,16 +242,17 @@ def cmd_show(args) -> int:
 
 def cmd_run(args) -> int:
     from crossnn import backends
+    from crossnn.bench.select import device_kind
     from crossnn.console import Progress, table
-    from crossnn.data import load_dataset
     from crossnn.errors import BackendError
     from crossnn.harness import RunSpec, train
     from crossnn.parity import TOLERANCES, Tolerance, compare, tolerance_for
     from crossnn.results import result_json, run_text
 
     # everything the user typed is checked before any training starts
-    experiments = [load_spec(text) for name in args.spec for text in _expand_suite(name)]
-    datasets = [load_dataset(e) for e in experiments]
+    texts = [text for name in args.spec for text in _expand_suite(name)]
+    experiments = [load_spec(text) for text in texts]
+    datasets = [load_data(e, text) for e, text in zip(experiments, texts)]
     names = _split(args.backends) or backends.available()
     dtypes = _split(args.dtype)
     for dtype in dtypes:
@@ -238,6 +264,18 @@ def cmd_run(args) -> int:
         backends.get(name)  # unknown or unavailable backends are bad input: say so before training
     if args.mode and not any(args.mode in backends.get(name).modes for name in names):
         raise BackendError(f"--mode: no chosen backend has mode '{args.mode}'")
+    for option in ("rtol", "atol"):
+        value = getattr(args, option)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise SpecError(f"--{option}: must be a finite number >= 0, got {value}")
+    kind = device_kind(args.device)
+    if kind is None:
+        raise BackendError(f"--device: unknown device '{args.device}'; use cpu or cuda[:N]")
+    for name in names:
+        backend = backends.get(name)
+        if kind != "cpu" and not backend.reference and not any(device_kind(d) == kind for d in backend.devices()):
+            raise BackendError(f"--device: backend '{name}' sees no {kind.upper()} here "
+                               f"(devices: {', '.join(backend.devices())})")
 
     def mode(name):
         return args.mode if args.mode in backends.get(name).modes else None
@@ -265,7 +303,7 @@ def cmd_run(args) -> int:
         print(run_text(result, parities))
         print()
         if args.flavor == "native":
-            print(native_explanation(experiment, result, parities))
+            print(native_explanation(experiment, result, parities, say=(lambda text: None) if args.quiet else _stderr))
         outcomes.append((result, parities))
 
     if len(outcomes) > 1:
@@ -292,8 +330,13 @@ def cmd_run(args) -> int:
     return EXIT_PARITY_FAILED if failed else EXIT_OK
 
 
-def native_explanation(experiment, result, parities) -> str:
-    """Which catalog entries the native runs used, and the divergence each causes on its own."""
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def native_explanation(experiment, result, parities, say=_stderr) -> str:
+    """Which catalog entries the native runs used, and the divergence each causes on its own; `say`
+    reports each measuring run as it starts."""
     from crossnn.console import sci, table
     from crossnn.differences import BY_ID, applicable, measure
 
@@ -305,7 +348,7 @@ def native_explanation(experiment, result, parities) -> str:
     if not names:
         return "native flavour: no backend here lowers any catalog entry differently from the spec"
     effects = measure(experiment, names, dtype=result.records[0].spec.dtype,
-                      entries=[BY_ID[i] for i in sorted(relevant)], snapshot_every=result.snapshot_every)
+                      entries=[BY_ID[i] for i in sorted(relevant)], snapshot_every=result.snapshot_every, say=say)
     for effect in effects:
         rows.append((effect.backend, effect.entry.id, effect.native, sci(effect.divergence.max_rel),
                      sci(effect.divergence.final_rel)))
@@ -327,7 +370,7 @@ def cmd_diff(args) -> int:
     experiment = load_spec(args.spec)
     names = [n for n in (_split(args.backends) or backends.available()) if backends.get(n).native_entries]
     lab = Lab()
-    effects = measure(experiment, names, lab, args.dtype, snapshot_every=None)
+    effects = measure(experiment, names, lab, args.dtype, snapshot_every=None, say=_stderr)
     print(f"{experiment.name}: catalog entries that apply, and the divergence each causes when one framework lowers "
           f"it its own way (max relative parameter difference from the NumPy {args.dtype} reference)")
     print(table(("entry", "backend", "native lowering", "max rel", "final rel", "first step > 1e-9"),
@@ -401,13 +444,18 @@ def _save_stopped(path: str, experiment, record) -> None:
 
 def cmd_code(args) -> int:
     from crossnn import backends
-    from crossnn.data import load_dataset
     from crossnn.files import write_text_atomic
     from crossnn.params import initial_parameters
     from crossnn.sidebyside import columns, html_page
 
+    if not args.side_by_side:
+        for option in ("backends", "html", "width"):
+            if getattr(args, option) is not None:
+                raise SpecError(f"--{option} goes with --side-by-side")
+    elif args.backend or args.out:
+        raise SpecError("--side-by-side takes --backends (several) and --html, not --backend or --out")
     experiment = load_spec(args.spec)
-    data, params = load_dataset(experiment), initial_parameters(experiment)
+    data, params = load_data(experiment, args.spec), initial_parameters(experiment)
     if not args.side_by_side:
         if not args.backend:
             raise SpecError("--backend: name the framework (numpy, torch or tensorflow), or use --side-by-side")
@@ -433,8 +481,8 @@ def cmd_export(args) -> int:
     from crossnn.checkpoint import load_checkpoint
 
     experiment, state = load_checkpoint(Path(args.checkpoint))
-    backends.get(args.backend).export_native(experiment, state, Path(args.out))
-    print(f"{args.checkpoint} (step {state.step}) written as {args.backend}'s own format to {args.out}")
+    holds = backends.get(args.backend).export_native(experiment, state, Path(args.out))
+    print(f"{args.checkpoint} (step {state.step}) written as {args.backend}'s own format to {args.out}: {holds}")
     return EXIT_OK
 
 
@@ -474,6 +522,11 @@ def cmd_bench(args) -> int:
             raise BackendError(f"--devices: unknown device '{device}'; use cpu or cuda")
     if args.repeats < 1:
         raise SpecError(f"--repeats: must be >= 1, got {args.repeats}")
+    known = {"tutorial", *(mode for name in names for mode in backends.get(name).modes)}
+    for mode in _split(args.modes):
+        if mode not in known:
+            raise BackendError(f"--modes: no chosen backend has mode '{mode}'; modes: {', '.join(sorted(known))}")
+
     def save(result):
         if args.json:
             from crossnn.files import write_text_atomic
@@ -496,6 +549,13 @@ def _read_json(path: str, what: str) -> dict:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError) as err:
         raise SpecError(f"{what}: cannot read {path}: {err}") from None
+
+
+def _is_pytest_benchmark(doc) -> bool:
+    benchmarks = doc.get("benchmarks") if isinstance(doc, dict) else None
+    return bool(benchmarks) and isinstance(benchmarks, list) and all(
+        isinstance(b, dict) and isinstance(b.get("name"), str) and isinstance(b.get("stats"), dict)
+        and all(isinstance(b["stats"].get(k), (int, float)) for k in ("median", "iqr", "rounds")) for b in benchmarks)
 
 
 def _without_note(argv: list[str]) -> str:
@@ -534,6 +594,9 @@ def cmd_report(args) -> int:
         backends.get(name)
     bench = _read_json(args.bench, "--bench") if args.bench else None
     pytest_benchmark = _read_json(args.pytest_benchmark, "--pytest-benchmark") if args.pytest_benchmark else None
+    if pytest_benchmark is not None and not _is_pytest_benchmark(pytest_benchmark):
+        raise SpecError(f"--pytest-benchmark: {args.pytest_benchmark} is not a pytest-benchmark --benchmark-json file "
+                        "(a list of benchmarks, each with median, iqr and rounds)")
     if bench is not None and bench.get("kind") != "crossnn-bench":
         raise SpecError(f"--bench: {args.bench} is not a `crossnn bench --json` file")
     cases = cases_for(_split(args.suites), args.quick) if bench is None and not args.no_bench else []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -24,6 +25,11 @@ TWO_TOWER = examples.path("two-tower").read_text()
 def _edit(text: str, old: str, new: str) -> str:
     assert old in text, old
     return text.replace(old, new, 1)
+
+
+def _csv_with_header(tmp: Path) -> str:
+    (tmp / "named.csv").write_text("a,b,c,y\n1,2,3,4\n4,5,6,7\n")
+    return _edit(LINEAR, 'x = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]\ny = [[10.0], [20.0]]', 'path = "named.csv"')
 
 
 def _bad_npz(tmp: Path) -> str:
@@ -98,6 +104,10 @@ BAD_INPUTS = [
     ("missing spec file", None, ["nowhere.toml"], "no such spec file: nowhere.toml"),
     ("unknown example", None, ["circel"], "'circel' is neither a spec file nor an example"),
     ("unknown option", LINEAR, ["--epochs", "3"], "unrecognized arguments: --epochs 3"),
+    ("NaN tolerance", LINEAR, ["--rtol", "nan"], "--rtol: must be a finite number >= 0, got nan"),
+    ("negative tolerance", LINEAR, ["--atol", "-1"], "--atol: must be a finite number >= 0, got -1.0"),
+    ("unknown device", LINEAR, ["--device", "tpu"], "--device: unknown device 'tpu'; use cpu or cuda[:N]"),
+    ("csv with a header line", _csv_with_header, [], "(if the first line holds column names, set header = true)"),
 ]
 
 
@@ -289,7 +299,9 @@ def test_export_and_import_round_trip_through_the_cli(tmp_path, capsys, framewor
     assert main(["run", "two-tower", "--backends", "numpy", "--stop-after", "40", "--save", str(saved)]) == 0
     assert main(["export", str(saved), "--backend", framework, "--out", str(native)]) == 0
     assert main(["import", str(native), "--backend", framework, "--spec", "two-tower", "--out", str(back)]) == 0
-    assert f"written as {framework}'s own format" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert f"written as {framework}'s own format" in said
+    assert ("the step and the optimizer state are not kept" in said) == (not keeps_optimizer)
     _, want = load_checkpoint(saved)
     _, got = load_checkpoint(back)
     assert set(got.params) == set(want.params)
@@ -323,3 +335,50 @@ def test_report_reads_a_pytest_benchmark_file(tmp_path):
         steps = b["extra_info"]["steps"]
         assert float(cells[5].replace(",", "")) == pytest.approx(b["stats"]["median"] / steps * 1e6, rel=0.01)
     assert (tmp_path / "reports" / "pb" / "pytest_benchmark.json").exists()
+
+
+def test_spec_and_data_errors_name_the_file(tmp_path, capsys):
+    """A section's missing key reads cleanly, a data error names the spec it came from, and a spec
+    that is not UTF-8 text is bad input, not an internal error."""
+    spec = tmp_path / "spec.toml"
+    spec.write_text(LINEAR.split("[[model.layers]]")[0] + LINEAR[LINEAR.index("[loss]"):])
+    assert main(["show", str(spec)]) == 2
+    assert capsys.readouterr().err.strip() == f"crossnn: error: {spec}: model: missing key 'layers'"
+    spec.write_text(_edit(LINEAR, 'x = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]\ny = [[10.0], [20.0]]', 'path = "gone.npz"'))
+    assert main(["run", str(spec), "--quiet"]) == 2
+    assert capsys.readouterr().err.startswith(f"crossnn: error: {spec}: data.path: cannot read gone.npz")
+    spec.write_bytes(b"name = \"x\"\n\xff\xfe\n")
+    assert main(["show", str(spec)]) == 2
+    assert capsys.readouterr().err.strip() == f"crossnn: error: {spec}: not a TOML text file: byte 11 is not UTF-8"
+
+
+def test_command_line_conveniences(tmp_path, capsys):
+    """--debug after the command, --version, repeated names run once, options that need another
+    option, and a file that is not what --pytest-benchmark expects."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text(_edit(CIRCLE, "units = 5", "units = -5"))
+    assert main(["run", str(bad), "--debug"]) == 2
+    assert "Traceback" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("crossnn 0.")
+    assert main(["run", "linear-2x3", "--backends", "numpy,numpy", "--dtype", "float32,float32", "--quiet"]) == 0
+    assert capsys.readouterr().out.count("numpy float32 cpu default") == 1 + 2  # a run row, a parity row per parameter
+    for argv, line in ((["code", "circle", "--html", "x.html"], "--html goes with --side-by-side"),
+                       (["code", "circle", "--side-by-side", "--backend", "numpy"], "--side-by-side takes --backends"),
+                       (["bench", "circle", "--modes", "bogus"], "--modes: no chosen backend has mode 'bogus'")):
+        assert main(argv) == 2
+        assert line in capsys.readouterr().err
+    run_json = tmp_path / "run.json"
+    assert main(["run", "linear-2x3", "--backends", "numpy", "--quiet", "--json", str(run_json)]) == 0
+    assert main(["report", "linear-2x3", "--no-bench", "--pytest-benchmark", str(run_json),
+                 "--out", str(tmp_path / "reports")]) == 2
+    assert "is not a pytest-benchmark --benchmark-json file" in capsys.readouterr().err
+    assert not (tmp_path / "reports").exists()
+
+
+def test_output_cut_short_by_the_reader_is_not_an_error():
+    """`crossnn ... | head -1`: the command stops quietly with SIGPIPE's status, no internal error."""
+    done = subprocess.run(f"{shlex.quote(sys.executable)} -m crossnn list | head -1; exit ${{PIPESTATUS[0]}}",
+                          shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=60)
+    assert done.stdout == "backends:\n" and done.stderr == "" and done.returncode in (0, 141)

@@ -132,6 +132,7 @@ class TensorflowBackend(Backend):
         from crossnn_tensorflow.checkpoint import export_weights
 
         export_weights(experiment, state, path)
+        return "a Keras .weights.h5: the parameters only; the step and the optimizer state are not kept"
 
     def import_native(self, experiment, path):
         """A Keras .weights.h5 of the spec's model as a TrainingState: the parameters, at step 0, with

@@ -149,7 +149,8 @@ class TorchBackend(Backend):
         (crossnn_torch.checkpoint)."""
         from crossnn_torch.checkpoint import export_native
 
-        return export_native(experiment, state, path)
+        export_native(experiment, state, path)
+        return f"torch.save of the model's and the optimizer's state_dict, at step {state.step}"
 
     def import_native(self, experiment, path):
         """A file export_native wrote, back into a canonical TrainingState; CheckpointError otherwise."""

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from crossnn.errors import BackendError
@@ -50,15 +51,16 @@ def configure() -> None:
 
 
 def resolve(name: str):
-    """The torch.device for "cpu", "cuda" or "cuda:N", or a BackendError saying why it cannot be used."""
+    """The torch.device for "cpu", "cuda" or "cuda:N" ("gpu[:N]" too), or a BackendError saying why it
+    cannot be used."""
     import torch
 
     try:
-        device = torch.device(name)
+        device = torch.device(re.sub(r"^gpu\b", "cuda", name.strip().lower()))
     except (RuntimeError, ValueError):
         device = None
     if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index):
-        raise BackendError(f"backend 'torch' has no device '{name}'; use cpu, cuda or cuda:N")
+        raise BackendError(f"backend 'torch' has no device '{name}'; use cpu, cuda[:N] or gpu[:N]")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise BackendError(f"backend 'torch' cannot use device '{name}': torch.cuda.is_available() is False "

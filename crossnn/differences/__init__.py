@@ -7,6 +7,7 @@ Backends name the entries they can lower the framework's own way in `Backend.nat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from crossnn import backends
@@ -38,15 +39,17 @@ class EntryEffect:
 
 
 def measure(experiment: Experiment, names: list[str], lab: Lab | None = None, dtype: str = "float64",
-            entries: list[Entry] | None = None, snapshot_every: int | None = None) -> list[EntryEffect]:
+            entries: list[Entry] | None = None, snapshot_every: int | None = None,
+            say: Callable[[str], None] = lambda text: None) -> list[EntryEffect]:
     """For each applicable entry and each backend that lowers it natively, train with only that entry
-    native and measure the divergence from the reference."""
+    native and measure the divergence from the reference; `say` hears which run starts."""
     lab = lab or Lab()
     effects = []
     for entry in entries if entries is not None else applicable(experiment):
         for name in names:
             notes = backends.get(name).native_entries
             if entry.id in notes:
+                say(f"measuring {entry.id} lowered natively by {name}")
                 divergence = lab.run(experiment, name, frozenset({entry.id}), dtype, snapshot_every=snapshot_every)
                 effects.append(EntryEffect(entry, name, notes[entry.id], divergence))
     return effects

@@ -100,13 +100,14 @@ class Spec:
     def from_fields(cls, fields: dict[str, Any]) -> Spec:
         """Construct from a field dictionary, with unknown and missing keys reported by name."""
         known = {f.name for f in dataclasses.fields(cls) if f.init}
+        member = f" for {cls.family} '{cls.kind}'" if cls.kind else ""  # sections (model, train) have no kind
         for key in fields:
             if key not in known:
-                raise SpecError(f"unknown key '{key}' for {cls.family} '{cls.kind}'{_suggest(key, known)}; "
+                raise SpecError(f"unknown key '{key}'{member}{_suggest(key, known)}; "
                                 f"expected: {', '.join(sorted(known))}")
         for field in _required_fields(cls):
             if field.name not in fields:
-                raise SpecError(f"missing key '{field.name}' for {cls.family} '{cls.kind}'")
+                raise SpecError(f"missing key '{field.name}'{member}")
         return cls(**fields)
 
     def to_value(self) -> str | dict[str, Any]:

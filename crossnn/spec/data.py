@@ -117,6 +117,9 @@ class CsvFile(DataSource):
         path = base_dir / self.path
         try:
             table = np.loadtxt(path, delimiter=",", skiprows=1 if self.header else 0, ndmin=2)
+        except ValueError as err:  # text where numbers should be
+            hint = "" if self.header else " (if the first line holds column names, set header = true)"
+            raise DataError(f"data.path: cannot read {self.path}: {_reason(err)}{hint}") from None
         except Exception as err:
             raise DataError(f"data.path: cannot read {self.path}: {_reason(err)}") from None
         if table.shape[1] <= self.y_columns:

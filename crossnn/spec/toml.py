@@ -68,6 +68,8 @@ def load(path: str | Path) -> Experiment:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise SpecError(f"cannot read spec file: {err.strerror or err}", source=str(path)) from None
+    except UnicodeDecodeError as err:
+        raise SpecError(f"not a TOML text file: byte {err.start} is not UTF-8", source=str(path)) from None
     return loads(text, str(path))
 
 

@@ -50,5 +50,7 @@ def summary(experiment: Experiment) -> str:
               f"optimizer: {experiment.optimizer.kind} ({_args(experiment.optimizer)})",
               f"train: {experiment.train.epochs} epochs x {plan.steps_per_epoch} steps of <= {plan.batch_size} samples"
               f" = {plan.steps} steps, {'shuffled' if experiment.train.shuffle else 'in order'}"
-              + (", last short batch dropped" if experiment.train.drop_last else "")]
+              + (", last short batch dropped" if experiment.train.drop_last and plan.n_samples % plan.batch_size else "")
+              + (f" (batch_size {experiment.train.batch_size} > {plan.n_samples} samples: one batch of all of them)"
+                 if experiment.train.batch_size > plan.n_samples else "")]
     return "\n".join(lines)

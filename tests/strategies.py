@@ -150,7 +150,12 @@ def experiments(draw):
         train=S.Train(epochs=draw(st.integers(1, 1000)), batch_size=draw(st.integers(1, 512)),
                       shuffle=draw(st.booleans()), drop_last=draw(st.booleans()),
                       validation_split=draw(st.one_of(st.just(0.0), st.floats(0.0, 0.9))),
-                      metrics=tuple(draw(st.lists(st.sampled_from(["accuracy", "mae"]), unique=True)))))
+                      metrics=tuple(draw(st.lists(st.sampled_from(_metrics_for(loss)), unique=True)))))
+
+
+def _metrics_for(loss: S.Loss) -> list[str]:
+    """The metrics a loss's output can be read with (accuracy: classification; mae: same-shape targets)."""
+    return ["accuracy"] * (loss.outputs != "value") + ["mae"] * (not loss.sparse_targets)
 
 
 # ---- specs that train the same on every backend -----------------------------------------------------

@@ -108,6 +108,8 @@ BAD_INPUTS = [
     ("negative tolerance", LINEAR, ["--atol", "-1"], "--atol: must be a finite number >= 0, got -1.0"),
     ("unknown device", LINEAR, ["--device", "tpu"], "--device: unknown device 'tpu'; use cpu or cuda[:N]"),
     ("csv with a header line", _csv_with_header, [], "(if the first line holds column names, set header = true)"),
+    ("metric that does not apply", _edit(LINEAR, "metrics = []", 'metrics = ["accuracy"]'), [],
+     "train.metrics: accuracy needs a classification loss (bce, bce_logits or cross_entropy), not mse"),
 ]
 
 
@@ -382,3 +384,12 @@ def test_output_cut_short_by_the_reader_is_not_an_error():
     done = subprocess.run(f"{shlex.quote(sys.executable)} -m crossnn list | head -1; exit ${{PIPESTATUS[0]}}",
                           shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=60)
     assert done.stdout == "backends:\n" and done.stderr == "" and done.returncode in (0, 141)
+
+
+def test_show_says_when_the_batch_is_larger_than_the_data(tmp_path, capsys):
+    spec = tmp_path / "big-batch.toml"
+    spec.write_text(_edit(_edit(LINEAR, "batch_size = 2", "batch_size = 5"), "drop_last = false", "drop_last = true"))
+    assert main(["show", str(spec)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == ("train: 100 epochs x 1 steps of <= 2 samples = 100 steps, in order "
+                    "(batch_size 5 > 2 samples: one batch of all of them)")

@@ -17,7 +17,7 @@ from crossnn.spec.optimizers import Optimizer
 class Train(Spec):
     """The schedule. Each epoch visits the N training samples in order, or in a fresh permutation
     drawn from the seed when shuffle = true, in batches of batch_size; the last, smaller batch is
-    dropped when drop_last = true. The loss of every step is computed before that step's update.
+    dropped when drop_last = true. A batch_size above N means one batch of all N samples. The loss of every step is computed before that step's update.
 
     validation_split: the last fraction of the samples (taken before any shuffling, as Keras' fit
     does) is held out and never trained on. metrics: computed after every epoch on the training
@@ -58,6 +58,11 @@ class Experiment(Spec):
         if self.loss.sparse_targets:
             require(self.model.output_size >= 2, "loss",
                     f"sparse cross-entropy needs >= 2 output units, the model has {self.model.output_size}")
+        # a metric that cannot be read from this loss's output is an error, not a silent omission
+        require("accuracy" not in self.train.metrics or self.loss.outputs != "value", "train.metrics",
+                f"accuracy needs a classification loss (bce, bce_logits or cross_entropy), not {self.loss.kind}")
+        require("mae" not in self.train.metrics or not self.loss.sparse_targets, "train.metrics",
+                "mae needs targets shaped like the output, not the class indices of sparse cross-entropy")
 
     @property
     def base_dir(self) -> Path:

@@ -3,6 +3,7 @@ the timing method, and a quick end-to-end bench + report on the NumPy backend.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -217,3 +218,16 @@ def test_checks_compare_each_backends_best_fcn_r_mode_with_the_machine_peak_and_
     assert any("OPENBLAS_CORETYPE=Haswell" in line for line in lines)
     bench["machine"]["env"] = {}
     assert not any("OPENBLAS_CORETYPE" in line for line in _checks(bench))
+
+
+def test_rows_timed_on_a_busy_machine_are_flagged():
+    """A row whose IQR is above a quarter of its median gets a '!' and a note saying to rerun it."""
+    from crossnn.bench.report_table import bench_table
+
+    quiet, busy = _row("a", 1.0, 2.0), dataclasses.replace(_row("b", 1.0, 2.0), iqr_seconds=0.5)
+    machine = {"cpu": "test cpu", "logical_cores": 2, "memory_gib": 1.0, "gpus": []}
+    text = bench_table(BenchResult(machine=machine, runtimes={}, peaks={"cpu float32": 2.0}, peak_sources={},
+                                   rows=[quiet, busy]))
+    rows = {line.split()[1]: line for line in text.splitlines() if line.startswith("s/c ")}
+    assert "500,000.0 !" in rows["b"] and "!" not in rows["a"]
+    assert "! 1 row(s) with an IQR above 25% of the median" in text

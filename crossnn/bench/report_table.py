@@ -6,6 +6,10 @@ from crossnn.bench.runner import BenchResult
 from crossnn.console import table
 
 
+#: a row whose IQR exceeds this fraction of its median was disturbed while it was timed
+NOISY_IQR = 0.25
+
+
 def _us(seconds: float) -> str:
     return f"{seconds * 1e6:,.1f}"
 
@@ -15,16 +19,21 @@ def bench_table(result: BenchResult) -> str:
     lines = [f"machine: {m['cpu']}, {m['logical_cores']} logical cores, "
              f"{m['memory_gib']:.0f} GiB" + (f", GPU {', '.join(m['gpus'])}" if m["gpus"] else ", no GPU"),
              "matmul peak (GFLOP/s, best framework): " + ", ".join(f"{k} {v:.0f}" for k, v in result.peaks.items()), ""]
-    rows = []
+    rows, noisy = [], 0
     for r in result.rows:
+        flag = " !" if r.iqr_seconds > NOISY_IQR * r.seconds_per_step else ""
+        noisy += bool(flag)
         rows.append((f"{r.suite}/{r.case}", r.backend, r.device, r.mode, r.dtype, r.batch_size, _us(r.seconds_per_step),
-                     _us(r.iqr_seconds), f"{r.samples_per_second:,.0f}", f"{r.gflops:.2f}",
+                     _us(r.iqr_seconds) + flag, f"{r.samples_per_second:,.0f}", f"{r.gflops:.2f}",
                      "-" if r.percent_of_peak is None else f"{r.percent_of_peak:.1f}",
                      "-" if r.percent_of_own_peak is None else f"{r.percent_of_own_peak:.1f}",
                      "-" if r.ratio_to_tutorial is None else f"{r.ratio_to_tutorial:.3f}",
                      f"{r.first_step_seconds:.3f}"))
     lines.append(table(("case", "backend", "device", "mode", "dtype", "batch", "us/step", "IQR us", "samples/s",
                         "GFLOP/s", "% peak", "% own", "x tutorial", "first step s"), rows, indent=""))
+    if noisy:
+        lines.append(f"! {noisy} row(s) with an IQR above {NOISY_IQR:.0%} of the median: the machine was busy while "
+                     "they were timed; rerun them on a quiet machine before trusting them")
     for s in result.skipped:
         lines.append(f"skipped: {s.backend} {s.device} {s.mode}: {s.reason}")
     for f in result.failures:

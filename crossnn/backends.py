@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import traceback
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import ClassVar, Sequence
+from typing import ClassVar, Iterable, Sequence
 
 import numpy as np
 
@@ -123,7 +124,8 @@ class Backend(ABC):
         return ("cpu",)
 
     def prepare(self) -> None:
-        """Import and configure the framework (threads, determinism). Called before any build."""
+        """Import and configure the framework (threads, determinism). Called before any build, through
+        crossnn.backends.prepare, which turns a failure here into an unavailable backend."""
 
     def mode_unavailable(self, mode: str) -> str | None:
         """Why `mode` cannot run with the installed framework (e.g. a kernel library this build
@@ -183,11 +185,13 @@ class Backend(ABC):
 
 @dataclass(frozen=True)
 class BackendEntry:
-    """A discovered plugin: the backend, or the reason it cannot be used."""
+    """A discovered plugin: the backend, or the reason it cannot be used. `broken`: its framework is
+    installed but failed to import or start (found by `prepare`)."""
 
     name: str
     backend: Backend | None
     reason: str | None
+    broken: bool = False
 
     @property
     def available(self) -> bool:
@@ -221,6 +225,36 @@ def get(name: str) -> Backend:
     if not entry.available:
         raise BackendError(f"backend '{name}' is unavailable: {entry.reason}")
     return entry.backend  # type: ignore[return-value]
+
+
+def prepare(names: Iterable[str]) -> dict[str, str]:
+    """Import and configure the frameworks of the backends `names` (Backend.prepare), in import order.
+    A backend whose framework fails there is unavailable from then on, with the reason (see get and
+    available), and is not tried again. Returns the reasons of those among `names` that failed, now
+    or before; unknown or uninstalled names raise BackendError."""
+    entries = discover()
+    chosen = {name: entries[name].backend if name in entries and entries[name].broken else get(name)
+              for name in names}
+    failed = {}
+    for name, backend in sorted(chosen.items(), key=lambda item: item[1].import_order):
+        if entries[name].broken:
+            failed[name] = entries[name].reason
+            continue
+        try:
+            backend.prepare()
+        except Exception as err:  # a broken install must not take the other backends down
+            failed[name] = _failure(backend, err)
+            entries[name] = BackendEntry(name, backend, failed[name], broken=True)
+    return failed
+
+
+def _failure(backend: Backend, err: Exception) -> str:
+    """One line on why `backend` could not be prepared: its framework failed to import (the error came
+    from importing a module) or to start (configuring it)."""
+    framework = backend.requires[0] if backend.requires else backend.name
+    importing = isinstance(err, ImportError) or any(
+        frame.f_code.co_name == "<module>" for frame, _ in traceback.walk_tb(err.__traceback__))
+    return f"{framework} failed to {'import' if importing else 'start'}: {type(err).__name__}: {err}"
 
 
 def available() -> list[str]:

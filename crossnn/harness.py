@@ -99,7 +99,8 @@ def train(experiment: Experiment, runs: Sequence[RunSpec], *, snapshot_every: in
     initial_params replaces the spec's initializers (e.g. weights taken from a user's model);
     reference reuses a reference run made earlier with the same arguments; resume starts the
     requested runs from a saved training state; stop_after ends them after that many steps in all
-    (their final state is kept in RunRecord.final_state).
+    (their final state is kept in RunRecord.final_state). The runs of a backend whose framework fails
+    to import or start (backends.prepare) get an "error" record saying why; the others go on.
     """
     dataset = dataset if dataset is not None else load_dataset(experiment)
     params0 = initial_parameters(experiment)
@@ -111,18 +112,30 @@ def train(experiment: Experiment, runs: Sequence[RunSpec], *, snapshot_every: in
         raise DataError(f"the checkpoint is at step {resume.step}, outside this plan's {plan.steps} steps")
     if stop_after is not None and not 0 < stop_after <= plan.steps:
         raise DataError(f"--stop-after: must be in 1..{plan.steps} (the plan's steps), got {stop_after}")
+    if stop_after is not None and resume is not None and stop_after <= resume.step:
+        raise DataError(f"--stop-after: must be > {resume.step}, the checkpoint's step, got {stop_after}")
 
-    resolved = [_resolve(spec) for spec in runs]
-    ref_spec = _resolve(reference_spec())
-    for name in sorted({s.backend for s in [ref_spec, *resolved]}, key=lambda n: backends.get(n).import_order):
-        backends.get(name).prepare()
+    ref_spec = reference_spec()
+    failed = backends.prepare({ref_spec.backend, *(spec.backend for spec in runs)})  # frameworks that fail to load
+    if ref_spec.backend in failed:
+        raise BackendError(f"the reference backend '{ref_spec.backend}' is unavailable: {failed[ref_spec.backend]}")
+    ref_spec, *resolved = [_resolve(spec) for spec in [ref_spec, *runs]]
 
-    ref_record = reference or run_one(experiment, ref_spec, params0, dataset, plan, every, progress)
+    # the reference also snapshots where the other runs start and stop, so parity sees those states
+    marks = frozenset(step for step in (resume.step if resume else None, stop_after) if step is not None)
+    ref_record = reference or run_one(experiment, ref_spec, params0, dataset, plan, every, progress, marks=marks)
     interrupted = resume is not None or stop_after is not None
-    records = [ref_record if spec == ref_spec and not interrupted else
+    records = [_not_run(spec, failed[spec.backend]) if spec.backend in failed else
+               ref_record if spec == ref_spec and not interrupted else
                run_one(experiment, spec, params0, dataset, plan, every, progress, resume=resume, stop_after=stop_after)
                for spec in resolved]
     return RunResult(experiment, dataset, plan, params0, every, ref_record, records)
+
+
+def _not_run(spec: RunSpec, reason: str) -> RunRecord:
+    """The record of a run whose backend's framework failed to import or start."""
+    return RunRecord(spec, version=backends.discover()[spec.backend].backend.version(), status="error",
+                     message=reason)
 
 
 def _checked_override(expected: Params, given: Params) -> Params:
@@ -140,8 +153,9 @@ def _checked_override(expected: Params, given: Params) -> Params:
 
 
 def _resolve(spec: RunSpec) -> RunSpec:
-    """Check the backend, dtype and mode exist; fill in the default mode."""
-    backend = backends.get(spec.backend)
+    """Check the dtype and mode exist (the backend is known: backends.prepare checked it); fill in the
+    default mode."""
+    backend = backends.discover()[spec.backend].backend
     if spec.dtype not in backend.dtypes:
         raise BackendError(f"backend '{spec.backend}' has no dtype '{spec.dtype}'; it has {', '.join(backend.dtypes)}")
     mode = spec.mode or backend.modes[0]
@@ -151,10 +165,11 @@ def _resolve(spec: RunSpec) -> RunSpec:
     return RunSpec(spec.backend, spec.dtype, spec.device, mode, native)
 
 
-def _boundaries(plan: BatchPlan, start: int, stop: int, every: int, per_epoch: bool) -> list[tuple[int, int]]:
-    """Spans [a, b) from start to stop that end at every snapshot step (multiples of `every`) and,
-    with per_epoch, at every epoch end."""
-    ends = {s for s in range(every, stop, every) if s > start} | {stop}
+def _boundaries(plan: BatchPlan, start: int, stop: int, every: int, per_epoch: bool,
+                marks: frozenset[int]) -> list[tuple[int, int]]:
+    """Spans [a, b) from start to stop that end at every snapshot step (multiples of `every`, and
+    `marks`) and, with per_epoch, at every epoch end."""
+    ends = {s for s in [*range(every, stop, every), *marks] if start < s < stop} | {stop}
     if per_epoch:
         ends |= {s for s in range(plan.steps_per_epoch, stop, plan.steps_per_epoch) if s > start}
     points = [start] + sorted(ends)
@@ -163,7 +178,9 @@ def _boundaries(plan: BatchPlan, start: int, stop: int, every: int, per_epoch: b
 
 def run_one(experiment: Experiment, spec: RunSpec, params0: Params, dataset: Dataset, plan: BatchPlan,
             every: int, progress: Progress | None = None, *, resume: TrainingState | None = None,
-            stop_after: int | None = None) -> RunRecord:
+            stop_after: int | None = None, marks: frozenset[int] = frozenset()) -> RunRecord:
+    """Train one run from params0 (or from `resume`) to the plan's end (or `stop_after`), snapshotting
+    every `every` steps, at the steps in `marks`, and at its first and last step."""
     backend = backends.get(spec.backend)
     record = RunRecord(spec, version=backend.version())
     losses: list[np.ndarray] = []
@@ -183,7 +200,7 @@ def run_one(experiment: Experiment, spec: RunSpec, params0: Params, dataset: Dat
         record.build_seconds = time.perf_counter() - start
         record.description = trainer.describe()
         record.snapshots[start_step] = _float64(trainer.parameters())
-        for first, stop in _boundaries(plan, start_step, stop_step, every, track):
+        for first, stop in _boundaries(plan, start_step, stop_step, every, track, marks):
             start = time.perf_counter()
             span_losses = trainer.run(plan.batches(first, stop))
             trainer.synchronize()
@@ -200,7 +217,7 @@ def run_one(experiment: Experiment, spec: RunSpec, params0: Params, dataset: Dat
             if broken:
                 record.status, record.message = "nonfinite", f"{broken} is not finite after step {stop - 1}; stopped"
                 break
-            if stop % every == 0 or stop == stop_step:
+            if stop % every == 0 or stop == stop_step or stop in marks:
                 record.snapshots[stop] = params
             if track and stop % plan.steps_per_epoch == 0:
                 for name, value in evaluate(experiment, trainer, dataset, spec.dtype).items():

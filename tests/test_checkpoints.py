@@ -14,6 +14,7 @@ from crossnn import spec as S
 from crossnn.checkpoint import CheckpointError, TrainingState, load_checkpoint, save_checkpoint
 from crossnn.cli import main
 from crossnn.harness import RunSpec, train
+from crossnn.parity import compare
 
 ADAM = dataclasses.replace(crossnn.example("two-tower"), train=S.Train(epochs=40, batch_size=4, shuffle=True))
 
@@ -99,3 +100,45 @@ def test_training_state_refuses_a_step_beyond_the_plan(stopped):
 def test_truncated_file_is_not_a_zip(tmp_path, stopped):
     path = _damaged(tmp_path, stopped, "truncated")
     assert not zipfile.is_zipfile(path)
+
+
+def test_a_stopped_run_is_compared_at_its_stop_step():
+    """The reference keeps a snapshot at the stop step, off the snapshot grid, so parity sees the state
+    that is saved; run in float64 on the reference's own code, that state is the reference's."""
+    result = train(ADAM, [RunSpec("numpy", "float64")], stop_after=17, snapshot_every=10)
+    (stopped,) = result.records
+    assert sorted(stopped.snapshots) == [0, 10, 17]
+    for name, value in stopped.final_state.params.items():
+        assert np.array_equal(result.reference.snapshots[17][name], value)
+    parity = compare(result.reference, stopped)
+    assert [step for step, _ in parity.curve] == [0, 10, 17] and parity.passed
+
+
+def test_a_resumed_run_is_compared_from_its_first_step(stopped):
+    """A checkpoint off the snapshot grid is still compared at the step it resumes from: a state that is
+    not the reference's fails there, not at the next snapshot."""
+    parity = compare(*_resumed(stopped))
+    assert parity.curve[0] == (17, 0.0) and parity.passed
+    skewed = dataclasses.replace(stopped, params={**stopped.params,
+                                                  "dense3/kernel": stopped.params["dense3/kernel"] + 1e-3})
+    parity = compare(*_resumed(skewed))
+    assert parity.curve[0][0] == 17 and parity.first_fail_step == 17
+
+
+def _resumed(state):
+    result = train(ADAM, [RunSpec("numpy", "float64")], resume=state, snapshot_every=10)
+    return result.reference, result.records[0]
+
+
+def test_stopping_at_or_before_the_checkpoint_is_refused(tmp_path, stopped, capsys):
+    for stop in (10, 17):
+        with pytest.raises(crossnn.DataError, match=f"--stop-after: must be > 17, the checkpoint's step, got {stop}"):
+            train(ADAM, [RunSpec("numpy")], resume=stopped, stop_after=stop)
+    spec, ckpt, out = tmp_path / "adam.toml", tmp_path / "c17.npz", tmp_path / "c10.npz"
+    S.save(ADAM, spec)
+    save_checkpoint(ckpt, ADAM, stopped)
+    assert main(["run", str(spec), "--backends", "numpy", "--resume", str(ckpt), "--stop-after", "10",
+                 "--save", str(out), "--quiet"]) == 2
+    assert capsys.readouterr().err == ("crossnn: error: --stop-after: must be > 17, the checkpoint's step, "
+                                       "got 10\n")
+    assert not out.exists()

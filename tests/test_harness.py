@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -103,3 +107,105 @@ def test_backend_requirements_are_checked_without_importing():
 
     assert Needy().unavailable_reason() == "a_module_that_does_not_exist_anywhere is not installed (pip install it)"
     assert NumpyBackend().unavailable_reason() is None
+
+
+class _UnimportableBackend(NumpyBackend):
+    """A backend whose framework is installed but raises while being imported (a broken shared
+    library); counts how often it is asked to prepare."""
+
+    name = "unimportable"
+    reference = False
+    requires = ("crossnn_test_broken_framework",)
+    prepared = 0
+
+    def prepare(self):
+        type(self).prepared += 1
+        import crossnn_test_broken_framework  # noqa: F401
+
+
+class _MisconfiguredBackend(NumpyBackend):
+    """A backend whose framework imports but refuses to be configured."""
+
+    name = "misconfigured"
+    reference = False
+    requires = ()
+
+    def prepare(self):
+        raise RuntimeError("deterministic algorithms are not supported here")
+
+
+@pytest.fixture
+def broken_backends(monkeypatch, tmp_path):
+    (tmp_path / "crossnn_test_broken_framework.py").write_text(
+        "raise ImportError('libbroken.so: cannot open shared object file')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    entries = dict(backends.discover())
+    for cls in (_UnimportableBackend, _MisconfiguredBackend):
+        entries[cls.name] = BackendEntry(cls.name, cls(), None)
+    monkeypatch.setattr(backends, "discover", lambda: entries)
+    monkeypatch.setattr(_UnimportableBackend, "prepared", 0)
+
+
+def test_a_framework_that_fails_to_import_fails_its_runs_and_the_others_finish(broken_backends):
+    e = crossnn.example("linear-2x3")
+    runs = [RunSpec("numpy", "float32"), RunSpec("unimportable", "float64"), RunSpec("misconfigured", "float64")]
+    result = train(e, runs)
+    f32, unimportable, misconfigured = result.records
+    assert f32.ok and f32.steps_done == 100
+    assert unimportable.status == "error" and not unimportable.snapshots
+    assert unimportable.message == ("crossnn_test_broken_framework failed to import: ImportError: libbroken.so: "
+                                    "cannot open shared object file")
+    assert misconfigured.message == ("misconfigured failed to start: RuntimeError: deterministic algorithms are not "
+                                      "supported here")
+    assert not compare(result.reference, unimportable).passed
+    # from then on both are unavailable, with the reason, and are not imported again
+    assert "unimportable" not in backends.available() and "misconfigured" not in backends.available()
+    with pytest.raises(crossnn.BackendError, match="backend 'unimportable' is unavailable: "
+                                                   "crossnn_test_broken_framework failed to import: ImportError"):
+        backends.get("unimportable")
+    (again,) = train(e, [RunSpec("unimportable", "float64")]).records
+    assert again.message == unimportable.message and _UnimportableBackend.prepared == 1
+
+
+def test_prepare_imports_in_import_order_and_names_the_failures(broken_backends, monkeypatch):
+    order = []
+    for name in ("numpy", "unimportable"):
+        backend = backends.get(name)
+        monkeypatch.setattr(backend, "import_order", {"numpy": 90, "unimportable": 5}[name])
+        real = backend.prepare
+        monkeypatch.setattr(backend, "prepare", lambda name=name, real=real: (order.append(name), real()))
+    failed = backends.prepare(["numpy", "unimportable"])
+    assert order == ["unimportable", "numpy"]
+    assert list(failed) == ["unimportable"] and "failed to import: ImportError: libbroken.so" in failed["unimportable"]
+    with pytest.raises(crossnn.BackendError, match="unknown backend 'jax'"):
+        backends.prepare(["jax"])
+
+
+FAKE_TORCH_RUN = """
+import crossnn
+from crossnn import backends
+from crossnn.harness import RunSpec, train
+records = train(crossnn.example("linear-2x3"), [RunSpec("numpy", "float32"), RunSpec("torch", "float64")]).records
+for r in records:
+    print(r.spec.label, "|", r.status, "|", r.message)
+print("available:", ",".join(backends.available()))
+"""
+
+
+def test_a_broken_torch_install_fails_the_torch_run_only(tmp_path):
+    """`import torch` raising (a missing libtorch) fails the torch run with the reason; the crossnn_torch
+    plugin itself still loads and the NumPy runs finish."""
+    if "torch" not in backends.discover():
+        pytest.skip("the crossnn_torch plugin is not installed")
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text(
+        'raise ImportError("libtorch_cpu.so: cannot open shared object file")\n')
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", FAKE_TORCH_RUN], env=env, capture_output=True, text=True,
+                          check=False, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "numpy float32 cpu default | ok | "
+    assert lines[1] == ("torch float64 cpu eager | error | torch failed to import: ImportError: libtorch_cpu.so: "
+                        "cannot open shared object file")
+    assert lines[2].startswith("available: numpy") and "torch" not in lines[2]

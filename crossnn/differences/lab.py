@@ -51,10 +51,11 @@ class Lab:
 
     def facts(self, backend: str) -> dict:
         entry = backends.discover().get(backend)
+        if entry is not None and entry.available and backends.prepare([backend]):
+            entry = backends.discover()[backend]  # its framework failed to import: unavailable now, with why
         if entry is None or not entry.available:
             raise Unavailable(f"{backend} is not available ({entry.reason if entry else 'not installed'})")
         if backend not in self._facts:
-            entry.backend.prepare()
             self._facts[backend] = entry.backend.facts()
         return self._facts[backend]
 

@@ -40,6 +40,10 @@ class DataError(CrossnnError):
     """Data could not be read or does not fit the model."""
 
 
+class OutputError(CrossnnError):
+    """An output path cannot be written, or writing it would destroy something of the user's."""
+
+
 class BackendError(CrossnnError):
     """A backend is unknown, unavailable, or cannot lower a feature of the spec."""
 

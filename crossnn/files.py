@@ -1,43 +1,208 @@
-"""Writing files completely or not at all: write beside the target, then rename over it."""
+"""Writing output: files completely or not at all (written beside the target, then renamed over it),
+folders swapped in whole, checks of an output path before any work, and strict JSON.
+
+A symlink is followed (the file it names is replaced, the link stays); a device or pipe is written
+straight into. New files and folders get the modes a plain open() and mkdir would give (umask
+applied); a replaced file keeps its mode. A failure to write is an OutputError naming the path.
+"""
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import re
+import secrets
 import shutil
+import stat
 import tempfile
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from crossnn.errors import OutputError
+
+#: the output path that means standard output
+STDOUT = "-"
+
+#: how strict JSON spells the floats it has no numbers for (the tokens Python's json module reads)
+NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def _cannot_write(path, err: OSError) -> OutputError:
+    return OutputError(f"{path}: cannot write there ({err.strerror or err})")
+
+
+def check_output_path(path: str | Path, option: str, *, directory: bool = False, stdout: bool = False) -> None:
+    """Check, creating nothing, that `option` can write its file at `path` (with directory=True: its
+    folder, or into the folder there): `path` is not a folder (with directory=True: not a file), and
+    the folder it goes into, or the nearest existing one above it (the missing ones are made when
+    writing), is writable. With stdout=True, "-" (standard output) passes. Raises a one-line
+    OutputError naming the option and the path."""
+    text = str(path)
+    if stdout and text == STDOUT:
+        return
+    if not text:
+        raise OutputError(f"{option}: the path is empty")
+
+    def fail(reason: str) -> OutputError:
+        return OutputError(f"{option} {text}: {reason}")
+
+    try:
+        info = os.stat(text)  # through symlinks
+    except (FileNotFoundError, NotADirectoryError):  # the folder above says why
+        info = None
+    except OSError as err:
+        raise fail(f"cannot write there ({err.strerror})") from None
+    if info is not None:
+        if stat.S_ISDIR(info.st_mode) != directory:
+            raise fail("is not a folder" if directory else "is a folder; give a file name")
+        if stat.S_ISREG(info.st_mode):  # replaced by a rename in its folder
+            reason = _cannot_create_in(Path(os.path.realpath(text)).parent)
+            if reason:
+                raise fail(f"cannot write there ({reason})")
+        elif not os.access(text, os.W_OK | (os.X_OK if directory else 0)):  # a folder, device or pipe
+            raise fail(f"cannot write there ({_denied(text)})")
+        return
+    folder = next(p for p in Path(os.path.realpath(text)).parents if os.path.exists(p))
+    if not folder.is_dir():
+        raise fail(f"{folder} is not a folder")
+    reason = _cannot_create_in(folder)
+    if reason:
+        raise fail(f"cannot write there ({reason})")
+
+
+def _cannot_create_in(folder: Path) -> str | None:
+    """Why no file can be made in `folder`, found by making one and removing it at once (os.access
+    would let root through where the file system refuses), or None."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".crossnn-probe.", dir=folder)
+    except OSError as err:
+        return (err.strerror or str(err)).lower()
+    os.close(fd)
+    os.unlink(probe)
+    return None
+
+
+def _denied(path) -> str:
+    """Why os.access refused to write at `path`."""
+    return "read-only file system" if os.statvfs(path).f_flag & os.ST_RDONLY else "permission denied"
 
 
 def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` as UTF-8 to the file `path`, completely or not at all."""
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def write_text_output(path: str | Path, text: str) -> None:
+    """Write `text` to standard output when `path` is "-", else to the file `path` completely or not at all."""
+    if str(path) == STDOUT:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        write_text_atomic(Path(path), text)
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write `data` to the file `path` names, completely or not at all; a device or pipe (which
+    cannot be replaced) is written straight into. An OSError becomes an OutputError naming `path`."""
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            info = None
+        if info is not None and not stat.S_ISREG(info.st_mode):
+            with open(path, "wb") as handle:  # a folder raises IsADirectoryError here
+                handle.write(data)
+            return
+        target = Path(os.path.realpath(path))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp, fd = _beside(target, lambda name: os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                if info is not None:
+                    os.fchmod(handle.fileno(), stat.S_IMODE(info.st_mode))
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    except OSError as err:
+        raise _cannot_write(path, err) from err
 
 
-def replace_directory(target: Path, build) -> None:
-    """Build a directory's contents with `build(tmp_dir)` in a sibling folder, then swap it in."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+def _beside(target: Path, create: Callable[[Path], Any]) -> tuple[Path, Any]:
+    """A new hidden name beside `target` and what `create(name)` returned (it must fail on a name
+    that exists: os.open with O_EXCL, os.mkdir)."""
+    while True:
+        name = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return name, create(name)
+        except FileExistsError:
+            continue
+
+
+def replace_directory(target: Path, build: Callable[[Path], None], guard: Callable[[Path], None]) -> None:
+    """Fill a new folder beside `target` with `build(folder)`, then swap it in for `target` (through a
+    symlink: the folder it names). `guard(target)` is called on an existing target just before the
+    swap and raises when it must stay. An OSError becomes an OutputError naming `target`."""
     try:
-        build(tmp)
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
+        target = Path(os.path.realpath(target))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        new, _ = _beside(target, lambda name: os.mkdir(name, 0o777))
+        try:
+            build(new)
+            if not target.exists():
+                os.replace(new, target)
+                return
+            guard(target)
+            old, _ = _beside(target, lambda name: os.mkdir(name, 0o777))
+            os.replace(target, old)  # over the empty folder just made
+            try:
+                os.replace(new, target)
+            except BaseException:
+                os.replace(old, target)
+                raise
             shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        except BaseException:
+            shutil.rmtree(new, ignore_errors=True)
+            raise
+    except OSError as err:
+        raise _cannot_write(target, err) from err
+
+
+def safe_name(text: str) -> str:
+    """`text` fit to be part of a file name: every character but letters, digits, '.', '-' and '_'
+    (a path separator among them) becomes '_'."""
+    return re.sub(r"[^\w.-]", "_", text)
+
+
+def json_text(document: Any) -> str:
+    """`document` as strict JSON (indent 1, ending in a newline): NaN and infinities, which JSON has
+    no numbers for, are written as the strings "NaN", "Infinity" and "-Infinity" (see revive_floats)."""
+    return json.dumps(_spelt(document), indent=1, allow_nan=False) + "\n"
+
+
+def _spelt(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _spelt(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_spelt(v) for v in value]
+    return value
+
+
+def revive_floats(document: Any) -> Any:
+    """A document read from JSON with the strings "NaN", "Infinity" and "-Infinity" (json_text's
+    spelling) turned back into floats."""
+    if isinstance(document, str):
+        return NON_FINITE.get(document, document)
+    if isinstance(document, dict):
+        return {k: revive_floats(v) for k, v in document.items()}
+    if isinstance(document, list):
+        return [revive_floats(v) for v in document]
+    return document

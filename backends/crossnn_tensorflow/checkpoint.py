@@ -9,7 +9,6 @@ kernel is (in, units) in Keras as in crossnn's canonical layout, so weights move
 from __future__ import annotations
 
 import functools
-import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 from crossnn import spec
 from crossnn.checkpoint import CheckpointError, TrainingState
 from crossnn.errors import UnsupportedFeature
+from crossnn.files import write_bytes_atomic
 from crossnn.spec import INPUT, Experiment
 
 KERAS_ACTIVATIONS = {spec.Linear: "linear", spec.ReLU: "relu", spec.Sigmoid: "sigmoid", spec.Tanh: "tanh",
@@ -143,18 +143,13 @@ def export_weights(experiment: Experiment, state: TrainingState, path) -> None:
         raise CheckpointError(f"{path}: the training state has no parameter '{missing[0]}'")
     model, made = keras_model(experiment, "float64")
     set_weights(experiment, made, state.params, "float64")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:-len(SUFFIX)]}.", suffix=SUFFIX, dir=path.parent)
-    os.close(fd)
-    try:
-        with warnings.catch_warnings():  # Keras' own np.array(variable) call, NumPy 2's copy= notice
-            warnings.filterwarnings("ignore", message="__array__ implementation doesn't accept a copy keyword",
-                                    category=DeprecationWarning)
-            model.save_weights(tmp, overwrite=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+        # Keras' own np.array(variable) call, NumPy 2's copy= notice
+        warnings.filterwarnings("ignore", message="__array__ implementation doesn't accept a copy keyword",
+                                category=DeprecationWarning)
+        made_here = Path(folder) / f"model{SUFFIX}"
+        model.save_weights(made_here)
+        write_bytes_atomic(path, made_here.read_bytes())  # crossnn's writer: modes, links, one-line errors
 
 
 def _h5_datasets(path) -> dict[str, tuple[int, ...]]:

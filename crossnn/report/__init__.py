@@ -2,23 +2,34 @@
 
 The inputs are the JSON documents crossnn writes (`crossnn run --json`, `crossnn bench --json`) and
 pytest-benchmark's `--benchmark-json`, so a report can be rebuilt from files. The folder is built
-beside its final place and swapped in, so it appears complete or not at all.
+beside its final place and swapped in, so it appears complete or not at all; an existing folder is
+replaced only when it is a report crossnn wrote. File names made from spec names keep only safe
+characters, and the JSON is strict (non-finite floats spelt as strings, see crossnn.files.json_text).
 """
 
 from __future__ import annotations
 
-import json
+import os
+import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from crossnn.files import replace_directory
+from crossnn.errors import OutputError
+from crossnn.files import json_text, replace_directory, revive_floats, safe_name
 from crossnn.report import figures
 from crossnn.report.markdown import readme
 
-
 #: the cases the overhead figure shows (the benchmark issue's targets): the circle net and FCN-R at 256
 HEADLINE_CASES = {("seeds", "circle"), ("fcn-r", "batch 256")}
+
+#: the folders crossnn writes, by the first line of their README.md: the names of the files they hold
+REPORT_FILES = {
+    "# crossnn report: ": re.compile(r"README\.md|bench\.json|pytest_benchmark\.json|run_.+\.json"
+                                     r"|(loss|parity|metrics)_.+\.png|step_time_vs_(size|batch)\.png"
+                                     r"|crossover_(batch|size)\.png|overhead\.png"),
+    "# What differs between the frameworks, measured": re.compile(r"README\.md|[a-z0-9-]+\.(md|png)"),  # differences
+}
 
 
 @dataclass
@@ -36,15 +47,16 @@ def _figures(inputs: ReportInputs) -> dict[str, bytes | None]:
     out: dict[str, bytes | None] = {}
     for doc in inputs.runs:
         name = doc["experiment"]["name"]
+        stem = safe_name(name)
         curves = {r["label"]: r["losses"] for r in doc["runs"]}
-        out[f"loss_{name}.png"] = figures.loss_curves(name, {k: _array(v) for k, v in curves.items()})
+        out[f"loss_{stem}.png"] = figures.loss_curves(name, {k: _array(v) for k, v in curves.items()})
         divergence = {r["label"]: [tuple(p) for p in r["parity"]["curve"]] for r in doc["runs"]
                       if r.get("parity") and not r["reference"]}
         tolerances = {f"{r['dtype']} {'cpu' if r['device'] == 'cpu' else 'gpu'}": r["parity"]["rtol"]
                       for r in doc["runs"] if r.get("parity") and not r["reference"]}
-        out[f"parity_{name}.png"] = figures.parity_curves(name, divergence, tolerances)
+        out[f"parity_{stem}.png"] = figures.parity_curves(name, divergence, tolerances)
         histories = {r["label"]: r.get("history") or {} for r in doc["runs"]}
-        out[f"metrics_{name}.png"] = figures.metric_curves(name, {k: v for k, v in histories.items() if v})
+        out[f"metrics_{stem}.png"] = figures.metric_curves(name, {k: v for k, v in histories.items() if v})
     if inputs.bench:
         rows = inputs.bench["rows"]
         width = [r for r in rows if r["suite"] == "mlp-width"]
@@ -68,21 +80,61 @@ def _array(values):
     return np.asarray(values, dtype=float)
 
 
+def check_report_folder(root: Path, name: str) -> Path:
+    """The folder `root`/`name` a report goes to, once checked: `name` is one plain folder name and a
+    folder already there is one crossnn may replace. Raises a one-line OutputError."""
+    if name in ("", ".", "..") or "/" in name or (os.altsep and os.altsep in name) or "\0" in name:
+        raise OutputError(f"--name: must be a plain folder name (not empty, '.' or '..', no '/'), got {name!r}")
+    target = root / name
+    check_replaceable(target)
+    return target
+
+
+def check_replaceable(folder: Path) -> None:
+    """Raise a one-line OutputError unless `folder` is missing, empty, or a report crossnn wrote (its
+    README.md under a report heading, and only the files such a report holds), so that replacing it
+    loses nothing of the user's."""
+    if not os.path.lexists(folder):
+        return
+    if not folder.is_dir():
+        raise OutputError(f"{folder} exists and is not a folder; not replacing it: choose another --name or --out")
+    entries = sorted(folder.iterdir())
+    if not entries:
+        return
+    readme_file = folder / "README.md"
+    heading = ""
+    if readme_file.is_file() and not readme_file.is_symlink():
+        with readme_file.open(encoding="utf-8", errors="replace") as handle:
+            heading = handle.readline()
+    kind = next((names for start, names in REPORT_FILES.items() if heading.startswith(start)), None)
+    if kind is None:
+        why = "no README.md of a crossnn report"
+    else:
+        strays = [p.name for p in entries if p.is_symlink() or not p.is_file() or not kind.fullmatch(p.name)]
+        if not strays:
+            return
+        why = "it holds " + ", ".join(strays[:3]) + (" and more" if len(strays) > 3 else "")
+    raise OutputError(f"{folder} exists and is not a crossnn report ({why}); not replacing it: choose another "
+                      "--name or --out, or remove it")
+
+
 def write_report(inputs: ReportInputs, root: Path = Path("reports")) -> Path:
-    """Write reports/<name>/ (replacing an older one only once the new one is complete)."""
-    target = root / inputs.name
+    """Write reports/<name>/ (replacing an older report only once the new one is complete)."""
+    target = check_report_folder(root, inputs.name)
+    inputs = replace(inputs, runs=revive_floats(inputs.runs), bench=revive_floats(inputs.bench),
+                     pytest_benchmark=revive_floats(inputs.pytest_benchmark))
     pictures = {name: png for name, png in _figures(inputs).items() if png is not None}
 
     def build(folder: Path) -> None:
         for name, png in pictures.items():
             (folder / name).write_bytes(png)
         for doc in inputs.runs:
-            (folder / f"run_{doc['experiment']['name']}.json").write_text(json.dumps(doc, indent=1))
+            (folder / f"run_{safe_name(doc['experiment']['name'])}.json").write_text(json_text(doc))
         if inputs.bench:
-            (folder / "bench.json").write_text(json.dumps(inputs.bench, indent=1))
+            (folder / "bench.json").write_text(json_text(inputs.bench))
         if inputs.pytest_benchmark:
-            (folder / "pytest_benchmark.json").write_text(json.dumps(inputs.pytest_benchmark, indent=1))
+            (folder / "pytest_benchmark.json").write_text(json_text(inputs.pytest_benchmark))
         (folder / "README.md").write_text(readme(inputs, sorted(pictures)))
 
-    replace_directory(target, build)
+    replace_directory(target, build, check_replaceable)
     return target

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from crossnn.files import safe_name
+
 METHOD = """\
 Each row is one trainer, built from the case's spec and initial parameters, timed on the case's batch
 plan (full-size batches only, so no shape change triggers a recompile). The first step is timed on its
@@ -81,9 +83,10 @@ def _parity(inputs, pictures) -> list[str]:
                          ("pass" if p["passed"] else "FAIL") + (f" ({p['note']})" if p["note"] else "")))
         lines += _table(("run", "version", "steps", "train s", "accuracy", "max abs", "max rel", "first step out",
                          "verdict"), rows)
-        for picture, caption in ((f"loss_{name}.png", "Loss per step of every run"),
-                                 (f"parity_{name}.png", "Largest relative parameter difference against step"),
-                                 (f"metrics_{name}.png", "Metrics per epoch")):
+        stem = safe_name(name)  # as in the figures' file names
+        for picture, caption in ((f"loss_{stem}.png", "Loss per step of every run"),
+                                 (f"parity_{stem}.png", "Largest relative parameter difference against step"),
+                                 (f"metrics_{stem}.png", "Metrics per epoch")):
             if picture in pictures:
                 lines += ["", f"![{caption}]({picture})", ""]
     return lines

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -206,12 +207,32 @@ def _split(text: str | None) -> list[str]:
     return list(dict.fromkeys(part.strip() for part in (text or "").split(",") if part.strip()))
 
 
+def _chosen_backends(text: str | None) -> list[str]:
+    """The backends --backends names, or every available one, with their frameworks imported. A named
+    backend whose framework fails to import is bad input; a default one is left out, with the reason
+    on stderr."""
+    from crossnn import backends
+    from crossnn.errors import BackendError
+
+    requested = _split(text)
+    names = requested or backends.available()
+    failed = backends.prepare(names)  # unknown or uninstalled names raise BackendError here
+    if requested and failed:
+        name, reason = next(iter(failed.items()))
+        raise BackendError(f"backend '{name}' is unavailable: {reason}")
+    for name, reason in failed.items():
+        print(f"crossnn: backend '{name}' left out: {reason}", file=sys.stderr)
+    return [name for name in names if name not in failed]
+
+
 # ---- commands -----------------------------------------------------------------------------------
 
 def cmd_list(args) -> int:
     from crossnn import backends, examples
     from crossnn.console import table
 
+    if args.probe:
+        backends.prepare(backends.available())  # a framework that fails to import is listed unavailable
     rows = []
     for name, entry in backends.discover().items():
         b = entry.backend
@@ -241,6 +262,18 @@ def cmd_show(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from crossnn.files import STDOUT, write_text_output
+
+    if args.json != STDOUT:
+        return _run(args)
+    with contextlib.redirect_stdout(sys.stderr):  # the JSON owns standard output; the tables go beside it
+        code, text = _run(args, json_only=True)
+    write_text_output(STDOUT, text)
+    return code
+
+
+def _run(args, json_only: bool = False):
+    """`crossnn run`: its exit status, or with json_only (for --json -) the status and the JSON text."""
     from crossnn import backends
     from crossnn.bench.select import device_kind
     from crossnn.console import Progress, table
@@ -253,17 +286,12 @@ def cmd_run(args) -> int:
     texts = [text for name in args.spec for text in _expand_suite(name)]
     experiments = [load_spec(text) for text in texts]
     datasets = [load_data(e, text) for e, text in zip(experiments, texts)]
-    names = _split(args.backends) or backends.available()
     dtypes = _split(args.dtype)
     for dtype in dtypes:
         if dtype not in TOLERANCES:
             raise BackendError(f"--dtype: unknown dtype '{dtype}'; use float32 or float64")
     if args.snapshot_every is not None and args.snapshot_every < 1:
         raise SpecError(f"--snapshot-every: must be >= 1, got {args.snapshot_every}")
-    for name in names:
-        backends.get(name)  # unknown or unavailable backends are bad input: say so before training
-    if args.mode and not any(args.mode in backends.get(name).modes for name in names):
-        raise BackendError(f"--mode: no chosen backend has mode '{args.mode}'")
     for option in ("rtol", "atol"):
         value = getattr(args, option)
         if value is not None and not (math.isfinite(value) and value >= 0):
@@ -271,6 +299,10 @@ def cmd_run(args) -> int:
     kind = device_kind(args.device)
     if kind is None:
         raise BackendError(f"--device: unknown device '{args.device}'; use cpu or cuda[:N]")
+    _check_outputs(args, json="--json", save="--save")
+    names = _chosen_backends(args.backends)  # unknown, unavailable or broken named backends are bad input
+    if args.mode and not any(args.mode in backends.get(name).modes for name in names):
+        raise BackendError(f"--mode: no chosen backend has mode '{args.mode}'")
     for name in names:
         backend = backends.get(name)
         if kind != "cpu" and not backend.reference and not any(device_kind(d) == kind for d in backend.devices()):
@@ -319,15 +351,18 @@ def cmd_run(args) -> int:
         print()
         print("training time per run, all experiments:")
         print(table(("run", "train s"), [(label, f"{seconds:.2f}") for label, seconds in totals.items()]))
+    failed = [p for _, parities in outcomes for p in parities.values() if not p.passed]
+    code = EXIT_PARITY_FAILED if failed else EXIT_OK
     if args.json:
-        from crossnn.files import write_text_atomic
+        from crossnn.files import json_text, write_text_atomic
 
         documents = [result_json(result, parities) for result, parities in outcomes]
-        document = documents[0] if len(documents) == 1 else {"experiments": documents}
-        write_text_atomic(Path(args.json), json.dumps(document, indent=1))
+        text = json_text(documents[0] if len(documents) == 1 else {"experiments": documents})
+        if json_only:
+            return code, text
+        write_text_atomic(Path(args.json), text)
         print(f"results written to {args.json}")
-    failed = [p for _, parities in outcomes for p in parities.values() if not p.passed]
-    return EXIT_PARITY_FAILED if failed else EXIT_OK
+    return code
 
 
 def _stderr(text: str) -> None:
@@ -368,7 +403,7 @@ def cmd_diff(args) -> int:
     from crossnn.differences import Lab, Unavailable, applicable, measure
 
     experiment = load_spec(args.spec)
-    names = [n for n in (_split(args.backends) or backends.available()) if backends.get(n).native_entries]
+    names = [n for n in _chosen_backends(args.backends) if backends.get(n).native_entries]
     lab = Lab()
     effects = measure(experiment, names, lab, args.dtype, snapshot_every=None, say=_stderr)
     print(f"{experiment.name}: catalog entries that apply, and the divergence each causes when one framework lowers "
@@ -418,6 +453,15 @@ def cmd_differences(args) -> int:
     return EXIT_OK
 
 
+def _check_outputs(args, **options: str) -> None:
+    """Check every output path the user gave (attribute -> option name) before any work starts."""
+    from crossnn.files import check_output_path
+
+    for attribute, option in options.items():
+        if getattr(args, attribute, None):
+            check_output_path(getattr(args, attribute), option, stdout=option == "--json")
+
+
 def _checkpoint_options(args, experiments, runs):
     """Check --stop-after / --save / --resume; return the state to resume from, if any."""
     from crossnn.checkpoint import load_checkpoint
@@ -454,11 +498,13 @@ def cmd_code(args) -> int:
                 raise SpecError(f"--{option} goes with --side-by-side")
     elif args.backend or args.out:
         raise SpecError("--side-by-side takes --backends (several) and --html, not --backend or --out")
+    _check_outputs(args, out="--out", html="--html")
     experiment = load_spec(args.spec)
     data, params = load_data(experiment, args.spec), initial_parameters(experiment)
     if not args.side_by_side:
         if not args.backend:
             raise SpecError("--backend: name the framework (numpy, torch or tensorflow), or use --side-by-side")
+        backends.prepare([args.backend])  # a framework that fails to import: get() raises with the reason
         text = backends.get(args.backend).script(experiment, params, data)
         if args.out:
             write_text_atomic(Path(args.out), text)
@@ -466,8 +512,7 @@ def cmd_code(args) -> int:
         else:
             print(text, end="")
         return EXIT_OK
-    names = _split(args.backends) or backends.available()
-    scripts = {name: backends.get(name).script(experiment, params, data) for name in names}
+    scripts = {name: backends.get(name).script(experiment, params, data) for name in _chosen_backends(args.backends)}
     if args.html:
         write_text_atomic(Path(args.html), html_page(experiment.name, scripts))
         print(f"side-by-side page for {experiment.name} written to {args.html}")
@@ -480,7 +525,9 @@ def cmd_export(args) -> int:
     from crossnn import backends
     from crossnn.checkpoint import load_checkpoint
 
+    _check_outputs(args, out="--out")
     experiment, state = load_checkpoint(Path(args.checkpoint))
+    backends.prepare([args.backend])
     holds = backends.get(args.backend).export_native(experiment, state, Path(args.out))
     print(f"{args.checkpoint} (step {state.step}) written as {args.backend}'s own format to {args.out}: {holds}")
     return EXIT_OK
@@ -490,9 +537,10 @@ def cmd_import(args) -> int:
     from crossnn import backends
     from crossnn.checkpoint import save_checkpoint
 
+    _check_outputs(args, out="--out")
     experiment = load_spec(args.spec)
+    backends.prepare([args.backend])
     backend = backends.get(args.backend)
-    backend.prepare()
     state = backend.import_native(experiment, Path(args.native))
     save_checkpoint(Path(args.out), experiment, state)
     print(f"{args.native} read as {args.backend}'s format; crossnn checkpoint (step {state.step}) written to {args.out}")
@@ -506,6 +554,7 @@ def cmd_bench(args) -> int:
     from crossnn.bench.select import device_kind
     from crossnn.bench.suites import SUITES, cases_for
     from crossnn.errors import BackendError
+    from crossnn.files import STDOUT, json_text, write_text_atomic, write_text_output
     from crossnn.parity import TOLERANCES
 
     cases = cases_for(args.spec or list(SUITES), args.quick)
@@ -527,16 +576,20 @@ def cmd_bench(args) -> int:
         if mode not in known:
             raise BackendError(f"--modes: no chosen backend has mode '{mode}'; modes: {', '.join(sorted(known))}")
 
-    def save(result):
-        if args.json:
-            from crossnn.files import write_text_atomic
+    _check_outputs(args, json="--json")
+    to_stdout = args.json == STDOUT
 
-            write_text_atomic(Path(args.json), json.dumps(result.to_json(), indent=1))
+    def save(result):
+        if args.json and not to_stdout:  # a file is rewritten after every case, so a long run keeps its rows
+            write_text_atomic(Path(args.json), json_text(result.to_json()))
 
     result = run_bench(cases, names, devices, dtypes, modes=_split(args.modes) or None, quick=args.quick,
                        repeats=args.repeats, min_repeat_seconds=0.05 if args.quick else 0.2,
-                       say=lambda text: print(text, file=sys.stderr, flush=True), after_case=save,
-                       isolate=not args.in_process)
+                       say=_stderr, after_case=save, isolate=not args.in_process)
+    if to_stdout:
+        print(bench_table(result), file=sys.stderr)
+        write_text_output(STDOUT, json_text(result.to_json()))
+        return EXIT_OK
     save(result)
     print(bench_table(result))
     if args.json:
@@ -572,15 +625,17 @@ def _without_note(argv: list[str]) -> str:
 
 
 def cmd_report(args) -> int:
-    from crossnn import backends
     from crossnn.bench.runner import run_bench
     from crossnn.bench.suites import cases_for
     from crossnn.console import Progress
     from crossnn.harness import RunSpec, train
     from crossnn.parity import compare
-    from crossnn.report import ReportInputs, write_report
+    from crossnn.files import check_output_path
+    from crossnn.report import ReportInputs, check_report_folder, write_report
     from crossnn.results import result_json
 
+    check_output_path(args.out, "--out", directory=True)
+    check_report_folder(Path(args.out), "differences" if args.differences else args.name)
     if args.differences:
         from crossnn.report.differences import write_differences_report
 
@@ -589,9 +644,7 @@ def cmd_report(args) -> int:
         return EXIT_OK
     default_specs = [] if args.run_json else ["circle"]
     experiments = [load_spec(text) for name in (args.spec or default_specs) for text in _expand_suite(name)]
-    names = _split(args.backends) or backends.available()
-    for name in names:
-        backends.get(name)
+    names = _chosen_backends(args.backends)
     bench = _read_json(args.bench, "--bench") if args.bench else None
     pytest_benchmark = _read_json(args.pytest_benchmark, "--pytest-benchmark") if args.pytest_benchmark else None
     if pytest_benchmark is not None and not _is_pytest_benchmark(pytest_benchmark):

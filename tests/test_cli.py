@@ -393,3 +393,99 @@ def test_show_says_when_the_batch_is_larger_than_the_data(tmp_path, capsys):
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last == ("train: 100 epochs x 1 steps of <= 2 samples = 100 steps, in order "
                     "(batch_size 5 > 2 samples: one batch of all of them)")
+
+
+def _run_json(tmp_path: Path, spec_text: str = LINEAR, dtypes: str = "float64") -> Path:
+    """A `crossnn run --json` file of a NumPy run."""
+    spec, out = tmp_path / "spec.toml", tmp_path / "run.json"
+    spec.write_text(spec_text)
+    assert main(["run", str(spec), "--backends", "numpy", "--dtype", dtypes, "--quiet", "--json", str(out)]) in (0, 1)
+    return out
+
+
+def test_report_keeps_a_folder_of_user_files_and_refuses_unsafe_names(tmp_path, capsys):
+    """--name naming a folder of the user's, or not a plain folder name ('', '.', '..', '../escape'),
+    is one line and exit 2; the user's files stay and nothing is written outside --out."""
+    raw = _run_json(tmp_path)
+    out = tmp_path / "out"
+    (out / "mydata").mkdir(parents=True)
+    (out / "mydata" / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    for name in ("mydata", "", ".", "..", "../escape"):
+        assert main(["report", "--run-json", str(raw), "--no-bench", "--name", name, "--out", str(out)]) == 2, name
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and err.startswith("crossnn: error: "), err
+        assert ("is not a crossnn report" if name == "mydata" else "--name: must be a plain folder name") in err
+    assert (out / "mydata" / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in out.iterdir()) == ["mydata"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "run.json", "spec.toml"]
+
+
+def test_report_replaces_its_own_folder_with_the_modes_of_plain_files(tmp_path, capsys):
+    raw = _run_json(tmp_path)
+    args = ["report", "--run-json", str(raw), "--no-bench", "--name", "r", "--out", str(tmp_path / "reports")]
+    old = os.umask(0o022)
+    try:
+        assert main(args) == 0
+        (tmp_path / "reports" / "r" / "loss_gone.png").write_bytes(b"")  # a figure of an older report
+        assert main(args) == 0
+    finally:
+        os.umask(old)
+    folder = tmp_path / "reports" / "r"
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "loss_linear-2x3.png", "run_linear-2x3.json"]
+    assert [p.name for p in (tmp_path / "reports").iterdir()] == ["r"]
+    assert folder.stat().st_mode & 0o777 == 0o755
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in folder.iterdir())
+
+
+def test_a_spec_name_with_slashes_stays_inside_the_report_folder(tmp_path, capsys):
+    spec = tmp_path / "evil.toml"
+    spec.write_text(_edit(LINEAR, 'name = "linear-2x3"', 'name = "../../evil"'))
+    assert main(["report", str(spec), "--backends", "numpy", "--dtype", "float64", "--no-bench", "--name", "r",
+                 "--out", str(tmp_path / "reports")]) == 0
+    folder = tmp_path / "reports" / "r"
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "loss_.._.._evil.png", "run_.._.._evil.json"]
+    assert "## Parity: ../../evil" in (folder / "README.md").read_text()
+    assert "(loss_.._.._evil.png)" in (folder / "README.md").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.toml", "reports"]
+
+
+def test_non_finite_numbers_are_strict_json_that_report_reads_back(tmp_path, capsys):
+    """A run that blows up (infinite losses, a NaN loss difference) is written as strict JSON, which
+    strict parsers accept, and `crossnn report --run-json` reads that file back."""
+    from crossnn.files import revive_floats
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    raw = _run_json(tmp_path, _edit(LINEAR, "lr = 0.01", "lr = 10.0"), "float64,float32")
+    json.loads(raw.read_text(), parse_constant=refuse)  # `crossnn run --json` itself writes strict JSON
+    reports = tmp_path / "reports"
+    assert main(["report", "--run-json", str(raw), "--no-bench", "--name", "a", "--out", str(reports)]) == 0
+    strict = reports / "a" / "run_linear-2x3.json"
+    doc = json.loads(strict.read_text(), parse_constant=refuse)
+    reference = doc["runs"][0]
+    assert "Infinity" in reference["losses"] and reference["parity"]["loss_max_abs"] == "NaN"  # inf - inf
+    original = revive_floats(json.loads(raw.read_text()))
+    np.testing.assert_array_equal(revive_floats(reference["losses"]), original["runs"][0]["losses"])
+    assert main(["report", "--run-json", str(strict), "--no-bench", "--name", "b", "--out", str(reports)]) == 0
+    readme = (reports / "b" / "README.md").read_text()
+    assert "FAIL (loss is inf at step" in readme and "(loss_linear-2x3.png)" in readme
+    assert (reports / "b" / "run_linear-2x3.json").read_text() == strict.read_text()
+
+
+def test_json_to_standard_output_and_unusable_paths_caught_before_training(tmp_path, capsys):
+    """--json - puts the JSON alone on standard output (the tables go to standard error); an output
+    path that cannot be written is one line and exit 2 before anything trains."""
+    assert main(["run", "linear-2x3", "--backends", "numpy", "--quiet", "--json", "-"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["experiment"]["name"] == "linear-2x3" and "final parameters" in captured.err
+    spec = tmp_path / "good.toml"
+    spec.write_text(LINEAR)
+    for argv in (["run", str(spec), "--json", f"{spec}/x.json"], ["run", str(spec), "--json", str(tmp_path)],
+                 ["code", str(spec), "--backend", "numpy", "--out", f"{spec}/x.py"],
+                 ["bench", str(spec), "--backends", "numpy", "--json", str(tmp_path)]):
+        assert main(argv) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and len(captured.err.strip().splitlines()) == 1, argv
+        assert captured.err.startswith(f"crossnn: error: {argv[argv.index('--json' if '--json' in argv else '--out')]}")

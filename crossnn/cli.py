@@ -9,6 +9,7 @@ import math
 import os
 import shlex
 import sys
+import textwrap
 import traceback
 from pathlib import Path
 
@@ -385,16 +386,24 @@ def native_explanation(experiment, result, parities, say=_stderr) -> str:
     effects = measure(experiment, names, dtype=result.records[0].spec.dtype,
                       entries=[BY_ID[i] for i in sorted(relevant)], snapshot_every=result.snapshot_every, say=say)
     for effect in effects:
-        rows.append((effect.backend, effect.entry.id, effect.native, sci(effect.divergence.max_rel),
-                     sci(effect.divergence.final_rel)))
+        rows.append((effect.backend, effect.entry.id, sci(effect.divergence.max_rel), sci(effect.divergence.final_rel)))
     unused = sorted({i for r in result.records for i in r.spec.native} - relevant)
     text = ["catalog entries behind the native runs' divergence (each lowered natively on its own):"]
-    text.append(table(("backend", "entry", "native lowering", "max rel", "final rel"), rows) if rows
+    text.append(table(("backend", "entry", "max rel", "final rel"), rows) + "\n" + _lowerings(effects) if rows
                 else "  none of the backends' native lowerings touch this spec")
     if unused:
         text.append(f"  entries that do not apply to this spec: {', '.join(unused)}")
     text.append("  (crossnn differences ENTRY explains an entry; crossnn diff SPEC measures them all)")
     return "\n".join(text)
+
+
+def _wrapped(text: str) -> str:
+    return textwrap.fill(text, width=100, initial_indent="  ", subsequent_indent="      ")
+
+
+def _lowerings(effects) -> str:
+    """What each measured native lowering does, one wrapped paragraph per entry and backend."""
+    return "how they were lowered:\n" + "\n".join(_wrapped(f"{e.entry.id}, {e.backend}: {e.native}") for e in effects)
 
 
 def cmd_diff(args) -> int:
@@ -408,10 +417,12 @@ def cmd_diff(args) -> int:
     effects = measure(experiment, names, lab, args.dtype, snapshot_every=None, say=_stderr)
     print(f"{experiment.name}: catalog entries that apply, and the divergence each causes when one framework lowers "
           f"it its own way (max relative parameter difference from the NumPy {args.dtype} reference)")
-    print(table(("entry", "backend", "native lowering", "max rel", "final rel", "first step > 1e-9"),
-                [(e.entry.id, e.backend, e.native, sci(e.divergence.max_rel), sci(e.divergence.final_rel),
+    print(table(("entry", "backend", "max rel", "final rel", "first step > 1e-9"),
+                [(e.entry.id, e.backend, sci(e.divergence.max_rel), sci(e.divergence.final_rel),
                   "-" if e.divergence.first_step_over_1e9 is None else e.divergence.first_step_over_1e9)
                  for e in effects]))
+    if effects:
+        print(_lowerings(effects))
     measured = {e.entry.id for e in effects}
     others = [entry for entry in applicable(experiment) if entry.id not in measured]
     if others:
@@ -419,9 +430,9 @@ def cmd_diff(args) -> int:
         for entry in others:
             try:
                 findings = entry.demonstrate(lab)
-                print(f"  {entry.id}: " + "; ".join(f.text for f in findings))
+                print(_wrapped(f"{entry.id}: " + "; ".join(f.text for f in findings)))
             except Unavailable as err:
-                print(f"  {entry.id}: not measured: {err}")
+                print(_wrapped(f"{entry.id}: not measured: {err}"))
     return EXIT_OK
 
 

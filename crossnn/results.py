@@ -69,6 +69,7 @@ def _nested(params) -> dict[str, Any]:
 
 def result_json(result: RunResult, parities: dict[int, Parity]) -> dict[str, Any]:
     import crossnn
+    from crossnn.bench.machine import describe
 
     records = result.records if any(r is result.reference for r in result.records) else [result.reference, *result.records]
     runs = []
@@ -89,6 +90,7 @@ def result_json(result: RunResult, parities: dict[int, Parity]) -> dict[str, Any
     compared = [parities[id(r)] for r in result.records if r is not result.reference and id(r) in parities]
     return {
         "crossnn_version": crossnn.__version__,
+        "machine": describe(),
         "experiment": experiment_to_dict(result.experiment),
         "dtypes": sorted({r.spec.dtype for r in result.records}),
         "steps": result.plan.steps, "snapshot_every": result.snapshot_every,

@@ -330,6 +330,7 @@ def test_report_reads_a_pytest_benchmark_file(tmp_path):
     assert main(["report", "linear-2x3", "--backends", "numpy", "--no-bench", "--pytest-benchmark", str(bench),
                  "--name", "pb", "--out", str(tmp_path / "reports")]) == 0
     readme = (tmp_path / "reports" / "pb" / "README.md").read_text()
+    assert "\n- CPU: " in readme.split("## Parity")[0]  # the machine the parity runs were made on, without a bench
     section = readme.split("## pytest-benchmark suite")[1]
     for b in doc["benchmarks"]:
         row = next(line for line in section.splitlines() if line.startswith(f"| {b['name']} |"))

@@ -36,7 +36,8 @@ def _us(seconds: float) -> str:
 
 def _machine(inputs) -> list[str]:
     bench = inputs.bench
-    m = bench["machine"] if bench else None
+    # the benchmark's machine, else the one the parity runs were made on (`crossnn run --json` records it)
+    m = bench["machine"] if bench else next((doc["machine"] for doc in inputs.runs if doc.get("machine")), None)
     lines = ["## Machine", ""]
     if m:
         lines += [f"- CPU: {m['cpu']}, {m['logical_cores']} logical cores, {m['memory_gib']:.1f} GiB memory",
@@ -47,7 +48,7 @@ def _machine(inputs) -> list[str]:
                   ]
         if m.get("env"):
             lines.append("- environment: " + ", ".join(f"{k}={v}" for k, v in m["env"].items()))
-        for name, runtime in bench["runtimes"].items():
+        for name, runtime in (bench or {}).get("runtimes", {}).items():
             if runtime:
                 lines.append(f"- {name}: " + ", ".join(f"{k} {v}" for k, v in runtime.items()))
     versions = {}

@@ -160,9 +160,12 @@ def run_in_process(cases: Sequence[Case], names: Sequence[str], devices: Sequenc
                    modes: Sequence[str] | None = None, quick: bool = False, repeats: int = 5,
                    min_repeat_seconds: float = 0.2, say: Progress = print,
                    after_case: Callable[[BenchResult], None] | None = None) -> BenchResult:
-    """run_bench's work in this process: every backend in `names` loaded side by side."""
-    for name in sorted(names, key=lambda n: backends.get(n).import_order):
-        backends.get(name).prepare()
+    """run_bench's work in this process: every backend in `names` loaded side by side (one whose
+    framework fails to import is left out, with the reason)."""
+    failed = backends.prepare(names)
+    for name, reason in failed.items():
+        say(f"  {name} left out: {reason}")
+    names = [name for name in names if name not in failed]
     targets, skipped = select(offers(names), devices, modes, quick)
     info = machine.describe()
     sources = measure_peaks(targets, dtypes, say)

@@ -554,7 +554,8 @@ def cmd_import(args) -> int:
     backend = backends.get(args.backend)
     state = backend.import_native(experiment, Path(args.native))
     save_checkpoint(Path(args.out), experiment, state)
-    print(f"{args.native} read as {args.backend}'s format; crossnn checkpoint (step {state.step}) written to {args.out}")
+    print(f"{args.native} read as {args.backend}'s format; crossnn checkpoint (step {state.step}) "
+          f"written to {args.out}")
     return EXIT_OK
 
 

@@ -29,7 +29,9 @@ def array_code(array: np.ndarray) -> str:
     """Python source for `array` (float64 or int64): a literal, or a compressed blob when large."""
     array = np.asarray(array)
     if array.size <= LITERAL_LIMIT:
-        return f"np.array({np.array2string(array, separator=', ', threshold=LITERAL_LIMIT + 1, floatmode='unique', max_line_width=100)}, dtype=np.{array.dtype})"
+        literal = np.array2string(array, separator=", ", threshold=LITERAL_LIMIT + 1, floatmode="unique",
+                                  max_line_width=100)
+        return f"np.array({literal}, dtype=np.{array.dtype})"
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     blob = base64.b64encode(zlib.compress(buffer.getvalue(), 9)).decode("ascii")
@@ -102,7 +104,8 @@ def lr_code(experiment: Experiment) -> str:
             body = f"    return {opt.lr!r} * {s.gamma!r} ** {unit}\n"
         else:
             raise ValueError(f"no code for schedule '{s.kind}'")
-    return "def lr_at(epoch, step):\n    \"\"\"The learning rate of a step (its 0-based epoch and global step).\"\"\"\n" + body
+    return ("def lr_at(epoch, step):\n"
+            "    \"\"\"The learning rate of a step (its 0-based epoch and global step).\"\"\"\n" + body)
 
 
 def dropout_code(experiment: Experiment) -> str:

@@ -246,7 +246,8 @@ def evaluate(experiment: Experiment, trainer, dataset: Dataset, dtype: str, fina
     for prefix, part in (("", dataset), ("val_", dataset.validation)):
         if part is None:
             continue
-        values = metric_values(experiment.loss, sorted(names), np.asarray(trainer.predict(part.x.astype(dtype))), part.y)
+        values = metric_values(experiment.loss, sorted(names), np.asarray(trainer.predict(part.x.astype(dtype))),
+                               part.y)
         out.update({prefix + name: value for name, value in values.items()})
     return out
 

@@ -19,7 +19,8 @@ def run_text(result: RunResult, parities: dict[int, Parity]) -> str:
     e, plan = result.experiment, result.plan
     lines = [f"{e.name}: {plan.steps} steps ({e.train.epochs} epochs x {plan.steps_per_epoch}), "
              f"{e.model.parameter_count()} parameters, snapshots every {result.snapshot_every} steps", ""]
-    records = result.records if any(r is result.reference for r in result.records) else [result.reference, *result.records]
+    records = (result.records if any(r is result.reference for r in result.records)
+               else [result.reference, *result.records])
     rows = []
     for r in records:
         status = "reference" if r is result.reference else r.status
@@ -40,23 +41,29 @@ def run_text(result: RunResult, parities: dict[int, Parity]) -> str:
         rows = []
         for r, p in compared:
             if not r.snapshots:
-                rows.append((r.spec.label, "(all)", "-", "-", "-", f"{p.tolerance.rtol:g}/{p.tolerance.atol:g}", "not run"))
+                rows.append((r.spec.label, "(all)", "-", "-", "-", f"{p.tolerance.rtol:g}/{p.tolerance.atol:g}",
+                             "not run"))
                 continue
             for pp in p.params:
                 rows.append((r.spec.label, pp.name, sci(pp.max_abs), sci(pp.max_rel),
                              "-" if pp.first_fail_step is None else pp.first_fail_step,
-                             f"{p.tolerance.rtol:g}/{p.tolerance.atol:g}", "pass" if pp.first_fail_step is None else "FAIL"))
+                             f"{p.tolerance.rtol:g}/{p.tolerance.atol:g}",
+                             "pass" if pp.first_fail_step is None else "FAIL"))
         lines.append(table(("run", "parameter", "max abs", "max rel", "first step out", "rtol/atol", "verdict"), rows))
         failed = [p for _, p in compared if not p.passed]
         for p in failed:
             if not p.complete:
                 lines.append(f"  {p.label}: did not finish: {p.note}")
         lines.append("")
-        lines.append(f"parity: {'PASS' if not failed else 'FAIL'} ({len(compared) - len(failed)} of {len(compared)} runs agree)")
+        lines.append(f"parity: {'PASS' if not failed else 'FAIL'} "
+                     f"({len(compared) - len(failed)} of {len(compared)} runs agree)")
     params = result.reference.final_params
     elided = any(v.size > PRINTED_VALUES for v in params.values())
-    lines += ["", f"final parameters ({result.reference.spec.label}"
-                  f"{'; tensors over ' + str(PRINTED_VALUES) + ' values shortened, all of them in --json' if elided else ''}):"]
+    lines += [
+        "",
+        f"final parameters ({result.reference.spec.label}"
+        f"{'; tensors over ' + str(PRINTED_VALUES) + ' values shortened, all of them in --json' if elided else ''}):",
+    ]
     for name, value in params.items():
         text = np.array2string(value.ravel(), precision=8, max_line_width=100, threshold=PRINTED_VALUES, edgeitems=3)
         lines.append(f"  {name} {tuple(value.shape)}: {text}")
@@ -71,7 +78,8 @@ def result_json(result: RunResult, parities: dict[int, Parity]) -> dict[str, Any
     import crossnn
     from crossnn.bench.machine import describe
 
-    records = result.records if any(r is result.reference for r in result.records) else [result.reference, *result.records]
+    records = (result.records if any(r is result.reference for r in result.records)
+               else [result.reference, *result.records])
     runs = []
     for r in records:
         entry = {

@@ -32,7 +32,8 @@ def summary(experiment: Experiment) -> str:
     plan = BatchPlan.for_experiment(experiment, dataset.n)
     data = experiment.data
     source = f"{data.kind}" + (f" ({_args(data)})" if data.kind != "inline" else "")
-    lines = [f"{experiment.name}" + (f"  ({experiment.source})" if experiment.source else "") + f", seed {experiment.seed}",
+    lines = [f"{experiment.name}" + (f"  ({experiment.source})" if experiment.source else "")
+             + f", seed {experiment.seed}",
              f"data: {source}: x {dataset.x.shape}, y {dataset.y.shape}", ""]
     rows = []
     for node in model.nodes:
@@ -46,11 +47,13 @@ def summary(experiment: Experiment) -> str:
     lines.append(table(("layer", "type", "inputs", "activation", "output", "params", "parameters (canonical layout)"),
                        rows, indent=""))
     lines += ["", f"total parameters: {model.parameter_count()}",
-              f"loss: {experiment.loss.kind}" + (f" ({_args(experiment.loss)})" if experiment.loss.fields_dict() else ""),
+              f"loss: {experiment.loss.kind}"
+              + (f" ({_args(experiment.loss)})" if experiment.loss.fields_dict() else ""),
               f"optimizer: {experiment.optimizer.kind} ({_args(experiment.optimizer)})",
               f"train: {experiment.train.epochs} epochs x {plan.steps_per_epoch} steps of <= {plan.batch_size} samples"
               f" = {plan.steps} steps, {'shuffled' if experiment.train.shuffle else 'in order'}"
-              + (", last short batch dropped" if experiment.train.drop_last and plan.n_samples % plan.batch_size else "")
+              + (", last short batch dropped"
+                 if experiment.train.drop_last and plan.n_samples % plan.batch_size else "")
               + (f" (batch_size {experiment.train.batch_size} > {plan.n_samples} samples: one batch of all of them)"
                  if experiment.train.batch_size > plan.n_samples else "")]
     return "\n".join(lines)

@@ -5,8 +5,9 @@
 
 A failure raises `ParityError` (an AssertionError) whose message names the run, the parameter, the
 first step out of tolerance and the size of the difference. `assert_model_parity` does the same for
-a model written in a framework (an nn.Sequential, a Keras model), starting from its own weights. The pytest plugin (crossnn.pytest_plugin)
-turns spec files named parity_*.toml into test items with the same messages.
+a model written in a framework (an nn.Sequential, a Keras model), starting from its own weights.
+The pytest plugin (crossnn.pytest_plugin) turns spec files named parity_*.toml into test items
+with the same messages.
 """
 
 from __future__ import annotations
@@ -114,5 +115,6 @@ def assert_params_match(spec: Experiment | str | Path, final_params: Mapping[str
         diff = float(np.max(np.abs(a - r)))
         scale = float(np.max(np.abs(r)))
         if diff > atol + rtol * scale:
-            raise ParityError(f"{name}: largest difference {diff:.3e} (relative {diff / scale if scale else float('inf'):.3e}) "
+            raise ParityError(f"{name}: largest difference {diff:.3e} "
+                              f"(relative {diff / scale if scale else float('inf'):.3e}) "
                               f"after {result.plan.steps} steps; rtol {rtol:g}, atol {atol:g}")

@@ -181,8 +181,10 @@ if importlib.util.find_spec("tensorflow"):
 
 def experiment() -> S.Experiment:
     circle = crossnn.example("circle")
-    model = S.Model(inputs=2, layers=(SeedLinear(name="fc1", units=5), S.ActivationLayer(name="s1", activation=S.Sigmoid()),
-                                      SeedLinear(name="fc2", units=1), S.ActivationLayer(name="s2", activation=S.Sigmoid())))
+    model = S.Model(inputs=2, layers=(SeedLinear(name="fc1", units=5),
+                                      S.ActivationLayer(name="s1", activation=S.Sigmoid()),
+                                      SeedLinear(name="fc2", units=1),
+                                      S.ActivationLayer(name="s2", activation=S.Sigmoid())))
     return dataclasses.replace(circle, name="circle-seed-layers", model=model, optimizer=SeedSGD(lr=0.5, momentum=0.8),
                                train=S.Train(epochs=100, batch_size=100, metrics=("accuracy",)))
 

@@ -185,7 +185,8 @@ def trainable_experiments(draw, max_epochs: int = 4, task: str | None = None, ki
         "huber": (st.integers(1, 3), st.just(S.Linear()), S.Huber(delta=draw(st.floats(0.1, 2.0)))),
         "bce": (st.integers(1, 2), st.just(S.Sigmoid()), S.BCE(log_min=-100.0)),
         "bce_logits": (st.integers(1, 2), st.just(S.Linear()), S.BCELogits()),
-        "ce_logits": (st.just(classes), st.just(S.Linear()), S.CrossEntropy(from_logits=True, sparse=draw(st.booleans()))),
+        "ce_logits": (st.just(classes), st.just(S.Linear()),
+                      S.CrossEntropy(from_logits=True, sparse=draw(st.booleans()))),
         "ce_probs": (st.just(classes), st.just(S.Softmax()),
                      S.CrossEntropy(from_logits=False, sparse=draw(st.booleans()), log_min=-100.0)),
     }[task]
@@ -194,7 +195,8 @@ def trainable_experiments(draw, max_epochs: int = 4, task: str | None = None, ki
                         acts=_hidden))
     if draw(st.booleans()):
         *body, out = model.layers
-        model = S.Model(inputs=model.inputs, layers=(*body, S.Dropout(name="drop", rate=draw(st.floats(0.1, 0.6))), out))
+        model = S.Model(inputs=model.inputs,
+                        layers=(*body, S.Dropout(name="drop", rate=draw(st.floats(0.1, 0.6))), out))
     n = draw(st.integers(2, 24))
     rng = np.random.default_rng(draw(st.integers(0, 2**32)))
     x = rng.standard_normal((n, model.inputs))

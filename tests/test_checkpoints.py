@@ -83,7 +83,8 @@ def test_command_line_stop_save_resume(tmp_path, capsys):
     assert "resumed at step 17" in out and "parity: PASS" in out
     # bad uses are one line and exit 2
     for argv, fragment in ((["--save", str(ckpt)], "--stop-after and --save go together"),
-                           (["--stop-after", "5", "--save", str(ckpt), "--backends", "numpy", "--dtype", "float32,float64"],
+                           (["--stop-after", "5", "--save", str(ckpt), "--backends", "numpy",
+                             "--dtype", "float32,float64"],
                             "--save: choose one backend and one dtype"),
                            (["--resume", str(tmp_path / "nothing.npz")], "no such checkpoint")):
         assert main(["run", str(spec), "--quiet", *argv]) == 2

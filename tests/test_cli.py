@@ -92,7 +92,8 @@ BAD_INPUTS = [
     ("zero learning rate", _edit(LINEAR, "lr = 0.01", "lr = 0.0"), [], "optimizer.lr: must be > 0, got 0.0"),
     ("momentum out of range", _edit(CIRCLE, "momentum = 0.8", "momentum = 1.5"), [],
      "optimizer.momentum: must be in [0, 1), got 1.5"),
-    ("adam without eps", _edit(TWO_TOWER, "eps = 1e-08\n", ""), [], "optimizer: missing key 'eps' for optimizer 'adam'"),
+    ("adam without eps", _edit(TWO_TOWER, "eps = 1e-08\n", ""), [],
+     "optimizer: missing key 'eps' for optimizer 'adam'"),
     ("activation needing a parameter", _edit(CIRCLE, 'activation = "sigmoid"', 'activation = "leaky_relu"'), [],
      "model.layers[0].activation: activation 'leaky_relu' needs negative_slope"),
     ("sparse labels out of range", _sparse_out_of_range, [], "data.y: class indices must lie in [0, 2]"),
@@ -211,7 +212,8 @@ def test_a_broken_plugin_is_listed_unavailable_and_the_rest_work(tmp_path):
     """A plugin whose import fails shows its error in `crossnn list`; numpy still runs."""
     site = tmp_path / "site"
     (site / "brokenbackend-1.0.dist-info").mkdir(parents=True)
-    (site / "brokenbackend-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenbackend\nVersion: 1.0\n")
+    (site / "brokenbackend-1.0.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: brokenbackend\nVersion: 1.0\n")
     (site / "brokenbackend-1.0.dist-info" / "entry_points.txt").write_text(
         "[crossnn.backends]\nbroken = brokenbackend:Backend\n")
     (site / "brokenbackend.py").write_text("raise ImportError('libbroken.so: cannot open shared object file')\n")
@@ -256,7 +258,8 @@ def test_large_parameters_print_shortened(tmp_path, capsys):
     spec = tmp_path / "wide.toml"
     spec.write_text(f'name = "wide"\nseed = 0\n[data]\nx = {x}\ny = [[1.0], [2.0]]\n[model]\ninputs = 30\n'
                     '[[model.layers]]\ntype = "dense"\nname = "fc"\nunits = 1\nactivation = "linear"\n'
-                    'use_bias = true\nkernel_init = "zeros"\nbias_init = "zeros"\n[loss]\ntype = "mse"\n[optimizer]\ntype = "sgd"\nlr = 0.01\n'
+                    'use_bias = true\nkernel_init = "zeros"\nbias_init = "zeros"\n[loss]\ntype = "mse"\n'
+                    '[optimizer]\ntype = "sgd"\nlr = 0.01\n'
                     '[train]\nepochs = 1\nbatch_size = 2\n')
     assert main(["run", str(spec), "--backends", "numpy"]) == 0
     text = capsys.readouterr().out

@@ -23,7 +23,8 @@ from crossnn.params import initial_parameters
 FEATURES = S.Experiment(
     name="features", seed=4, data=S.RandomNormal(n=20, inputs=3, outputs=2),
     model=S.Model(inputs=3, layers=(
-        S.Dense(name="h", units=6, activation=S.GELU(approximate="none"), kernel_init=S.HeUniform(), bias_init=S.Zeros()),
+        S.Dense(name="h", units=6, activation=S.GELU(approximate="none"), kernel_init=S.HeUniform(),
+                bias_init=S.Zeros()),
         S.Dropout(name="drop", rate=0.3),
         S.Dense(name="g", units=4, activation=S.LeakyReLU(negative_slope=0.1), kernel_init=S.GlorotUniform(),
                 bias_init=S.Zeros()),

@@ -40,9 +40,9 @@ DECOUPLED = dict(weight_decay=0.05, weight_decay_kind="decoupled")
 
 FEATURES = {
     # activations
-    **{f"activation {a.kind}{'-' + a.approximate if isinstance(a, S.GELU) else ''}": _experiment("a", hidden=a) for a in (
-        S.Linear(), S.ReLU(), S.Sigmoid(), S.Tanh(), S.Softmax(), S.Softplus(), S.LeakyReLU(negative_slope=0.1),
-        S.GELU(approximate="none"), S.GELU(approximate="tanh"))},
+    **{f"activation {a.kind}{'-' + a.approximate if isinstance(a, S.GELU) else ''}": _experiment("a", hidden=a)
+       for a in (S.Linear(), S.ReLU(), S.Sigmoid(), S.Tanh(), S.Softmax(), S.Softplus(),
+                 S.LeakyReLU(negative_slope=0.1), S.GELU(approximate="none"), S.GELU(approximate="tanh"))},
     # layers
     "activation layer": _experiment("l", extra=(S.ActivationLayer(name="act", activation=S.ReLU()),)),
     "dropout": _experiment("d", extra=(S.Dropout(name="drop", rate=0.5),)),
@@ -64,7 +64,8 @@ FEATURES = {
     "loss ce logits sparse": _experiment("c2", loss=S.CrossEntropy(from_logits=True, sparse=True),
                                          y=LABELS.reshape(-1, 1), units=3),
     "loss ce probabilities": _experiment("c3", out_act=S.Softmax(),
-                                         loss=S.CrossEntropy(from_logits=False, sparse=False, log_min=-100.0), y=ONE_HOT),
+                                         loss=S.CrossEntropy(from_logits=False, sparse=False, log_min=-100.0),
+                                         y=ONE_HOT),
     # optimizers
     "sgd": _experiment("s", optimizer=S.SGD(lr=0.1)),
     "sgd nesterov l2": _experiment("sn", optimizer=S.SGD(lr=0.1, momentum=0.9, nesterov=True, **L2)),

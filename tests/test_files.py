@@ -166,7 +166,8 @@ def test_replace_directory_through_a_symlink_replaces_the_folder_it_names(tmp_pa
     (tmp_path / "link").symlink_to("real")
     replace_directory(tmp_path / "link", lambda folder: (folder / "README.md").write_text("# crossnn report: new\n"),
                       check_replaceable)
-    assert (tmp_path / "link").is_symlink() and (tmp_path / "real" / "README.md").read_text() == "# crossnn report: new\n"
+    assert ((tmp_path / "link").is_symlink()
+            and (tmp_path / "real" / "README.md").read_text() == "# crossnn report: new\n")
     assert not (tmp_path / "real" / "run_circle.json").exists()
 
 

@@ -78,7 +78,8 @@ def test_activation_backward_matches_finite_differences(act):
 
 
 LOSSES = [S.MSE(), S.MAE(), S.Huber(delta=0.7), S.BCE(log_min=-100.0), S.BCELogits(),
-          S.CrossEntropy(from_logits=True, sparse=False), S.CrossEntropy(from_logits=False, sparse=False, log_min=-100.0)]
+          S.CrossEntropy(from_logits=True, sparse=False),
+          S.CrossEntropy(from_logits=False, sparse=False, log_min=-100.0)]
 
 
 @pytest.mark.parametrize("loss", LOSSES, ids=lambda s: s.kind + ("_logits" if getattr(s, "from_logits", False) else ""))
@@ -94,7 +95,8 @@ def test_graph_backward_sums_gradients_of_shared_values():
     """A value feeding two layers (the input of both towers, and `h` feeding both branches)."""
     layers = [S.Dense(name="h", units=3, activation=S.Tanh(), kernel_init=S.Zeros(), bias_init=S.Zeros()),
               S.Dense(name="a", units=2, kernel_init=S.Zeros(), bias_init=S.Zeros(), inputs=("h",)),
-              S.Dense(name="b", units=1, activation=S.Sigmoid(), kernel_init=S.Zeros(), bias_init=S.Zeros(), inputs=("h",)),
+              S.Dense(name="b", units=1, activation=S.Sigmoid(), kernel_init=S.Zeros(), bias_init=S.Zeros(),
+                      inputs=("h",)),
               S.Concatenate(name="cat", inputs=("a", "b", "h")),
               S.Dense(name="out", units=1, use_bias=False, kernel_init=S.Zeros(), bias_init=S.Zeros())]
     _check_gradients(_experiment(layers, S.MSE()), RNG.standard_normal((4, 3)), RNG.standard_normal((4, 1)))

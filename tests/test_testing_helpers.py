@@ -17,7 +17,8 @@ CIRCLE_TRAINING = dict(data=S.Circle(n=300), loss=S.BCE(log_min=-100.0), optimiz
 
 def test_assert_parity_passes_and_fails_with_a_named_parameter():
     assert_parity(crossnn.example("two-tower"), backends=["numpy"], dtypes=["float32"])
-    with pytest.raises(ParityError, match=r"numpy float32 cpu default: parameter dense\d/\w+ leaves tolerance at step 0"):
+    with pytest.raises(ParityError,
+                       match=r"numpy float32 cpu default: parameter dense\d/\w+ leaves tolerance at step 0"):
         assert_parity(crossnn.example("two-tower"), backends=["numpy"], dtypes=["float32"], rtol=1e-13, atol=0.0)
 
 

@@ -29,7 +29,8 @@ def _activation(act: S.Activation) -> tuple[str, str]:
     if isinstance(act, S.GELU):
         if act.approximate == "none":
             return ("{z} * 0.5 * (1.0 + erf({z} * math.sqrt(0.5)))",
-                    "{da} * (0.5 * (1.0 + erf({z} * math.sqrt(0.5))) + {z} * np.exp(-0.5 * {z} * {z}) / math.sqrt(2 * math.pi))")
+                    "{da} * (0.5 * (1.0 + erf({z} * math.sqrt(0.5))) "
+                    "+ {z} * np.exp(-0.5 * {z} * {z}) / math.sqrt(2 * math.pi))")
         inner = "math.sqrt(2.0 / math.pi) * ({z} + 0.044715 * {z} * {z} * {z})"
         return (f"0.5 * {{z}} * (1.0 + np.tanh({inner}))",
                 f"{{da}} * (0.5 * (1.0 + np.tanh({inner})) + 0.5 * {{z}} * (1.0 - np.tanh({inner}) ** 2) * "
@@ -183,7 +184,8 @@ def _optimizer_code(opt: S.Optimizer) -> str:
         else:
             lines.append("        w += (-lr * g) / a")
     elif isinstance(opt, S.Adagrad):
-        lines += [f'        s = state.setdefault("sum", {{}}).setdefault(name, np.zeros_like(w) + {opt.initial_accumulator!r})',
+        lines += [f'        s = state.setdefault("sum", {{}})'
+                  f'.setdefault(name, np.zeros_like(w) + {opt.initial_accumulator!r})',
                   "        s += g * g", f"        w += (-lr * g) / (np.sqrt(s) + {opt.eps!r})"]
     else:
         raise UnsupportedFeature("numpy", f"emitting optimizer '{opt.kind}'")

@@ -110,7 +110,8 @@ class TrainStep:
         """Replace the optimizer state (per-parameter arrays, canonical layout) and counters."""
         for slot in self.optimizer.s.state_slots():
             if slot in slots and self.trains:
-                self.state[slot] = [self.xp.concat([to_device(slots[slot][name]).reshape(-1) for name in names], axis=0)]
+                self.state[slot] = [self.xp.concat([to_device(slots[slot][name]).reshape(-1) for name in names],
+                                                   axis=0)]
         for counter in self.optimizer.s.state_counters():
             self.state[counter] = int(counters.get(counter, 0))
 

@@ -31,17 +31,20 @@ class TutorialTrainer(Trainer):
         model, loss, opt = experiment.model, experiment.loss, experiment.optimizer
         chain = [node.layer for node in model.nodes]
         if any(not isinstance(layer, spec.Dense) for layer in chain) or list(model.layers) != chain or any(
-                node.inputs != ((model.nodes[i - 1].name,) if i else (spec.INPUT,)) for i, node in enumerate(model.nodes)):
+                node.inputs != ((model.nodes[i - 1].name,) if i else (spec.INPUT,))
+                for i, node in enumerate(model.nodes)):
             raise UnsupportedFeature("numpy", "models other than a chain of dense layers")
         for layer in chain:
             if type(layer.activation) not in ACTIVATIONS or not layer.use_bias:
-                raise UnsupportedFeature("numpy", f"layer {layer.name} (activation {layer.activation.kind}, use_bias {layer.use_bias})")
+                raise UnsupportedFeature("numpy", f"layer {layer.name} (activation {layer.activation.kind}, "
+                                                  f"use_bias {layer.use_bias})")
         self.loss_kind = type(loss)
         if not (isinstance(loss, (spec.MSE, spec.BCE)) or (isinstance(loss, spec.CrossEntropy) and loss.from_logits)):
             raise UnsupportedFeature("numpy", f"loss {loss.kind}")
         if isinstance(loss, spec.BCE) and loss.log_min != -100.0:
             raise UnsupportedFeature("numpy", "a BCE clamp other than -100")
-        if isinstance(opt, spec.SGD) and (opt.nesterov or opt.weight_decay) or isinstance(opt, spec.Adam) and opt.weight_decay:
+        if (isinstance(opt, spec.SGD) and (opt.nesterov or opt.weight_decay)
+                or isinstance(opt, spec.Adam) and opt.weight_decay):
             raise UnsupportedFeature("numpy", "nesterov or weight decay")
         self.layers = chain
         self.acts = [ACTIVATIONS[type(layer.activation)] for layer in chain]

@@ -314,7 +314,8 @@ def _parents(nodes) -> list[str]:
 
     def walk(value):
         if isinstance(value, dict):
-            history = value.get("config", {}).get("keras_history") if value.get("class_name") == "__keras_tensor__" else None
+            history = (value.get("config", {}).get("keras_history") if value.get("class_name") == "__keras_tensor__"
+                       else None)
             if history:
                 found.append(history[0])
             else:

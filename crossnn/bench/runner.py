@@ -134,7 +134,8 @@ def measure_peaks(targets: Sequence[Target], dtypes: Sequence[str], say: Progres
             except UnsupportedFeature:
                 continue
         say(f"  matmul peak {dtype}: " + "; ".join(
-            f"{key.split()[0]} {fw} {g:.0f}" for key, per in sources.items() if key.endswith(dtype) for fw, g in per.items())
+            f"{key.split()[0]} {fw} {g:.0f}" for key, per in sources.items() if key.endswith(dtype)
+            for fw, g in per.items())
             + " GFLOP/s")
     return sources
 

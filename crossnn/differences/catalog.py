@@ -74,17 +74,20 @@ def _layout(lab: Lab) -> list[Finding]:
     t, k = lab.facts("torch"), lab.facts("tensorflow")
     return [Finding(f"nn.Linear(3, 2).weight has shape {t['linear_weight_shape']} (out, in)",
                     t["linear_weight_shape"] == [2, 3],
-                    {"torch weight rows (out)": t["linear_weight_shape"][0], "torch weight cols (in)": t["linear_weight_shape"][1]}),
+                    {"torch weight rows (out)": t["linear_weight_shape"][0],
+                     "torch weight cols (in)": t["linear_weight_shape"][1]}),
             Finding(f"keras Dense(2) on 3 inputs has kernel shape {k['dense_kernel_shape']} (in, out), "
                     "crossnn's canonical layout", k["dense_kernel_shape"] == [3, 2],
-                    {"keras kernel rows (in)": k["dense_kernel_shape"][0], "keras kernel cols (out)": k["dense_kernel_shape"][1]})]
+                    {"keras kernel rows (in)": k["dense_kernel_shape"][0],
+                     "keras kernel cols (out)": k["dense_kernel_shape"][1]})]
 
 
 def _default_init(lab: Lab) -> list[Finding]:
     t, k = lab.facts("torch")["linear_init"], lab.facts("tensorflow")["dense_init"]
     found = [Finding(f"nn.Linear(100, 50): |weight| <= {_fmt(t['weight_max_abs'])} and |bias| <= "
                      f"{_fmt(t['bias_max_abs'])}, both within 1/sqrt(100) = {_fmt(t['bound'])}, bias not zero",
-                     t["weight_max_abs"] <= t["bound"] and 0 < t["bias_max_abs"] <= t["bound"] and not t["bias_all_zero"]),
+                     t["weight_max_abs"] <= t["bound"] and 0 < t["bias_max_abs"] <= t["bound"]
+                     and not t["bias_all_zero"]),
              Finding(f"keras Dense(50) on 100 inputs: |kernel| <= {_fmt(k['kernel_max_abs'])} within the Glorot "
                      f"limit {_fmt(k['glorot_limit'])}, bias all zero: {k['bias_all_zero']}",
                      k["kernel_max_abs"] <= k["glorot_limit"] and k["bias_all_zero"])]
@@ -119,11 +122,12 @@ def momentum_split_spec() -> Experiment:
 
 def _momentum(lab: Lab) -> list[Finding]:
     t, k = lab.facts("torch")["momentum_first_step"], lab.facts("tensorflow")["momentum_first_step"]
-    found = [Finding(f"torch, lr 0.1, momentum 0.9, g = 2 from w = 1: buffer {_fmt(t['buffer'])} (= g), w {_fmt(t['w'])}; "
-                     f"after lr -> 0.01 and g = 2 again: w {_fmt(t['w2'])} (= 0.8 - 0.01·(0.9·2 + 2) = 0.762)",
+    found = [Finding(f"torch, lr 0.1, momentum 0.9, g = 2 from w = 1: buffer {_fmt(t['buffer'])} (= g), "
+                     f"w {_fmt(t['w'])}; after lr -> 0.01 and g = 2 again: "
+                     f"w {_fmt(t['w2'])} (= 0.8 - 0.01·(0.9·2 + 2) = 0.762)",
                      _close(t["buffer"], 2.0) and _close(t["w"], 0.8) and _close(t["w2"], 0.762)),
-             Finding(f"keras, same steps: velocity {_fmt(k['velocity'])} (= -lr·g), w {_fmt(k['w'])}; after lr -> 0.01: "
-                     f"w {_fmt(k['w2'])} (= 0.8 + 0.9·(-0.2) - 0.01·2 = 0.6)",
+             Finding(f"keras, same steps: velocity {_fmt(k['velocity'])} (= -lr·g), w {_fmt(k['w'])}; "
+                     f"after lr -> 0.01: w {_fmt(k['w2'])} (= 0.8 + 0.9·(-0.2) - 0.01·2 = 0.6)",
                      _close(k["velocity"], -0.2) and _close(k["w"], 0.8) and _close(k["w2"], 0.6))]
     d = lab.run(momentum_split_spec(), "tensorflow", frozenset({"momentum-sgd"}))
     before, worst = _split_at_lr_change(d, change=3, lr_old=0.1, lr_new=0.01, mu=0.9)
@@ -181,7 +185,8 @@ def _rmsprop(lab: Lab) -> list[Finding]:
     t, k = lab.facts("torch")["rmsprop_defaults"], lab.facts("tensorflow")["rmsprop_defaults"]
     e = _regression(S.RMSprop(lr=0.01, alpha=0.9, eps=1e-7), scale=1e-4)
     d = lab.run(e, "tensorflow", frozenset({"rmsprop"}))
-    found = [Finding(f"defaults: torch alpha {t['alpha']}, eps {t['eps']}; keras rho {k['rho']}, epsilon {k['epsilon']}",
+    found = [Finding(f"defaults: torch alpha {t['alpha']}, eps {t['eps']}; "
+                     f"keras rho {k['rho']}, epsilon {k['epsilon']}",
                      t["alpha"] == 0.99 and k["rho"] == 0.9 and t["eps"] == 1e-8 and k["epsilon"] == 1e-7),
              Finding(f"same alpha/rho and eps, eps outside (torch) vs inside (keras) the square root: keras RMSprop "
                      f"drifts from the spec by {d.max_rel:.2e} on gradients ~1e-4", d.max_rel > 1e-6)]
@@ -227,17 +232,20 @@ def _ce_inputs(lab: Lab) -> list[Finding]:
                     not _close(t["ce_on_logits"], t["ce_on_probabilities"])),
             Finding(f"keras CategoricalCrossentropy defaults to from_logits={k['ce_default_from_logits']}: on the same "
                     f"logits it gives {_fmt(k['ce_on_logits_as_probabilities'])} instead of {_fmt(k['ce_on_logits'])}",
-                    k["ce_default_from_logits"] is False and not _close(k["ce_on_logits"], k["ce_on_logits_as_probabilities"])),
+                    k["ce_default_from_logits"] is False
+                    and not _close(k["ce_on_logits"], k["ce_on_logits_as_probabilities"])),
             Finding(f"trained natively: keras' default on a logit model drifts by {d.max_rel:.2e}; torch's "
-                    f"CrossEntropyLoss after a softmax layer by {dt.max_rel:.2e}", d.max_rel > 1e-3 and dt.max_rel > 1e-3)]
+                    f"CrossEntropyLoss after a softmax layer by {dt.max_rel:.2e}",
+                    d.max_rel > 1e-3 and dt.max_rel > 1e-3)]
 
 
 def _reduction(lab: Lab) -> list[Finding]:
     t, k = lab.facts("torch"), lab.facts("tensorflow")
     return [Finding(f"mean squared error of p = [[1, 2], [3, 4]] against zeros: mean reduction torch "
-                    f"{_fmt(t['mse_mean'])}, keras {_fmt(k['mse_mean'])} (the same)", _close(t["mse_mean"], k["mse_mean"])),
-            Finding(f"sum reduction: torch {_fmt(t['mse_sum'])} (sum of all squared errors), keras {_fmt(k['mse_sum'])} "
-                    "(sum over samples of each sample's mean over outputs)",
+                    f"{_fmt(t['mse_mean'])}, keras {_fmt(k['mse_mean'])} (the same)",
+                    _close(t["mse_mean"], k["mse_mean"])),
+            Finding(f"sum reduction: torch {_fmt(t['mse_sum'])} (sum of all squared errors), "
+                    f"keras {_fmt(k['mse_sum'])} (sum over samples of each sample's mean over outputs)",
                     _close(t["mse_sum"], 30.0) and _close(k["mse_sum"], 15.0),
                     {"torch sum": t["mse_sum"], "keras sum": k["mse_sum"], "torch mean": t["mse_mean"],
                      "keras mean": k["mse_mean"]})]
@@ -256,16 +264,19 @@ def _learning_rates(lab: Lab) -> list[Finding]:
     differing = [name for name in ("SGD", "Adam", "RMSprop", "Adagrad") if t[name] != k[name]]
     return [Finding("default learning rates, torch vs keras: " + ", ".join(f"{n} {t[n]} vs {k[n]}" for n in t),
                     set(differing) == {"SGD", "RMSprop", "Adagrad"},
-                    {**{f"torch {n}": t[n] for n in t if t[n] is not None}, **{f"keras {n}": k[n] for n in k if k[n] is not None}})]
+                    {**{f"torch {n}": t[n] for n in t if t[n] is not None},
+                     **{f"keras {n}": k[n] for n in k if k[n] is not None}})]
 
 
 def _leaky(lab: Lab) -> list[Finding]:
     t, k = lab.facts("torch"), lab.facts("tensorflow")
     return [Finding(f"default slopes: torch {t['leaky_relu_default']}, keras.layers.LeakyReLU "
-                    f"{k['leaky_relu_default']['layer']}, keras.activations.leaky_relu {k['leaky_relu_default']['activation']}",
+                    f"{k['leaky_relu_default']['layer']}, "
+                    f"keras.activations.leaky_relu {k['leaky_relu_default']['activation']}",
                     t["leaky_relu_default"] == 0.01 and k["leaky_relu_default"]["layer"] == 0.3
                     and k["leaky_relu_default"]["activation"] == 0.2,
-                    {"torch nn.LeakyReLU": t["leaky_relu_default"], "keras LeakyReLU layer": k["leaky_relu_default"]["layer"],
+                    {"torch nn.LeakyReLU": t["leaky_relu_default"],
+                     "keras LeakyReLU layer": k["leaky_relu_default"]["layer"],
                      "keras leaky_relu": k["leaky_relu_default"]["activation"]}),
             Finding(f"tf.nn.leaky_relu(-1.0, alpha=0.01) in float64 = {k['leaky_relu_float64']!r}: alpha is a float32 "
                     "attribute", k["leaky_relu_float64"] != -0.01 and _close(k["leaky_relu_float64"], -0.01, 1e-7))]
@@ -275,9 +286,12 @@ def _gelu(lab: Lab) -> list[Finding]:
     t, k = lab.facts("torch"), lab.facts("tensorflow")
     return [Finding(f"defaults: torch nn.GELU approximate='{t['gelu_default']}', keras.activations.gelu approximate="
                     f"{k['gelu_default']['activations']}, keras.ops.gelu approximate={k['gelu_default']['ops']}",
-                    t["gelu_default"] == "none" and k["gelu_default"]["activations"] is False and k["gelu_default"]["ops"] is True),
-            Finding(f"tf.nn.gelu(1.0) in float64 is {k['gelu_float64_error']:.1e} off the exact value (float32 constants)",
-                    1e-12 < k["gelu_float64_error"] < 1e-6, {"tf.nn.gelu(1.0) error, float64": k["gelu_float64_error"]})]
+                    t["gelu_default"] == "none" and k["gelu_default"]["activations"] is False
+                    and k["gelu_default"]["ops"] is True),
+            Finding(f"tf.nn.gelu(1.0) in float64 is {k['gelu_float64_error']:.1e} off the exact value "
+                    "(float32 constants)",
+                    1e-12 < k["gelu_float64_error"] < 1e-6,
+                    {"tf.nn.gelu(1.0) error, float64": k["gelu_float64_error"]})]
 
 
 def _softplus(lab: Lab) -> list[Finding]:
@@ -292,13 +306,14 @@ def _batchnorm(lab: Lab) -> list[Finding]:
     x = np.array([[1.0, 2.0], [3.0, 5.0], [6.0, 11.0]])
     torch_var = (1 - t["momentum"]) * 1.0 + t["momentum"] * x.var(axis=0, ddof=1)
     keras_var = k["momentum"] * 1.0 + (1 - k["momentum"]) * x.var(axis=0, ddof=0)
-    return [Finding(f"defaults: torch momentum {t['momentum']} (weight of the new batch), eps {t['eps']}; keras momentum "
-                    f"{k['momentum']} (weight of the old average), epsilon {k['epsilon']}",
+    return [Finding(f"defaults: torch momentum {t['momentum']} (weight of the new batch), eps {t['eps']}; "
+                    f"keras momentum {k['momentum']} (weight of the old average), epsilon {k['epsilon']}",
                     t["momentum"] == 0.1 and k["momentum"] == 0.99 and t["eps"] == 1e-5 and _close(k["epsilon"], 1e-3)),
-            Finding(f"after one training batch: torch running_var {np.round(t['running_var'], 6).tolist()} = 0.9 + 0.1 · "
-                    f"unbiased variance; keras moving_variance {np.round(k['moving_variance'], 6).tolist()} = 0.99 + 0.01 · "
-                    "biased variance",
-                    np.allclose(t["running_var"], torch_var, rtol=1e-6) and np.allclose(k["moving_variance"], keras_var, rtol=1e-5),
+            Finding(f"after one training batch: torch running_var {np.round(t['running_var'], 6).tolist()} "
+                    "= 0.9 + 0.1 · unbiased variance; keras moving_variance "
+                    f"{np.round(k['moving_variance'], 6).tolist()} = 0.99 + 0.01 · biased variance",
+                    np.allclose(t["running_var"], torch_var, rtol=1e-6)
+                    and np.allclose(k["moving_variance"], keras_var, rtol=1e-5),
                     {"torch running_var[0]": t["running_var"][0], "keras moving_variance[0]": k["moving_variance"][0],
                      "torch running_var[1]": t["running_var"][1], "keras moving_variance[1]": k["moving_variance"][1]})]
 
@@ -314,8 +329,9 @@ def _tf32(lab: Lab) -> list[Finding]:
 def _random(lab: Lab) -> list[Finding]:
     t, k = lab.facts("torch")["random_seed0"], lab.facts("tensorflow")["random_seed0"]
     n = np.random.default_rng(0).random(3).tolist()
-    return [Finding(f"three uniforms from seed 0: torch {np.round(t, 4).tolist()}, TensorFlow {np.round(k, 4).tolist()}, "
-                    f"NumPy {np.round(n, 4).tolist()}", len({tuple(t), tuple(k), tuple(n)}) == 3,
+    return [Finding(f"three uniforms from seed 0: torch {np.round(t, 4).tolist()}, "
+                    f"TensorFlow {np.round(k, 4).tolist()}, NumPy {np.round(n, 4).tolist()}",
+                    len({tuple(t), tuple(k), tuple(n)}) == 3,
                     {"torch first uniform": t[0], "TensorFlow first uniform": k[0], "NumPy first uniform": n[0]})]
 
 
@@ -366,7 +382,8 @@ ENTRIES = [
     Entry("adam-epsilon", "Adam's epsilon",
           "PyTorch adds eps = 1e-8 to √v̂ after bias correction; Keras adds epsilon = 1e-7 to √v before it, which "
           "acts like 1e-7/√(1 − β₂ᵗ) on √v̂: about 3e-6 on the first step. With small gradients the updates differ.",
-          "w ← w − lr·m̂/(√v̂ + eps), eps 1e-8", "w ← w − lr_t·m/(√v + epsilon), lr_t = lr·√(1−β₂ᵗ)/(1−β₁ᵗ), epsilon 1e-7",
+          "w ← w − lr·m̂/(√v̂ + eps), eps 1e-8",
+          "w ← w − lr_t·m/(√v + epsilon), lr_t = lr·√(1−β₂ᵗ)/(1−β₁ᵗ), epsilon 1e-7",
           "PyTorch's rule; eps has no default",
           (TORCH_DOCS + "generated/torch.optim.Adam.html", KERAS_DOCS + "optimizers/adam/",
            "torch/optim/adam.py", "keras/src/optimizers/adam.py"), _adam_epsilon, _uses(S.Adam)),
@@ -449,7 +466,8 @@ ENTRIES = [
     Entry("batchnorm", "BatchNorm momentum, epsilon and variance",
           "PyTorch's momentum (0.1) is the weight of the new batch and its running variance uses the unbiased "
           "estimate; Keras' momentum (0.99) is the weight of the old average, its moving variance is biased, and its "
-          "epsilon is 1e-3 instead of 1e-5. (crossnn has no BatchNorm layer; this entry is measured on the frameworks.)",
+          "epsilon is 1e-3 instead of 1e-5. "
+          "(crossnn has no BatchNorm layer; this entry is measured on the frameworks.)",
           "r ← 0.9 r + 0.1 · var_unbiased; eps 1e-5", "r ← 0.99 r + 0.01 · var_biased; epsilon 1e-3",
           "no BatchNorm layer in the spec", (TORCH_DOCS + "generated/torch.nn.BatchNorm1d.html",
                                              KERAS_DOCS + "layers/normalization_layers/batch_normalization/"),

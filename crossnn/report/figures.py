@@ -174,7 +174,8 @@ def overhead(rows: list[dict]) -> bytes | None:
     ax.axvline(1.1, color="grey", ls="--", lw=1)
     ax.set_xscale("log")
     ax.set_xlabel("step time / hand-written tutorial loop of the same framework (log; <1 is faster)")
-    ax.set_title("crossnn's lowerings against hand-written loops, same run\n(green: faster; orange: within 10%; red: slower)")
+    ax.set_title("crossnn's lowerings against hand-written loops, same run\n"
+                 "(green: faster; orange: within 10%; red: slower)")
     ax.grid(True, axis="x", which="both", alpha=0.3)
     return _png(fig)
 

@@ -140,13 +140,15 @@ def _checks(bench) -> list[str]:
                          f"hand-written loop (target ≤ {target})")
     for backend, info in facts.items():
         for t in _find(rows, suite="seeds", case="circle", backend=backend, mode="tutorial", device="cpu"):
-            lowered = [r for r in _find(rows, suite="seeds", case="circle", backend=backend, device="cpu", dtype=t["dtype"])
+            lowered = [r for r in _find(rows, suite="seeds", case="circle", backend=backend, device="cpu",
+                                        dtype=t["dtype"])
                        if r["mode"] != "tutorial"]
             if not lowered:
                 continue
             best = min(lowered, key=lambda r: r["seconds_per_step"])
             speedup = t["seconds_per_step"] / best["seconds_per_step"]
-            text = (f"circle {backend} {t['dtype']}: fastest mode '{best['mode']}' {_us(best['seconds_per_step'])} µs/step, "
+            text = (f"circle {backend} {t['dtype']}: fastest mode '{best['mode']}' "
+                    f"{_us(best['seconds_per_step'])} µs/step, "
                     f"{speedup:.2f}× faster than the hand-written tutorial loop ({_us(t['seconds_per_step'])} µs)")
             # files written before backends had several fast modes name one: "fast_mode"
             if (info.get("fast_modes") or info.get("fast_mode")) and not info["reference"]:
@@ -160,9 +162,10 @@ def _checks(bench) -> list[str]:
             best = max(fcn, key=lambda r: r["percent_of_peak"])
             own = best.get("percent_of_own_peak")
             own_text = f"; {own:.1f}% of {backend}'s own matmul" if own is not None else ""
-            line(best["percent_of_peak"] >= PEAK_TARGET, f"FCN-R batch 256 float32 {backend}: best mode '{best['mode']}' "
-                                                         f"at {best['percent_of_peak']:.1f}% of the machine's matmul "
-                                                         f"peak (target ≥ {PEAK_TARGET:g}%){own_text}")
+            line(best["percent_of_peak"] >= PEAK_TARGET,
+                 f"FCN-R batch 256 float32 {backend}: best mode '{best['mode']}' "
+                 f"at {best['percent_of_peak']:.1f}% of the machine's matmul "
+                 f"peak (target ≥ {PEAK_TARGET:g}%){own_text}")
     coretype = (bench.get("machine") or {}).get("env", {}).get("OPENBLAS_CORETYPE")
     if coretype:
         lines.append(f"- note: the environment set OPENBLAS_CORETYPE={coretype}, so OpenBLAS (NumPy's BLAS) ran "
@@ -211,7 +214,8 @@ def _bench(inputs, pictures) -> list[str]:
                              ("step_time_vs_batch.png", "Step time against batch size"),
                              ("crossover_batch.png", "CPU/GPU crossover over batch size"),
                              ("crossover_size.png", "CPU/GPU crossover over model size"),
-                             ("overhead.png", "Step time relative to the hand-written loops (circle, FCN-R batch 256)")):
+                             ("overhead.png",
+                              "Step time relative to the hand-written loops (circle, FCN-R batch 256)")):
         if picture in pictures:
             lines += [f"![{caption}]({picture})", ""]
     if not any(r["device"] != "cpu" for r in bench["rows"]):

@@ -19,12 +19,14 @@ from crossnn.spec.optimizers import (
 from crossnn.spec.toml import dumps, load, loads, save
 
 __all__ = [
-    "Activation", "ActivationLayer", "Adagrad", "Adam", "AdamW", "Adder", "Array", "BCE", "BCELogits", "Circle", "Concatenate",
-    "Constant", "CrossEntropy", "CsvFile", "DataSource", "Dense", "Digits", "Dropout", "Experiment", "ExponentialDecay", "FanInUniform", "GELU",
+    "Activation", "ActivationLayer", "Adagrad", "Adam", "AdamW", "Adder", "Array", "BCE", "BCELogits", "Circle",
+    "Concatenate", "Constant", "CrossEntropy", "CsvFile", "DataSource", "Dense", "Digits", "Dropout", "Experiment",
+    "ExponentialDecay", "FanInUniform", "GELU",
     "GlorotNormal", "GlorotUniform", "HeNormal", "HeUniform", "Huber", "INPUT", "InlineData", "Initializer",
     "Layer", "LeakyReLU", "LecunNormal", "LecunUniform", "Line", "Linear", "Loss", "MAE", "MSE", "Model",
     "Node", "Normal", "NpzFile", "Ones", "Optimizer", "ParamInit", "RMSprop", "RandomNormal", "ReLU", "SGD",
     "Schedule", "Sigmoid", "StepDecay",
-    "Softmax", "Softplus", "Spec", "Tanh", "TeacherClasses", "Train", "TruncatedNormal", "Uniform", "VarianceScaling", "Zeros",
+    "Softmax", "Softplus", "Spec", "Tanh", "TeacherClasses", "Train", "TruncatedNormal", "Uniform", "VarianceScaling",
+    "Zeros",
     "dumps", "load", "loads", "save",
 ]

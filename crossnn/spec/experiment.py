@@ -17,7 +17,8 @@ from crossnn.spec.optimizers import Optimizer
 class Train(Spec):
     """The schedule. Each epoch visits the N training samples in order, or in a fresh permutation
     drawn from the seed when shuffle = true, in batches of batch_size; the last, smaller batch is
-    dropped when drop_last = true. A batch_size above N means one batch of all N samples. The loss of every step is computed before that step's update.
+    dropped when drop_last = true. A batch_size above N means one batch of all N samples. The loss of
+    every step is computed before that step's update.
 
     validation_split: the last fraction of the samples (taken before any shuffling, as Keras' fit
     does) is held out and never trained on. metrics: computed after every epoch on the training

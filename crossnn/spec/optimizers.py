@@ -223,7 +223,8 @@ class RMSprop(Optimizer, kind="rmsprop"):
         positive(self, "eps")
 
     def state_slots(self):
-        return ("square_avg",) + (("momentum_buffer",) if self.momentum else ()) + (("grad_avg",) if self.centered else ())
+        return (("square_avg",) + (("momentum_buffer",) if self.momentum else ())
+                + (("grad_avg",) if self.centered else ()))
 
     def state_counters(self):
         return ("step",)

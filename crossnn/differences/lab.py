@@ -73,9 +73,10 @@ class Lab:
             raise Unavailable(f"needs {', '.join(missing)}, which is not installed")
 
     def run(self, experiment: Experiment, backend: str, native: frozenset[str] = frozenset(),
-            dtype: str = "float64", snapshot_every: int | None = 1) -> Divergence:
+            dtype: str = "float64", snapshot_every: int | None = 1, caption: str = "") -> Divergence:
         """Train `experiment` on `backend` with `native` entries lowered natively; compare with the
-        reference at every step (or every `snapshot_every`; None: the harness default)."""
+        reference at every step (or every `snapshot_every`; None: the harness default). `caption`
+        tells this run from others of the same entry in its label."""
         self.need(backend)
         result = train(experiment, [RunSpec(backend, dtype, native=native)], snapshot_every=snapshot_every)
         (record,) = result.records
@@ -88,7 +89,8 @@ class Lab:
                     for k in ref)
         over = next((step for step, rel in parity.curve if rel > 1e-9), None)
         used = record.spec.native  # the entries the backend actually lowers natively
-        label = record.spec.label + (f" ({', '.join(sorted(used))})" if used else " (spec)")
+        label = record.spec.label + (f" ({', '.join(sorted(used))})" if used else " (spec)") + (
+            f": {caption}" if caption else "")
         divergence = Divergence(label, parity.max_rel, final, over, parity.curve, record, result)
         self.history.append(divergence)
         return divergence

@@ -12,6 +12,8 @@ import numpy as np
 
 #: exact zeros on a log axis are drawn at this floor (and the caption says so)
 ZERO_FLOOR = 1e-18
+#: where a relative difference with no scale (the reference tensor is all zero) is drawn
+NO_SCALE_CEILING = 1e3
 
 
 def _pyplot():
@@ -78,19 +80,26 @@ def parity_curves(title: str, curves: dict[str, list[tuple[int, float]]], tolera
     if not curves:
         return None
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = plt.subplots(figsize=(8, 4.5))
+    unscaled = False  # an infinite ratio: the reference is all zero there (e.g. zero-initialised biases)
     for i, (label, points) in enumerate(curves.items()):
         steps = [s for s, _ in points]
-        values = [max(v, ZERO_FLOOR) for _, v in points]
+        values = [min(max(v, ZERO_FLOOR), NO_SCALE_CEILING) for _, v in points]
+        unscaled |= any(v == np.inf for _, v in points)
         ax.plot(steps, values, _STYLES[i % len(_STYLES)], marker="." if len(points) < 60 else None, label=label)
     for name, rtol in tolerances.items():
         ax.axhline(rtol, color="grey", ls="--", lw=1)
         ax.annotate(f"{name} rtol {rtol:g}", (0, rtol), textcoords="offset points", xytext=(4, 3), fontsize=8,
                     color="grey")
     ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("training step")
     ax.set_ylabel("max |a - r| / max |r| over parameters")
-    ax.set_title(f"{title}: divergence from the NumPy float64 reference\n(exact agreement drawn at {ZERO_FLOOR:g})")
+    ceiling = f"; a difference from an all-zero reference at {NO_SCALE_CEILING:g}" if unscaled else ""
+    ax.set_title(f"{title}: divergence from the NumPy float64 reference\n"
+                 f"(exact agreement drawn at {ZERO_FLOOR:g}{ceiling})")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     return _png(fig)

@@ -15,9 +15,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # this file imports TensorFlow itself: keep its logs quiet
 
 import crossnn
 from crossnn import spec as S
@@ -151,7 +148,9 @@ if importlib.util.find_spec("torch"):
 
 
 if importlib.util.find_spec("tensorflow"):
-    import tensorflow as tf
+    from crossnn_tensorflow.device import import_tensorflow
+
+    tf = import_tensorflow()  # `import tensorflow as tf`, with TF's C++ start-up notices kept off the terminal
     from crossnn_tensorflow import layers as tf_layers
     from crossnn_tensorflow import optimizers as tf_optimizers
 

@@ -180,6 +180,19 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^\w.-]", "_", text)
 
 
+def safe_names(texts: list[str]) -> list[str]:
+    """safe_name of each text, a repeat made distinct by a suffix (-2, -3, ...), so no two clash."""
+    out: list[str] = []
+    for text in texts:
+        base = name = safe_name(text)
+        k = 1
+        while name in out:
+            k += 1
+            name = f"{base}-{k}"
+        out.append(name)
+    return out
+
+
 def json_text(document: Any) -> str:
     """`document` as strict JSON (indent 1, ending in a newline): NaN and infinities, which JSON has
     no numbers for, are written as the strings "NaN", "Infinity" and "-Infinity" (see revive_floats)."""

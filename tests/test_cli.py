@@ -493,3 +493,18 @@ def test_json_to_standard_output_and_unusable_paths_caught_before_training(tmp_p
         captured = capsys.readouterr()
         assert captured.out == "" and len(captured.err.strip().splitlines()) == 1, argv
         assert captured.err.startswith(f"crossnn: error: {argv[argv.index('--json' if '--json' in argv else '--out')]}")
+
+
+def test_two_runs_of_one_spec_both_reach_the_report(tmp_path):
+    """A --run-json file from elsewhere beside a parity run of the same spec made here: neither's files
+    overwrite the other's, and the README links each section to its own figures."""
+    raw = _run_json(tmp_path)
+    reports = tmp_path / "reports"
+    assert main(["report", "linear-2x3", "--backends", "numpy", "--dtype", "float32", "--no-bench",
+                 "--run-json", str(raw), "--name", "twice", "--out", str(reports)]) == 0
+    folder = reports / "twice"
+    assert {p.name for p in folder.glob("run_*.json")} == {"run_linear-2x3.json", "run_linear-2x3-2.json"}
+    dtypes = {json.loads(p.read_text())["dtypes"][0] for p in folder.glob("run_*.json")}
+    assert dtypes == {"float32", "float64"}
+    readme = (folder / "README.md").read_text()
+    assert "(loss_linear-2x3.png)" in readme and "(loss_linear-2x3-2.png)" in readme

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from crossnn.errors import OutputError
-from crossnn.files import json_text, replace_directory, revive_floats, safe_name
+from crossnn.files import json_text, replace_directory, revive_floats
 from crossnn.report import figures
-from crossnn.report.markdown import readme
+from crossnn.report.markdown import readme, run_stems
 
 #: the cases the overhead figure shows (the benchmark issue's targets): the circle net and FCN-R at 256
 HEADLINE_CASES = {("seeds", "circle"), ("fcn-r", "batch 256")}
@@ -45,9 +45,8 @@ class ReportInputs:
 
 def _figures(inputs: ReportInputs) -> dict[str, bytes | None]:
     out: dict[str, bytes | None] = {}
-    for doc in inputs.runs:
+    for doc, stem in zip(inputs.runs, run_stems(inputs)):
         name = doc["experiment"]["name"]
-        stem = safe_name(name)
         curves = {r["label"]: r["losses"] for r in doc["runs"]}
         out[f"loss_{stem}.png"] = figures.loss_curves(name, {k: _array(v) for k, v in curves.items()})
         divergence = {r["label"]: [tuple(p) for p in r["parity"]["curve"]] for r in doc["runs"]
@@ -128,8 +127,8 @@ def write_report(inputs: ReportInputs, root: Path = Path("reports")) -> Path:
     def build(folder: Path) -> None:
         for name, png in pictures.items():
             (folder / name).write_bytes(png)
-        for doc in inputs.runs:
-            (folder / f"run_{safe_name(doc['experiment']['name'])}.json").write_text(json_text(doc))
+        for doc, stem in zip(inputs.runs, run_stems(inputs)):
+            (folder / f"run_{stem}.json").write_text(json_text(doc))
         if inputs.bench:
             (folder / "bench.json").write_text(json_text(inputs.bench))
         if inputs.pytest_benchmark:

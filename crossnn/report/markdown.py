@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from crossnn.files import safe_name
+from crossnn.files import safe_names
 
 METHOD = """\
 Each row is one trainer, built from the case's spec and initial parameters, timed on the case's batch
@@ -64,9 +64,15 @@ def _metric(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def run_stems(inputs) -> list[str]:
+    """The file-name part of each parity run's files (run_<stem>.json, loss_<stem>.png, ...): its spec's
+    name made safe, and distinct when two runs share a spec (e.g. one made here, one elsewhere)."""
+    return safe_names([doc["experiment"]["name"] for doc in inputs.runs])
+
+
 def _parity(inputs, pictures) -> list[str]:
     lines = []
-    for doc in inputs.runs:
+    for doc, stem in zip(inputs.runs, run_stems(inputs)):
         name = doc["experiment"]["name"]
         lines += [f"## Parity: {name}", "",
                   f"{doc['steps']} steps, parameters compared with {doc['reference']} every "
@@ -84,7 +90,6 @@ def _parity(inputs, pictures) -> list[str]:
                          ("pass" if p["passed"] else "FAIL") + (f" ({p['note']})" if p["note"] else "")))
         lines += _table(("run", "version", "steps", "train s", "accuracy", "max abs", "max rel", "first step out",
                          "verdict"), rows)
-        stem = safe_name(name)  # as in the figures' file names
         for picture, caption in ((f"loss_{stem}.png", "Loss per step of every run"),
                                  (f"parity_{stem}.png", "Largest relative parameter difference against step"),
                                  (f"metrics_{stem}.png", "Metrics per epoch")):

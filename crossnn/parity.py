@@ -105,7 +105,8 @@ def compare(reference: RunRecord, run: RunRecord, tolerance: Tolerance | None = 
         curve.append((step, worst))
     ref_losses = reference.losses[run.start_step - reference.start_step:]
     n = min(len(ref_losses), len(run.losses))
-    loss_diff = float(np.max(np.abs(ref_losses[:n] - run.losses[:n]))) if n else 0.0
+    with np.errstate(invalid="ignore"):  # inf - inf where both runs diverged: NaN, reported as such
+        loss_diff = float(np.max(np.abs(ref_losses[:n] - run.losses[:n]))) if n else 0.0
     goal = run.end_step if run.end_step is not None else max(reference.snapshots, default=-1)
     complete = run.ok and reference.ok and max(run.snapshots, default=-1) == goal
     note = "" if complete else (run.message or reference.message or "run incomplete")

@@ -12,6 +12,8 @@ import numpy as np
 
 #: exact zeros on a log axis are drawn at this floor (and the caption says so)
 ZERO_FLOOR = 1e-18
+#: the highest loss drawn: a log axis reaching float64's range (a diverging run) cannot place its ticks
+LOSS_CEILING = 1e100
 #: where a relative difference with no scale (the reference tensor is all zero) is drawn
 NO_SCALE_CEILING = 1e3
 
@@ -51,24 +53,29 @@ SMOOTH_ABOVE = 1000
 
 def loss_curves(title: str, curves: dict[str, np.ndarray]) -> bytes | None:
     """Loss per step of every run, overlaid (log scale); identical curves share a line, so each run
-    gets its own dash pattern and width. Long runs are averaged over windows of steps."""
+    gets its own dash pattern and width. Long runs are averaged over windows of steps; steps whose
+    loss is not finite are not drawn, losses above LOSS_CEILING are drawn at it."""
     if not curves:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     longest = max(len(losses) for losses in curves.values())
     window = max(1, longest // 400) if longest > SMOOTH_ABOVE else 1
+    capped = False
     for i, (label, losses) in enumerate(curves.items()):
         losses = np.asarray(losses, dtype=float)
+        losses = np.where(np.isfinite(losses), losses, np.nan)  # a diverged run's inf/NaN steps are left blank
         usable = len(losses) // window * window
         means = losses[:usable].reshape(-1, window).mean(axis=1) if usable else losses
         steps = np.arange(len(means)) * window + (window - 1) / 2
-        ax.plot(steps, np.maximum(means, ZERO_FLOOR), _STYLES[i % len(_STYLES)], lw=2.2 - 0.3 * (i % 4),
+        capped |= bool(np.any(means > LOSS_CEILING))
+        ax.plot(steps, np.clip(means, ZERO_FLOOR, LOSS_CEILING), _STYLES[i % len(_STYLES)], lw=2.2 - 0.3 * (i % 4),
                 label=label, alpha=0.85)
     ax.set_yscale("log")
     ax.set_xlabel("training step")
     ax.set_ylabel("batch loss (before the step's update)" + (f", mean of {window} steps" if window > 1 else ""))
-    ax.set_title(f"{title}: loss per step, all runs overlaid")
+    ax.set_title(f"{title}: loss per step, all runs overlaid"
+                 + (f"\n(a diverging run's losses above {LOSS_CEILING:g} drawn at it)" if capped else ""))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     return _png(fig)

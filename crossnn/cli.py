@@ -501,7 +501,7 @@ def cmd_code(args) -> int:
     from crossnn import backends
     from crossnn.files import write_text_atomic
     from crossnn.params import initial_parameters
-    from crossnn.sidebyside import columns, html_page
+    from crossnn.sidebyside import columns, columns_width, html_page
 
     if not args.side_by_side:
         for option in ("backends", "html", "width"):
@@ -523,7 +523,11 @@ def cmd_code(args) -> int:
         else:
             print(text, end="")
         return EXIT_OK
-    scripts = {name: backends.get(name).script(experiment, params, data) for name in _chosen_backends(args.backends)}
+    names = _chosen_backends(args.backends)
+    narrowest = columns_width(len(names))
+    if args.width is not None and args.width < narrowest:
+        raise SpecError(f"--width: {args.width} is too narrow for {len(names)} column(s); give at least {narrowest}")
+    scripts = {name: backends.get(name).script(experiment, params, data) for name in names}
     if args.html:
         write_text_atomic(Path(args.html), html_page(experiment.name, scripts))
         print(f"side-by-side page for {experiment.name} written to {args.html}")

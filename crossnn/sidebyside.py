@@ -36,10 +36,21 @@ def _aligned(scripts: dict[str, str]) -> list[list[str]]:
     return list(out.values())
 
 
+#: the narrowest column the text view draws
+MIN_COLUMN = 20
+
+
+def columns_width(k: int) -> int:
+    """The narrowest total width that fits k columns and the " | " between them."""
+    return k * MIN_COLUMN + 3 * (k - 1)
+
+
 def columns(scripts: dict[str, str], width: int | None = None) -> str:
+    """The scripts side by side in columns filling `width` characters (default: the terminal's),
+    each at least MIN_COLUMN wide; longer lines are cut with '…'."""
     width = width or shutil.get_terminal_size((200, 40)).columns
     k = len(scripts)
-    col = max(20, (width - 3 * (k - 1)) // k)
+    col = max(MIN_COLUMN, (width - 3 * (k - 1)) // k)
 
     def cell(text: str) -> str:
         return (text[: col - 1] + "…") if len(text) > col else text.ljust(col)

@@ -372,7 +372,9 @@ def test_command_line_conveniences(tmp_path, capsys):
     assert capsys.readouterr().out.count("numpy float32 cpu default") == 1 + 2  # a run row, a parity row per parameter
     for argv, line in ((["code", "circle", "--html", "x.html"], "--html goes with --side-by-side"),
                        (["code", "circle", "--side-by-side", "--backend", "numpy"], "--side-by-side takes --backends"),
-                       (["bench", "circle", "--modes", "bogus"], "--modes: no chosen backend has mode 'bogus'")):
+                       (["bench", "circle", "--modes", "bogus"], "--modes: no chosen backend has mode 'bogus'"),
+                       (["code", "circle", "--side-by-side", "--backends", "numpy,numpy", "--width", "10"],
+                        "--width: 10 is too narrow for 1 column(s); give at least 20")):
         assert main(argv) == 2
         assert line in capsys.readouterr().err
     run_json = tmp_path / "run.json"

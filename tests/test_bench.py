@@ -158,6 +158,7 @@ def test_quick_bench_and_report_on_numpy(tmp_path, capsys):
                      "run_linear-2x3.json"]
     readme = (folder / "README.md").read_text()
     assert "## Parity: linear-2x3" in readme and "### Checks" in readme and "GPU rows skipped, not faked" in readme
+    assert 'so no "x tutorial": two-tower (numpy).' in readme  # the hand-written loops are chains only
     assert all((folder / n).read_bytes()[:4] == b"\x89PNG" for n in names if n.endswith(".png"))
 
 
@@ -231,3 +232,4 @@ def test_rows_timed_on_a_busy_machine_are_flagged():
     rows = {line.split()[1]: line for line in text.splitlines() if line.startswith("s/c ")}
     assert "500,000.0 !" in rows["b"] and "!" not in rows["a"]
     assert "! 1 row(s) with an IQR above 25% of the median" in text
+    assert "x tutorial '-': no hand-written loop to compare with for s/c (a), s/c (b)" in text  # mode "m" only

@@ -31,6 +31,12 @@ def bench_table(result: BenchResult) -> str:
                      f"{r.first_step_seconds:.3f}"))
     lines.append(table(("case", "backend", "device", "mode", "dtype", "batch", "us/step", "IQR us", "samples/s",
                         "GFLOP/s", "% peak", "% own", "x tutorial", "first step s"), rows, indent=""))
+    timed = {(r.suite, r.case, r.backend, r.device, r.dtype) for r in result.rows if r.mode == "tutorial"}
+    untutored = sorted({f"{r.suite}/{r.case} ({r.backend})" for r in result.rows
+                        if r.mode != "tutorial" and (r.suite, r.case, r.backend, r.device, r.dtype) not in timed})
+    if untutored:
+        lines.append("x tutorial '-': no hand-written loop to compare with for " + ", ".join(untutored)
+                     + " (the tutorial loops cover chains of dense layers)")
     if noisy:
         lines.append(f"! {noisy} row(s) with an IQR above {NOISY_IQR:.0%} of the median: the machine was busy while "
                      "they were timed; rerun them on a quiet machine before trusting them")

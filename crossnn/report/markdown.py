@@ -214,6 +214,12 @@ def _bench(inputs, pictures) -> list[str]:
                           "-" if r.get("percent_of_own_peak") is None else f"{r['percent_of_own_peak']:.1f}",
                           "-" if r["ratio_to_tutorial"] is None else f"{r['ratio_to_tutorial']:.3f}",
                           f"{r['first_step_seconds']:.3f}") for r in rows])
+        timed = {(r["case"], r["backend"], r["device"], r["dtype"]) for r in rows if r["mode"] == "tutorial"}
+        untutored = sorted({f"{r['case']} ({r['backend']})" for r in rows if r["mode"] != "tutorial"
+                            and (r["case"], r["backend"], r["device"], r["dtype"]) not in timed})
+        if untutored:
+            lines += ["", "No hand-written loop to compare with (the tutorial loops cover chains of dense layers), "
+                          "so no \"x tutorial\": " + ", ".join(untutored) + "."]
         lines.append("")
     for picture, caption in (("step_time_vs_size.png", "Step time against model size"),
                              ("step_time_vs_batch.png", "Step time against batch size"),

@@ -394,3 +394,14 @@ def test_dropout_backward_matches_finite_differences_with_a_fixed_mask():
         numeric[idx] = (plus - minus) / 2e-6
     assert np.abs(grads[0] - numeric).max() / np.abs(numeric).max() < 1e-6
     assert np.all(numeric[:, mask.sum(axis=0) == 0] == 0)  # a unit dropped in every row gets no gradient
+
+
+@pytest.mark.parametrize("name", ["linear-2x3", "two-tower"])
+def test_float32_within_1e5_of_the_float64_reference(name):
+    """NumPy's own float32 run stays within 1e-5 absolute of its float64 run at every snapshot."""
+    result = train(crossnn.example(name), [RunSpec("numpy", "float32")], snapshot_every=1)
+    (record,) = result.records
+    assert record.ok and record.spec.dtype == "float32"
+    worst = max(float(np.max(np.abs(record.snapshots[step][k] - ref[k])))
+                for step, ref in result.reference.snapshots.items() for k in ref)
+    assert 0 < worst <= 1e-5, worst  # float32 rounding shows, and stays small

@@ -123,6 +123,12 @@ class Backend(ABC):
         """Device names ("cpu", "cuda:0", ...). Without `probe`, a cheap guess that imports nothing."""
         return ("cpu",)
 
+    def check_device(self, device: str) -> None:
+        """Raise a one-line BackendError unless this backend can train on `device` here (called after
+        `prepare`, before any training)."""
+        if device not in ("cpu", "cpu:0"):
+            raise BackendError(f"backend '{self.name}' has no device '{device}'; it runs on the cpu")
+
     def prepare(self) -> None:
         """Import and configure the framework (threads, determinism). Called before any build, through
         crossnn.backends.prepare, which turns a failure here into an unavailable backend."""

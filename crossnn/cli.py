@@ -301,9 +301,16 @@ def _run(args, json_only: bool = False):
     if kind is None:
         raise BackendError(f"--device: unknown device '{args.device}'; use cpu or cuda[:N]")
     _check_outputs(args, json="--json", save="--save")
+    _check_checkpoint_options(args, len(experiments), len(dtypes) * len(_split(args.backends) or backends.available()))
     names = _chosen_backends(args.backends)  # unknown, unavailable or broken named backends are bad input
     if args.mode and not any(args.mode in backends.get(name).modes for name in names):
         raise BackendError(f"--mode: no chosen backend has mode '{args.mode}'")
+    for name in names:
+        if not backends.get(name).reference:  # the reference always runs on the CPU
+            try:
+                backends.get(name).check_device(args.device)
+            except BackendError as err:
+                raise BackendError(f"--device: {err}") from None
     for name in names:
         backend = backends.get(name)
         if kind != "cpu" and not backend.reference and not any(device_kind(d) == kind for d in backend.devices()):
@@ -473,16 +480,21 @@ def _check_outputs(args, **options: str) -> None:
             check_output_path(getattr(args, attribute), option, stdout=option == "--json")
 
 
+def _check_checkpoint_options(args, n_specs: int, n_runs: int) -> None:
+    """--stop-after, --save and --resume fit together (checked before any framework is imported)."""
+    if (args.save is None) != (args.stop_after is None):
+        raise SpecError("--stop-after and --save go together: stop after N steps and save the state")
+    if (args.save or args.resume) and n_specs != 1:
+        raise SpecError("--save and --resume take one spec")
+    if args.save and n_runs != 1:
+        raise SpecError("--save: choose one backend and one dtype (e.g. --backends torch --dtype float64)")
+
+
 def _checkpoint_options(args, experiments, runs):
     """Check --stop-after / --save / --resume; return the state to resume from, if any."""
     from crossnn.checkpoint import load_checkpoint
 
-    if (args.save is None) != (args.stop_after is None):
-        raise SpecError("--stop-after and --save go together: stop after N steps and save the state")
-    if (args.save or args.resume) and len(experiments) != 1:
-        raise SpecError("--save and --resume take one spec")
-    if args.save and len(runs) != 1:
-        raise SpecError("--save: choose one backend and one dtype (e.g. --backends torch --dtype float64)")
+    _check_checkpoint_options(args, len(experiments), len(runs))
     if args.resume:
         return load_checkpoint(Path(args.resume), experiments[0])[1]
     return None
@@ -620,6 +632,14 @@ def _read_json(path: str, what: str) -> dict:
         raise SpecError(f"{what}: cannot read {path}: {err}") from None
 
 
+def _is_run_document(doc) -> bool:
+    """Has the parts of a `crossnn run --json` document a report reads."""
+    return (isinstance(doc, dict) and isinstance(doc.get("experiment"), dict)
+            and isinstance(doc["experiment"].get("name"), str) and isinstance(doc.get("runs"), list)
+            and all(k in doc for k in ("steps", "snapshot_every", "reference"))
+            and all(isinstance(r, dict) and {"label", "backend", "losses", "reference"} <= set(r) for r in doc["runs"]))
+
+
 def _is_pytest_benchmark(doc) -> bool:
     benchmarks = doc.get("benchmarks") if isinstance(doc, dict) else None
     return bool(benchmarks) and isinstance(benchmarks, list) and all(
@@ -642,6 +662,7 @@ def _without_note(argv: list[str]) -> str:
 
 def cmd_report(args) -> int:
     from crossnn.bench.runner import run_bench
+    from crossnn.bench.select import device_kind
     from crossnn.bench.suites import cases_for
     from crossnn.console import Progress
     from crossnn.harness import RunSpec, train
@@ -651,6 +672,8 @@ def cmd_report(args) -> int:
     from crossnn.results import result_json
 
     check_output_path(args.out, "--out", directory=True)
+    if args.differences and args.name != "latest":
+        raise SpecError("--name: --differences always writes <--out>/differences")
     check_report_folder(Path(args.out), "differences" if args.differences else args.name)
     if args.differences:
         from crossnn.report.differences import write_differences_report
@@ -660,27 +683,30 @@ def cmd_report(args) -> int:
         return EXIT_OK
     default_specs = [] if args.run_json else ["circle"]
     experiments = [load_spec(text) for name in (args.spec or default_specs) for text in _expand_suite(name)]
-    names = _chosen_backends(args.backends)
     bench = _read_json(args.bench, "--bench") if args.bench else None
     pytest_benchmark = _read_json(args.pytest_benchmark, "--pytest-benchmark") if args.pytest_benchmark else None
     if pytest_benchmark is not None and not _is_pytest_benchmark(pytest_benchmark):
         raise SpecError(f"--pytest-benchmark: {args.pytest_benchmark} is not a pytest-benchmark --benchmark-json file "
                         "(a list of benchmarks, each with median, iqr and rounds)")
-    if bench is not None and bench.get("kind") != "crossnn-bench":
+    if bench is not None and not (isinstance(bench, dict) and bench.get("kind") == "crossnn-bench"):
         raise SpecError(f"--bench: {args.bench} is not a `crossnn bench --json` file")
+    runs = []
+    for path in args.run_json:
+        doc = _read_json(path, "--run-json")
+        documents = doc.get("experiments", [doc]) if isinstance(doc, dict) else [doc]  # one experiment or several
+        if not (isinstance(documents, list) and all(_is_run_document(d) for d in documents)):
+            raise SpecError(f"--run-json: {path} is not a `crossnn run --json` file")
+        runs += documents
     cases = cases_for(_split(args.suites), args.quick) if bench is None and not args.no_bench else []
+    for device in _split(args.devices) if cases else []:
+        if device_kind(device) is None:
+            raise SpecError(f"--devices: unknown device '{device}'; use cpu or cuda")
+    names = _chosen_backends(args.backends) if experiments or cases else []
     command = "crossnn report " + _without_note(sys.argv[2:]) if sys.argv[1:2] == ["report"] else "crossnn report"
 
     def say(text):
         print(text, file=sys.stderr, flush=True)
 
-    runs = []
-    for path in args.run_json:
-        doc = _read_json(path, "--run-json")
-        documents = doc.get("experiments", [doc])  # one experiment, or several from one `crossnn run`
-        if not all("experiment" in d and "runs" in d for d in documents):
-            raise SpecError(f"--run-json: {path} is not a `crossnn run --json` file")
-        runs += documents
     for experiment in experiments:
         say(f"parity run: {experiment.name}")
         specs = [RunSpec(name, dtype) for dtype in _split(args.dtype) for name in names]

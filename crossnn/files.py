@@ -35,16 +35,18 @@ def _cannot_write(path, err: OSError) -> OutputError:
 
 
 def check_output_path(path: str | Path, option: str, *, directory: bool = False, stdout: bool = False) -> None:
-    """Check, creating nothing, that `option` can write its file at `path` (with directory=True: its
-    folder, or into the folder there): `path` is not a folder (with directory=True: not a file), and
-    the folder it goes into, or the nearest existing one above it (the missing ones are made when
-    writing), is writable. With stdout=True, "-" (standard output) passes. Raises a one-line
-    OutputError naming the option and the path."""
+    """Check, leaving nothing behind, that `option` can write its file at `path` (with directory=True:
+    its folder, or into the folder there): `path` is not a folder (with directory=True: not a file),
+    and the folder it goes into, or the nearest existing one above it (the missing ones are made when
+    writing), takes a new file (one is made there and removed). With stdout=True, "-" (standard
+    output) passes. Raises a one-line OutputError naming the option and the path."""
     text = str(path)
     if stdout and text == STDOUT:
         return
     if not text:
         raise OutputError(f"{option}: the path is empty")
+    if not directory and text.endswith(("/", os.sep)):
+        raise OutputError(f"{option} {text}: names a folder; give a file name")
 
     def fail(reason: str) -> OutputError:
         return OutputError(f"{option} {text}: {reason}")
@@ -138,7 +140,7 @@ def _beside(target: Path, create: Callable[[Path], Any]) -> tuple[Path, Any]:
     """A new hidden name beside `target` and what `create(name)` returned (it must fail on a name
     that exists: os.open with O_EXCL, os.mkdir)."""
     while True:
-        name = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+        name = target.with_name(f".crossnn.{secrets.token_hex(4)}.tmp")  # short: any target name fits
         try:
             return name, create(name)
         except FileExistsError:
@@ -209,13 +211,17 @@ def _spelt(value: Any) -> Any:
     return value
 
 
+#: keys whose values are text a user chose (the spec, names), never a spelt-out float
+TEXT_KEYS = frozenset({"experiment", "name", "case", "suite", "label", "message", "note", "description"})
+
+
 def revive_floats(document: Any) -> Any:
     """A document read from JSON with the strings "NaN", "Infinity" and "-Infinity" (json_text's
-    spelling) turned back into floats."""
+    spelling) turned back into floats, except under TEXT_KEYS (a spec may be named "NaN")."""
     if isinstance(document, str):
         return NON_FINITE.get(document, document)
     if isinstance(document, dict):
-        return {k: revive_floats(v) for k, v in document.items()}
+        return {k: v if k in TEXT_KEYS else revive_floats(v) for k, v in document.items()}
     if isinstance(document, list):
         return [revive_floats(v) for v in document]
     return document

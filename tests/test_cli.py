@@ -494,7 +494,8 @@ def test_json_to_standard_output_and_unusable_paths_caught_before_training(tmp_p
         assert main(argv) == 2
         captured = capsys.readouterr()
         assert captured.out == "" and len(captured.err.strip().splitlines()) == 1, argv
-        assert captured.err.startswith(f"crossnn: error: {argv[argv.index('--json' if '--json' in argv else '--out')]}")
+        option = "--json" if "--json" in argv else "--out"
+        assert captured.err.startswith(f"crossnn: error: {option} {argv[argv.index(option) + 1]}: "), captured.err
 
 
 def test_two_runs_of_one_spec_both_reach_the_report(tmp_path):
@@ -510,3 +511,35 @@ def test_two_runs_of_one_spec_both_reach_the_report(tmp_path):
     assert dtypes == {"float32", "float64"}
     readme = (folder / "README.md").read_text()
     assert "(loss_linear-2x3.png)" in readme and "(loss_linear-2x3-2.png)" in readme
+
+
+def test_report_checks_its_inputs_before_any_work(tmp_path, capsys):
+    """Malformed --run-json and --bench files and unknown --devices are one line and exit 2; a spec
+    named like a non-finite number ("NaN") keeps its name through the report's JSON."""
+    for payload, option in (([1, 2], "--run-json"), ({"experiment": {"name": "a"}, "runs": []}, "--run-json"),
+                            ([1, 2], "--bench")):
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps(payload))
+        assert main(["report", option, str(bad), "--no-bench", "--out", str(tmp_path / "r")]) == 2
+        assert f"{option}: {bad} is not a `crossnn" in capsys.readouterr().err
+    assert main(["report", "linear-2x3", "--devices", "bogus", "--quick", "--out", str(tmp_path / "r")]) == 2
+    assert "--devices: unknown device 'bogus'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    raw = _run_json(tmp_path, _edit(LINEAR, 'name = "linear-2x3"', 'name = "NaN"'))
+    assert main(["report", "--run-json", str(raw), "--no-bench", "--name", "n", "--out", str(tmp_path / "r")]) == 0
+    assert json.loads((tmp_path / "r" / "n" / "run_NaN.json").read_text())["experiment"]["name"] == "NaN"
+
+
+def test_a_device_a_backend_lacks_is_bad_input_before_training(capsys):
+    pytest.importorskip("torch")
+    assert main(["run", "circle", "--backends", "numpy,torch", "--device", "cpu:1", "--quiet"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == "crossnn: error: --device: backend 'torch' has no device 'cpu:1'; use cpu, " \
+                                   "cuda[:N] or gpu[:N]" and captured.out == ""
+
+
+def test_file_options_refuse_a_folder_name_and_checkpoint_pairs_are_checked_first(tmp_path, capsys):
+    assert main(["run", "adder", "--backends", "numpy", "--quiet", "--json", f"{tmp_path}/newdir/"]) == 2
+    assert "names a folder; give a file name" in capsys.readouterr().err and not (tmp_path / "newdir").exists()
+    assert main(["run", "adder", "--save", str(tmp_path / "x.npz")]) == 2
+    assert "--stop-after and --save go together" in capsys.readouterr().err

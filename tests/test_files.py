@@ -216,3 +216,24 @@ def test_json_text_is_strict_and_revive_floats_reads_it_back():
     assert back["losses"][:3] == [1.0, math.inf, -math.inf] and math.isnan(back["losses"][3])
     assert back["max_rel"] == math.inf and back["note"] == "ok" and back["n"] is None
     assert json_text(back) == text
+
+
+def test_a_page_of_the_users_in_the_differences_report_is_kept(tmp_path):
+    """Only README.md and the catalog entries' pages and figures belong to the differences report."""
+    folder = tmp_path / "differences"
+    folder.mkdir()
+    (folder / "README.md").write_text("# What differs between the frameworks, measured\n")
+    (folder / "adam-epsilon.md").write_text("page")
+    (folder / "adam-epsilon.png").write_bytes(b"png")
+    check_replaceable(folder)
+    (folder / "my-notes.md").write_text("mine")
+    with pytest.raises(OutputError, match=r"is not a crossnn report \(it holds my-notes\.md\)"):
+        check_replaceable(folder)
+
+
+def test_a_long_file_name_that_passes_the_check_is_written(tmp_path):
+    """The temporary name beside the target is short, so any name the folder takes can be written."""
+    path = tmp_path / ("a" * 245 + ".json")
+    check_output_path(path, "--json")
+    write_text_atomic(path, "{}")
+    assert path.read_text() == "{}" and [p.name for p in tmp_path.iterdir()] == [path.name]

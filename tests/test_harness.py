@@ -209,3 +209,17 @@ def test_a_broken_torch_install_fails_the_torch_run_only(tmp_path):
     assert lines[1] == ("torch float64 cpu eager | error | torch failed to import: ImportError: libtorch_cpu.so: "
                         "cannot open shared object file")
     assert lines[2].startswith("available: numpy") and "torch" not in lines[2]
+
+
+def test_bench_records_a_backend_whose_framework_fails_to_import(broken_backends):
+    """Timed in this process, the broken backend becomes a failure row per case with the reason; the
+    others are timed as usual."""
+    from crossnn.bench.runner import run_in_process
+    from crossnn.bench.suites import cases_for
+
+    result = run_in_process(cases_for(["adder"], True), ["numpy", "unimportable"], ["cpu"], ["float32"],
+                            quick=True, repeats=1, min_repeat_seconds=0.0, say=lambda text: None)
+    assert {r.backend for r in result.rows} == {"numpy"}
+    (failure,) = result.failures
+    assert (failure.backend, failure.case, failure.mode) == ("unimportable", "adder", "every mode")
+    assert failure.reason.startswith("crossnn_test_broken_framework failed to import: ImportError")

@@ -21,6 +21,12 @@ class NumpyBackend(Backend):
     mode_notes = {"default": "hand-written forward and backward passes in NumPy (the float64 reference); the same "
                              "code runs on torch tensors as the torch backend's xp mode"}
 
+    def check_device(self, device):
+        """device.resolve raises for a name this backend lacks or a GPU it cannot see."""
+        from crossnn_numpy.device import resolve
+
+        resolve(device)
+
     def devices(self, probe: bool = False):
         from crossnn_numpy import device
 

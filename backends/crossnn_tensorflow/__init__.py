@@ -59,6 +59,12 @@ class TensorflowBackend(Backend):
     import_order = 20
     native_entries = NATIVE_ENTRIES
 
+    def check_device(self, device):
+        """device.resolve raises for a name this backend lacks or a GPU it cannot see."""
+        from crossnn_tensorflow.device import resolve
+
+        resolve(device)
+
     def devices(self, probe: bool = False):
         from crossnn_tensorflow import device
 

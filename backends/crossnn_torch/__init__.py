@@ -52,6 +52,12 @@ class TorchBackend(Backend):
         "softplus-threshold": "nn.Softplus() (beta 1, threshold 20): the identity above z = 20",
     }
 
+    def check_device(self, device):
+        """device.resolve raises for a name this backend lacks or a GPU it cannot see."""
+        from crossnn_torch.device import resolve
+
+        resolve(device)
+
     def devices(self, probe: bool = False):
         from crossnn_torch import device
 

@@ -182,6 +182,8 @@ def run_in_process(cases: Sequence[Case], names: Sequence[str], devices: Sequenc
                                    "isolated": False})
     for s in skipped:
         say(f"  skipped {s.backend} {s.device} {s.mode}: {s.reason}")
+    result.failures += [Failure(case.suite, case.label, name, device, "every mode", dtype, reason)
+                        for name, reason in failed.items() for case in cases for device in devices for dtype in dtypes]
 
     total = len(cases) * len(dtypes)
     for k, (case, dtype) in enumerate(((c, d) for c in cases for d in dtypes), start=1):

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from crossnn.differences.catalog import ENTRIES
 from crossnn.errors import OutputError
 from crossnn.files import json_text, replace_directory, revive_floats
 from crossnn.report import figures
@@ -28,7 +29,9 @@ REPORT_FILES = {
     "# crossnn report: ": re.compile(r"README\.md|bench\.json|pytest_benchmark\.json|run_.+\.json"
                                      r"|(loss|parity|metrics)_.+\.png|step_time_vs_(size|batch)\.png"
                                      r"|crossover_(batch|size)\.png|overhead\.png"),
-    "# What differs between the frameworks, measured": re.compile(r"README\.md|[a-z0-9-]+\.(md|png)"),  # differences
+    # the differences report: a page and a figure per catalog entry (a page of the user's stays)
+    "# What differs between the frameworks, measured": re.compile(
+        r"README\.md|(" + "|".join(re.escape(e.id) for e in ENTRIES) + r")\.(md|png)"),
 }
 
 

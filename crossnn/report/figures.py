@@ -93,7 +93,7 @@ def parity_curves(title: str, curves: dict[str, list[tuple[int, float]]], tolera
     unscaled = False  # an infinite ratio: the reference is all zero there (e.g. zero-initialised biases)
     for i, (label, points) in enumerate(curves.items()):
         steps = [s for s, _ in points]
-        values = [min(max(v, ZERO_FLOOR), NO_SCALE_CEILING) for _, v in points]
+        values = [NO_SCALE_CEILING if v == np.inf else max(v, ZERO_FLOOR) for _, v in points]
         unscaled |= any(v == np.inf for _, v in points)
         ax.plot(steps, values, _STYLES[i % len(_STYLES)], marker="." if len(points) < 60 else None, label=label)
     for name, rtol in tolerances.items():

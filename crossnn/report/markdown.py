@@ -38,6 +38,9 @@ def _machine(inputs) -> list[str]:
     bench = inputs.bench
     # the benchmark's machine, else the one the parity runs were made on (`crossnn run --json` records it)
     m = bench["machine"] if bench else next((doc["machine"] for doc in inputs.runs if doc.get("machine")), None)
+    elsewhere = sorted({f"{doc['experiment']['name']}: {d['cpu']}, {d['logical_cores']} logical cores"
+                        + (f", GPU {', '.join(d['gpus'])}" if d.get("gpus") else "")
+                        for doc in inputs.runs if (d := doc.get("machine")) and m and d != m})
     lines = ["## Machine", ""]
     if m:
         lines += [f"- CPU: {m['cpu']}, {m['logical_cores']} logical cores, {m['memory_gib']:.1f} GiB memory",
@@ -51,6 +54,8 @@ def _machine(inputs) -> list[str]:
         for name, runtime in (bench or {}).get("runtimes", {}).items():
             if runtime:
                 lines.append(f"- {name}: " + ", ".join(f"{k} {v}" for k, v in runtime.items()))
+    if elsewhere:
+        lines.append("- parity runs made on another machine: " + "; ".join(elsewhere))
     versions = {}
     for doc in inputs.runs:
         for r in doc["runs"]:

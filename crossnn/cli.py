@@ -208,6 +208,18 @@ def _split(text: str | None) -> list[str]:
     return list(dict.fromkeys(part.strip() for part in (text or "").split(",") if part.strip()))
 
 
+def _devices(text: str) -> list[str]:
+    """The --devices list, each name checked (cpu, cuda[:N] or gpu[:N])."""
+    from crossnn.bench.select import device_kind
+    from crossnn.errors import BackendError
+
+    devices = _split(text)
+    for device in devices:
+        if device_kind(device) is None:
+            raise BackendError(f"--devices: unknown device '{device}'; use cpu or cuda")
+    return devices
+
+
 def _chosen_backends(text: str | None) -> list[str]:
     """The backends --backends names, or every available one, with their frameworks imported. A named
     backend whose framework fails to import is bad input; a default one is left out, with the reason
@@ -277,6 +289,7 @@ def _run(args, json_only: bool = False):
     """`crossnn run`: its exit status, or with json_only (for --json -) the status and the JSON text."""
     from crossnn import backends
     from crossnn.bench.select import device_kind
+    from crossnn.checkpoint import load_checkpoint
     from crossnn.console import Progress, table
     from crossnn.errors import BackendError
     from crossnn.harness import RunSpec, train
@@ -297,8 +310,7 @@ def _run(args, json_only: bool = False):
         value = getattr(args, option)
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise SpecError(f"--{option}: must be a finite number >= 0, got {value}")
-    kind = device_kind(args.device)
-    if kind is None:
+    if device_kind(args.device) is None:  # a typo, said before any framework loads
         raise BackendError(f"--device: unknown device '{args.device}'; use cpu or cuda[:N]")
     _check_outputs(args, json="--json", save="--save")
     _check_checkpoint_options(args, len(experiments), len(dtypes) * len(_split(args.backends) or backends.available()))
@@ -311,11 +323,6 @@ def _run(args, json_only: bool = False):
                 backends.get(name).check_device(args.device)
             except BackendError as err:
                 raise BackendError(f"--device: {err}") from None
-    for name in names:
-        backend = backends.get(name)
-        if kind != "cpu" and not backend.reference and not any(device_kind(d) == kind for d in backend.devices()):
-            raise BackendError(f"--device: backend '{name}' sees no {kind.upper()} here "
-                               f"(devices: {', '.join(backend.devices())})")
 
     def mode(name):
         return args.mode if args.mode in backends.get(name).modes else None
@@ -330,7 +337,7 @@ def _run(args, json_only: bool = False):
 
     runs = [RunSpec(name, dtype, "cpu" if backends.get(name).reference else args.device, mode(name), native(name))
             for dtype in dtypes for name in names]
-    resume = _checkpoint_options(args, experiments, runs)
+    resume = load_checkpoint(Path(args.resume), experiments[0])[1] if args.resume else None
     outcomes = []
     for experiment, dataset in zip(experiments, datasets):
         result = train(experiment, runs, snapshot_every=args.snapshot_every, dataset=dataset,
@@ -362,9 +369,11 @@ def _run(args, json_only: bool = False):
     failed = [p for _, parities in outcomes for p in parities.values() if not p.passed]
     code = EXIT_PARITY_FAILED if failed else EXIT_OK
     if args.json:
+        from crossnn.bench.machine import describe
         from crossnn.files import json_text, write_text_atomic
 
-        documents = [result_json(result, parities) for result, parities in outcomes]
+        machine = describe()
+        documents = [result_json(result, parities, machine) for result, parities in outcomes]
         text = json_text(documents[0] if len(documents) == 1 else {"experiments": documents})
         if json_only:
             return code, text
@@ -490,16 +499,6 @@ def _check_checkpoint_options(args, n_specs: int, n_runs: int) -> None:
         raise SpecError("--save: choose one backend and one dtype (e.g. --backends torch --dtype float64)")
 
 
-def _checkpoint_options(args, experiments, runs):
-    """Check --stop-after / --save / --resume; return the state to resume from, if any."""
-    from crossnn.checkpoint import load_checkpoint
-
-    _check_checkpoint_options(args, len(experiments), len(runs))
-    if args.resume:
-        return load_checkpoint(Path(args.resume), experiments[0])[1]
-    return None
-
-
 def _save_stopped(path: str, experiment, record) -> None:
     from crossnn.checkpoint import save_checkpoint
 
@@ -579,7 +578,6 @@ def cmd_bench(args) -> int:
     from crossnn import backends
     from crossnn.bench.report_table import bench_table
     from crossnn.bench.runner import run_bench
-    from crossnn.bench.select import device_kind
     from crossnn.bench.suites import SUITES, cases_for
     from crossnn.errors import BackendError
     from crossnn.files import STDOUT, json_text, write_text_atomic, write_text_output
@@ -593,10 +591,7 @@ def cmd_bench(args) -> int:
     for dtype in dtypes:
         if dtype not in TOLERANCES:
             raise BackendError(f"--dtype: unknown dtype '{dtype}'; use float32 or float64")
-    devices = _split(args.devices)
-    for device in devices:
-        if device_kind(device) is None:
-            raise BackendError(f"--devices: unknown device '{device}'; use cpu or cuda")
+    devices = _devices(args.devices)
     if args.repeats < 1:
         raise SpecError(f"--repeats: must be >= 1, got {args.repeats}")
     known = {"tutorial", *(mode for name in names for mode in backends.get(name).modes)}
@@ -614,14 +609,11 @@ def cmd_bench(args) -> int:
     result = run_bench(cases, names, devices, dtypes, modes=_split(args.modes) or None, quick=args.quick,
                        repeats=args.repeats, min_repeat_seconds=0.05 if args.quick else 0.2,
                        say=_stderr, after_case=save, isolate=not args.in_process)
-    if to_stdout:
-        print(bench_table(result), file=sys.stderr)
-        write_text_output(STDOUT, json_text(result.to_json()))
-        return EXIT_OK
-    save(result)
-    print(bench_table(result))
+    print(bench_table(result), file=sys.stderr if to_stdout else sys.stdout)  # standard output may be the JSON's
     if args.json:
-        print(f"results written to {args.json} (rewritten after every case)")
+        write_text_output(args.json, json_text(result.to_json()))
+        if not to_stdout:
+            print(f"results written to {args.json} (rewritten after every case)")
     return EXIT_OK
 
 
@@ -661,8 +653,8 @@ def _without_note(argv: list[str]) -> str:
 
 
 def cmd_report(args) -> int:
+    from crossnn.bench.machine import describe
     from crossnn.bench.runner import run_bench
-    from crossnn.bench.select import device_kind
     from crossnn.bench.suites import cases_for
     from crossnn.console import Progress
     from crossnn.harness import RunSpec, train
@@ -698,25 +690,21 @@ def cmd_report(args) -> int:
             raise SpecError(f"--run-json: {path} is not a `crossnn run --json` file")
         runs += documents
     cases = cases_for(_split(args.suites), args.quick) if bench is None and not args.no_bench else []
-    for device in _split(args.devices) if cases else []:
-        if device_kind(device) is None:
-            raise SpecError(f"--devices: unknown device '{device}'; use cpu or cuda")
+    devices = _devices(args.devices) if cases else []
     names = _chosen_backends(args.backends) if experiments or cases else []
     command = "crossnn report " + _without_note(sys.argv[2:]) if sys.argv[1:2] == ["report"] else "crossnn report"
 
-    def say(text):
-        print(text, file=sys.stderr, flush=True)
-
+    machine = describe() if experiments else None
     for experiment in experiments:
-        say(f"parity run: {experiment.name}")
+        _stderr(f"parity run: {experiment.name}")
         specs = [RunSpec(name, dtype) for dtype in _split(args.dtype) for name in names]
         result = train(experiment, specs, progress=Progress())
         parities = {id(r): compare(result.reference, r) for r in result.records}
-        runs.append(result_json(result, parities))
+        runs.append(result_json(result, parities, machine))
     if cases:
-        say(f"benchmark: {len(cases)} case(s)")
-        bench = run_bench(cases, names, _split(args.devices), ["float32"], quick=args.quick,
-                          min_repeat_seconds=0.05 if args.quick else 0.2, say=say).to_json()
+        _stderr(f"benchmark: {len(cases)} case(s)")
+        bench = run_bench(cases, names, devices, ["float32"], quick=args.quick,
+                          min_repeat_seconds=0.05 if args.quick else 0.2, say=_stderr).to_json()
     target = write_report(ReportInputs(args.name, command, runs, bench, pytest_benchmark, note=args.note),
                           Path(args.out))
     print(f"report written to {target}/README.md")

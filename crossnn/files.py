@@ -15,8 +15,8 @@ import re
 import secrets
 import shutil
 import stat
-import tempfile
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any

@@ -74,9 +74,9 @@ def _nested(params) -> dict[str, Any]:
     return {name: np.asarray(value).tolist() for name, value in params.items()}
 
 
-def result_json(result: RunResult, parities: dict[int, Parity]) -> dict[str, Any]:
+def result_json(result: RunResult, parities: dict[int, Parity], machine: dict) -> dict[str, Any]:
+    """The run as a JSON document; `machine` is crossnn.bench.machine.describe() of the machine it ran on."""
     import crossnn
-    from crossnn.bench.machine import describe
 
     records = (result.records if any(r is result.reference for r in result.records)
                else [result.reference, *result.records])
@@ -98,7 +98,7 @@ def result_json(result: RunResult, parities: dict[int, Parity]) -> dict[str, Any
     compared = [parities[id(r)] for r in result.records if r is not result.reference and id(r) in parities]
     return {
         "crossnn_version": crossnn.__version__,
-        "machine": describe(),
+        "machine": machine,
         "experiment": experiment_to_dict(result.experiment),
         "dtypes": sorted({r.spec.dtype for r in result.records}),
         "steps": result.plan.steps, "snapshot_every": result.snapshot_every,

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+
 from crossnn.bench.runner import BenchResult
 from crossnn.console import table
 
 
 #: a row whose IQR exceeds this fraction of its median was disturbed while it was timed
 NOISY_IQR = 0.25
+
+
+def without_tutorial(rows: Iterable[Mapping]) -> list[tuple[str, str, str]]:
+    """(suite, case, backend) of the lowered rows that have no hand-written loop of their framework,
+    device and dtype to compare with (rows as dicts: a bench file's, or vars(Row))."""
+    rows = list(rows)
+    timed = {(r["suite"], r["case"], r["backend"], r["device"], r["dtype"]) for r in rows if r["mode"] == "tutorial"}
+    return sorted({(r["suite"], r["case"], r["backend"]) for r in rows if r["mode"] != "tutorial"
+                   and (r["suite"], r["case"], r["backend"], r["device"], r["dtype"]) not in timed})
 
 
 def _us(seconds: float) -> str:
@@ -31,9 +42,7 @@ def bench_table(result: BenchResult) -> str:
                      f"{r.first_step_seconds:.3f}"))
     lines.append(table(("case", "backend", "device", "mode", "dtype", "batch", "us/step", "IQR us", "samples/s",
                         "GFLOP/s", "% peak", "% own", "x tutorial", "first step s"), rows, indent=""))
-    timed = {(r.suite, r.case, r.backend, r.device, r.dtype) for r in result.rows if r.mode == "tutorial"}
-    untutored = sorted({f"{r.suite}/{r.case} ({r.backend})" for r in result.rows
-                        if r.mode != "tutorial" and (r.suite, r.case, r.backend, r.device, r.dtype) not in timed})
+    untutored = [f"{suite}/{case} ({backend})" for suite, case, backend in without_tutorial(map(vars, result.rows))]
     if untutored:
         lines.append("x tutorial '-': no hand-written loop to compare with for " + ", ".join(untutored)
                      + " (the tutorial loops cover chains of dense layers)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from crossnn.bench.report_table import without_tutorial
 from crossnn.files import safe_names
 
 METHOD = """\
@@ -219,9 +220,7 @@ def _bench(inputs, pictures) -> list[str]:
                           "-" if r.get("percent_of_own_peak") is None else f"{r['percent_of_own_peak']:.1f}",
                           "-" if r["ratio_to_tutorial"] is None else f"{r['ratio_to_tutorial']:.3f}",
                           f"{r['first_step_seconds']:.3f}") for r in rows])
-        timed = {(r["case"], r["backend"], r["device"], r["dtype"]) for r in rows if r["mode"] == "tutorial"}
-        untutored = sorted({f"{r['case']} ({r['backend']})" for r in rows if r["mode"] != "tutorial"
-                            and (r["case"], r["backend"], r["device"], r["dtype"]) not in timed})
+        untutored = [f"{case} ({backend})" for _, case, backend in without_tutorial(rows)]
         if untutored:
             lines += ["", "No hand-written loop to compare with (the tutorial loops cover chains of dense layers), "
                           "so no \"x tutorial\": " + ", ".join(untutored) + "."]

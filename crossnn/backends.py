@@ -165,10 +165,12 @@ class Backend(ABC):
         formulas run on fixed inputs), by the keys crossnn.differences documents. Imports the framework."""
         return {}
 
-    def script(self, experiment: Experiment, params: Params, data: Dataset) -> str:
+    def script(self, experiment: Experiment, params: Params, data: Dataset, side_file: str | None = None) -> str:
         """A standalone Python script that trains `experiment` in this framework the tutorial way from
-        `params` and `data` (see crossnn.codegen for the shared parts) and prints the final parameters
-        as JSON, reproducing this backend's lowering."""
+        `params` and `data` and prints the final parameters as JSON, reproducing this backend's lowering.
+        Assemble it from the registry entries' script text and crossnn.codegen's shared parts (data last;
+        side_file: the name of the .npz beside the script that holds codegen.side_arrays, else the arrays
+        are written into the script)."""
         raise UnsupportedFeature(self.name, "emitting a script")
 
     def export_native(self, experiment: Experiment, state: TrainingState, path) -> str:

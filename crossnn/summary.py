@@ -34,7 +34,8 @@ def summary(experiment: Experiment) -> str:
     source = f"{data.kind}" + (f" ({_args(data)})" if data.kind != "inline" else "")
     lines = [f"{experiment.name}" + (f"  ({experiment.source})" if experiment.source else "")
              + f", seed {experiment.seed}",
-             f"data: {source}: x {dataset.x.shape}, y {dataset.y.shape}", ""]
+             f"data: {source}: x {dataset.x.shape}, y {dataset.y.shape}",
+             "input: (N, " + ", ".join(str(n) for n in model.input_shape) + ")", ""]
     rows = []
     for node in model.nodes:
         layer = node.layer
@@ -42,7 +43,7 @@ def summary(experiment: Experiment) -> str:
         count = sum(math.prod(p.shape) for p in own.values())
         activation = getattr(layer, "activation", None)
         rows.append((node.name, layer.kind, ", ".join(node.inputs), _short(to_plain(activation)) if activation else "",
-                     f"(N, {node.size})", count,
+                     "(N, " + ", ".join(str(n) for n in node.shape) + ")", count,
                      ", ".join(f"{k.split('/')[1]} {p.shape} {_short(to_plain(p.init))}" for k, p in own.items())))
     lines.append(table(("layer", "type", "inputs", "activation", "output", "params", "parameters (canonical layout)"),
                        rows, indent=""))

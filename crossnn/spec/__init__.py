@@ -3,14 +3,17 @@
 from crossnn.spec.activations import GELU, Activation, LeakyReLU, Linear, ReLU, Sigmoid, Softmax, Softplus, Tanh
 from crossnn.spec.base import Array, Spec
 from crossnn.spec.data import (
-    Adder, Circle, CsvFile, DataSource, Digits, InlineData, Line, NpzFile, RandomNormal, TeacherClasses,
+    Adder, Circle, CsvFile, DataSource, Digits, InlineData, Line, NpzFile, RandomNormal, TeacherClasses, Textures,
 )
 from crossnn.spec.experiment import Experiment, Train
 from crossnn.spec.initializers import (
     Constant, FanInUniform, GlorotNormal, GlorotUniform, HeNormal, HeUniform, Initializer, LecunNormal,
     LecunUniform, Normal, Ones, TruncatedNormal, Uniform, VarianceScaling, Zeros,
 )
-from crossnn.spec.layers import ActivationLayer, Concatenate, Dense, Dropout, Layer, ParamInit
+from crossnn.spec.layers import (
+    ActivationLayer, Add, AvgPool2D, Concatenate, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, Layer, MaxPool2D,
+    ParamInit, Reshape, Shape,
+)
 from crossnn.spec.losses import BCE, MAE, MSE, BCELogits, CrossEntropy, Huber, Loss
 from crossnn.spec.model import INPUT, Model, Node
 from crossnn.spec.optimizers import (
@@ -19,8 +22,9 @@ from crossnn.spec.optimizers import (
 from crossnn.spec.toml import dumps, load, loads, save
 
 __all__ = [
-    "Activation", "ActivationLayer", "Adagrad", "Adam", "AdamW", "Adder", "Array", "BCE", "BCELogits", "Circle",
-    "Concatenate", "Constant", "CrossEntropy", "CsvFile", "DataSource", "Dense", "Digits", "Dropout", "Experiment",
+    "Activation", "ActivationLayer", "Adagrad", "Adam", "AdamW", "Add", "Adder", "Array", "AvgPool2D", "BCE",
+    "BCELogits", "Circle", "Concatenate", "Constant", "Conv2D", "Flatten", "GlobalAvgPool2D", "MaxPool2D", "Reshape",
+    "Shape", "Textures", "CrossEntropy", "CsvFile", "DataSource", "Dense", "Digits", "Dropout", "Experiment",
     "ExponentialDecay", "FanInUniform", "GELU",
     "GlorotNormal", "GlorotUniform", "HeNormal", "HeUniform", "Huber", "INPUT", "InlineData", "Initializer",
     "Layer", "LeakyReLU", "LecunNormal", "LecunUniform", "Line", "Linear", "Loss", "MAE", "MSE", "Model",

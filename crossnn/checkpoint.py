@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from crossnn.errors import CrossnnError
-from crossnn.files import write_bytes_atomic
+from crossnn.files import write_npz_atomic
 from crossnn.params import Params
 from crossnn.spec import Experiment, dumps, loads
 
@@ -56,8 +56,6 @@ class TrainingState:
 
 def save_checkpoint(path: Path, experiment: Experiment, state: TrainingState) -> None:
     """Write the checkpoint completely or not at all."""
-    import io
-
     arrays: dict[str, np.ndarray] = {"format": np.array(FORMAT), "spec": np.array(dumps(experiment)),
                                      "step": np.array(state.step, dtype=np.int64)}
     for name, value in state.params.items():
@@ -67,9 +65,7 @@ def save_checkpoint(path: Path, experiment: Experiment, state: TrainingState) ->
             arrays[f"slot/{slot}/{name}"] = np.asarray(value, dtype=np.float64)
     for name, value in state.counters.items():
         arrays[f"counter/{name}"] = np.array(value, dtype=np.int64)
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    write_bytes_atomic(Path(path), buffer.getvalue())
+    write_npz_atomic(Path(path), arrays)
 
 
 def load_checkpoint(path: Path, experiment: Experiment | None = None) -> tuple[Experiment, TrainingState]:

@@ -508,9 +508,16 @@ def _save_stopped(path: str, experiment, record) -> None:
     print(f"training state after step {record.final_state.step} of {record.spec.label} saved to {path}")
 
 
+def _side_file(script: str) -> Path:
+    """The .npz beside an emitted script that holds its data and initial parameters."""
+    path = Path(script)
+    return path.with_name(path.stem + ".npz")
+
+
 def cmd_code(args) -> int:
     from crossnn import backends
-    from crossnn.files import write_text_atomic
+    from crossnn.codegen import side_arrays
+    from crossnn.files import check_output_path, write_npz_atomic, write_text_atomic
     from crossnn.params import initial_parameters
     from crossnn.sidebyside import columns, columns_width, html_page
 
@@ -521,18 +528,22 @@ def cmd_code(args) -> int:
     elif args.backend or args.out:
         raise SpecError("--side-by-side takes --backends (several) and --html, not --backend or --out")
     _check_outputs(args, out="--out", html="--html")
+    side = _side_file(args.out) if args.out else None
+    if side is not None:
+        check_output_path(side, "--out (its data file)")
     experiment = load_spec(args.spec)
     data, params = load_data(experiment, args.spec), initial_parameters(experiment)
     if not args.side_by_side:
         if not args.backend:
             raise SpecError("--backend: name the framework (numpy, torch or tensorflow), or use --side-by-side")
         backends.prepare([args.backend])  # a framework that fails to import: get() raises with the reason
-        text = backends.get(args.backend).script(experiment, params, data)
-        if args.out:
-            write_text_atomic(Path(args.out), text)
-            print(f"{args.backend} script for {experiment.name} written to {args.out}")
-        else:
-            print(text, end="")
+        if side is None:
+            print(backends.get(args.backend).script(experiment, params, data), end="")
+            return EXIT_OK
+        text = backends.get(args.backend).script(experiment, params, data, side_file=side.name)
+        write_npz_atomic(side, side_arrays(data, params))
+        write_text_atomic(Path(args.out), text)
+        print(f"{args.backend} script for {experiment.name} written to {args.out}, its data to {side}")
         return EXIT_OK
     names = _chosen_backends(args.backends)
     narrowest = columns_width(len(names))

@@ -136,6 +136,17 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         raise _cannot_write(path, err) from err
 
 
+def write_npz_atomic(path: Path, arrays: dict) -> None:
+    """A NumPy .npz archive of `arrays`, written completely or not at all."""
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
 def _beside(target: Path, create: Callable[[Path], Any]) -> tuple[Path, Any]:
     """A new hidden name beside `target` and what `create(name)` returned (it must fail on a name
     that exists: os.open with O_EXCL, os.mkdir)."""

@@ -54,7 +54,7 @@ def test_two_tower_graph_and_parameter_counts():
         counts[name.split("/")[0]] = counts.get(name.split("/")[0], 0) + math.prod(p.shape)
     assert counts == {"dense1": 3, "dense2": 6, "dense3": 4}
     assert [n.name for n in model.nodes] == ["dense1", "dense2", "concat", "dense3"]
-    assert model.nodes[2].input_sizes == (1, 2) and model.nodes[2].size == 3
+    assert model.nodes[2].input_shapes == ((1,), (2,)) and model.nodes[2].shape == (3,)
     assert model.parameter_inits()["dense3/kernel"].shape == (3, 1)  # canonical (in, out)
 
 
@@ -86,6 +86,49 @@ def _dense(**kw):
     return S.Dense(**{"units": 1, "kernel_init": S.Zeros(), "bias_init": S.Zeros(), **kw})
 
 
+def _conv(**kw):
+    return S.Conv2D(**{"filters": 2, "kernel_size": 3, "padding": "same", "kernel_init": S.Zeros(),
+                       "bias_init": S.Zeros(), **kw})
+
+
+def _brute_force_window(size, k, s, d, padding):
+    """(out, before, after) by counting: 'valid' = every start i·s whose span fits; 'same' = ceil(n/s)
+    outputs with the least padding that fits them, split with the smaller half first."""
+    span = (k - 1) * d + 1
+    if padding == "valid":
+        return len([i for i in range(size) if i * s + span <= size]), 0, 0
+    out = -(-size // s)
+    total = next(p for p in range(size + span) if (out - 1) * s + span <= size + p)
+    return out, total // 2, total - total // 2
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_window_geometry_matches_counting(padding):
+    from crossnn.spec.layers import window_padding
+
+    for size in range(1, 12):
+        for k in range(1, 6):
+            for s in range(1, 4):
+                for d in (1, 2):
+                    if padding == "valid" and (k - 1) * d + 1 > size:
+                        with pytest.raises(SpecError, match="does not fit"):
+                            window_padding(size, k, s, d, padding)
+                        continue
+                    assert window_padding(size, k, s, d, padding) == _brute_force_window(size, k, s, d, padding)
+
+
+def test_shapes_flow_through_a_cnn_and_conv_fans_count_the_receptive_field():
+    model = S.Model(inputs=[8, 8, 1], layers=(
+        _conv(name="c", filters=8, strides=2), S.MaxPool2D(name="p", pool_size=2, padding="same"),
+        S.AvgPool2D(name="a", pool_size=[2, 1], strides=1, count_padding=True),
+        S.Reshape(name="r", shape=[-1, 8]), S.Flatten(name="f"), _dense(name="o", units=3)))
+    assert [n.shape for n in model.nodes] == [(4, 4, 8), (2, 2, 8), (1, 2, 8), (2, 8), (16,), (3,)]
+    kernel = model.parameter_inits()["c/kernel"]
+    assert kernel.shape == (3, 3, 1, 8) and (kernel.fan_in, kernel.fan_out) == (9, 72)
+    assert model.nodes[1].layer.strides == (2, 2)  # pooling strides default to the pool size, written out
+    assert S.Model(inputs=[2, 3], layers=(_dense(units=4),)).output_shape == (2, 4)  # dense on the last axis
+
+
 @pytest.mark.parametrize("build, fragment", [
     (lambda: _dense(units=0), "units: must be > 0"),
     (lambda: _dense(units=2.5), "units: expected an integer"),
@@ -107,6 +150,26 @@ def _dense(**kw):
     (lambda: S.Concatenate(inputs=("a",)), "takes at least 2 input(s), got 1"),
     (lambda: S.Train(epochs=0, batch_size=1), "epochs: must be > 0"),
     (lambda: S.InlineData(x=[[1.0], [float("nan")]], y=[[1.0], [2.0]]), "x[1][0]: value is nan"),
+    (lambda: S.InlineData(x=[[[1.0], [2.0]], [[1.0]]], y=[[1.0], [2.0]]), "row [1] has 1 values, row [0] has 2"),
+    (lambda: S.Model(inputs=[8, 0, 1], layers=(_dense(),)), "inputs: must be a positive feature count"),
+    (lambda: _conv(kernel_size=[3, 0]), "kernel_size: must be positive, got [3, 0]"),
+    (lambda: _conv(kernel_size=[1, 2, 3]), "kernel_size: expected an integer or a list of two integers"),
+    (lambda: _conv(padding="full"), "padding: expected one of 'valid', 'same'"),
+    (lambda: S.Model(inputs=[4, 4, 1], layers=(_conv(kernel_size=5, padding="valid"),)),
+     "layers[0].inputs: a window spanning 5 does not fit an input of size 4 with padding 'valid'"),
+    (lambda: S.Model(inputs=[4, 4, 1], layers=(_conv(kernel_size=3, dilation=2, padding="valid"),)),
+     "a window spanning 5 does not fit"),
+    (lambda: S.Model(inputs=8, layers=(_conv(),)), "layers[0].inputs: needs an input of rank 3"),
+    (lambda: S.Model(inputs=[4, 4, 2], layers=(S.Reshape(shape=[3, -1]),)), "cannot reshape [4, 4, 2] (32 values)"),
+    (lambda: S.Reshape(shape=[-1, -1]), "shape: takes positive sizes and at most one -1"),
+    (lambda: S.Model(inputs=[4, 4, 2], layers=(_conv(name="a", inputs=("input",)), _conv(name="b", filters=3),
+                                                S.Add(name="s", inputs=("a", "b")))), "need one shape"),
+    (lambda: S.Model(inputs=[4, 4, 2], layers=(_conv(name="a", inputs=("input",)), _conv(name="b"),
+                                                S.Concatenate(name="s", axis=0, inputs=("a", "b")))),
+     "axis: must name a non-batch axis"),
+    (lambda: S.Model(inputs=[4, 4, 2], layers=(_conv(name="a", inputs=("input",)), _conv(name="b", strides=2),
+                                                S.Concatenate(name="s", inputs=("a", "b")))), "differ outside axis -1"),
+    (lambda: S.AvgPool2D.from_fields({"pool_size": 2}), "missing key 'count_padding'"),
 ])
 def test_invalid_specs_name_the_field(build, fragment):
     with pytest.raises(SpecError) as info:

@@ -19,7 +19,7 @@ def pad2d(xp, x, pads, value=0.0):
     top, bottom, left, right = pads
     if not (top or bottom or left or right):
         return x
-    return xp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), value)
+    return xp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=value)
 
 
 def crop2d(x, pads):

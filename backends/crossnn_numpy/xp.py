@@ -18,7 +18,7 @@ functions of the namespace (NumPy's meaning; `c`, `lo`, `hi` are Python floats)
     amax(x, axis, keepdims=False)           largest value along axis (values only)
     argmax(x, axis)                         index of the first largest value along axis
     concat(arrays, axis)  stack(arrays, axis)
-    pad(x, widths, value=0.0)               constant padding, widths ((before, after) per axis)
+    pad(x, widths, constant_values=0.0)     constant padding, widths ((before, after) per axis)
     zeros_like(x)  ones_like(x)             new arrays shaped like x
     name                                    the library's name, for messages
 
@@ -56,20 +56,12 @@ def _erf(z):
     return np.vectorize(math.erf, otypes=[np.float64])(z).astype(z.dtype, copy=False)
 
 
-def _amax(x, axis, keepdims=False):
-    return np.amax(x, axis=axis, keepdims=keepdims)
-
-
-def _pad(x, widths, value=0.0):
-    return np.pad(x, widths, constant_values=value)
-
-
 #: the NumPy namespace: NumPy's own functions, plus erf and sigmoid written in NumPy
 numpy = SimpleNamespace(
     exp=np.exp, log=np.log, log1p=np.log1p, tanh=np.tanh, sqrt=np.sqrt, abs=np.abs, sign=np.sign, erf=_erf,
     sigmoid=_sigmoid, maximum=np.maximum, minimum=np.minimum, clip=np.clip, where=np.where, matmul=np.matmul,
-    sum=np.sum, mean=np.mean, amax=_amax, argmax=np.argmax, concat=getattr(np, "concat", np.concatenate),
-    stack=np.stack, pad=_pad, zeros_like=np.zeros_like, ones_like=np.ones_like, name="numpy",
+    sum=np.sum, mean=np.mean, amax=np.amax, argmax=np.argmax, concat=getattr(np, "concat", np.concatenate),
+    stack=np.stack, pad=np.pad, zeros_like=np.zeros_like, ones_like=np.ones_like, name="numpy",
 )
 
 
@@ -82,16 +74,10 @@ def cupy_namespace():
     def sigmoid(z):
         return 1.0 / (1.0 + cupy.exp(-z))
 
-    def amax(x, axis, keepdims=False):
-        return cupy.amax(x, axis=axis, keepdims=keepdims)
-
-    def pad(x, widths, value=0.0):
-        return cupy.pad(x, widths, constant_values=value)
-
     return SimpleNamespace(
         exp=cupy.exp, log=cupy.log, log1p=cupy.log1p, tanh=cupy.tanh, sqrt=cupy.sqrt, abs=cupy.abs,
         sign=cupy.sign, erf=erf, sigmoid=sigmoid, maximum=cupy.maximum, minimum=cupy.minimum, clip=cupy.clip,
-        where=cupy.where, matmul=cupy.matmul, sum=cupy.sum, mean=cupy.mean, amax=amax, argmax=cupy.argmax,
-        concat=cupy.concatenate, stack=cupy.stack, pad=pad, zeros_like=cupy.zeros_like, ones_like=cupy.ones_like,
+        where=cupy.where, matmul=cupy.matmul, sum=cupy.sum, mean=cupy.mean, amax=cupy.amax, argmax=cupy.argmax,
+        concat=cupy.concatenate, stack=cupy.stack, pad=cupy.pad, zeros_like=cupy.zeros_like, ones_like=cupy.ones_like,
         name="cupy",
     )

@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("bench", help="time training steps over backends, devices, modes, sizes and batch sizes")
     p.add_argument("spec", metavar="SPEC_OR_SUITE", nargs="*",
-                   help="suites (seeds, mlp-width, fcn-r), spec files or examples (default: all three suites)")
+                   help="suites (seeds, mlp-width, fcn-r, alexnet-r, resnet-r), spec files or examples "
+                        "(default: every suite)")
     p.add_argument("--backends", help="comma-separated backend names (default: every available one)")
     p.add_argument("--devices", default="cpu", help="cpu and/or cuda, comma-separated (default cpu)")
     p.add_argument("--modes", help="comma-separated modes (default: every mode; with --quick the tutorial-style "
@@ -129,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", help="comma-separated backend names (default: every available one)")
     p.add_argument("--devices", default="cpu", help="benchmark devices: cpu and/or cuda (default cpu)")
     p.add_argument("--dtype", default="float64,float32", help="parity-run dtypes (default float64,float32)")
-    p.add_argument("--suites", default="seeds,mlp-width,fcn-r", help="benchmark suites or specs (comma-separated)")
+    p.add_argument("--suites", default="seeds,mlp-width,fcn-r,alexnet-r,resnet-r",
+                   help="benchmark suites or specs (comma-separated)")
     p.add_argument("--quick", action="store_true", help="a quick benchmark subset")
     p.add_argument("--bench", metavar="JSON", help="use this `crossnn bench --json` file instead of benchmarking")
     p.add_argument("--no-bench", action="store_true", help="parity runs only")

@@ -271,3 +271,40 @@ def trainable_experiments(draw, max_epochs: int = 4, task: str | None = None, ki
         train=S.Train(epochs=draw(st.integers(1, max_epochs)), batch_size=draw(st.integers(1, n)),
                       shuffle=draw(st.booleans()), drop_last=False))
     return experiment, task
+
+
+@st.composite
+def trainable_conv_experiments(draw):
+    """A small CNN that trains well on every backend: one conv2d (kernel 1-5, stride 1-3, dilation 1-2,
+    'same' or 'valid', odd or even input sizes), one pooling layer (max, or avg with or without
+    count_padding; 'same' or 'valid') or none, then flatten or global pooling and a dense output."""
+    height, width, channels = draw(st.integers(4, 9)), draw(st.integers(4, 9)), draw(st.integers(1, 2))
+    k, s, d = (draw(st.integers(1, 5)), draw(st.integers(1, 5))), draw(st.integers(1, 3)), draw(st.integers(1, 2))
+    fits = (k[0] - 1) * d + 1 <= height and (k[1] - 1) * d + 1 <= width
+    padding = draw(st.sampled_from(["valid", "same"])) if fits else "same"
+    conv = S.Conv2D(name="conv", filters=draw(st.integers(1, 3)), kernel_size=k, strides=(s, draw(st.integers(1, 3))),
+                    dilation=(d, draw(st.integers(1, 2))) if padding == "same" else (d, d), padding=padding,
+                    activation=draw(st.sampled_from([S.Tanh(), S.ReLU(), S.Sigmoid(), S.Linear()])),
+                    use_bias=draw(st.booleans()), kernel_init=S.GlorotUniform(),
+                    bias_init=S.Uniform(low=-0.1, high=0.1))
+    layers = [conv]
+    conv_shape = S.Model(inputs=(height, width, channels), layers=(conv,)).output_shape
+    pool = draw(st.sampled_from(["max", "avg", None]))
+    if pool:
+        size = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+        fits = size[0] <= conv_shape[0] and size[1] <= conv_shape[1]
+        options = dict(pool_size=size, strides=(draw(st.integers(1, 3)), draw(st.integers(1, 3))),
+                       padding=draw(st.sampled_from(["valid", "same"])) if fits else "same")
+        layers.append(S.MaxPool2D(name="pool", **options) if pool == "max" else
+                      S.AvgPool2D(name="pool", count_padding=draw(st.booleans()), **options))
+    layers.append(draw(st.sampled_from([S.Flatten(name="flat"), S.GlobalAvgPool2D(name="flat")])))
+    layers.append(S.Dense(name="out", units=2, kernel_init=S.GlorotUniform(), bias_init=S.Zeros()))
+    n = draw(st.integers(2, 10))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32)))
+    optimizer = draw(st.sampled_from([S.Adam(lr=0.01, eps=1e-8), S.SGD(lr=0.05, momentum=0.9)]))
+    return S.Experiment(
+        name="generated-cnn", seed=draw(st.integers(0, 10_000)),
+        data=S.InlineData(x=rng.standard_normal((n, height, width, channels)).tolist(),
+                          y=rng.standard_normal((n, 2)).tolist()),
+        model=S.Model(inputs=(height, width, channels), layers=tuple(layers)), loss=S.MSE(), optimizer=optimizer,
+        train=S.Train(epochs=2, batch_size=draw(st.integers(1, n)), shuffle=draw(st.booleans())))

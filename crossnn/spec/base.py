@@ -289,7 +289,8 @@ def _describe(value: Any) -> str:
         return "a table"
     if isinstance(value, (list, tuple)):
         return "a list"
-    return f"{type(value).__name__} {value!r}"
+    text = " ".join(repr(value).split())  # one line, however the value prints itself
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
 
 
 def _suggest(word: str, known) -> str:

@@ -288,7 +288,8 @@ def test_namespace_functions_mean_what_numpy_means():
     z = np.array([[-1.0, 0.0, 2.0]])
     np.testing.assert_array_equal(XP.sigmoid(z), 1.0 / (1.0 + np.exp(-z)))
     np.testing.assert_allclose(XP.erf(z), [[-0.8427007929497149, 0.0, 0.9953222650189527]], rtol=1e-15)
-    np.testing.assert_array_equal(XP.pad(z, ((0, 1), (2, 0)), constant_values=-1.0), [[-1, -1, -1, 0, 2], [-1, -1, -1, -1, -1]])
+    np.testing.assert_array_equal(XP.pad(z, ((0, 1), (2, 0)), constant_values=-1.0),
+                                  [[-1, -1, -1, 0, 2], [-1, -1, -1, -1, -1]])
     np.testing.assert_array_equal(XP.argmax(np.array([[1.0, 3.0, 3.0]]), 1), [1])  # the first largest
     np.testing.assert_array_equal(XP.amax(z, 1, keepdims=True), [[2.0]])
 

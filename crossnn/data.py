@@ -58,6 +58,9 @@ def check_dataset(experiment: Experiment, x: np.ndarray, y: np.ndarray) -> Datas
     if len(x) == 0:
         raise DataError("data.x: no samples")
     _check_finite("data.x", x)
+    for node in model.nodes:
+        if node.layer.reads_ids:
+            _check_ids(x, node.layer)
     if loss.sparse_targets:
         y = _class_indices(y, model.output_units)
     else:
@@ -84,6 +87,15 @@ def _check_finite(field: str, a: np.ndarray) -> None:
         place = (f"row {where[0]}, column {where[1]}" if a.ndim == 2
                  else f"sample {where[0]}, index {tuple(int(i) for i in where[1:])}")
         raise DataError(f"{field}: value {a[tuple(where)]} at {place}: data must be finite")
+
+
+def _check_ids(x: np.ndarray, layer) -> None:
+    """The model input of an embedding layer holds whole numbers in [0, input_dim)."""
+    if not np.all(x == np.round(x)):
+        raise DataError(f"data.x: layer '{layer.name}' ({layer.kind}) reads integer ids, but x holds fractions")
+    if x.min() < 0 or x.max() >= layer.input_dim:
+        raise DataError(f"data.x: ids must lie in [0, {layer.input_dim - 1}] for layer '{layer.name}' "
+                        f"(input_dim = {layer.input_dim}), got {x.min():g}..{x.max():g}")
 
 
 def _class_indices(y: np.ndarray, classes: int) -> np.ndarray:

@@ -458,3 +458,92 @@ def test_float32_within_1e5_of_the_float64_reference(name):
     worst = max(float(np.max(np.abs(record.snapshots[step][k] - ref[k])))
                 for step, ref in result.reference.snapshots.items() for k in ref)
     assert 0 < worst <= 1e-5, worst  # float32 rounding shows, and stays small
+
+
+# ---- normalization, embeddings and recurrent layers ------------------------------------------------------
+
+def _bn(**kw):
+    return S.BatchNorm(name="bn", **{"momentum": 0.9, "epsilon": 1e-3, "running_variance": "unbiased",
+                                     "gamma_init": S.Normal(mean=1.0, stddev=0.1), **kw})
+
+
+@pytest.mark.parametrize("layer, inputs", [
+    (_bn(), [3]), (_bn(center=False, running_variance="biased"), [3]), (_bn(scale=False), [4, 3, 2]),
+    (_bn(axis=2), [4, 3, 2]), (S.LayerNorm(name="ln", epsilon=1e-5), [3]),
+    (S.LayerNorm(name="ln", epsilon=1e-5, center=False), [4, 3, 2]),
+], ids=["bn", "bn no center", "bn images no scale", "bn axis 2", "ln", "ln images"])
+def test_normalization_backward_matches_finite_differences(layer, inputs):
+    e = _experiment([S.Dense(name="pre", units=inputs[-1], activation=S.Tanh(), kernel_init=S.Zeros(),
+                             bias_init=S.Zeros()), layer, S.Flatten(name="f"),
+                     S.Dense(name="o", units=2, kernel_init=S.Zeros(), bias_init=S.Zeros())], S.MSE(), inputs=inputs)
+    program = Program(e, XP)
+    x, y = RNG.standard_normal((5, *inputs)), RNG.standard_normal((5, 2))
+    values = {name: RNG.normal(0, 0.7, size=p.shape) for name, p in e.model.variable_inits().items()}
+    loss = np_ops.loss(e.loss, XP)
+    out, caches = program.forward(values, x, {}, training=True)
+    grads = program.backward(values, caches, loss.value_and_grad(out, y)[1])
+    for name, value in values.items():
+        if name not in grads:
+            continue
+        numeric = np.zeros_like(value)
+        for idx in np.ndindex(value.shape):
+            saved = value[idx]
+            value[idx] = saved + 1e-6
+            plus = float(loss.value_and_grad(program.forward(values, x, {}, training=True)[0], y)[0])
+            value[idx] = saved - 1e-6
+            minus = float(loss.value_and_grad(program.forward(values, x, {}, training=True)[0], y)[0])
+            value[idx] = saved
+            numeric[idx] = (plus - minus) / 2e-6
+        assert np.abs(grads[name] - numeric).max() / max(np.abs(numeric).max(), 1e-3) < 1e-6, name
+
+
+def test_batch_norm_moving_statistics_by_hand():
+    """One training step: the moving statistics move by (1 - momentum) towards the batch's, with the
+    unbiased variance (n / (n - 1)) where asked; predicting uses them, training the batch's."""
+    e = _experiment([_bn(gamma_init=S.Ones()), S.Dense(name="o", units=1, kernel_init=S.Zeros(),
+                                                       bias_init=S.Zeros())], S.MSE())
+    x = np.array([[1.0, 2.0, 3.0], [3.0, 6.0, 3.0]])
+    values = {name: np.asarray(v, dtype=float) for name, v in
+              {"bn/gamma": np.ones(3), "bn/beta": np.zeros(3), "bn/moving_mean": np.zeros(3),
+               "bn/moving_variance": np.ones(3), "o/kernel": np.ones((3, 1)), "o/bias": np.zeros(1)}.items()}
+    program = Program(e, XP)
+    out, caches = program.forward(values, x, {}, training=True)
+    moved = program.state_updates(values, caches)
+    np.testing.assert_allclose(moved["bn/moving_mean"], 0.1 * np.array([2.0, 4.0, 3.0]), rtol=1e-15)
+    np.testing.assert_allclose(moved["bn/moving_variance"], 0.9 + 0.1 * np.array([2.0, 8.0, 0.0]), rtol=1e-15)
+    normalized = (x - [2.0, 4.0, 3.0]) / np.sqrt(np.array([1.0, 4.0, 0.0]) + 1e-3)
+    np.testing.assert_allclose(out, normalized.sum(axis=1, keepdims=True), rtol=1e-12)
+    predicted = program.forward({**values, **moved}, x)[0]
+    by_hand = ((x - moved["bn/moving_mean"]) / np.sqrt(moved["bn/moving_variance"] + 1e-3)).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(predicted, by_hand, rtol=1e-12)
+
+
+RECURRENT = {
+    "simple_rnn": lambda **kw: S.SimpleRNN(name="r", units=3, **kw),
+    "lstm": lambda **kw: S.LSTM(name="r", units=3, **kw),
+    "lstm relu, hard sigmoid-like tanh": lambda **kw: S.LSTM(name="r", units=2, activation=S.ReLU(),
+                                                             recurrent_activation=S.Tanh(), **kw),
+    "gru reset_after": lambda **kw: S.GRU(name="r", units=3, reset_after=True, **kw),
+    "gru reset before": lambda **kw: S.GRU(name="r", units=3, reset_after=False, **kw),
+}
+
+
+@pytest.mark.parametrize("sequences", [False, True], ids=["last", "sequences"])
+@pytest.mark.parametrize("kind", list(RECURRENT))
+def test_recurrent_backward_through_time_matches_finite_differences(kind, sequences):
+    rnn = RECURRENT[kind](return_sequences=sequences, kernel_init=S.Zeros(), recurrent_init=S.Zeros(),
+                          bias_init=S.Zeros())
+    layers = [S.Dense(name="pre", units=2, activation=S.Tanh(), kernel_init=S.Zeros(), bias_init=S.Zeros()), rnn]
+    layers += [S.Flatten(name="f")] if sequences else []
+    e = _experiment([*layers, S.Dense(name="o", units=2, kernel_init=S.Zeros(), bias_init=S.Zeros())], S.MSE(),
+                    inputs=[4, 3])
+    _check_gradients(e, RNG.standard_normal((3, 4, 3)), RNG.standard_normal((3, 2)))
+
+
+def test_embedding_gradient_sums_the_rows_each_id_reads():
+    e = _experiment([S.Embedding(name="emb", input_dim=5, output_dim=2, embeddings_init=S.Zeros()),
+                     S.Flatten(name="f"), S.Dense(name="o", units=1, kernel_init=S.Zeros(), bias_init=S.Zeros())],
+                    S.MSE(), inputs=[3])
+    ids = np.array([[0.0, 3.0, 0.0], [4.0, 4.0, 4.0]])
+    grads = _check_gradients(e, ids, RNG.standard_normal((2, 1)))
+    np.testing.assert_array_equal(grads["emb/embeddings"][[1, 2]], 0.0)  # ids never read get no gradient

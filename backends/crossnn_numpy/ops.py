@@ -33,7 +33,7 @@ from crossnn import spec
 from crossnn.lowering import Registry
 from crossnn.spec.layers import merge_axis, window_geometry
 
-from crossnn_numpy import windows
+from crossnn_numpy import normalization, sequences, windows
 
 OPS = Registry("numpy")
 
@@ -187,7 +187,11 @@ class GELU(Act):
 
 
 class Op:
-    """Defaults of a layer entry: no helpers, parameters named "<layer>/<short>" in the script."""
+    """Defaults of a layer entry: no state, no helpers, parameters named "<layer>/<short>" in the script."""
+
+    #: a layer with state (crossnn.spec.Layer.state) is called as forward(p, inputs, mask, training), p
+    #: holding its state too, and gives its new state after a training step with updated_state(p, cache)
+    stateful = False
 
     def __init__(self, node, xp):
         self.node, self.xp = node, xp
@@ -541,6 +545,256 @@ class Reshaping(Op):
     def backward_code(node, d):
         return [], [f"{d}.reshape(-1, {', '.join(str(n) for n in node.input_shapes[0])})"]
 
+
+
+# ---- normalization --------------------------------------------------------------------------------
+
+
+def _norm_geometry(node) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(axes a statistic is taken over, the shape that broadcasts a per-channel vector against x)."""
+    rank = len(node.shape) + 1
+    keep = merge_axis(node.layer.axis, len(node.shape)) + 1
+    shape = tuple(node.shape[keep - 1] if i == keep else 1 for i in range(rank))
+    if isinstance(node.layer, spec.LayerNorm):
+        return (keep,), shape
+    return tuple(i for i in range(rank) if i != keep), shape
+
+
+NORM_HELPERS = frozenset({"normalize_forward", "normalize_backward", "_count"})
+
+
+@OPS.register(spec.BatchNorm)
+class BatchNorm(Op):
+    """Training: normalize with the batch's statistics (crossnn_numpy.normalization) and move the
+    moving statistics; predicting: normalize with the moving statistics."""
+
+    stateful = True
+
+    def __init__(self, node, xp):
+        super().__init__(node, xp)
+        self.reduce, self.shape = _norm_geometry(node)
+
+    def forward(self, p, inputs, mask, training):
+        (x,) = inputs
+        s = self.node.layer
+        if not training:
+            return normalization.batch_norm_inference(x, p.get("gamma"), p.get("beta"), p["moving_mean"],
+                                                      p["moving_variance"], self.shape, s.epsilon, self.xp), None
+        y, xhat, inv, mean, var = normalization.normalize_forward(self.xp, x, p.get("gamma"), p.get("beta"),
+                                                                  self.reduce, self.shape, s.epsilon)
+        count = math.prod(x.shape) // math.prod(self.shape)
+        return y, (xhat, inv, mean, var, count)
+
+    def updated_state(self, p, cache):
+        _, _, mean, var, count = cache
+        s = self.node.layer
+        mm, mv = normalization.batch_norm_moving(mean, var, p["moving_mean"], p["moving_variance"], s.momentum,
+                                                 count, s.running_variance == "unbiased")
+        return {"moving_mean": mm, "moving_variance": mv}
+
+    def backward(self, p, cache, dy, need):
+        xhat, inv, _, _, _ = cache
+        dx, dgamma, dbeta = normalization.normalize_backward(self.xp, dy, xhat, inv, p.get("gamma"), self.reduce,
+                                                             self.shape)
+        grads = {}
+        if "gamma" in p:
+            grads["gamma"] = dgamma
+        if "beta" in p:
+            grads["beta"] = dbeta
+        return (dx,), grads
+
+    @staticmethod
+    def helpers(node):
+        return NORM_HELPERS | {"batch_norm_moving", "batch_norm_inference"}
+
+    @staticmethod
+    def forward_code(node, ins, out):
+        s, key = node.layer, repr(node.name)
+        reduce, shape = _norm_geometry(node)
+        gamma = _param(node, "gamma") if s.scale else "None"
+        beta = _param(node, "beta") if s.center else "None"
+        unbiased = s.running_variance == "unbiased"
+        return ["if not training:  # predicting: the moving statistics",
+                f"    {out} = batch_norm_inference({ins[0]}, {gamma}, {beta}, {_param(node, 'moving_mean')}, "
+                f"{_param(node, 'moving_variance')}, {shape}, {s.epsilon!r}, np)",
+                "else:  # training: the batch's statistics, and the moving ones move",
+                f"    {out}, xhat, inv, mean, var = normalize_forward(np, {ins[0]}, {gamma}, {beta}, {reduce}, "
+                f"{shape}, {s.epsilon!r})",
+                f"    c[{key}] = (xhat, inv)",
+                f'    c["state"]["{node.name}/moving_mean"], c["state"]["{node.name}/moving_variance"] = '
+                f"batch_norm_moving(mean, var, {_param(node, 'moving_mean')}, {_param(node, 'moving_variance')}, "
+                f"{s.momentum!r}, {ins[0]}.size // {math.prod(shape)}, {unbiased})"]
+
+    @staticmethod
+    def backward_code(node, d):
+        s = node.layer
+        reduce, shape = _norm_geometry(node)
+        gamma = _param(node, "gamma") if s.scale else "None"
+        dgamma = _grad(node, "gamma") if s.scale else "_"
+        dbeta = _grad(node, "beta") if s.center else "_"
+        return [f"xhat, inv = c[{node.name!r}]",
+                f"dx, {dgamma}, {dbeta} = normalize_backward(np, {d}, xhat, inv, {gamma}, {reduce}, {shape})"], ["dx"]
+
+
+@OPS.register(spec.LayerNorm)
+class LayerNorm(Op):
+    """Each sample normalized over its axis (crossnn_numpy.normalization), in training and predicting."""
+
+    def __init__(self, node, xp):
+        super().__init__(node, xp)
+        self.reduce, self.shape = _norm_geometry(node)
+
+    def forward(self, p, inputs, mask=None):
+        y, xhat, inv, _, _ = normalization.normalize_forward(self.xp, inputs[0], p.get("gamma"), p.get("beta"),
+                                                             self.reduce, self.shape, self.node.layer.epsilon)
+        return y, (xhat, inv)
+
+    def backward(self, p, cache, dy, need):
+        xhat, inv = cache
+        dx, _, _ = normalization.normalize_backward(self.xp, dy, xhat, inv, p.get("gamma"), self.reduce, self.shape)
+        rows = tuple(i for i in range(len(dy.shape)) if i not in self.reduce)
+        grads = {}
+        if "gamma" in p:
+            grads["gamma"] = self.xp.sum(dy * xhat, axis=rows)
+        if "beta" in p:
+            grads["beta"] = self.xp.sum(dy, axis=rows)
+        return (dx,), grads
+
+    @staticmethod
+    def helpers(node):
+        return NORM_HELPERS
+
+    @staticmethod
+    def forward_code(node, ins, out):
+        s = node.layer
+        reduce, shape = _norm_geometry(node)
+        gamma = _param(node, "gamma") if s.scale else "None"
+        beta = _param(node, "beta") if s.center else "None"
+        return [f"{out}, xhat, inv, _, _ = normalize_forward(np, {ins[0]}, {gamma}, {beta}, {reduce}, {shape}, "
+                f"{s.epsilon!r})", f"c[{node.name!r}] = (xhat, inv)"]
+
+    @staticmethod
+    def backward_code(node, d):
+        s = node.layer
+        reduce, shape = _norm_geometry(node)
+        rows = tuple(i for i in range(len(node.shape) + 1) if i not in reduce)
+        gamma = _param(node, "gamma") if s.scale else "None"
+        lines = [f"xhat, inv = c[{node.name!r}]",
+                 f"dx, _, _ = normalize_backward(np, {d}, xhat, inv, {gamma}, {reduce}, {shape})"]
+        if s.scale:
+            lines.append(f"{_grad(node, 'gamma')} = np.sum({d} * xhat, axis={rows})")
+        if s.center:
+            lines.append(f"{_grad(node, 'beta')} = np.sum({d}, axis={rows})")
+        return lines, ["dx"]
+
+
+# ---- sequences ------------------------------------------------------------------------------------
+
+
+@OPS.register(spec.Embedding)
+class Embedding(Op):
+    """y = embeddings[ids]; d embeddings = the rows' gradients summed per id (crossnn_numpy.sequences)."""
+
+    def forward(self, p, inputs, mask=None):
+        ids = self.xp.as_index(inputs[0])
+        return sequences.embedding_forward(self.xp, ids, p["embeddings"]), ids
+
+    def backward(self, p, ids, dy, need):
+        return (None,), {"embeddings": sequences.embedding_backward(self.xp, ids, p["embeddings"], dy)}
+
+    @staticmethod
+    def forward_code(node, ins, out):
+        return [f"ids = {ins[0]}.astype(np.int64)  # the ids, stored as numbers in the data",
+                f"{out} = {_param(node, 'embeddings')}[ids]", f"c[{node.name!r}] = ids"]
+
+    @staticmethod
+    def backward_code(node, d):
+        table = _param(node, "embeddings")
+        return [f"{_grad(node, 'embeddings')} = np.zeros_like({table})",
+                f"np.add.at({_grad(node, 'embeddings')}, c[{node.name!r}].reshape(-1), "
+                f"{d}.reshape(-1, {table}.shape[1]))  # each id's rows summed"], [None]
+
+
+class _Recurrent(Op):
+    """A recurrent layer through crossnn_numpy.sequences: the forward pass keeps every step, the backward
+    pass runs through time."""
+
+    def __init__(self, node, xp):
+        super().__init__(node, xp)
+        s = node.layer
+        self.act = activation(s.activation, xp)
+        self.rec = activation(s.recurrent_activation, xp) if hasattr(s, "recurrent_activation") else None
+
+    def args(self) -> tuple:
+        return (self.act,) if self.rec is None else (self.act, self.rec)
+
+    def options(self) -> dict:
+        return {}
+
+    def forward(self, p, inputs, mask=None):
+        return self.forward_fn(self.xp, inputs[0], p["kernel"], p["recurrent_kernel"], p["bias"], *self.args(),
+                               self.node.layer.return_sequences, **self.options())
+
+    def backward(self, p, cache, dy, need):
+        dx, dk, dr, db = self.backward_fn(self.xp, dy, cache, p["kernel"], p["recurrent_kernel"], *self.args(),
+                                          self.node.layer.return_sequences, **self.options(), need_dx=need[0])
+        return (dx,), {"kernel": dk, "recurrent_kernel": dr, "bias": db}
+
+    @classmethod
+    def helpers(cls, node):
+        s = node.layer
+        acts = [s.activation] + ([s.recurrent_activation] if hasattr(s, "recurrent_activation") else [])
+        return frozenset({cls.forward_fn.__name__, cls.backward_fn.__name__, "_steps_of", "_sequence",
+                          "Activation"}).union(*(activation(a, None).helpers for a in acts))
+
+    @classmethod
+    def _script_args(cls, node) -> str:
+        s = node.layer
+        acts = [f"Activation({_act_code_of(s.activation)})"]
+        if hasattr(s, "recurrent_activation"):
+            acts.append(f"Activation({_act_code_of(s.recurrent_activation)})")
+        extra = f", reset_after={s.reset_after}" if isinstance(s, spec.GRU) else ""
+        return f"{', '.join(acts)}, {s.return_sequences}{extra}"
+
+    @classmethod
+    def forward_code(cls, node, ins, out):
+        params = ", ".join(_param(node, n) for n in ("kernel", "recurrent_kernel", "bias"))
+        return [f"{out}, c[{node.name!r}] = {cls.forward_fn.__name__}(np, {ins[0]}, {params}, "
+                f"{cls._script_args(node)})"]
+
+    @classmethod
+    def backward_code(cls, node, d):
+        grads = ", ".join(_grad(node, n) for n in ("kernel", "recurrent_kernel", "bias"))
+        return [f"dx, {grads} = {cls.backward_fn.__name__}(np, {d}, c[{node.name!r}], {_param(node, 'kernel')}, "
+                f"{_param(node, 'recurrent_kernel')}, {cls._script_args(node)})"], ["dx"]
+
+
+def _act_code_of(act: spec.Activation) -> str:
+    """An activation's (forward, backward) templates as lambdas for the script's Activation helper."""
+    f, b = activation(act, None).code
+    return (f"lambda z: {f.format(z='z')}, "
+            f"lambda z, a, da: {b.format(z='z', a='a', da='da')}")
+
+
+@OPS.register(spec.SimpleRNN)
+class SimpleRNN(_Recurrent):
+    forward_fn = staticmethod(sequences.rnn_forward)
+    backward_fn = staticmethod(sequences.rnn_backward)
+
+
+@OPS.register(spec.LSTM)
+class LSTM(_Recurrent):
+    forward_fn = staticmethod(sequences.lstm_forward)
+    backward_fn = staticmethod(sequences.lstm_backward)
+
+
+@OPS.register(spec.GRU)
+class GRU(_Recurrent):
+    forward_fn = staticmethod(sequences.gru_forward)
+    backward_fn = staticmethod(sequences.gru_backward)
+
+    def options(self):
+        return {"reset_after": self.node.layer.reset_after}
 
 
 # ---- losses: value_and_grad(p, y) -> (L, dL/dp) ------------------------------------------------------

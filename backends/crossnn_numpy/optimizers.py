@@ -187,20 +187,21 @@ class Chain(NamedTuple):
     def code(self) -> str:
         """The emitted script's init_state(P) and update(P, G, state, lr)."""
         s = self.s
-        slots = ", ".join(f'"{slot}": {{name: {self.rule.initial_code(slot)} for name, w in P.items()}}'
-                          for slot in s.state_slots())
+        slots = ", ".join(f'"{slot}": {{name: {self.rule.initial_code(slot)} for name, w in P.items() '
+                          f'if name in TRAINED}}' for slot in s.state_slots())
         counters = ", ".join(f'"{c}": 0' for c in s.state_counters())
         lines = ["def init_state(P):",
                  '    """The optimizer state: per-parameter slots (PyTorch\'s names) and counters."""',
                  f"    return {{{', '.join(part for part in (slots, counters) if part)}}}", "", "",
                  "def update(P, G, state, lr):",
-                 '    """One step: clip, L2 decay, the rule, decoupled decay, the learning rate. Returns the new P."""']
+                 '    """One step of the parameters in TRAINED: clip, L2 decay, the rule, decoupled decay, the',
+                 '    learning rate. Returns the new P."""']
         if s.clip_norm is not None:
             lines += ["    norm = np.sqrt(sum(np.sum(g * g) for g in G.values()))  # global norm, as clip_grad_norm_",
                       f"    coef = min({s.clip_norm!r} / (norm + {CLIP_EPS!r}), 1.0)"]
         for counter in s.state_counters():
             lines.append(f'    t = state["{counter}"] = state["{counter}"] + 1')
-        lines += ["    new = {}", "    for name, w in P.items():", "        u = G[name]"]
+        lines += ["    new = dict(P)", "    for name in TRAINED:", "        w, u = P[name], G[name]"]
         if s.clip_norm is not None:
             lines.append("        u = u * coef")
         if s.l2:

@@ -13,7 +13,7 @@ from crossnn import codegen
 from crossnn import spec as S
 from crossnn.spec import INPUT
 
-from crossnn_numpy import ops, windows
+from crossnn_numpy import normalization, ops, sequences, windows
 from crossnn_numpy.optimizers import chain
 
 #: helpers the entries' code may call, by name: their source
@@ -23,9 +23,20 @@ SCRIPT_HELPERS = {
     return e / np.sum(e, axis=-1, keepdims=True)
 ''',
     "erf": "erf = np.vectorize(math.erf, otypes=[np.float64])  # NumPy has no erf\n",
-    **{name: textwrap.dedent(inspect.getsource(getattr(windows, name))) for name in (
-        "pad2d", "crop2d", "window_slices", "unslice", "gather_windows", "conv2d_forward", "conv2d_backward",
-        "max_pool_forward", "max_pool_backward", "avg_pool_divisor", "avg_pool_forward", "avg_pool_backward")},
+    "Activation": '''class Activation:
+    """An activation as the recurrent helpers take it: forward(z) -> a, backward(z, a, da) -> dz."""
+
+    def __init__(self, forward, backward):
+        self.forward, self.backward = forward, backward
+''',
+    **{name: textwrap.dedent(inspect.getsource(getattr(module, name))) for module, names in (
+        (windows, ("pad2d", "crop2d", "window_slices", "unslice", "gather_windows", "conv2d_forward",
+                   "conv2d_backward", "max_pool_forward", "max_pool_backward", "avg_pool_divisor", "avg_pool_forward",
+                   "avg_pool_backward")),
+        (normalization, ("_count", "normalize_forward", "normalize_backward", "batch_norm_moving",
+                         "batch_norm_inference")),
+        (sequences, ("_steps_of", "_sequence", "rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward",
+                     "gru_forward", "gru_backward"))) for name in names},
 }
 #: a stable order for the helpers (definitions before uses do not matter in Python, readers like it)
 HELPER_ORDER = list(SCRIPT_HELPERS)
@@ -38,8 +49,11 @@ def _var(name: str) -> str:
 
 def _model_code(model: S.Model) -> tuple[str, set[str]]:
     """forward() and backward(), and the helpers they call."""
-    fwd = ["def forward(P, x, masks=None):",
-           '    """The model output; `c` keeps what the backward pass needs."""', "    c = {}"]
+    stateful = bool(model.state_inits())
+    fwd = ["def forward(P, x, masks=None, training=False):",
+           '    """The model output; `c` keeps what the backward pass needs'
+           + (' and, under "state", the layers\' new state' if stateful else "") + '."""',
+           '    c = {"state": {}}' if stateful else "    c = {}"]
     bwd = ["def backward(P, c, d_out):", '    """dL/dP for every parameter, given dL/d(output), by the chain rule."""',
            "    g, d = {}, {}", f"    d[{model.layers[-1].name!r}] = d_out"]
     helpers: set[str] = set()
@@ -52,7 +66,7 @@ def _model_code(model: S.Model) -> tuple[str, set[str]]:
     fwd.append(f"    return {_var(model.layers[-1].name)}, c")
     for node in reversed(model.nodes):
         lines, input_grads = ops.OPS.lookup(node.layer).backward_code(node, f"d[{node.name!r}]")
-        needed = [(name, expr) for name, expr in zip(node.inputs, input_grads) if trains[name]]
+        needed = [(name, expr) for name, expr in zip(node.inputs, input_grads) if trains[name] and expr is not None]
         if not lines and not needed:
             continue
         bwd += [f"    {line}" for line in lines]
@@ -82,7 +96,9 @@ def script(experiment: S.Experiment, params, data, side_file: str | None = None)
         parts.append("# window layers (convolution, pooling) on (N, H, W, C) arrays, written for any NumPy-like\n"
                      "# namespace `xp` (these are crossnn's own; here xp is np)")
     parts += [SCRIPT_HELPERS[name] for name in HELPER_ORDER if name in helpers]
-    parts += [model_code, _loss_code(experiment.loss), optimizer_code,
+    trained = list(model.parameter_inits())
+    parts += [model_code, _loss_code(experiment.loss), f"TRAINED = {trained!r}  # what the optimizer updates",
+              optimizer_code,
               codegen.plan_code(experiment, data.n), codegen.lr_code(experiment), codegen.dropout_code(experiment)]
     masks = (", masks={" + ", ".join(f"{name!r}: dropout_mask({name!r}, step, len(rows), {shape}, {rate!r})"
                                      for name, shape, rate in dropout) + "}") if dropout else ""
@@ -96,10 +112,12 @@ def script(experiment: S.Experiment, params, data, side_file: str | None = None)
              '    with np.errstate(over="ignore", divide="ignore", invalid="ignore", under="ignore"):',
              "        for epoch in range(EPOCHS):",
              "            for rows in batches(epoch):",
-             f"                out, cache = forward(P, X[rows]{masks})",
+             f"                out, cache = forward(P, X[rows]{masks}, training=True)",
              "                loss, d_out = loss_and_grad(out, Y[rows])",
-             "                P = update(P, backward(P, cache, d_out), state, lr_at(epoch, step))",
-             "                step += 1"]
+             "                P = update(P, backward(P, cache, d_out), state, lr_at(epoch, step))"]
+    if model.state_inits():
+        main.append('                P.update(cache["state"])  # the layers\' state after this step')
+    main.append("                step += 1")
     parts.append("\n".join(main) + "\n" + codegen.footer_code("P"))
     parts += [codegen.data_code(experiment, data, params, side_file), codegen.MAIN_GUARD]
     return codegen.join(parts)

@@ -33,34 +33,45 @@ class Program:
         self.ops = []
         for k, node in enumerate(experiment.model.nodes, start=1):
             inputs = tuple(slot[name] for name in node.inputs)
-            params = {p.name: f"{node.name}/{p.name}" for p in node.params}
+            names = {p.name: f"{node.name}/{p.name}" for p in (*node.params, *node.state)}
             need = tuple(trains[name] for name in node.inputs)
-            self.ops.append((node.name, ops.layer(node, xp), inputs, k, params, need))
+            self.ops.append((node.name, ops.layer(node, xp), inputs, k, names, need))
             slot[node.name] = k
-            trains[node.name] = bool(params) or any(need)
+            trains[node.name] = bool(node.params) or any(need)
         self.output = slot[experiment.model.layers[-1].name]
 
-    def forward(self, values: dict, x, masks: dict | None = None):
-        """The model output and the caches backward needs. values: canonical name -> array;
-        masks: {dropout layer: mask} for a training step; without them (prediction) dropout passes
-        its input through."""
+    def forward(self, values: dict, x, masks: dict | None = None, training: bool = False):
+        """The model output and the caches backward needs. values: canonical name -> array (parameters
+        and state); masks: {dropout layer: mask} for a training step (dropout passes its input through
+        without one); training: stateful layers (batch_norm) use the batch's statistics, else their state."""
         acts = [x] + [None] * len(self.ops)
         caches = []
-        for name, op, inputs, out, params, _ in self.ops:
-            p = {short: values[full] for short, full in params.items()}
-            acts[out], cache = op.forward(p, [acts[i] for i in inputs], masks.get(name) if masks else None)
+        for name, op, inputs, out, names, _ in self.ops:
+            p = {short: values[full] for short, full in names.items()}
+            args = [p, [acts[i] for i in inputs], masks.get(name) if masks else None]
+            acts[out], cache = op.forward(*args, training) if op.stateful else op.forward(*args)
             caches.append(cache)
         return acts[self.output], caches
 
+    def state_updates(self, values: dict, caches) -> dict:
+        """{canonical name: new value} of every layer state after a training forward pass."""
+        out = {}
+        for (name, op, _, _, names, _), cache in zip(self.ops, caches):
+            if op.stateful:
+                p = {short: values[full] for short, full in names.items()}
+                out.update({names[short]: value for short, value in op.updated_state(p, cache).items()})
+        return out
+
     def backward(self, values: dict, caches, d_output) -> dict:
-        """{canonical name: dL/dw}, given dL/d(output); gradients of a value used twice are summed."""
+        """{canonical name: dL/dw} of every trained parameter, given dL/d(output); gradients of a value
+        used twice are summed."""
         grads = {}
         d_acts = [None] * (len(self.ops) + 1)
         d_acts[self.output] = d_output
-        for (name, op, inputs, out, params, need), cache in zip(reversed(self.ops), reversed(caches)):
-            p = {short: values[full] for short, full in params.items()}
+        for (name, op, inputs, out, names, need), cache in zip(reversed(self.ops), reversed(caches)):
+            p = {short: values[full] for short, full in names.items()}
             d_inputs, d_params = op.backward(p, cache, d_acts[out], need)
-            grads.update({params[short]: g for short, g in d_params.items()})
+            grads.update({names[short]: g for short, g in d_params.items()})
             for i, d, needed in zip(inputs, d_inputs, need):
                 if needed:
                     d_acts[i] = d if d_acts[i] is None else d_acts[i] + d
@@ -69,12 +80,14 @@ class Program:
 
 class TrainStep:
     """One training step of an experiment as a pure function of arrays of the namespace `xp`:
-    forward pass, loss and dL/d(output), backward pass, optimizer chain.
+    forward pass, loss and dL/d(output), backward pass, optimizer chain, new layer state.
 
-    The parameters travel as one flat array in canonical order (views give each its canonical shape)
-    and the gradients are gathered into one, so the optimizer updates every parameter with a handful
-    of whole-array operations instead of a handful per parameter. Each element sees the same
-    arithmetic either way."""
+    The trained parameters travel as one flat array in canonical order (views give each its canonical
+    shape) and the gradients are gathered into one, so the optimizer updates every parameter with a
+    handful of whole-array operations instead of a handful per parameter. Each element sees the same
+    arithmetic either way. The state dict holds the optimizer's state (its slots, as flat arrays, and
+    counters) and, under "layers", the layers' own state by canonical name (BatchNorm's moving
+    statistics)."""
 
     def __init__(self, experiment: Experiment, xp):
         self.xp = xp
@@ -84,6 +97,7 @@ class TrainStep:
         inits = experiment.model.parameter_inits()
         self.names = list(inits)
         self.shapes = [tuple(p.shape) for p in inits.values()]
+        self.state_names = list(experiment.model.state_inits())
 
     def unflatten(self, flat) -> dict:
         """{canonical name: view of flat in the parameter's shape}."""
@@ -95,39 +109,50 @@ class TrainStep:
         return out
 
     def flatten(self, values: dict):
-        """One flat array of `values` in canonical order (None for a model without parameters)."""
+        """One flat array of the trained parameters in `values`, canonical order (None for a model
+        without parameters)."""
         if not self.names:
             return None
         return self.xp.concat([values[name].reshape(-1) for name in self.names], axis=0)
 
-    def init(self, flat) -> dict:
-        """The optimizer state for the flat parameters."""
-        return self.chain.init([flat] if flat is not None else [])
+    def init(self, flat, layers: dict | None = None) -> dict:
+        """The step's state for the flat parameters: the optimizer's, and the layers' state `layers`
+        (canonical name -> array; required when the model has state)."""
+        return {**self.chain.init([flat] if flat is not None else []),
+                "layers": {name: layers[name] for name in self.state_names} if self.state_names else {}}
+
+    def variables(self, flat, state: dict) -> dict:
+        """Every variable by canonical name: the parameters (views of flat) and the layers' state."""
+        return {**(self.unflatten(flat) if flat is not None else {}), **state["layers"]}
 
     def __call__(self, flat, state, x, y, lr, masks=None):
-        """(loss before the update, new flat parameters, new optimizer state) for one batch at
-        learning rate lr with the step's dropout masks."""
-        values = self.unflatten(flat) if flat is not None else {}
-        output, caches = self.program.forward(values, x, masks)
+        """(loss before the update, new flat parameters, new state) for one batch at learning rate lr
+        with the step's dropout masks."""
+        values = self.variables(flat, state)
+        output, caches = self.program.forward(values, x, masks, training=True)
         loss, d_output = self.loss.value_and_grad(output, y)
+        layers = self.program.state_updates(values, caches)
         if flat is None:
-            return loss, flat, state
+            return loss, flat, {**state, "layers": layers}
         grads = self.flatten(self.program.backward(values, caches, d_output))
-        (update,), state = self.chain.update([grads], state, [flat], lr)
-        return loss, flat + update, state
+        (update,), optimizer_state = self.chain.update([grads], {k: v for k, v in state.items() if k != "layers"},
+                                                       [flat], lr)
+        return loss, flat + update, {**optimizer_state, "layers": layers}
 
-    def predict(self, flat, x):
-        return self.program.forward(self.unflatten(flat) if flat is not None else {}, x)[0]
+    def predict(self, flat, state, x):
+        """The model output for x, in inference mode (moving statistics, no dropout)."""
+        return self.program.forward(self.variables(flat, state), x)[0]
 
     def export_state(self, state: dict) -> tuple[dict, dict]:
         """Optimizer slots per parameter name (views of the flat slot arrays) and counters."""
         slots = {slot: self.unflatten(state[slot][0]) for slot in self.chain.s.state_slots() if self.names}
         return slots, {counter: state[counter] for counter in self.chain.s.state_counters()}
 
-    def import_state(self, flat, slots: dict, counters: dict, to_device) -> dict:
-        """The optimizer state from per-parameter arrays (canonical layout) and counters; slots the
-        state does not hold keep their initial values."""
-        state = self.init(flat)
+    def import_state(self, flat, variables: dict, slots: dict, counters: dict, to_device) -> dict:
+        """The step's state from a training state's variables (the layers' state among them), optimizer
+        slots (per parameter, canonical layout) and counters; slots the state does not hold keep their
+        initial values."""
+        state = self.init(flat, {name: to_device(variables[name]) for name in self.state_names})
         for slot in self.chain.s.state_slots():
             if slot in slots and self.names:
                 state[slot] = [self.flatten({name: to_device(slots[slot][name]) for name in self.names})]
@@ -170,8 +195,9 @@ class NumpyTrainer(Trainer):
             self.to_device, self.to_host, self.cupy = cupy.asarray, cupy.asnumpy, cupy
         self.dtype = dtype
         self.train_step = TrainStep(experiment, self.xp)
-        self.flat = self.train_step.flatten({name: self._device(value) for name, value in params.items()})
-        self.opt_state = self.train_step.init(self.flat)
+        variables = {name: self._device(value) for name, value in params.items()}
+        self.flat = self.train_step.flatten(variables)
+        self.opt_state = self.train_step.init(self.flat, variables)
         self.clock = StepClock(experiment, data.n)
         self.steps_done = 0
         y = data.y
@@ -203,10 +229,8 @@ class NumpyTrainer(Trainer):
         return out
 
     def parameters(self):
-        if self.flat is None:
-            return {}
         return {name: np.array(self.to_host(value), copy=True)
-                for name, value in self.train_step.unflatten(self.flat).items()}
+                for name, value in self.train_step.variables(self.flat, self.opt_state).items()}
 
     def state(self) -> TrainingState:
         slots, counters = self.train_step.export_state(self.opt_state)
@@ -216,12 +240,13 @@ class NumpyTrainer(Trainer):
 
     def load_state(self, state: TrainingState) -> None:
         self.flat = self.train_step.flatten({name: self._device(value) for name, value in state.params.items()})
-        self.opt_state = self.train_step.import_state(self.flat, state.slots, state.counters, self._device)
+        self.opt_state = self.train_step.import_state(self.flat, state.params, state.slots, state.counters,
+                                                      self._device)
         self.steps_done = state.step
 
     def predict(self, x):
         with np.errstate(over="ignore", under="ignore"):
-            output = self.train_step.predict(self.flat, self._device(x))
+            output = self.train_step.predict(self.flat, self.opt_state, self._device(x))
         return np.asarray(self.to_host(output))
 
     def synchronize(self):

@@ -20,12 +20,15 @@ functions of the namespace (NumPy's meaning; `c`, `lo`, `hi` are Python floats)
     concat(arrays, axis)  stack(arrays, axis)
     pad(x, widths, constant_values=0.0)     constant padding, widths ((before, after) per axis)
     zeros_like(x)  ones_like(x)             new arrays shaped like x
+    as_index(x)                             x (whole numbers) as an integer array, for indexing
+    scatter_add(a, ids, rows)               a copy of a with rows[k] added to row ids[k] of it, for every
+                                            k (repeated ids add up)
     name                                    the library's name, for messages
 
 what the arrays themselves must do
     + - * / ** with arrays and Python floats, unary -, comparisons, @ (2-D), x.T (2-D), x.shape,
     x.reshape(shape) (with one -1 allowed), x[..., None], basic slicing with positive steps
-    (x[:, a:b:s]), indexing by a tuple of slices.
+    (x[:, a:b:s]), indexing by a tuple of slices, indexing rows by an integer array (table[ids]).
 
 Anything beyond this list (erf on NumPy, torch's differently named functions) is the adapter's job.
 The loss a step returns is a 0-d array of the namespace: it stays where the arrays are.
@@ -40,7 +43,8 @@ import numpy as np
 
 #: the names every namespace provides
 FUNCTIONS = ("exp", "log", "log1p", "tanh", "sqrt", "abs", "sign", "erf", "sigmoid", "maximum", "minimum", "clip",
-             "where", "matmul", "sum", "mean", "amax", "argmax", "concat", "stack", "pad", "zeros_like", "ones_like")
+             "where", "matmul", "sum", "mean", "amax", "argmax", "concat", "stack", "pad", "zeros_like", "ones_like",
+             "as_index", "scatter_add")
 
 
 def _sigmoid(z):
@@ -56,12 +60,24 @@ def _erf(z):
     return np.vectorize(math.erf, otypes=[np.float64])(z).astype(z.dtype, copy=False)
 
 
-#: the NumPy namespace: NumPy's own functions, plus erf and sigmoid written in NumPy
+def _as_index(x):
+    return np.asarray(x).astype(np.int64)
+
+
+def _scatter_add(a, ids, rows):
+    """np.add.at on a copy: the copy is the function's own, so writing into it keeps the math pure."""
+    out = np.array(a, copy=True)
+    np.add.at(out, ids, rows)
+    return out
+
+
+#: the NumPy namespace: NumPy's own functions, plus erf, sigmoid, as_index and scatter_add written in NumPy
 numpy = SimpleNamespace(
     exp=np.exp, log=np.log, log1p=np.log1p, tanh=np.tanh, sqrt=np.sqrt, abs=np.abs, sign=np.sign, erf=_erf,
     sigmoid=_sigmoid, maximum=np.maximum, minimum=np.minimum, clip=np.clip, where=np.where, matmul=np.matmul,
     sum=np.sum, mean=np.mean, amax=np.amax, argmax=np.argmax, concat=getattr(np, "concat", np.concatenate),
-    stack=np.stack, pad=np.pad, zeros_like=np.zeros_like, ones_like=np.ones_like, name="numpy",
+    stack=np.stack, pad=np.pad, zeros_like=np.zeros_like, ones_like=np.ones_like, as_index=_as_index,
+    scatter_add=_scatter_add, name="numpy",
 )
 
 
@@ -69,15 +85,21 @@ def cupy_namespace():
     """The same names on CuPy arrays (a GPU): CuPy follows NumPy, so only erf (from
     cupyx.scipy.special) and the helpers differ."""
     import cupy
+    import cupyx
     from cupyx.scipy.special import erf
 
     def sigmoid(z):
         return 1.0 / (1.0 + cupy.exp(-z))
+
+    def scatter_add(a, ids, rows):
+        out = a.copy()
+        cupyx.scatter_add(out, ids, rows)
+        return out
 
     return SimpleNamespace(
         exp=cupy.exp, log=cupy.log, log1p=cupy.log1p, tanh=cupy.tanh, sqrt=cupy.sqrt, abs=cupy.abs,
         sign=cupy.sign, erf=erf, sigmoid=sigmoid, maximum=cupy.maximum, minimum=cupy.minimum, clip=cupy.clip,
         where=cupy.where, matmul=cupy.matmul, sum=cupy.sum, mean=cupy.mean, amax=cupy.amax, argmax=cupy.argmax,
         concat=cupy.concatenate, stack=cupy.stack, pad=cupy.pad, zeros_like=cupy.zeros_like, ones_like=cupy.ones_like,
-        name="cupy",
+        as_index=lambda x: x.astype(cupy.int64), scatter_add=scatter_add, name="cupy",
     )

@@ -4,15 +4,16 @@ from crossnn.spec.activations import GELU, Activation, LeakyReLU, Linear, ReLU, 
 from crossnn.spec.base import Array, Spec
 from crossnn.spec.data import (
     Adder, Circle, CsvFile, DataSource, Digits, InlineData, Line, NpzFile, RandomNormal, TeacherClasses, Textures,
+    TokenSums,
 )
 from crossnn.spec.experiment import Experiment, Train
 from crossnn.spec.initializers import (
     Constant, FanInUniform, GlorotNormal, GlorotUniform, HeNormal, HeUniform, Initializer, LecunNormal,
-    LecunUniform, Normal, Ones, TruncatedNormal, Uniform, VarianceScaling, Zeros,
+    LecunUniform, Normal, Ones, Orthogonal, TruncatedNormal, Uniform, UnitsUniform, VarianceScaling, Zeros,
 )
 from crossnn.spec.layers import (
-    ActivationLayer, Add, AvgPool2D, Concatenate, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, Layer, MaxPool2D,
-    ParamInit, Reshape, Shape,
+    GRU, LSTM, ActivationLayer, Add, AvgPool2D, BatchNorm, Concatenate, Conv2D, Dense, Dropout, Embedding, Flatten,
+    GlobalAvgPool2D, Layer, LayerNorm, MaxPool2D, ParamInit, Reshape, Shape, SimpleRNN,
 )
 from crossnn.spec.losses import BCE, MAE, MSE, BCELogits, CrossEntropy, Huber, Loss
 from crossnn.spec.model import INPUT, Model, Node
@@ -24,7 +25,8 @@ from crossnn.spec.toml import dumps, load, loads, save
 __all__ = [
     "Activation", "ActivationLayer", "Adagrad", "Adam", "AdamW", "Add", "Adder", "Array", "AvgPool2D", "BCE",
     "BCELogits", "Circle", "Concatenate", "Constant", "Conv2D", "Flatten", "GlobalAvgPool2D", "MaxPool2D", "Reshape",
-    "Shape", "Textures", "CrossEntropy", "CsvFile", "DataSource", "Dense", "Digits", "Dropout", "Experiment",
+    "Shape", "Textures", "TokenSums", "BatchNorm", "LayerNorm", "Embedding", "SimpleRNN", "LSTM", "GRU", "Orthogonal",
+    "UnitsUniform", "CrossEntropy", "CsvFile", "DataSource", "Dense", "Digits", "Dropout", "Experiment",
     "ExponentialDecay", "FanInUniform", "GELU",
     "GlorotNormal", "GlorotUniform", "HeNormal", "HeUniform", "Huber", "INPUT", "InlineData", "Initializer",
     "Layer", "LeakyReLU", "LecunNormal", "LecunUniform", "Line", "Linear", "Loss", "MAE", "MSE", "Model",

@@ -279,6 +279,27 @@ class Textures(DataSource, kind="textures"):
 
 
 @dataclass(frozen=True, kw_only=True)
+class TokenSums(DataSource, kind="token_sums"):
+    """Sequences of integer ids for embeddings and recurrent layers: x ~ U{0..vocab-1}^(n × length), each
+    id k worth k - (vocab - 1)/2, and the class index y = 1 when a sequence's worth sums above 0, else
+    0. The answer needs the whole sequence (every id counts), so a recurrent model must carry a sum
+    through time."""
+
+    n: int = 1000
+    length: int = 12
+    vocab: int = 10
+
+    def validate(self):
+        positive(self, "n", "length")
+        require(self.vocab >= 2, "vocab", f"must be >= 2, got {self.vocab}")
+
+    def arrays(self, rng, base_dir):
+        ids = rng.integers(0, self.vocab, size=(self.n, self.length))
+        worth = (ids - (self.vocab - 1) / 2.0).sum(axis=1)
+        return ids.astype(np.float64), (worth > 0).astype(np.int64)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Digits(DataSource, kind="digits"):
     """scikit-learn's handwritten digits (1797 images of 8×8 pixels, classes 0-9), shipped inside
     scikit-learn, so nothing is downloaded: x = pixels · scale (values 0..16), y = class index; x is

@@ -20,9 +20,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, NamedTuple
 
-from crossnn.spec.activations import Activation, Linear
-from crossnn.spec.base import Pair, Spec, SpecError, positive, require
-from crossnn.spec.initializers import Initializer
+import numpy as np
+
+from crossnn.spec.activations import Activation, Linear, Sigmoid, Tanh
+from crossnn.spec.base import Pair, Spec, SpecError, finite, positive, require
+from crossnn.spec.initializers import Initializer, Ones, Zeros
 
 Shape = tuple[int, ...]
 
@@ -50,6 +52,8 @@ class Layer(Spec, family="layer"):
 
     min_inputs: ClassVar[int] = 1
     max_inputs: ClassVar[int | None] = 1
+    #: the layer reads integer ids, so its input must be the model input (data.x holds the ids)
+    reads_ids: ClassVar[bool] = False
 
     def validate(self):
         if self.name is not None:
@@ -76,6 +80,11 @@ class Layer(Spec, family="layer"):
 
     def parameters(self, input_shapes: tuple[Shape, ...]) -> tuple[ParamInit, ...]:
         """The parameters this layer owns, in canonical layout."""
+        return ()
+
+    def state(self, input_shapes: tuple[Shape, ...]) -> tuple[ParamInit, ...]:
+        """The state this layer owns that training updates but the optimizer does not (BatchNorm's
+        moving statistics): named, initialized, compared and checkpointed like parameters."""
         return ()
 
     def matmul_flops(self, input_shapes: tuple[Shape, ...]) -> int:
@@ -115,9 +124,10 @@ class Dense(Layer, kind="dense"):
 
     def parameters(self, input_shapes):
         fan_in = input_shapes[0][-1]
-        params = [ParamInit("kernel", (fan_in, self.units), self.kernel_init, fan_in, self.units)]
+        params = [ParamInit("kernel", (fan_in, self.units), self.kernel_init.for_units(self.units), fan_in,
+                            self.units)]
         if self.use_bias:
-            params.append(ParamInit("bias", (self.units,), self.bias_init, fan_in, self.units))
+            params.append(ParamInit("bias", (self.units,), self.bias_init.for_units(self.units), fan_in, self.units))
         return tuple(params)
 
 
@@ -283,9 +293,10 @@ class Conv2D(Layer, kind="conv2d"):
     def parameters(self, input_shapes):
         (kh, kw), channels = self.kernel_size, input_shapes[0][2]
         fan_in, fan_out = kh * kw * channels, kh * kw * self.filters
-        params = [ParamInit("kernel", (kh, kw, channels, self.filters), self.kernel_init, fan_in, fan_out)]
+        params = [ParamInit("kernel", (kh, kw, channels, self.filters), self.kernel_init.for_units(self.filters),
+                            fan_in, fan_out)]
         if self.use_bias:
-            params.append(ParamInit("bias", (self.filters,), self.bias_init, fan_in, fan_out))
+            params.append(ParamInit("bias", (self.filters,), self.bias_init.for_units(self.filters), fan_in, fan_out))
         return tuple(params)
 
     def matmul_flops(self, input_shapes):
@@ -377,3 +388,242 @@ class Reshape(Layer, kind="reshape"):
             raise SpecError(f"cannot reshape {list(input_shapes[0])} ({total} values) to {list(self.shape)} "
                             f"({known} values)", ("shape",))
         return self.shape
+
+
+# ---- normalization --------------------------------------------------------------------------------
+
+
+def _norm_axis(layer, shape: Shape) -> int:
+    """The index into a node's shape of a normalization layer's axis (counted over the whole tensor,
+    batch = 0, as for the merge layers)."""
+    try:
+        return merge_axis(layer.axis, len(shape))
+    except SpecError as err:
+        raise SpecError(err.message, ("axis",)) from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchNorm(Layer, kind="batch_norm"):
+    """Batch normalization over every axis but `axis` (the channels), with μ, σ² the batch's mean and
+    biased variance of each channel:
+
+        training:   y = gamma · (x - μ) / √(σ² + epsilon) + beta
+                    moving_mean     ← momentum · moving_mean     + (1 - momentum) · μ
+                    moving_variance ← momentum · moving_variance + (1 - momentum) · v,
+                    v = σ² (running_variance = "biased", Keras) or σ² · m / (m - 1) over the m values
+                    averaged (running_variance = "unbiased", PyTorch, which still normalizes with σ²)
+        predicting: y = gamma · (x - moving_mean) / √(moving_variance + epsilon) + beta
+
+    momentum is Keras' (PyTorch's momentum is 1 - this one); no defaults: Keras uses 0.99 and epsilon
+    1e-3, PyTorch 0.9 (its 0.1) and 1e-5. gamma (scale) and beta (center) are parameters, the moving
+    statistics state (crossnn.spec.layers.Layer.state)."""
+
+    axis: int = -1
+    momentum: float
+    epsilon: float
+    running_variance: Literal["biased", "unbiased"]
+    center: bool = True
+    scale: bool = True
+    gamma_init: Initializer = Ones()
+    beta_init: Initializer = Zeros()
+    moving_mean_init: Initializer = Zeros()
+    moving_variance_init: Initializer = Ones()
+
+    def validate(self):
+        super().validate()
+        finite(self, "momentum", "epsilon")
+        require(0.0 <= self.momentum < 1.0, "momentum", f"must be in [0, 1), got {self.momentum}")
+        positive(self, "epsilon")
+
+    def output_shape(self, input_shapes):
+        _norm_axis(self, input_shapes[0])
+        return input_shapes[0]
+
+    def parameters(self, input_shapes):
+        channels = input_shapes[0][_norm_axis(self, input_shapes[0])]
+        params = []
+        if self.scale:
+            params.append(ParamInit("gamma", (channels,), self.gamma_init, channels, channels))
+        if self.center:
+            params.append(ParamInit("beta", (channels,), self.beta_init, channels, channels))
+        return tuple(params)
+
+    def state(self, input_shapes):
+        channels = input_shapes[0][_norm_axis(self, input_shapes[0])]
+        return (ParamInit("moving_mean", (channels,), self.moving_mean_init, channels, channels),
+                ParamInit("moving_variance", (channels,), self.moving_variance_init, channels, channels))
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerNorm(Layer, kind="layer_norm"):
+    """Normalization of each sample over `axis` (the last, features or channels), with μ, σ² that
+    axis's mean and biased variance: y = gamma · (x - μ) / √(σ² + epsilon) + beta, the same in
+    training and prediction. epsilon has no default: Keras uses 1e-3, PyTorch 1e-5."""
+
+    axis: int = -1
+    epsilon: float
+    center: bool = True
+    scale: bool = True
+    gamma_init: Initializer = Ones()
+    beta_init: Initializer = Zeros()
+
+    def validate(self):
+        super().validate()
+        finite(self, "epsilon")
+        positive(self, "epsilon")
+
+    def output_shape(self, input_shapes):
+        _norm_axis(self, input_shapes[0])
+        return input_shapes[0]
+
+    def parameters(self, input_shapes):
+        size = input_shapes[0][_norm_axis(self, input_shapes[0])]
+        params = []
+        if self.scale:
+            params.append(ParamInit("gamma", (size,), self.gamma_init, size, size))
+        if self.center:
+            params.append(ParamInit("beta", (size,), self.beta_init, size, size))
+        return tuple(params)
+
+
+# ---- sequences ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Embedding(Layer, kind="embedding"):
+    """y[..., :] = embeddings[x[...]]: integer ids (the input's values, any shape, e.g. [T]) to rows of
+    the table embeddings (input_dim, output_dim); an id outside [0, input_dim) is an error. The input
+    is the model input (ids stored as numbers in data.x). No default initializer: PyTorch draws
+    N(0, 1), Keras U(±0.05)."""
+
+    input_dim: int
+    output_dim: int
+    embeddings_init: Initializer
+
+    reads_ids = True
+
+    def validate(self):
+        super().validate()
+        positive(self, "input_dim", "output_dim")
+
+    def output_shape(self, input_shapes):
+        return input_shapes[0] + (self.output_dim,)
+
+    def parameters(self, input_shapes):
+        return (ParamInit("embeddings", (self.input_dim, self.output_dim),
+                          self.embeddings_init.for_units(self.output_dim), self.input_dim, self.output_dim),)
+
+    def matmul_flops(self, input_shapes):
+        return 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Recurrent(Layer):
+    """A recurrent layer over (T, F) sequences, run from a zero state, left to right.
+
+    kernel (F, G·units), recurrent_kernel (units, G·units) and bias hold the G gates side by side in
+    the order the layer names (Keras' layout). return_sequences: the output is every step's hidden
+    state (T, units), else the last one (units,). Initializers have no defaults: Keras uses
+    glorot_uniform, orthogonal and zeros, PyTorch U(±1/√units) for all (units_uniform)."""
+
+    units: int
+    return_sequences: bool = False
+    activation: Activation = Tanh()
+    kernel_init: Initializer
+    recurrent_init: Initializer
+    bias_init: Initializer
+
+    gates: ClassVar[int] = 1
+
+    def validate(self):
+        super().validate()
+        positive(self, "units")
+
+    def output_shape(self, input_shapes):
+        _rank(input_shapes[0], 2, "timesteps, features")
+        steps = input_shapes[0][0]
+        return (steps, self.units) if self.return_sequences else (self.units,)
+
+    def bias_shape(self) -> Shape:
+        return (self.gates * self.units,)
+
+    def bias_initializer(self) -> Initializer:
+        return self.bias_init.for_units(self.units)
+
+    def parameters(self, input_shapes):
+        features, width = input_shapes[0][1], self.gates * self.units
+        return (ParamInit("kernel", (features, width), self.kernel_init.for_units(self.units), features, width),
+                ParamInit("recurrent_kernel", (self.units, width), self.recurrent_init.for_units(self.units),
+                          self.units, width),
+                ParamInit("bias", self.bias_shape(), self.bias_initializer(), self.units, width))
+
+    def matmul_flops(self, input_shapes):
+        steps, features = input_shapes[0]
+        return 2 * steps * (features + self.units) * self.gates * self.units
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimpleRNN(_Recurrent, kind="simple_rnn"):
+    """h_t = activation(x_t @ kernel + h_{t-1} @ recurrent_kernel + bias) (keras.layers.SimpleRNN; nn.RNN
+    keeps two biases whose sum is this one)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LSTM(_Recurrent, kind="lstm"):
+    """Gates i, f, c, o (that order, Keras' and PyTorch's), with z = x_t @ kernel + h_{t-1} @
+    recurrent_kernel + bias split into four:
+
+        i = ρ(z_i), f = ρ(z_f), g = activation(z_c), o = ρ(z_o)    (ρ = recurrent_activation)
+        c_t = f ⊙ c_{t-1} + i ⊙ g,   h_t = o ⊙ activation(c_t)
+
+    unit_forget_bias: the forget gate's bias starts at 1 (bias_init for the rest), Keras' default;
+    PyTorch keeps two biases (b_ih, b_hh) whose sum is this bias."""
+
+    recurrent_activation: Activation = Sigmoid()
+    unit_forget_bias: bool = False
+
+    gates = 4
+
+    def bias_initializer(self):
+        base = self.bias_init.for_units(self.units)
+        return _ForgetGateOnes(base=base, units=self.units) if self.unit_forget_bias else base
+
+
+@dataclass(frozen=True, kw_only=True)
+class _ForgetGateOnes(Initializer):
+    """An LSTM bias drawn by `base` with the forget gate's slice [units, 2·units) set to 1 (Keras'
+    unit_forget_bias). Built by LSTM for its bias; not a kind of its own in spec files."""
+
+    base: Initializer
+    units: int
+
+    def sample(self, rng, shape, fan_in, fan_out):
+        value = np.array(self.base.sample(rng, shape, fan_in, fan_out), dtype=np.float64)
+        value[self.units:2 * self.units] = 1.0
+        return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class GRU(_Recurrent, kind="gru"):
+    """Gates z, r, h (that order, Keras'; PyTorch's is r, z, n), with x-parts a = x_t @ kernel and
+    h-parts b = h_{t-1} @ recurrent_kernel split into three:
+
+        reset_after = true  (bias (2, 3u): input row b_x, recurrent row b_h; PyTorch's and Keras'
+                             default, cuDNN's form):
+            z = ρ(a_z + b_x,z + b_z + b_h,z), r = ρ(a_r + b_x,r + b_r + b_h,r),
+            h~ = activation(a_h + b_x,h + r ⊙ (b_h + b_h,h))
+        reset_after = false (bias (3u,)):
+            z = ρ(a_z + b_z + bias_z), r = ρ(a_r + b_r + bias_r),
+            h~ = activation(a_h + (r ⊙ h_{t-1}) @ recurrent_kernel_h + bias_h)
+        h_t = z ⊙ h_{t-1} + (1 - z) ⊙ h~
+
+    (ρ = recurrent_activation). reset_after has no default in the spec: both frameworks' default is
+    true, but Keras 2 defaulted to false and nn.GRU cannot do false."""
+
+    recurrent_activation: Activation = Sigmoid()
+    reset_after: bool
+
+    gates = 3
+
+    def bias_shape(self):
+        return (2, 3 * self.units) if self.reset_after else (3 * self.units,)

@@ -22,6 +22,7 @@ class Node(NamedTuple):
     input_shapes: tuple[Shape, ...]
     shape: Shape
     params: tuple[ParamInit, ...]
+    state: tuple[ParamInit, ...] = ()
 
     @property
     def name(self) -> str:
@@ -66,9 +67,22 @@ class Model(Spec):
         return self.output_shape[-1]
 
     def parameter_inits(self) -> dict[str, ParamInit]:
-        """Every parameter by canonical name "<layer>/<param>", in layer order."""
+        """Every trained parameter by canonical name "<layer>/<param>", in layer order."""
         by_name = {node.name: node for node in self.nodes}
         return {f"{layer.name}/{p.name}": p for layer in self.layers for p in by_name[layer.name].params}
+
+    def state_inits(self) -> dict[str, ParamInit]:
+        """Every layer state the optimizer does not train (BatchNorm's moving statistics), by canonical
+        name "<layer>/<state>", in layer order."""
+        by_name = {node.name: node for node in self.nodes}
+        return {f"{layer.name}/{p.name}": p for layer in self.layers for p in by_name[layer.name].state}
+
+    def variable_inits(self) -> dict[str, ParamInit]:
+        """Parameters and state together, in layer order (each layer's parameters, then its state): what
+        initial values, snapshots, parity and checkpoints cover."""
+        by_name = {node.name: node for node in self.nodes}
+        return {f"{layer.name}/{p.name}": p for layer in self.layers
+                for p in (*by_name[layer.name].params, *by_name[layer.name].state)}
 
     def parameter_count(self) -> int:
         total = 0
@@ -117,6 +131,9 @@ def _resolve(input_shape: Shape, layers: tuple[Layer, ...]) -> tuple[Node, ...]:
                                 (f"layers[{i}]", "inputs"))
             if name == layer.name:
                 raise SpecError(f"layer '{name}' names itself as an input", (f"layers[{i}]", "inputs"))
+            if layer.reads_ids and name != INPUT:
+                raise SpecError(f"a {layer.kind} layer reads the model input (integer ids), not '{name}'",
+                                (f"layers[{i}]", "inputs"))
         wanted[layer.name] = names
 
     shapes = {INPUT: input_shape}
@@ -138,11 +155,11 @@ def _resolve(input_shape: Shape, layers: tuple[Layer, ...]) -> tuple[Node, ...]:
         in_shapes = tuple(shapes[d] for d in wanted[name])
         try:
             shape = tuple(layer.output_shape(in_shapes))
-            params = layer.parameters(in_shapes)
+            params, owned = layer.parameters(in_shapes), layer.state(in_shapes)
         except SpecError as err:
             raise err.within(f"layers[{index[name]}]") from None
         shapes[name] = shape
-        nodes[name] = Node(layer, wanted[name], in_shapes, shape, params)
+        nodes[name] = Node(layer, wanted[name], in_shapes, shape, params, owned)
         state[name] = "done"
 
     output = layers[-1].name

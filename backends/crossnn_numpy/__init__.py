@@ -15,6 +15,7 @@ from crossnn.errors import UnsupportedFeature
 class NumpyBackend(Backend):
     name = "numpy"
     reference = True
+    title = "NumPy"
     requires = ("numpy",)
     distributions = ("numpy",)
     import_order = 0

@@ -72,7 +72,7 @@ class Dense(Layer, kind="dense"):
     """y = activation(x @ kernel + bias); kernel (in, units), bias (units,).
 
     Initializers have no defaults: nn.Linear draws both from U(±1/√in) (fan_in_uniform),
-    keras.layers.Dense uses glorot_uniform and zeros.
+    keras.layers.Dense uses glorot_uniform and zeros (a spec's preset fills its framework's).
     """
 
     units: int

@@ -178,7 +178,7 @@ class Resolver:
     def value(self, value: Any, annotation: Any, path: tuple[str, ...], within: type | None) -> Any:
         """A field's file form with the preset's values added wherever it holds specs."""
         origin = typing.get_origin(annotation)
-        if origin is tuple and isinstance(value, list):
+        if origin is tuple and isinstance(value, (list, tuple)):
             (element, *_) = typing.get_args(annotation)
             return [self.value(v, element, path + (f"[{i}]",), within) for i, v in enumerate(value)]
         kind = next((t for t in _options(annotation) if isinstance(t, type) and issubclass(t, Spec)), None)

@@ -393,3 +393,18 @@ def test_every_preset_value_is_the_installed_frameworks_default(preset):
             assert measured == value, f"{where}: framework {measured!r}, preset {value!r}"
         checked.append(where)
     assert len(checked) >= 20, checked
+
+
+@pytest.mark.parametrize("preset, expected", [
+    ("torch", [S.SGD(lr=1e-3), S.Adam(lr=1e-3, eps=1e-8), S.AdamW(lr=1e-3, eps=1e-8, weight_decay=0.01),
+               S.RMSprop(lr=1e-2, alpha=0.99, eps=1e-8), S.Adagrad(lr=1e-2, initial_accumulator=0.0, eps=1e-10),
+               S.BCE(log_min=-100.0), S.CrossEntropy(from_logits=True, sparse=False), S.LeakyReLU(negative_slope=0.01),
+               S.GELU(approximate="none")]),
+    ("keras", [S.SGD(lr=1e-2), S.Adam(lr=1e-3, eps=1e-7), S.AdamW(lr=1e-3, eps=1e-7, weight_decay=0.004),
+               S.RMSprop(lr=1e-3, alpha=0.9, eps=1e-7), S.Adagrad(lr=1e-3, initial_accumulator=0.1, eps=1e-7),
+               S.BCE(log_min=math.log(1e-7)), S.CrossEntropy(from_logits=False, sparse=False, log_min=math.log(1e-7)),
+               S.LeakyReLU(negative_slope=0.2), S.GELU(approximate="none")]),
+])
+def test_a_preset_completes_every_built_in_class_it_covers(preset, expected):
+    fields = {S.CrossEntropy: {"sparse": False}}
+    assert [S.make(type(spec), defaults=preset, **fields.get(type(spec), {})) for spec in expected] == expected

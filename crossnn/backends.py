@@ -25,7 +25,7 @@ import numpy as np
 from crossnn.checkpoint import TrainingState
 from crossnn.data import Dataset
 from crossnn.errors import BackendError, UnsupportedFeature
-from crossnn.spec import Experiment, Model
+from crossnn.spec import Default, Experiment, Model
 
 Params = dict[str, np.ndarray]
 ENTRY_POINT_GROUP = "crossnn.backends"
@@ -95,6 +95,14 @@ class Backend(ABC):
     #: catalog entries (crossnn.differences) this backend can lower the framework's native way
     #: instead of the spec's, with one line each on what the native lowering uses
     native_entries: ClassVar[dict[str, str]] = {}
+    #: the framework's name in the catalog's tables (e.g. "PyTorch"); empty: the backend's name
+    title: ClassVar[str] = ""
+    #: this framework's side of catalog entries that do not state it (entry id -> formula or default),
+    #: so a new backend adds its column to the catalog without editing crossnn.differences
+    catalog_sides: ClassVar[dict[str, str]] = {}
+    #: framework defaults this backend's preset(s) add to catalog entries (entry id -> Defaults, see
+    #: crossnn.spec.presets), e.g. {"adam-epsilon": (Default(Adam, "eps", {"optax": 1e-8}),)}
+    catalog_defaults: ClassVar[dict[str, tuple[Default, ...]]] = {}
     dtypes: ClassVar[tuple[str, ...]] = ("float32", "float64")
     #: backends are prepared in ascending order (torch must be imported before tensorflow)
     import_order: ClassVar[int] = 50

@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("show", help="summary of a spec: layers, output shapes, parameter counts")
     p.add_argument("spec", metavar="SPEC_OR_EXAMPLE")
+    p.add_argument("--resolved", action="store_true",
+                   help="print the spec as TOML with every value written out (a preset's values in place)")
     p.set_defaults(handler=cmd_show)
 
     p = commands.add_parser("run", help="train specs on several backends and check parity")
@@ -79,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("differences", help="the catalog of framework differences, with measured demonstrations")
     p.add_argument("entry", nargs="*", help="entry ids to show and demonstrate (default: list them all)")
     p.add_argument("--markdown", action="store_true", help="print the catalog as the README's Markdown table")
+    p.add_argument("--presets", action="store_true",
+                   help="print what each preset (defaults = \"torch\" | \"keras\") fills, as the README's table")
     p.set_defaults(handler=cmd_differences)
 
     p = commands.add_parser("code", help="a standalone tutorial-style training script for a spec, per framework")
@@ -173,16 +177,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def load_spec(text: str):
     """A spec file path, or the name of a built-in example."""
+    return read_spec(text)[0]
+
+
+def read_spec(text: str):
+    """load_spec, and the values a preset filled in (crossnn.spec.presets.Fill)."""
     from crossnn import examples
-    from crossnn.spec import load
+    from crossnn.spec.toml import read_file
 
     path = Path(text)
     if path.suffix == ".toml" or path.exists():
         if not path.exists():
             raise SpecError(f"no such spec file: {text}")
-        return load(path)
+        return read_file(path)
     if text in examples.names():
-        return load(examples.path(text))
+        return read_file(examples.path(text))
     raise SpecError(f"'{text}' is neither a spec file nor an example; examples: {', '.join(examples.names())}")
 
 
@@ -270,9 +279,24 @@ def cmd_list(args) -> int:
 
 
 def cmd_show(args) -> int:
+    from crossnn.spec import dumps
+    from crossnn.spec.presets import show
     from crossnn.summary import summary
 
-    print(summary(load_spec(args.spec)))
+    experiment, fills = read_spec(args.spec)
+    notes = [f"{fill.path}: {fill.note} (crossnn differences {fill.entry})" for fill in fills if fill.note]
+    if args.resolved:
+        sys.stdout.write(dumps(experiment))  # plain TOML: the notes go to stderr
+        for note in notes:
+            print(f"crossnn: note: {note}", file=sys.stderr)
+        return EXIT_OK
+    print(summary(experiment))
+    if fills:
+        print(f"\nfilled from the {fills[0].preset} preset (crossnn show --resolved writes them out):")
+        for fill in fills:
+            print(f"  {fill.path} = {show(fill.value)}  ({fill.entry})")
+        for note in notes:
+            print(_wrapped(f"note: {note}"))
     return EXIT_OK
 
 
@@ -455,29 +479,40 @@ def cmd_diff(args) -> int:
 
 
 def cmd_differences(args) -> int:
-    from crossnn.differences import BY_ID, ENTRIES, Lab, Unavailable, readme_section
+    from crossnn.differences import Lab, Unavailable, entries, presets_section, readme_section, side_titles
+    from crossnn.spec.presets import show
 
-    if args.markdown:
-        print(readme_section())
+    if args.markdown or args.presets:
+        tables = ((args.markdown, readme_section), (args.presets, presets_section))
+        print("\n\n".join(table() for wanted, table in tables if wanted))
         return EXIT_OK
+    catalog = entries()
     if not args.entry:
-        for entry in ENTRIES:
+        for entry in catalog:
             print(f"  {entry.id:<24} {entry.title}")
         print("\ncrossnn differences ID shows an entry and measures it on the installed frameworks")
         return EXIT_OK
+    by_id, titles = {entry.id: entry for entry in catalog}, side_titles(catalog)
+    width = max(len(label) for label in (*titles.values(), "crossnn spec")) + 2
     lab = Lab()
     for name in args.entry:
-        if name not in BY_ID:
-            raise SpecError(f"no catalog entry '{name}'; entries: {', '.join(BY_ID)}")
-        entry = BY_ID[name]
+        if name not in by_id:
+            raise SpecError(f"no catalog entry '{name}'; entries: {', '.join(by_id)}")
+        entry = by_id[name]
         print(f"{entry.title} ({entry.id})\n\n{entry.what}\n")
-        print(f"  PyTorch:      {entry.torch}\n  Keras/TF:     {entry.keras}\n  crossnn spec: {entry.crossnn}")
-        print("  sources:      " + "\n                ".join(entry.sources))
+        for backend, side in entry.sides.items():
+            print(f"  {titles[backend] + ':':<{width}}{side}")
+        print(f"  {'crossnn spec:':<{width}}{entry.spec}")
+        for default in entry.defaults:
+            values = ", ".join(f"{preset} {show(value)}" for preset, value in default.values.items())
+            print(f"  {'presets:':<{width}}{default.label} = {values}")
+        print(f"  {'sources:':<{width}}" + ("\n" + " " * (width + 2)).join(entry.sources))
         try:
             for finding in entry.demonstrate(lab):
-                print(f"  measured:     {finding.text} [{'as documented' if finding.holds else 'NOT as documented'}]")
+                verdict = "as documented" if finding.holds else "NOT as documented"
+                print(f"  {'measured:':<{width}}{finding.text} [{verdict}]")
         except Unavailable as err:
-            print(f"  measured:     not here: {err}")
+            print(f"  {'measured:':<{width}}not here: {err}")
         print()
     return EXIT_OK
 

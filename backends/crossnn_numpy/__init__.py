@@ -17,6 +17,7 @@ from crossnn.errors import UnsupportedFeature
 class NumpyBackend(Backend):
     name = "numpy"
     reference = True
+    title = "NumPy"
     requires = ("numpy",)
     distributions = ("numpy",)
     import_order = 0

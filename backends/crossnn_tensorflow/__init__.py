@@ -40,6 +40,7 @@ NATIVE_ENTRIES = {
 
 class TensorflowBackend(Backend):
     name = "tensorflow"
+    title = "Keras / TensorFlow"
     requires = ("tensorflow",)
     distributions = ("tensorflow", "tensorflow-cpu")
     install_hint = "pip install 'crossnn[tensorflow]'"

@@ -25,6 +25,7 @@ from crossnn.backends import Backend
 
 class TorchBackend(Backend):
     name = "torch"
+    title = "PyTorch"
     requires = ("torch",)
     distributions = ("torch",)
     install_hint = "pip install 'crossnn[torch]'"

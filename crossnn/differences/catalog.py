@@ -1,14 +1,22 @@
 """The catalog: one entry per place where PyTorch, TensorFlow/Keras and crossnn's spec differ.
 
-Each entry says what differs, the formula or default on each side, what the spec does, where that is
-documented, and how to see it: `demonstrate(lab)` measures it on the installed frameworks (their
-facts, or a spec trained with the entry lowered natively) and returns findings that hold or not.
-The tests assert every finding; `crossnn diff` and the report pages print them.
+Each entry says what differs, each framework's side (a mapping from backend name to its formula or
+default), what the spec does, where that is documented, and how to see it: `demonstrate(lab)`
+measures it on the installed frameworks (their facts, or a spec trained with the entry lowered
+natively) and returns findings that hold or not. The tests assert every finding; `crossnn diff` and
+the report pages print them.
+
+Entries that state a framework default carry it as data too (`defaults`, crossnn.spec.presets.Default):
+this is the one place each default is stated, and the presets (`defaults = "torch" | "keras"` in a
+spec) are computed from it. The demonstrations compare those values with what the installed
+frameworks measure. A backend added later contributes its side and its defaults from its own
+package (Backend.catalog_sides, Backend.catalog_defaults; merged by crossnn.differences.entries).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Callable
 
@@ -16,7 +24,7 @@ import numpy as np
 
 from crossnn import spec as S
 from crossnn.differences.lab import Finding, Lab
-from crossnn.spec import Experiment
+from crossnn.spec import Condition, Default, Experiment
 
 TORCH_DOCS = "https://pytorch.org/docs/stable/"
 KERAS_DOCS = "https://keras.io/api/"
@@ -24,15 +32,65 @@ KERAS_DOCS = "https://keras.io/api/"
 
 @dataclass(frozen=True)
 class Entry:
+    """One difference. sides: backend name -> that framework's side; spec: what crossnn's spec does;
+    defaults: the framework defaults this entry states, by preset (see crossnn.spec.presets)."""
+
     id: str
     title: str
     what: str
-    torch: str
-    keras: str
-    crossnn: str
+    sides: Mapping[str, str]
+    spec: str
     sources: tuple[str, ...]
     demonstrate: Callable[[Lab], list[Finding]]
     applies: Callable[[Experiment], bool] = lambda e: True
+    defaults: tuple[Default, ...] = ()
+
+
+# ---- framework defaults, as data (values in the spec's convention; presets fill them in) --------------
+
+def _decaying(value) -> bool:
+    return value is not None and value > 0
+
+
+_DECAYING = Condition("weight_decay", _decaying, "weight_decay > 0")
+_PROBABILITIES = Condition("from_logits", lambda value: value is False, "from_logits = false")
+_KERAS_NATIVE = "; `crossnn run --flavor native` trains Keras' own"
+
+KERNEL_INIT = Default(S.Dense, "kernel_init", {"torch": S.FanInUniform(), "keras": S.GlorotUniform()})
+BIAS_INIT = Default(S.Dense, "bias_init", {"torch": S.FanInUniform(), "keras": S.Zeros()})
+ADAM_EPS = Default(S.Adam, "eps", {"torch": 1e-8, "keras": 1e-7}, notes={
+    "keras": "Keras adds epsilon to √v before the bias correction, the spec adds eps to √v̂ (PyTorch's rule): "
+             "the preset puts Keras' 1e-7 into the spec's rule" + _KERAS_NATIVE})
+WEIGHT_DECAY_KIND = Default(S.Optimizer, "weight_decay_kind", {"torch": "l2", "keras": "decoupled"}, when=_DECAYING)
+ADAMW_WEIGHT_DECAY_KIND = Default(S.AdamW, "weight_decay_kind", {"torch": "decoupled", "keras": "decoupled"},
+                                  when=_DECAYING)
+ADAMW_WEIGHT_DECAY = Default(S.AdamW, "weight_decay", {"torch": 0.01, "keras": 0.004})
+RMSPROP_ALPHA = Default(S.RMSprop, "alpha", {"torch": 0.99, "keras": 0.9})
+RMSPROP_EPS = Default(S.RMSprop, "eps", {"torch": 1e-8, "keras": 1e-7}, notes={
+    "keras": "Keras adds epsilon inside the square root, √(v + ε), the spec outside, √v + eps (and with momentum "
+             "Keras keeps lr inside the buffer)" + _KERAS_NATIVE})
+ADAGRAD_START = Default(S.Adagrad, "initial_accumulator", {"torch": 0.0, "keras": 0.1})
+ADAGRAD_EPS = Default(S.Adagrad, "eps", {"torch": 1e-10, "keras": 1e-7}, notes={
+    "keras": "Keras adds epsilon inside the square root, √(s + ε), the spec outside, √s + eps" + _KERAS_NATIVE})
+#: Keras clips p to [1e-7, 1 - 1e-7]: clamping log p at log(1e-7) gives the same loss value wherever the clip acts
+KERAS_LOG_MIN = math.log(1e-7)
+BCE_LOG_MIN = Default(S.BCE, "log_min", {"torch": -100.0, "keras": KERAS_LOG_MIN}, notes={
+    "keras": "the clamp at log(1e-7) gives Keras' loss value where its clip of p acts, but the gradient stays the "
+             "spec's (PyTorch's), where Keras' is 0 past the clip, and Keras recovers the logits after a sigmoid"
+             + _KERAS_NATIVE})
+CE_FROM_LOGITS = Default(S.CrossEntropy, "from_logits", {"torch": True, "keras": False})
+CE_LOG_MIN = Default(S.CrossEntropy, "log_min", {"keras": KERAS_LOG_MIN}, when=_PROBABILITIES, notes={
+    "keras": "Keras also rescales p to sum to 1 before clipping it to [1e-7, 1 - 1e-7]" + _KERAS_NATIVE})
+LEARNING_RATES = {
+    S.SGD: Default(S.SGD, "lr", {"torch": 1e-3, "keras": 1e-2}),
+    S.Adam: Default(S.Adam, "lr", {"torch": 1e-3, "keras": 1e-3}),
+    S.RMSprop: Default(S.RMSprop, "lr", {"torch": 1e-2, "keras": 1e-3}),
+    S.Adagrad: Default(S.Adagrad, "lr", {"torch": 1e-2, "keras": 1e-3}),
+}
+#: keras.activations.leaky_relu (what Dense(activation="leaky_relu") uses); keras.layers.LeakyReLU below
+LEAKY_SLOPE = Default(S.LeakyReLU, "negative_slope", {"torch": 0.01, "keras": 0.2})
+LEAKY_LAYER_SLOPE = Default(S.LeakyReLU, "negative_slope", {"keras": 0.3}, within=S.ActivationLayer)
+GELU_APPROXIMATE = Default(S.GELU, "approximate", {"torch": "none", "keras": "none"})
 
 
 # ---- small demo specs ----------------------------------------------------------------------------
@@ -82,15 +140,30 @@ def _layout(lab: Lab) -> list[Finding]:
                      "keras kernel cols (out)": k["dense_kernel_shape"][1]})]
 
 
+def _support(init: S.Initializer, fan_in: int, fan_out: int) -> float:
+    """The largest |value| `init` draws for these fans, from 100,000 draws (a uniform's bound to 1e-4)."""
+    return float(np.max(np.abs(init.sample(np.random.default_rng(0), (100_000,), fan_in, fan_out))))
+
+
+def _near_bound(largest: float, bound: float, draws: int) -> bool:
+    """`largest` of `draws` uniform draws is within the bound and no further below it than chance allows."""
+    return bound * (1 - 20 / draws) <= largest <= bound * (1 + 1e-3)
+
+
 def _default_init(lab: Lab) -> list[Finding]:
     t, k = lab.facts("torch")["linear_init"], lab.facts("tensorflow")["dense_init"]
-    found = [Finding(f"nn.Linear(100, 50): |weight| <= {_fmt(t['weight_max_abs'])} and |bias| <= "
-                     f"{_fmt(t['bias_max_abs'])}, both within 1/sqrt(100) = {_fmt(t['bound'])}, bias not zero",
-                     t["weight_max_abs"] <= t["bound"] and 0 < t["bias_max_abs"] <= t["bound"]
-                     and not t["bias_all_zero"]),
-             Finding(f"keras Dense(50) on 100 inputs: |kernel| <= {_fmt(k['kernel_max_abs'])} within the Glorot "
-                     f"limit {_fmt(k['glorot_limit'])}, bias all zero: {k['bias_all_zero']}",
-                     k["kernel_max_abs"] <= k["glorot_limit"] and k["bias_all_zero"])]
+    kernel = {p: _support(v, 100, 50) for p, v in KERNEL_INIT.values.items()}
+    bias = {p: _support(v, 100, 50) for p, v in BIAS_INIT.values.items()}
+    found = [Finding(f"nn.Linear(100, 50): largest |weight| {_fmt(t['weight_max_abs'])} of 5000, largest |bias| "
+                     f"{_fmt(t['bias_max_abs'])} of 50: the bound {_fmt(kernel['torch'])} of the torch preset's "
+                     f"{KERNEL_INIT.values['torch'].kind} (1/√100), bias not zero",
+                     _near_bound(t["weight_max_abs"], kernel["torch"], 5000)
+                     and 0 < t["bias_max_abs"] <= bias["torch"] * (1 + 1e-3) and not t["bias_all_zero"]),
+             Finding(f"keras Dense(50) on 100 inputs: largest |kernel| {_fmt(k['kernel_max_abs'])} of 5000: the bound "
+                     f"{_fmt(kernel['keras'])} of the keras preset's {KERNEL_INIT.values['keras'].kind}; bias all zero "
+                     f"({k['bias_all_zero']}) as the preset's {BIAS_INIT.values['keras'].kind}",
+                     _near_bound(k["kernel_max_abs"], kernel["keras"], 5000)
+                     and k["bias_all_zero"] == (bias["keras"] == 0))]
     e = _regression(S.SGD(lr=0.05), epochs=3)
     for backend in sorted(lab.lowering("default-init")):
         d = lab.run(e, backend, frozenset({"default-init"}))
@@ -155,8 +228,8 @@ def _adam_epsilon(lab: Lab) -> list[Finding]:
     last = max(keras_native.record.snapshots)
     a, b = torch_native.record.snapshots[last], keras_native.record.snapshots[last]
     apart = max(float(np.max(np.abs(a[n] - b[n]))) for n in a)
-    return [Finding(f"defaults: torch eps {_fmt(t['adam_eps'])}, keras epsilon {_fmt(k['adam_eps'])}",
-                    t["adam_eps"] == 1e-8 and k["adam_eps"] == 1e-7),
+    return [Finding(f"defaults: torch eps {_fmt(t['adam_eps'])}, keras epsilon {_fmt(k['adam_eps'])}, as the presets",
+                    t["adam_eps"] == ADAM_EPS.values["torch"] and k["adam_eps"] == ADAM_EPS.values["keras"]),
             Finding(f"with the same eps = 1e-7, torch.optim.Adam and keras Adam differ by {apart:.2e} after 10 steps "
                     f"(gradients ~1e-5), while the spec flavour in TF agrees with NumPy to {spec_tf.max_rel:.1e}",
                     apart > 1e-6 and spec_tf.max_rel <= 1e-9 and torch_native.max_rel <= 1e-9)]
@@ -164,12 +237,18 @@ def _adam_epsilon(lab: Lab) -> list[Finding]:
 
 def _weight_decay(lab: Lab) -> list[Finding]:
     t, k = lab.facts("torch"), lab.facts("tensorflow")
+    # one Adam step from w = 1, g = 0, lr 0.1, weight_decay 0.1: L2 makes g = 0.1, and Adam's step is lr·m̂/√v̂ = lr;
+    # decoupled decay makes w = 1·(1 - 0.1·0.1) and leaves g = 0, so no Adam step
+    after = {"l2": 0.9, "decoupled": 0.99}
+    torch_adam, torch_adamw = (after[d.values["torch"]] for d in (WEIGHT_DECAY_KIND, ADAMW_WEIGHT_DECAY_KIND))
+    keras_adam = after[WEIGHT_DECAY_KIND.values["keras"]]
     found = [Finding(f"one Adam step from w = 1 with zero gradient, lr 0.1, weight_decay 0.1: torch Adam -> "
                      f"{_fmt(t['adam_weight_decay_step'])} (L2: the decay passes through Adam's normalisation), "
                      f"torch AdamW -> {_fmt(t['adamw_weight_decay_step'])}, keras Adam -> "
-                     f"{_fmt(k['adam_weight_decay_step'])} (decoupled: w·(1 - lr·wd) = 0.99)",
-                     _close(t["adam_weight_decay_step"], 0.9, 1e-5) and _close(t["adamw_weight_decay_step"], 0.99, 1e-6)
-                     and _close(k["adam_weight_decay_step"], 0.99, 1e-6))]
+                     f"{_fmt(k['adam_weight_decay_step'])} (decoupled: w·(1 - lr·wd) = 0.99), as the presets' kinds",
+                     _close(t["adam_weight_decay_step"], torch_adam, 1e-5)
+                     and _close(t["adamw_weight_decay_step"], torch_adamw, 1e-6)
+                     and _close(k["adam_weight_decay_step"], keras_adam, 1e-6))]
     e = _regression(S.Adam(lr=0.01, eps=1e-8, weight_decay=0.1, weight_decay_kind="l2"))
     d = lab.run(e, "tensorflow", frozenset({"weight-decay"}))
     found.append(Finding(f"a spec with L2 weight decay lowered to keras' weight_decay drifts by {d.max_rel:.2e}",
@@ -189,8 +268,9 @@ def _rmsprop(lab: Lab) -> list[Finding]:
     e = _regression(S.RMSprop(lr=0.01, alpha=0.9, eps=1e-7), scale=1e-4)
     d = lab.run(e, "tensorflow", frozenset({"rmsprop"}), caption="eps 1e-7, gradients ~1e-4")
     found = [Finding(f"defaults: torch alpha {t['alpha']}, eps {t['eps']}; "
-                     f"keras rho {k['rho']}, epsilon {k['epsilon']}",
-                     t["alpha"] == 0.99 and k["rho"] == 0.9 and t["eps"] == 1e-8 and k["epsilon"] == 1e-7),
+                     f"keras rho {k['rho']}, epsilon {k['epsilon']}, as the presets",
+                     t["alpha"] == RMSPROP_ALPHA.values["torch"] and k["rho"] == RMSPROP_ALPHA.values["keras"]
+                     and t["eps"] == RMSPROP_EPS.values["torch"] and k["epsilon"] == RMSPROP_EPS.values["keras"]),
              Finding(f"same alpha/rho and eps, eps outside (torch) vs inside (keras) the square root: keras RMSprop "
                      f"drifts from the spec by {d.max_rel:.2e} on gradients ~1e-4", d.max_rel > 1e-6)]
     split = lab.run(rmsprop_momentum_split_spec(), "tensorflow", frozenset({"rmsprop"}),
@@ -208,8 +288,11 @@ def _adagrad(lab: Lab) -> list[Finding]:
     e = _regression(S.Adagrad(lr=0.1, initial_accumulator=0.1, eps=1e-7), scale=1e-3)
     d = lab.run(e, "tensorflow", frozenset({"adagrad"}))
     return [Finding(f"defaults: torch initial_accumulator_value {t['initial_accumulator_value']}, eps {t['eps']}; "
-                    f"keras initial_accumulator_value {k['initial_accumulator_value']}, epsilon {k['epsilon']}",
-                    t["initial_accumulator_value"] == 0 and k["initial_accumulator_value"] == 0.1),
+                    f"keras initial_accumulator_value {k['initial_accumulator_value']}, epsilon {k['epsilon']}, as the "
+                    "presets", all(facts[name] == default.values[preset]
+                                   for preset, facts, names in (("torch", t, ("initial_accumulator_value", "eps")),
+                                                                ("keras", k, ("initial_accumulator_value", "epsilon")))
+                                   for name, default in zip(names, (ADAGRAD_START, ADAGRAD_EPS)))),
             Finding(f"same accumulator start and eps, eps inside keras' square root: drift {d.max_rel:.2e}",
                     d.max_rel > 1e-10)]
 
@@ -217,8 +300,9 @@ def _adagrad(lab: Lab) -> list[Finding]:
 def _bce(lab: Lab) -> list[Finding]:
     t, k = lab.facts("torch"), lab.facts("tensorflow")
     return [Finding(f"BCE at p = 0 with y = 1: torch {_fmt(t['bce_p0_y1'])} (log clamped at -100), keras "
-                    f"{_fmt(k['bce_p0_y1'])} (p clipped to 1e-7: -log(1e-7) = 16.118)",
-                    _close(t["bce_p0_y1"], 100.0) and _close(k["bce_p0_y1"], -math.log(1e-7), 1e-4),
+                    f"{_fmt(k['bce_p0_y1'])} (p clipped to 1e-7: -log(1e-7) = 16.118): minus the presets' log_min",
+                    _close(t["bce_p0_y1"], -BCE_LOG_MIN.values["torch"])
+                    and _close(k["bce_p0_y1"], -BCE_LOG_MIN.values["keras"], 1e-6),
                     {"torch BCE(p=0, y=1)": t["bce_p0_y1"], "keras BCE(p=0, y=1)": k["bce_p0_y1"]}),
             Finding(f"BCE of sigmoid(-50) against y = 1: torch {_fmt(t['bce_logit_input'])}, keras "
                     f"{_fmt(k['bce_logit_input'])}: keras recovers the logit from the sigmoid's output instead of "
@@ -231,12 +315,16 @@ def _ce_inputs(lab: Lab) -> list[Finding]:
     d = lab.run(e, "tensorflow", frozenset({"cross-entropy-inputs"}))
     p = _classifier(S.CrossEntropy(from_logits=False, sparse=False, log_min=-100.0), S.Softmax())
     dt = lab.run(p, "torch", frozenset({"cross-entropy-inputs"}))
-    return [Finding(f"nn.CrossEntropyLoss takes logits: on z = [2, 1, 0.1] it gives {_fmt(t['ce_on_logits'])}, on "
-                    f"softmax(z) {_fmt(t['ce_on_probabilities'])} (a second softmax)",
-                    not _close(t["ce_on_logits"], t["ce_on_probabilities"])),
-            Finding(f"keras CategoricalCrossentropy defaults to from_logits={k['ce_default_from_logits']}: on the same "
-                    f"logits it gives {_fmt(k['ce_on_logits_as_probabilities'])} instead of {_fmt(k['ce_on_logits'])}",
-                    k["ce_default_from_logits"] is False
+    on_logits = math.log(sum(math.exp(v) for v in (2.0, 1.0, 0.1))) - 2.0  # -log_softmax(z)[0]
+    return [Finding(f"nn.CrossEntropyLoss takes logits (the torch preset's from_logits = "
+                    f"{str(CE_FROM_LOGITS.values['torch']).lower()}): on z = [2, 1, 0.1] it gives "
+                    f"{_fmt(t['ce_on_logits'])} = -log_softmax(z)[0], on softmax(z) {_fmt(t['ce_on_probabilities'])} "
+                    "(a second softmax)",
+                    CE_FROM_LOGITS.values["torch"] is True and _close(t["ce_on_logits"], on_logits)
+                    and not _close(t["ce_on_logits"], t["ce_on_probabilities"])),
+            Finding(f"keras CategoricalCrossentropy defaults to from_logits={k['ce_default_from_logits']}, as the "
+                    f"keras preset: on the same logits it gives {_fmt(k['ce_on_logits_as_probabilities'])} instead of "
+                    f"{_fmt(k['ce_on_logits'])}", k["ce_default_from_logits"] is CE_FROM_LOGITS.values["keras"]
                     and not _close(k["ce_on_logits"], k["ce_on_logits_as_probabilities"])),
             Finding(f"trained natively: keras' default on a logit model drifts by {d.max_rel:.2e}; torch's "
                     f"CrossEntropyLoss after a softmax layer by {dt.max_rel:.2e}",
@@ -265,9 +353,11 @@ def _broadcast(lab: Lab) -> list[Finding]:
 
 def _learning_rates(lab: Lab) -> list[Finding]:
     t, k = lab.facts("torch")["default_lr"], lab.facts("tensorflow")["default_lr"]
+    presets = {cls.__name__: default.values for cls, default in LEARNING_RATES.items()}
     differing = [name for name in ("SGD", "Adam", "RMSprop", "Adagrad") if t[name] != k[name]]
-    return [Finding("default learning rates, torch vs keras: " + ", ".join(f"{n} {t[n]} vs {k[n]}" for n in t),
-                    set(differing) == {"SGD", "RMSprop", "Adagrad"},
+    return [Finding("default learning rates, torch vs keras: " + ", ".join(f"{n} {t[n]} vs {k[n]}" for n in t)
+                    + ", as the presets", set(differing) == {"SGD", "RMSprop", "Adagrad"}
+                    and all(t[n] == presets[n]["torch"] and k[n] == presets[n]["keras"] for n in presets),
                     {**{f"torch {n}": t[n] for n in t if t[n] is not None},
                      **{f"keras {n}": k[n] for n in k if k[n] is not None}})]
 
@@ -276,9 +366,10 @@ def _leaky(lab: Lab) -> list[Finding]:
     t, k = lab.facts("torch"), lab.facts("tensorflow")
     return [Finding(f"default slopes: torch {t['leaky_relu_default']}, keras.layers.LeakyReLU "
                     f"{k['leaky_relu_default']['layer']}, "
-                    f"keras.activations.leaky_relu {k['leaky_relu_default']['activation']}",
-                    t["leaky_relu_default"] == 0.01 and k["leaky_relu_default"]["layer"] == 0.3
-                    and k["leaky_relu_default"]["activation"] == 0.2,
+                    f"keras.activations.leaky_relu {k['leaky_relu_default']['activation']}, as the presets",
+                    t["leaky_relu_default"] == LEAKY_SLOPE.values["torch"]
+                    and k["leaky_relu_default"]["layer"] == LEAKY_LAYER_SLOPE.values["keras"]
+                    and k["leaky_relu_default"]["activation"] == LEAKY_SLOPE.values["keras"],
                     {"torch nn.LeakyReLU": t["leaky_relu_default"],
                      "keras LeakyReLU layer": k["leaky_relu_default"]["layer"],
                      "keras leaky_relu": k["leaky_relu_default"]["activation"]}),
@@ -289,8 +380,9 @@ def _leaky(lab: Lab) -> list[Finding]:
 def _gelu(lab: Lab) -> list[Finding]:
     t, k = lab.facts("torch"), lab.facts("tensorflow")
     return [Finding(f"defaults: torch nn.GELU approximate='{t['gelu_default']}', keras.activations.gelu approximate="
-                    f"{k['gelu_default']['activations']}, keras.ops.gelu approximate={k['gelu_default']['ops']}",
-                    t["gelu_default"] == "none" and k["gelu_default"]["activations"] is False
+                    f"{k['gelu_default']['activations']}, keras.ops.gelu approximate={k['gelu_default']['ops']}; the "
+                    "presets: the activations' exact form", t["gelu_default"] == GELU_APPROXIMATE.values["torch"]
+                    and ("tanh" if k["gelu_default"]["activations"] else "none") == GELU_APPROXIMATE.values["keras"]
                     and k["gelu_default"]["ops"] is True),
             Finding(f"tf.nn.gelu(1.0) in float64 is {k['gelu_float64_error']:.1e} off the exact value "
                     "(float32 constants)",
@@ -362,7 +454,8 @@ ENTRIES = [
     Entry("weight-layout", "Linear/Dense weight layout",
           "PyTorch's nn.Linear stores its weight as (out, in) and computes x Wᵀ + b; Keras' Dense stores its kernel "
           "as (in, out) and computes x W + b. Copying weights between them needs a transpose.",
-          "nn.Linear.weight: (out_features, in_features)", "Dense.kernel: (input_dim, units)",
+          {"torch": "nn.Linear.weight: (out_features, in_features)",
+           "tensorflow": "Dense.kernel: (input_dim, units)"},
           "canonical (in, out); the torch backend transposes at its boundary only",
           (TORCH_DOCS + "generated/torch.nn.Linear.html", KERAS_DOCS + "layers/core_layers/dense/",
            "torch/nn/modules/linear.py", "keras/src/layers/core/dense.py"), _layout),
@@ -370,15 +463,17 @@ ENTRIES = [
           "With no initializer given, nn.Linear draws weight and bias from U(±1/√fan_in) (kaiming_uniform with "
           "a = √5); Keras' Dense uses glorot_uniform for the kernel and zeros for the bias. Each draws from its own "
           "random stream, so the same seed gives different numbers too (see random-streams).",
-          "weight and bias ~ U(-1/√fan_in, 1/√fan_in)", "kernel ~ glorot_uniform, bias = 0",
-          "initializers are required in the spec; values are drawn once in NumPy and shared",
+          {"torch": "weight and bias ~ U(-1/√fan_in, 1/√fan_in)",
+           "tensorflow": "kernel ~ glorot_uniform, bias = 0"},
+          "initializers required, or from a preset; values are drawn once in NumPy and shared",
           (TORCH_DOCS + "generated/torch.nn.Linear.html", KERAS_DOCS + "layers/core_layers/dense/",
-           "torch/nn/modules/linear.py (reset_parameters)"), _default_init),
+           "torch/nn/modules/linear.py (reset_parameters)"), _default_init,
+          defaults=(KERNEL_INIT, BIAS_INIT)),
     Entry("momentum-sgd", "Momentum SGD: buffer vs learning-rate-scaled velocity",
           "PyTorch accumulates b ← μb + g and steps w ← w − lr·b (b = g on the first step); Keras keeps a velocity "
           "v ← μv − lr·g and steps w ← w + v. While lr is constant they are the same; when lr changes, Keras' velocity "
           "still carries the old lr, PyTorch's buffer does not, and they split.",
-          "b ← μ b + g;  w ← w − lr·b", "v ← μ v − lr·g;  w ← w + v",
+          {"torch": "b ← μ b + g;  w ← w − lr·b", "tensorflow": "v ← μ v − lr·g;  w ← w + v"},
           "PyTorch's rule (crossnn.spec.optimizers.SGD)",
           (TORCH_DOCS + "generated/torch.optim.SGD.html", KERAS_DOCS + "optimizers/sgd/",
            "torch/optim/sgd.py", "keras/src/optimizers/sgd.py"), _momentum,
@@ -386,85 +481,101 @@ ENTRIES = [
     Entry("adam-epsilon", "Adam's epsilon",
           "PyTorch adds eps = 1e-8 to √v̂ after bias correction; Keras adds epsilon = 1e-7 to √v before it, which "
           "acts like 1e-7/√(1 − β₂ᵗ) on √v̂: about 3e-6 on the first step. With small gradients the updates differ.",
-          "w ← w − lr·m̂/(√v̂ + eps), eps 1e-8",
-          "w ← w − lr_t·m/(√v + epsilon), lr_t = lr·√(1−β₂ᵗ)/(1−β₁ᵗ), epsilon 1e-7",
-          "PyTorch's rule; eps has no default",
+          {"torch": "w ← w − lr·m̂/(√v̂ + eps), eps 1e-8",
+           "tensorflow": "w ← w − lr_t·m/(√v + epsilon), lr_t = lr·√(1−β₂ᵗ)/(1−β₁ᵗ), epsilon 1e-7"},
+          "PyTorch's rule; eps required, or from a preset (which puts its value into this rule)",
           (TORCH_DOCS + "generated/torch.optim.Adam.html", KERAS_DOCS + "optimizers/adam/",
-           "torch/optim/adam.py", "keras/src/optimizers/adam.py"), _adam_epsilon, _uses(S.Adam)),
+           "torch/optim/adam.py", "keras/src/optimizers/adam.py"), _adam_epsilon, _uses(S.Adam),
+          defaults=(ADAM_EPS,)),
     Entry("weight-decay", "What weight_decay means",
           "In torch.optim (SGD, Adam, RMSprop, Adagrad) weight_decay adds λw to the gradient (L2), which adaptive "
           "optimizers then rescale; AdamW, and every Keras optimizer's weight_decay, shrink the weights directly "
-          "(w ← w·(1 − lr·λ), decoupled).",
-          "L2: g ← g + λw (AdamW: decoupled)", "decoupled for every optimizer",
-          "weight_decay_kind = \"l2\" or \"decoupled\", required when weight_decay > 0",
+          "(w ← w·(1 − lr·λ), decoupled). AdamW's own default λ is 0.01 in PyTorch, 0.004 in Keras.",
+          {"torch": "L2: g ← g + λw (AdamW: decoupled, λ 0.01)",
+           "tensorflow": "decoupled for every optimizer (AdamW λ 0.004)"},
+          "weight_decay_kind = \"l2\" or \"decoupled\", required when weight_decay > 0, or from a preset",
           (TORCH_DOCS + "generated/torch.optim.Adam.html", TORCH_DOCS + "generated/torch.optim.AdamW.html",
            KERAS_DOCS + "optimizers/", "keras/src/optimizers/base_optimizer.py (_apply_weight_decay)"), _weight_decay,
-          lambda e: e.optimizer.weight_decay > 0),
+          lambda e: e.optimizer.weight_decay > 0,
+          defaults=(WEIGHT_DECAY_KIND, ADAMW_WEIGHT_DECAY_KIND, ADAMW_WEIGHT_DECAY)),
     Entry("rmsprop", "RMSprop's defaults, epsilon and momentum buffer",
           "PyTorch's RMSprop averages squared gradients with alpha = 0.99 and divides by √v + eps (eps 1e-8); Keras "
           "uses rho = 0.9 and divides by √(v + epsilon) (epsilon 1e-7). With momentum, Keras keeps lr inside the "
           "momentum buffer, as its SGD does, so the two split when the learning rate changes.",
-          "v ← αv + (1−α)g²; w ← w − lr·g/(√v + eps); momentum: b ← μb + g/(√v + eps), w ← w − lr·b",
-          "v ← ρv + (1−ρ)g²; w ← w − lr·g/√(v + ε); momentum: m ← μm + lr·g/√(v + ε), w ← w − m",
-          "PyTorch's rule; alpha and eps required",
+          {"torch": "v ← αv + (1−α)g²; w ← w − lr·g/(√v + eps); momentum: b ← μb + g/(√v + eps), w ← w − lr·b",
+           "tensorflow": "v ← ρv + (1−ρ)g²; w ← w − lr·g/√(v + ε); momentum: m ← μm + lr·g/√(v + ε), w ← w − m"},
+          "PyTorch's rule; alpha and eps required, or from a preset",
           (TORCH_DOCS + "generated/torch.optim.RMSprop.html", KERAS_DOCS + "optimizers/rmsprop/",
-           "keras/src/optimizers/rmsprop.py"), _rmsprop, _uses(S.RMSprop)),
+           "keras/src/optimizers/rmsprop.py"), _rmsprop, _uses(S.RMSprop),
+          defaults=(RMSPROP_ALPHA, RMSPROP_EPS)),
     Entry("adagrad", "Adagrad's starting accumulator and epsilon",
           "PyTorch starts the squared-gradient sum at 0 and divides by √s + eps (1e-10); Keras starts it at 0.1 and "
-          "divides by √(s + epsilon) (1e-7).", "s₀ = 0; w ← w − lr·g/(√s + eps)", "s₀ = 0.1; w ← w − lr·g/√(s + ε)",
-          "PyTorch's rule; initial_accumulator and eps required",
+          "divides by √(s + epsilon) (1e-7).",
+          {"torch": "s₀ = 0; w ← w − lr·g/(√s + eps)", "tensorflow": "s₀ = 0.1; w ← w − lr·g/√(s + ε)"},
+          "PyTorch's rule; initial_accumulator and eps required, or from a preset",
           (TORCH_DOCS + "generated/torch.optim.Adagrad.html", KERAS_DOCS + "optimizers/adagrad/",
-           "keras/src/optimizers/adagrad.py"), _adagrad, _uses(S.Adagrad)),
+           "keras/src/optimizers/adagrad.py"), _adagrad, _uses(S.Adagrad),
+          defaults=(ADAGRAD_START, ADAGRAD_EPS)),
     Entry("bce-clamp", "Binary cross-entropy: clamping, and logits recovered after a sigmoid",
           "nn.BCELoss clamps each log at −100; Keras clips p to [1e-7, 1 − 1e-7], and when p comes straight from a "
           "sigmoid it recovers the logit and computes the stable form instead. Near saturation the losses and "
-          "gradients differ.", "−[y·max(log p, −100) + (1−y)·max(log(1−p), −100)]",
-          "p clipped to [ε, 1−ε], ε = 1e-7; logits recovered after a sigmoid",
-          "log clamp log_min (required; PyTorch's -100 in the examples), PyTorch's gradient",
+          "gradients differ.",
+          {"torch": "−[y·max(log p, −100) + (1−y)·max(log(1−p), −100)]",
+           "tensorflow": "p clipped to [ε, 1−ε], ε = 1e-7; logits recovered after a sigmoid"},
+          "log clamp log_min (required, or from a preset: torch -100, keras log(1e-7)), PyTorch's gradient",
           (TORCH_DOCS + "generated/torch.nn.BCELoss.html", KERAS_DOCS + "losses/probabilistic_losses/",
            "aten/src/ATen/native/Loss.cpp", "keras/src/backend/tensorflow/nn.py (binary_crossentropy)"), _bce,
-          _uses(S.BCE)),
+          _uses(S.BCE), defaults=(BCE_LOG_MIN,)),
     Entry("cross-entropy-inputs", "Cross-entropy: logits or probabilities",
           "nn.CrossEntropyLoss always expects logits (it applies log_softmax itself); Keras' CategoricalCrossentropy "
-          "expects probabilities unless from_logits=True. Feeding one the other's input trains a different model.",
-          "CrossEntropyLoss(logits, target)", "CategoricalCrossentropy(from_logits=False) by default",
-          "from_logits is required in the spec", (TORCH_DOCS + "generated/torch.nn.CrossEntropyLoss.html",
-                                                  KERAS_DOCS + "losses/probabilistic_losses/"),
-          _ce_inputs, _uses(S.CrossEntropy)),
+          "expects probabilities unless from_logits=True, and clips them to [1e-7, 1 − 1e-7]. Feeding one the other's "
+          "input trains a different model.",
+          {"torch": "CrossEntropyLoss(logits, target)",
+           "tensorflow": "CategoricalCrossentropy(from_logits=False) by default"},
+          "from_logits required, or from a preset",
+          (TORCH_DOCS + "generated/torch.nn.CrossEntropyLoss.html", KERAS_DOCS + "losses/probabilistic_losses/"),
+          _ce_inputs, _uses(S.CrossEntropy), defaults=(CE_FROM_LOGITS, CE_LOG_MIN)),
     Entry("loss-reduction", "Loss reductions",
           "Both average by default and agree; with reduction='sum' PyTorch sums every element while Keras sums the "
           "per-sample losses, each already averaged over the outputs.",
-          "mean over all N·K elements; sum over all", "mean over samples of per-sample means; sum over samples",
-          "every loss is a mean (crossnn.spec.losses)", (TORCH_DOCS + "generated/torch.nn.MSELoss.html",
-                                                          KERAS_DOCS + "losses/"), _reduction),
+          {"torch": "mean over all N·K elements; sum over all",
+           "tensorflow": "mean over samples of per-sample means; sum over samples"},
+          "every loss is a mean (crossnn.spec.losses)",
+          (TORCH_DOCS + "generated/torch.nn.MSELoss.html", KERAS_DOCS + "losses/"), _reduction),
     Entry("target-broadcasting", "Silent target broadcasting",
           "nn.MSELoss with predictions (N, 1) and targets (N,) broadcasts them to (N, N) and returns a wrong loss "
-          "with only a warning; Keras aligns the shapes.", "broadcasts (N,1) − (N,) to (N,N), warns",
-          "squeezes or expands to the same rank", "targets are checked against the model output when data loads",
+          "with only a warning; Keras aligns the shapes.",
+          {"torch": "broadcasts (N,1) − (N,) to (N,N), warns", "tensorflow": "squeezes or expands to the same rank"},
+          "targets are checked against the model output when data loads",
           (TORCH_DOCS + "generated/torch.nn.MSELoss.html", "keras/src/losses/loss.py (squeeze_or_expand_to_same_rank)"),
           _broadcast, lambda e: isinstance(e.loss, (S.MSE, S.MAE, S.Huber))),
     Entry("default-learning-rates", "Default learning rates",
           "The optimizers' default learning rates differ between the frameworks for SGD, RMSprop and Adagrad.",
-          "SGD 1e-3, Adam 1e-3, RMSprop 1e-2, Adagrad 1e-2", "SGD 1e-2, Adam 1e-3, RMSprop 1e-3, Adagrad 1e-3",
-          "lr is required", (TORCH_DOCS + "optim.html", KERAS_DOCS + "optimizers/"), _learning_rates),
+          {"torch": "SGD 1e-3, Adam 1e-3, RMSprop 1e-2, Adagrad 1e-2",
+           "tensorflow": "SGD 1e-2, Adam 1e-3, RMSprop 1e-3, Adagrad 1e-3"},
+          "lr required, or from a preset", (TORCH_DOCS + "optim.html", KERAS_DOCS + "optimizers/"), _learning_rates,
+          defaults=tuple(LEARNING_RATES.values())),
     Entry("leaky-relu-slope", "LeakyReLU slopes",
           "nn.LeakyReLU's negative slope defaults to 0.01, keras.layers.LeakyReLU's to 0.3 and "
           "keras.activations.leaky_relu's to 0.2; tf.nn.leaky_relu also rounds alpha to float32.",
-          "negative_slope 0.01", "LeakyReLU 0.3, leaky_relu 0.2; tf.nn.leaky_relu alpha is float32",
-          "negative_slope required; written with where() in TF", (TORCH_DOCS + "generated/torch.nn.LeakyReLU.html",
-                                                                   KERAS_DOCS + "layers/activation_layers/leaky_relu/"),
-          _leaky, _uses(S.LeakyReLU)),
+          {"torch": "negative_slope 0.01",
+           "tensorflow": "LeakyReLU 0.3, leaky_relu 0.2; tf.nn.leaky_relu alpha is float32"},
+          "negative_slope required, or from a preset; written with where() in TF",
+          (TORCH_DOCS + "generated/torch.nn.LeakyReLU.html", KERAS_DOCS + "layers/activation_layers/leaky_relu/"),
+          _leaky, _uses(S.LeakyReLU), defaults=(LEAKY_SLOPE, LEAKY_LAYER_SLOPE)),
     Entry("gelu-approximation", "GELU: exact or tanh approximation",
           "nn.GELU and keras.activations.gelu default to the exact erf form, keras.ops.gelu to the tanh form; "
           "tf.nn.gelu builds its constants in float32, so in float64 it is ~5e-9 off.",
-          "approximate='none'", "activations.gelu exact, ops.gelu tanh; tf.nn.gelu float32 constants",
-          "approximate required; written with TF ops in float64", (TORCH_DOCS + "generated/torch.nn.GELU.html",
-                                                                   KERAS_DOCS + "layers/activations/"),
-          _gelu, _uses(S.GELU)),
+          {"torch": "approximate='none'",
+           "tensorflow": "activations.gelu exact, ops.gelu tanh; tf.nn.gelu float32 constants"},
+          "approximate required, or from a preset; written with TF ops in float64",
+          (TORCH_DOCS + "generated/torch.nn.GELU.html", KERAS_DOCS + "layers/activations/"),
+          _gelu, _uses(S.GELU), defaults=(GELU_APPROXIMATE,)),
     Entry("softplus-threshold", "Softplus thresholds",
           "nn.Softplus returns its input unchanged above 20; tf.math.softplus switches to approximations past a "
           "threshold too. The spec computes max(z, 0) + log1p(exp(−|z|)) everywhere.",
-          "z above threshold 20", "thresholded in the kernel", "the exact formula, gradient sigmoid(z)",
+          {"torch": "z above threshold 20", "tensorflow": "thresholded in the kernel"},
+          "the exact formula, gradient sigmoid(z)",
           (TORCH_DOCS + "generated/torch.nn.Softplus.html", "tensorflow/core/kernels/softplus_op.h"), _softplus,
           _uses(S.Softplus)),
     Entry("batchnorm", "BatchNorm momentum, epsilon and variance",
@@ -472,27 +583,30 @@ ENTRIES = [
           "estimate; Keras' momentum (0.99) is the weight of the old average, its moving variance is biased, and its "
           "epsilon is 1e-3 instead of 1e-5. "
           "(crossnn has no BatchNorm layer; this entry is measured on the frameworks.)",
-          "r ← 0.9 r + 0.1 · var_unbiased; eps 1e-5", "r ← 0.99 r + 0.01 · var_biased; epsilon 1e-3",
-          "no BatchNorm layer in the spec", (TORCH_DOCS + "generated/torch.nn.BatchNorm1d.html",
-                                             KERAS_DOCS + "layers/normalization_layers/batch_normalization/"),
-          _batchnorm, lambda e: False),
+          {"torch": "r ← 0.9 r + 0.1 · var_unbiased; eps 1e-5",
+           "tensorflow": "r ← 0.99 r + 0.01 · var_biased; epsilon 1e-3"},
+          "no BatchNorm layer in the spec",
+          (TORCH_DOCS + "generated/torch.nn.BatchNorm1d.html",
+           KERAS_DOCS + "layers/normalization_layers/batch_normalization/"), _batchnorm, lambda e: False),
     Entry("tf32", "TF32 on NVIDIA GPUs",
           "On Ampere and later GPUs TensorFlow runs float32 matrix multiplies in TF32 (10-bit mantissa) by default; "
           "PyTorch does not for matmuls (since 1.12) but does for cuDNN convolutions.",
-          "cuda.matmul.allow_tf32 False, cudnn.allow_tf32 True", "tensor_float_32_execution_enabled() True",
-          "parity runs switch TF32 off in every backend", (TORCH_DOCS + "notes/cuda.html",
-                                                           "https://www.tensorflow.org/api_docs/python/tf/config/experimental/enable_tensor_float_32_execution"),
+          {"torch": "cuda.matmul.allow_tf32 False, cudnn.allow_tf32 True",
+           "tensorflow": "tensor_float_32_execution_enabled() True"},
+          "parity runs switch TF32 off in every backend",
+          (TORCH_DOCS + "notes/cuda.html",
+           "https://www.tensorflow.org/api_docs/python/tf/config/experimental/enable_tensor_float_32_execution"),
           _tf32),
     Entry("random-streams", "Random streams",
           "The same seed gives different numbers in NumPy, PyTorch and TensorFlow: their generators differ.",
-          "torch.manual_seed: Philox/MT per device", "tf.random.set_seed: global + op seeds",
+          {"torch": "torch.manual_seed: Philox/MT per device", "tensorflow": "tf.random.set_seed: global + op seeds"},
           "all randomness (data, initial values, batch order, dropout) is drawn once in NumPy from the spec's seed",
           (TORCH_DOCS + "notes/randomness.html", "https://www.tensorflow.org/api_docs/python/tf/random/set_seed"),
           _random),
     Entry("clip-norm", "Clipping by global norm",
           "torch.nn.utils.clip_grad_norm_ scales by max_norm/(‖g‖ + 1e-6), so it shrinks gradients slightly even at "
           "the threshold; tf.clip_by_global_norm scales by max_norm/max(‖g‖, max_norm).",
-          "g · min(1, c/(‖g‖ + 1e-6))", "g · c/max(‖g‖, c)", "PyTorch's formula",
+          {"torch": "g · min(1, c/(‖g‖ + 1e-6))", "tensorflow": "g · c/max(‖g‖, c)"}, "PyTorch's formula",
           (TORCH_DOCS + "generated/torch.nn.utils.clip_grad_norm_.html",
            "https://www.tensorflow.org/api_docs/python/tf/clip_by_global_norm"), _clip,
           lambda e: e.optimizer.clip_norm is not None),

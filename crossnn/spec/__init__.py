@@ -1,4 +1,7 @@
-"""The backend-neutral experiment spec: frozen dataclasses that validate themselves."""
+"""The backend-neutral experiment spec: frozen dataclasses that validate themselves.
+
+Build one from TOML (`loads`, `load`), from a table (`from_dict`), or in Python, with the dataclasses
+directly or with `make(cls, defaults="torch", **fields)` to take the fields left out from a preset."""
 
 from crossnn.spec.activations import GELU, Activation, LeakyReLU, Linear, ReLU, Sigmoid, Softmax, Softplus, Tanh
 from crossnn.spec.base import Array, Spec
@@ -20,13 +23,16 @@ from crossnn.spec.model import INPUT, Model, Node
 from crossnn.spec.optimizers import (
     SGD, Adagrad, Adam, AdamW, ExponentialDecay, Optimizer, RMSprop, Schedule, StepDecay,
 )
+from crossnn.spec.presets import Condition, Default, make
 from crossnn.spec.toml import dumps, load, loads, save
+from crossnn.spec.toml import experiment_from_dict as from_dict
 
 __all__ = [
     "Activation", "ActivationLayer", "Adagrad", "Adam", "AdamW", "Add", "Adder", "Array", "AvgPool2D", "BCE",
-    "BCELogits", "Circle", "Concatenate", "Constant", "Conv2D", "Flatten", "GlobalAvgPool2D", "MaxPool2D", "Reshape",
-    "Shape", "Textures", "TokenSums", "BatchNorm", "LayerNorm", "Embedding", "SimpleRNN", "LSTM", "GRU", "Orthogonal",
-    "UnitsUniform", "CrossEntropy", "CsvFile", "DataSource", "Dense", "Digits", "Dropout", "Experiment",
+    "BCELogits", "Circle", "Concatenate", "Condition", "Constant", "Conv2D", "Flatten", "GlobalAvgPool2D", "MaxPool2D",
+    "Reshape", "Shape", "Textures", "TokenSums", "BatchNorm", "LayerNorm", "Embedding", "SimpleRNN", "LSTM", "GRU",
+    "Orthogonal", "UnitsUniform", "CrossEntropy", "CsvFile", "DataSource", "Default", "Dense", "Digits", "Dropout",
+    "Experiment",
     "ExponentialDecay", "FanInUniform", "GELU",
     "GlorotNormal", "GlorotUniform", "HeNormal", "HeUniform", "Huber", "INPUT", "InlineData", "Initializer",
     "Layer", "LeakyReLU", "LecunNormal", "LecunUniform", "Line", "Linear", "Loss", "MAE", "MSE", "Model",
@@ -34,5 +40,5 @@ __all__ = [
     "Schedule", "Sigmoid", "StepDecay",
     "Softmax", "Softplus", "Spec", "Tanh", "TeacherClasses", "Train", "TruncatedNormal", "Uniform", "VarianceScaling",
     "Zeros",
-    "dumps", "load", "loads", "save",
+    "dumps", "from_dict", "load", "loads", "make", "save",
 ]

@@ -103,7 +103,7 @@ class Dense(Layer, kind="dense"):
     An input (..., in) gives (..., units), as keras.layers.Dense and nn.Linear do.
 
     Initializers have no defaults: nn.Linear draws both from U(±1/√in) (fan_in_uniform),
-    keras.layers.Dense uses glorot_uniform and zeros.
+    keras.layers.Dense uses glorot_uniform and zeros (a spec's preset fills its framework's).
     """
 
     units: int

@@ -359,7 +359,7 @@ class ActivationLayer(LayerOp):
 class DropoutLayer(LayerOp):
     @staticmethod
     def modules(node, native):
-        return [Mod(Dropout, (node.layer.rate,), note=f"{node.name}: crossnn's masks")]
+        return [Mod(Dropout, kwargs={"rate": node.layer.rate}, note=f"{node.name}: crossnn's masks")]
 
 
 def _torch_axis(axis: int, shape) -> int:
@@ -372,7 +372,7 @@ def _torch_axis(axis: int, shape) -> int:
 class ConcatenateLayer(LayerOp):
     @staticmethod
     def modules(node, native):
-        return [Mod(Concatenate, (_torch_axis(node.layer.axis, node.shape),))]
+        return [Mod(Concatenate, kwargs={"dim": _torch_axis(node.layer.axis, node.shape)})]
 
 
 @OPS.register(spec.Add)
@@ -476,8 +476,6 @@ class ReshapeLayer(LayerOp):
 
 #: the log clamp built into nn.BCELoss
 TORCH_BCE_LOG_MIN = -100.0
-#: floor of p (1 - p) in the BCE gradient: binary_cross_entropy_backward's float constant 1e-12
-BCE_GRAD_FLOOR = spec.BCE.grad_floor
 
 
 class LossMod(NamedTuple):
@@ -489,7 +487,10 @@ class LossMod(NamedTuple):
 
 class ClampedBCEFunction(torch.autograd.Function):
     """L = mean((y - 1) max(log1p(-p), log_min) - y max(log p, log_min));
-    dL/dp = (p - y) / max((1 - p) p, BCE_GRAD_FLOOR) / numel, as torch computes it for its clamp of -100."""
+    dL/dp = (p - y) / max((1 - p) p, GRAD_FLOOR) / numel, as torch computes it for its clamp of -100."""
+
+    #: floor of p (1 - p): binary_cross_entropy_backward's float constant 1e-12 (crossnn.spec.BCE.grad_floor)
+    GRAD_FLOOR = 9.999999960041972e-13
 
     @staticmethod
     def forward(ctx, p, y, log_min):
@@ -501,7 +502,7 @@ class ClampedBCEFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         p, y = ctx.saved_tensors
-        d = (p - y) / torch.clamp_min((1.0 - p) * p, BCE_GRAD_FLOOR) * (grad / p.numel())
+        d = (p - y) / torch.clamp_min((1.0 - p) * p, ClampedBCEFunction.GRAD_FLOOR) * (grad / p.numel())
         return d, None, None
 
 
@@ -576,7 +577,7 @@ def bce(s, native, shape):
     """nn.BCELoss where its clamp of -100 is the spec's (or with native "bce-clamp"), else ClampedBCELoss."""
     if s.log_min == TORCH_BCE_LOG_MIN or "bce-clamp" in native:
         return LossMod(Mod(nn.BCELoss, note="clamps log p and log(1 - p) at -100"))
-    return LossMod(Mod(ClampedBCELoss, (s.log_min,), note=f"nn.BCELoss clamps the logs at -100, the spec at "
+    return LossMod(Mod(ClampedBCELoss, kwargs={"log_min": s.log_min}, note=f"nn.BCELoss clamps the logs at -100, the spec at "
                                                               f"{s.log_min!r}"))
 
 
@@ -589,7 +590,7 @@ def cross_entropy(s, native, shape):
         if len(shape) > 1:
             return LossMod(Mod(ClassesLastCrossEntropyLoss, note="classes on the last axis"))
         return LossMod(Mod(nn.CrossEntropyLoss, note="log-softmax and NLL in one, on the logits"), s.sparse)
-    return LossMod(Mod(ProbabilityCrossEntropyLoss, (s.log_min,), note="-log p on probabilities, clamped"))
+    return LossMod(Mod(ProbabilityCrossEntropyLoss, kwargs={"log_min": s.log_min}, note="-log p on probabilities, clamped"))
 
 
 def loss(s: spec.Loss, native=frozenset(), shape=(1,)) -> LossMod:

@@ -21,6 +21,7 @@ from torch import nn
 
 from crossnn import codegen
 from crossnn.data import Dataset
+from crossnn.errors import UnsupportedFeature
 from crossnn.spec import INPUT, Experiment
 
 from crossnn_torch import ops
@@ -61,6 +62,11 @@ class Model:
     def __init__(self, experiment: Experiment):
         self.model = experiment.model
         self.layers = ops.layer_mods(self.model)
+        for node, mods, _ in self.layers:
+            for mod in mods:
+                if not mod.cls.__module__.startswith("torch.nn") and mod.cls.__module__ != ops.__name__:
+                    raise UnsupportedFeature("torch", f"layer '{node.layer.kind}' in a script (its module "
+                                                      f"{mod.cls.__qualname__} is defined outside crossnn)")
         self.image_output = ops.image(self.model.output_shape)
         self.module_of: dict[str, list[str]] = {}  # layer name -> expression of each of its modules
         self.code = self._sequential() if ops.is_chain(self.model) else self._graph()

@@ -221,9 +221,9 @@ class XpStep:
         self.trainer = trainer
         self.train_step = TrainStep(trainer.experiment, self.namespace)
         with torch.inference_mode():
-            initial = {name: trainer.tensor(value) for name, value in trainer.initial.items()}
-            self.flat = self.train_step.flatten(initial)
-            self.state = self.train_step.init(self.flat)
+            variables = {name: trainer.tensor(value) for name, value in trainer.initial.items()}
+            self.flat = self.train_step.flatten(variables)
+            self.state = self.train_step.init(self.flat, variables)
 
     def context(self):
         return torch.inference_mode()
@@ -233,11 +233,12 @@ class XpStep:
         return loss
 
     def parameters(self):
-        return self.train_step.unflatten(self.flat) if self.flat is not None else {}
+        """Every variable (parameters, and the layers' state), canonical layout."""
+        return self.train_step.variables(self.flat, self.state)
 
     def predict(self, x):
         with torch.inference_mode():
-            return self.train_step.predict(self.flat, x)
+            return self.train_step.predict(self.flat, self.state, x)
 
     def export_state(self, steps: int) -> TrainingState:
         slots, counters = self.train_step.export_state(self.state)
@@ -249,7 +250,8 @@ class XpStep:
         with torch.inference_mode():
             self.flat = self.train_step.flatten({name: self.trainer.tensor(state.params[name])
                                                  for name in self.train_step.names})
-            self.state = self.train_step.import_state(self.flat, state.slots, state.counters, self.trainer.tensor)
+            self.state = self.train_step.import_state(self.flat, state.params, state.slots, state.counters,
+                                                      self.trainer.tensor)
 
 
 class OneDnnStep(XpStep):

@@ -12,6 +12,8 @@ optimizer chain) runs unchanged on torch tensors, on the CPU or a GPU, in crossn
     concat  stack                  torch.cat / torch.stack with dim=
     pad(x, widths, constant_values)  torch.nn.functional.pad, whose flat widths run from the last axis
                                    to the first: ((b0, a0), (b1, a1)) -> (b1, a1, b0, a0)
+    as_index                       x.to(torch.int64)
+    scatter_add(a, ids, rows)      a.index_add(0, ids, rows) (out of place)
 
 The functions must be called under torch.no_grad() or torch.inference_mode(): the gradients are the
 hand-written ones, autograd has nothing to record.
@@ -66,6 +68,14 @@ def _stack(arrays, axis):
     return torch.stack(list(arrays), dim=axis)
 
 
+def _as_index(x):
+    return x.to(torch.int64)
+
+
+def _scatter_add(a, ids, rows):
+    return a.index_add(0, ids, rows)
+
+
 @functools.cache
 def linear_operator():
     """torch.ops.mkldnn._linear_pointwise, looked up once; None where this build has no oneDNN or no
@@ -103,7 +113,8 @@ torch_namespace = SimpleNamespace(
     exp=torch.exp, log=torch.log, log1p=torch.log1p, tanh=torch.tanh, sqrt=torch.sqrt, abs=torch.abs,
     sign=torch.sign, erf=torch.special.erf, sigmoid=torch.sigmoid, maximum=torch.clamp_min, minimum=torch.clamp_max,
     clip=torch.clip, where=torch.where, matmul=torch.matmul, sum=_sum, mean=_mean, amax=_amax, argmax=_argmax,
-    concat=_concat, stack=_stack, pad=_pad, zeros_like=torch.zeros_like, ones_like=torch.ones_like, name="torch",
+    concat=_concat, stack=_stack, pad=_pad, zeros_like=torch.zeros_like, ones_like=torch.ones_like, as_index=_as_index,
+    scatter_add=_scatter_add, name="torch",
 )
 
 onednn_namespace = SimpleNamespace(**{**vars(torch_namespace), "matmul": _onednn_matmul, "name": "torch-onednn"})

@@ -25,9 +25,9 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
-import crossnn_numpy.layers  # noqa: E402
+import crossnn_numpy.ops  # noqa: E402
 import crossnn_numpy.optimizers  # noqa: E402
-import crossnn_tensorflow.layers  # noqa: E402
+import crossnn_tensorflow.ops  # noqa: E402
 import crossnn_tensorflow.optimizers  # noqa: E402
 from crossnn import backends, examples  # noqa: E402
 from crossnn import spec as S  # noqa: E402
@@ -163,36 +163,34 @@ def test_loading_a_step_0_state_resets_the_optimizer():
 class ScaleTFTest(S.Layer, kind="scale_tf_test"):
     """y = x * s with a learnable per-feature s (initialised to ones)."""
 
-    def output_size(self, input_sizes):
-        return input_sizes[0]
+    def output_shape(self, input_shapes):
+        return input_shapes[0]
 
-    def parameters(self, input_sizes):
-        (n,) = input_sizes
+    def parameters(self, input_shapes):
+        n = input_shapes[0][-1]
         return (S.ParamInit("scale", (n,), S.Ones(), n, n),)
 
 
-@crossnn_numpy.layers.register(ScaleTFTest)
+@crossnn_numpy.ops.OPS.register(ScaleTFTest)
 class NumpyScale:
     """forward y = x * s; backward ds = sum_n dy * x, dx = dy * s."""
 
-    def __init__(self, node, index, xp):
-        self.s = index[f"{node.name}/scale"]
+    def __init__(self, node, xp):
+        self.xp = xp
 
-    def forward(self, values, inputs):
-        return inputs[0] * values[self.s], inputs[0]
+    def forward(self, p, inputs, mask=None):
+        return inputs[0] * p["scale"], inputs[0]
 
-    def backward(self, values, x, da, grads, need_input_grads):
-        grads[self.s][...] = (da * x).sum(axis=0)
-        return (da * values[self.s],) if need_input_grads else (None,)
+    def backward(self, p, x, dy, need):
+        return (dy * p["scale"] if need[0] else None,), {"scale": self.xp.sum(dy * x, axis=0)}
 
 
-@crossnn_tensorflow.layers.register(ScaleTFTest)
-class TensorflowScale(tf.Module):
-    def __init__(self, node, variables):
-        super().__init__()
-        self.s = variables[f"{node.name}/scale"]
+@crossnn_tensorflow.ops.OPS.register(ScaleTFTest)
+class TensorflowScale:
+    def __init__(self, node, params, native=frozenset()):
+        self.s = params["scale"]
 
-    def __call__(self, inputs):
+    def __call__(self, inputs, mask=None):
         return inputs[0] * self.s
 
 
@@ -201,16 +199,16 @@ class TanhSGDTFTest(S.Optimizer, kind="tanh_sgd_tf_test"):
     """w <- w - lr * tanh(g)."""
 
 
-@crossnn_numpy.optimizers.register(TanhSGDTFTest)
+@crossnn_numpy.ops.OPS.register(TanhSGDTFTest)
 class NumpyTanhSGD(crossnn_numpy.optimizers.Rule):
-    def apply(self, i, w, g, state, lr):
-        self.xp.subtract_scaled(w, lr, self.xp.tanh(g))
+    def update(self, u, state, params):
+        return [self.xp.tanh(g) for g in u], state
 
 
-@crossnn_tensorflow.optimizers.register(TanhSGDTFTest)
+@crossnn_tensorflow.ops.OPS.register(TanhSGDTFTest)
 class TensorflowTanhSGD(crossnn_tensorflow.optimizers.Rule):
-    def update(self, i, w, g, lr):
-        w.assign_sub(tf.cast(lr, w.dtype) * tf.math.tanh(g))
+    def direction(self, i, w, g, scalars):
+        return tf.math.tanh(g)
 
 
 @pytest.mark.parametrize("mode", ["graph", "xla-epoch"])
@@ -227,11 +225,17 @@ def test_user_defined_layer_and_optimizer_match_numpy(mode):
         assert not np.allclose(record.final_params["scale/scale"], 1.0)  # the scale trained
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class NotARuleTFTest(S.Optimizer, kind="not_a_rule_tf_test"):
+    """An optimizer whose TF entry is not a Rule."""
+
+
 def test_register_refuses_what_is_not_a_spec_class():
-    with pytest.raises(TypeError, match="Layer subclass"):
-        crossnn_tensorflow.layers.register(S.Dense(units=1, **INIT))
-    with pytest.raises(TypeError, match="must subclass"):
-        crossnn_tensorflow.optimizers.register(TanhSGDTFTest)(object)
+    with pytest.raises(TypeError, match="takes crossnn spec classes"):
+        crossnn_tensorflow.ops.OPS.register(S.Dense(units=1, **INIT))
+    crossnn_tensorflow.ops.OPS.register(NotARuleTFTest)(object)
+    with pytest.raises(TypeError, match="must subclass crossnn_tensorflow.optimizers.Rule"):
+        _build(_spec(_mlp(), NotARuleTFTest(lr=0.1)))
 
 
 # ---- the native flavour -----------------------------------------------------------------------------
@@ -433,7 +437,7 @@ def test_native_gelu_uses_float32_constants():
 def test_native_softplus_is_tfs_op():
     exp = _spec(_mlp(hidden=S.Softplus()), S.SGD(lr=0.1))
     trainer = _build(exp, native={"softplus-threshold"})
-    assert trainer.model.layers[0][2].act is tf.math.softplus
+    assert trainer.model.layers[0][2].act.fn is tf.math.softplus
     plan = BatchPlan.for_experiment(exp, len(X))
     trainer.run(plan.batches(0, plan.steps))
     assert _rel(trainer.parameters(), _reference(exp)) <= 1e-12  # equal away from thresholds
@@ -679,7 +683,7 @@ def test_scripts_reproduce_crossnn_tf_runs(tmp_path):
 
 def test_script_refuses_what_it_cannot_write():
     exp = _spec([ScaleTFTest(name="scale"), S.Dense(name="out", units=2, **INIT)], S.SGD(lr=0.1))
-    with pytest.raises(UnsupportedFeature, match="layer type 'scale_tf_test' in a script"):
+    with pytest.raises(UnsupportedFeature, match="layer 'scale_tf_test' in a script"):
         backends.get("tensorflow").script(exp, initial_parameters(exp), load_dataset(exp))
 
 

@@ -577,8 +577,8 @@ def bce(s, native, shape):
     """nn.BCELoss where its clamp of -100 is the spec's (or with native "bce-clamp"), else ClampedBCELoss."""
     if s.log_min == TORCH_BCE_LOG_MIN or "bce-clamp" in native:
         return LossMod(Mod(nn.BCELoss, note="clamps log p and log(1 - p) at -100"))
-    return LossMod(Mod(ClampedBCELoss, kwargs={"log_min": s.log_min}, note=f"nn.BCELoss clamps the logs at -100, the spec at "
-                                                              f"{s.log_min!r}"))
+    return LossMod(Mod(ClampedBCELoss, kwargs={"log_min": s.log_min},
+                       note=f"nn.BCELoss clamps the logs at -100, the spec at {s.log_min!r}"))
 
 
 @OPS.register(spec.CrossEntropy)
@@ -590,7 +590,8 @@ def cross_entropy(s, native, shape):
         if len(shape) > 1:
             return LossMod(Mod(ClassesLastCrossEntropyLoss, note="classes on the last axis"))
         return LossMod(Mod(nn.CrossEntropyLoss, note="log-softmax and NLL in one, on the logits"), s.sparse)
-    return LossMod(Mod(ProbabilityCrossEntropyLoss, kwargs={"log_min": s.log_min}, note="-log p on probabilities, clamped"))
+    return LossMod(Mod(ProbabilityCrossEntropyLoss, kwargs={"log_min": s.log_min},
+                       note="-log p on probabilities, clamped"))
 
 
 def loss(s: spec.Loss, native=frozenset(), shape=(1,)) -> LossMod:

@@ -1115,12 +1115,13 @@ def test_import_refuses_what_crossnn_cannot_express(module, message):
         backends.get("torch").import_model(nn.Sequential(nn.Conv2d(2, 3, 3)))
 
 
-def test_tutorial_loop_covers_cnns_and_ends_where_the_lowering_ends():
-    """The hand-written tutorial loop (nn.ZeroPad2d, nn.ConstantPad2d(-inf), a permute before flatten)
-    on the CNN, in float64 and float32, against the eager lowering."""
+@pytest.mark.parametrize("count_padding", [True, False])
+def test_tutorial_loop_covers_cnns_and_ends_where_the_lowering_ends(count_padding):
+    """The hand-written tutorial loop (nn.ZeroPad2d, nn.ConstantPad2d(-inf), its own 'same' average
+    pool, a permute before flatten) on the CNN, in float64 and float32, against the eager lowering."""
     backend = backends.get("torch")
     for dtype, tolerance in (("float64", 1e-12), ("float32", 1e-5)):
-        e = cnn_experiment("asym", True)
+        e = cnn_experiment("asym", count_padding)
         data = load_dataset(e)
         params = cast(initial_parameters(e), dtype)
         hand = backend.tutorial(e, params, data, dtype=dtype, device="cpu")
@@ -1129,14 +1130,38 @@ def test_tutorial_loop_covers_cnns_and_ends_where_the_lowering_ends():
         np.testing.assert_allclose(hand.run(batches), lowered.run(batches), rtol=tolerance, atol=0)
         assert worst(hand.parameters(), lowered.parameters()) <= tolerance, dtype
         np.testing.assert_allclose(hand.predict(data.x[:3]), lowered.predict(data.x[:3]), rtol=tolerance)
-    assert [type(m).__name__ for m in hand.model][:5] == ["ZeroPad2d", "Conv2d", "Tanh", "ConstantPad2d",
-                                                          "MaxPool2d"]
-    with pytest.raises(UnsupportedFeature, match="in-input count"):
-        backend.tutorial(cnn_experiment("asym", False), cast(initial_parameters(e), "float64"), data,
-                         dtype="float64", device="cpu")
+    assert [type(m).__name__ for m in hand.model] == [
+        "ZeroPad2d", "Conv2d", "Tanh", "ConstantPad2d", "MaxPool2d", "Conv2d", "ReLU",
+        *(["ZeroPad2d", "AvgPool2d"] if count_padding else ["AvgPoolSame"]), "Permute", "Flatten", "Linear"]
 
 
 SCRIPT_SPECS["cnn: asymmetric 'same', -inf pad, in-input average"] = cnn_experiment("asym", False)
 SCRIPT_SPECS["cnn: image output, graph, reshape, dropout"] = CONV_CASES[
     "image output: dense on an image, softmax over channels, dropout, reshape"]
 SCRIPT_SPECS["cnn: residual graph"] = CONV_CASES["residual graph: add, concatenate over channels and over width"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to torch")
+@pytest.mark.parametrize("mode", ["eager", "xp", "compile"])
+def test_cnns_on_cuda_match_the_reference(mode):
+    """The acceptance CNNs and the conformance cases on the GPU, float64 (TF32 off, deterministic
+    algorithms on: no layer may pick a kernel torch refuses there) and float32; the tutorial loop on
+    the GPU ends where the lowering ends."""
+    cases = [cnn_experiment("asym", False, epochs=1)] if mode == "compile" else [
+        cnn_experiment("asym", False), cnn_experiment("sym", True), *CONV_CASES.values()]
+    for e in cases:
+        result = train(e, [RunSpec("torch", dtype, "cuda", mode) for dtype in ("float64", "float32")],
+                       snapshot_every=1)
+        for record in result.records:
+            parity = compare(result.reference, record)
+            assert record.ok and parity.passed, (e.name, record.spec.label, record.message, parity.to_json())
+            assert "cuda" in record.description
+    if mode == "eager":
+        e = cnn_experiment("asym", False)
+        data = load_dataset(e)
+        params = cast(initial_parameters(e), "float64")
+        backend = backends.get("torch")
+        hand = backend.tutorial(e, params, data, dtype="float64", device="cuda")
+        lowered = backend.build(e, params, data, dtype="float64", device="cuda", mode="eager")
+        batches = BatchPlan.for_experiment(e, data.n).batches(0, 9)
+        np.testing.assert_allclose(hand.run(batches), lowered.run(batches), rtol=1e-12, atol=0)

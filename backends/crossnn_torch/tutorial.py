@@ -17,8 +17,9 @@ and the loop is
 
 Only what a tutorial would write is covered: a chain of those layers, and losses and optimizers that
 torch's built-ins compute exactly as the spec says. Anything else (graphs, softplus, clamped BCE other
-than torch's -100, cross-entropy on probabilities, average pooling that divides by the in-input count
-with asymmetric padding) raises UnsupportedFeature. The padding is the spec's: crossnn.spec's
+than torch's -100, cross-entropy on probabilities) raises UnsupportedFeature. Average pooling that
+divides by the in-input count with asymmetric padding (TensorFlow's 'same') is written out as a PyTorch
+user ports it (AvgPoolSame). The padding is the spec's: crossnn.spec's
 window_geometry (the spec's definition, not the lowering) gives each side's.
 """
 
@@ -48,6 +49,22 @@ class Permute(nn.Module):
 
     def forward(self, x):
         return x.permute(*self.dims)
+
+
+class AvgPoolSame(nn.Module):
+    """TensorFlow's 'same' average pooling as a PyTorch user ports it: the window sums of the
+    zero-padded input (F.pad with the extra row/column after, avg_pool2d with divisor_override=1) over
+    the number of each window's positions inside the input, counted once on an image of ones."""
+
+    def __init__(self, kernel_size, stride, pad, size, dtype=None, device=None):
+        super().__init__()
+        self.kernel_size, self.stride, self.pad = kernel_size, stride, pad
+        ones = nn.functional.pad(torch.ones(1, 1, *size, dtype=dtype, device=device), pad)
+        self.register_buffer("count", nn.functional.avg_pool2d(ones, kernel_size, stride, divisor_override=1))
+
+    def forward(self, x):
+        x = nn.functional.pad(x, self.pad)
+        return nn.functional.avg_pool2d(x, self.kernel_size, self.stride, divisor_override=1) / self.count
 
 
 def _activation(a: spec.Activation) -> list[nn.Module]:
@@ -108,10 +125,12 @@ def _sequential(model: spec.Model, dtype, device):
         elif isinstance(layer, spec.AvgPool2D):
             padding, pad = _padding(layer, shape)
             if pad and not layer.count_padding:
-                raise _unsupported(f"avg_pool2d '{node.name}' dividing by the in-input count with asymmetric padding")
-            pool = nn.AvgPool2d(tuple(layer.pool_size), stride=tuple(layer.strides), padding=padding,
-                                count_include_pad=layer.count_padding)
-            modules += [*([nn.ZeroPad2d(pad)] if pad else []), pool]
+                modules.append(AvgPoolSame(tuple(layer.pool_size), tuple(layer.strides), pad, shape[:2], dtype=dtype,
+                                           device=device))
+            else:
+                pool = nn.AvgPool2d(tuple(layer.pool_size), stride=tuple(layer.strides), padding=padding,
+                                    count_include_pad=layer.count_padding)
+                modules += [*([nn.ZeroPad2d(pad)] if pad else []), pool]
         elif isinstance(layer, spec.Flatten):
             modules += [Permute(0, 2, 3, 1), nn.Flatten()] if len(shape) == 3 else [nn.Flatten()]
         else:

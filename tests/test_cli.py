@@ -543,3 +543,34 @@ def test_file_options_refuse_a_folder_name_and_checkpoint_pairs_are_checked_firs
     assert "names a folder; give a file name" in capsys.readouterr().err and not (tmp_path / "newdir").exists()
     assert main(["run", "adder", "--save", str(tmp_path / "x.npz")]) == 2
     assert "--stop-after and --save go together" in capsys.readouterr().err
+
+
+def test_export_finds_a_relative_data_path_beside_the_spec_not_the_checkpoint(tmp_path, monkeypatch, capsys):
+    """A spec reading data.csv beside it, run from its parent folder with a relative spec path, saved to a
+    checkpoint in another folder and exported from a third working directory: the checkpoint's spec reads
+    its data where the spec was (it used to look beside the checkpoint and fail with exit 2)."""
+    pytest.importorskip("torch")
+    from crossnn.checkpoint import load_checkpoint
+
+    specs, checkpoints, elsewhere = tmp_path / "specs", tmp_path / "checkpoints", tmp_path / "elsewhere"
+    for folder in (specs, checkpoints, elsewhere):
+        folder.mkdir()
+    (specs / "data.csv").write_text("1,2,3,10\n4,5,6,20\n")
+    text = _edit(LINEAR, 'x = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]\ny = [[10.0], [20.0]]', 'path = "data.csv"')
+    # a schedule: the exported optimizer's learning rate depends on the step count per epoch, so on the data
+    (specs / "lin.toml").write_text(_edit(text, "lr = 0.01", 'lr = 0.01\nschedule = { type = "step", unit = "epoch", '
+                                                             'step_size = 10, gamma = 0.5 }'))
+    monkeypatch.chdir(tmp_path)
+    saved = checkpoints / "ck.npz"
+    assert main(["run", "specs/lin.toml", "--backends", "numpy", "--stop-after", "40", "--save", str(saved),
+                 "--quiet"]) == 0
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert main(["export", str(saved), "--backend", "torch", "--out", "state.pt"]) == 0, capsys.readouterr().err
+    assert main(["import", "state.pt", "--backend", "torch", "--spec", str(specs / "lin.toml"), "--out", "back.npz"]) == 0
+    (_, want), (_, got) = load_checkpoint(saved), load_checkpoint(elsewhere / "back.npz")
+    assert got.step == 40 and all(np.array_equal(got.params[k], want.params[k]) for k in want.params)
+    import torch
+
+    lr = torch.load(elsewhere / "state.pt", weights_only=False)["optimizer"]["param_groups"][0]["lr"]
+    assert lr == 0.01 * 0.5 ** 4  # after 40 steps of one-batch epochs: four halvings

@@ -567,7 +567,8 @@ def test_export_finds_a_relative_data_path_beside_the_spec_not_the_checkpoint(tm
     monkeypatch.chdir(elsewhere)
     capsys.readouterr()
     assert main(["export", str(saved), "--backend", "torch", "--out", "state.pt"]) == 0, capsys.readouterr().err
-    assert main(["import", "state.pt", "--backend", "torch", "--spec", str(specs / "lin.toml"), "--out", "back.npz"]) == 0
+    assert main(["import", "state.pt", "--backend", "torch", "--spec", str(specs / "lin.toml"),
+                 "--out", "back.npz"]) == 0
     (_, want), (_, got) = load_checkpoint(saved), load_checkpoint(elsewhere / "back.npz")
     assert got.step == 40 and all(np.array_equal(got.params[k], want.params[k]) for k in want.params)
     import torch

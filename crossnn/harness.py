@@ -13,7 +13,7 @@ import numpy as np
 
 from crossnn import backends
 from crossnn.data import Dataset, load_dataset
-from crossnn.errors import BackendError, CrossnnError, DataError
+from crossnn.errors import BackendError, CrossnnError, DataError, SpecError
 from crossnn.checkpoint import TrainingState
 from crossnn.metrics import metric_values
 from crossnn.params import Params, cast, initial_parameters
@@ -134,7 +134,7 @@ def train(experiment: Experiment, runs: Sequence[RunSpec], *, snapshot_every: in
     if stop_after is not None and resume is not None and stop_after <= resume.step:
         raise DataError(f"--stop-after: must be > {resume.step}, the checkpoint's step, got {stop_after}")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise BackendError(f"threads: must be an integer >= 1, got {threads!r}")
+        raise SpecError(f"threads: must be an integer >= 1, got {threads!r}")
 
     ref_spec = reference_spec()
     failed = backends.prepare({ref_spec.backend, *(spec.backend for spec in runs)})  # frameworks that fail to load

@@ -167,19 +167,6 @@ def test_threads_are_set_and_recorded(restore_threads):
     assert document["threads"] == 3 and [run["threads"] for run in document["runs"]] == [3, 3]
 
 
-@pytest.fixture
-def restore_threads():
-    """Thread counts are process-wide: put torch's and the BLAS libraries' back after the test."""
-    torch = pytest.importorskip("torch")
-    threadpoolctl = pytest.importorskip("threadpoolctl")
-    before = torch.get_num_threads()
-    pools = threadpoolctl.threadpool_info()
-    yield
-    torch.set_num_threads(before)
-    for pool in pools:
-        threadpoolctl.threadpool_limits(limits=pool["num_threads"], user_api=pool["user_api"])
-
-
 def test_a_fresh_interpreter_runs_circle_on_numpy_and_torch():
     """The issue's acceptance, as a user would type it: passed, the table, a one-screen repr."""
     pytest.importorskip("torch")

@@ -109,6 +109,11 @@ BAD_INPUTS = [
     ("negative tolerance", LINEAR, ["--atol", "-1"], "--atol: must be a finite number >= 0, got -1.0"),
     ("unknown device", LINEAR, ["--device", "tpu"], "--device: unknown device 'tpu'; use cpu or cuda[:N]"),
     ("csv with a header line", _csv_with_header, [], "(if the first line holds column names, set header = true)"),
+    ("zero threads", LINEAR, ["--threads", "0"], "--threads: must be an integer >= 1, got 0"),
+    ("a mode no backend has", LINEAR, ["--backends", "numpy", "--mode", "warp"],
+     "--mode: no chosen backend has mode 'warp'; their modes: default"),
+    ("a named backend without a listed mode", LINEAR, ["--backends", "numpy,torch", "--mode", "eager"],
+     "--mode: backend 'numpy' has none of the modes eager; its modes: default"),
     ("metric that does not apply", _edit(LINEAR, "metrics = []", 'metrics = ["accuracy"]'), [],
      "train.metrics: accuracy needs a classification loss (bce, bce_logits or cross_entropy), not mse"),
 ]
@@ -575,3 +580,48 @@ def test_export_finds_a_relative_data_path_beside_the_spec_not_the_checkpoint(tm
 
     lr = torch.load(elsewhere / "state.pt", weights_only=False)["optimizer"]["param_groups"][0]["lr"]
     assert lr == 0.01 * 0.5 ** 4  # after 40 steps of one-batch epochs: four halvings
+
+
+def test_mode_takes_a_list_and_says_which_backend_ran_which(capsys):
+    """Each backend runs the listed modes it has (it used to take one mode, and a backend without it ran
+    its default unannounced)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("tensorflow")
+    code = main(["run", "linear-2x3", "--backends", "torch,tensorflow", "--mode", "eager,xla", "--quiet",
+                 "--json", "-"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    labels = [run["label"] for run in json.loads(captured.out)["runs"]]
+    assert labels == ["numpy float64 cpu default", "torch float64 cpu eager", "tensorflow float64 cpu eager",
+                      "tensorflow float64 cpu xla"]
+    assert "crossnn: --mode eager,xla: torch runs eager; tensorflow runs eager, xla" in captured.err.splitlines()
+
+
+def test_unnamed_backends_without_a_listed_mode_are_left_out_with_a_line(capsys):
+    pytest.importorskip("torch")
+    assert main(["run", "linear-2x3", "--mode", "xp", "--quiet", "--json", "-"]) == 0
+    captured = capsys.readouterr()
+    labels = [run["label"] for run in json.loads(captured.out)["runs"]]
+    assert labels == ["numpy float64 cpu default", "torch float64 cpu xp"]  # the reference runs in any case
+    err = captured.err.splitlines()
+    assert "crossnn: backend 'numpy' left out: --mode names none of its modes (default)" in err
+    assert "crossnn: --mode xp: torch runs xp" in err
+
+
+def test_threads_set_every_framework_and_the_json_records_them(capsys, restore_threads):
+    import torch
+    from crossnn_numpy.device import blas_threads
+
+    assert main(["run", "linear-2x3", "--backends", "numpy,torch", "--threads", "3", "--quiet", "--json", "-"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["threads"] == 3 and [run["threads"] for run in document["runs"]] == [3, 3]
+    assert torch.get_num_threads() == 3 and blas_threads() == 3
+
+
+def test_threads_reach_tensorflow():
+    """TensorFlow takes its thread count before its first op: in a fresh process, as the command runs."""
+    pytest.importorskip("tensorflow")
+    done = _cli("run", "linear-2x3", "--backends", "tensorflow", "--threads", "3", "--quiet", "--json", "-")
+    assert done.returncode == 0, done.stderr[-2000:]
+    reference, tensorflow = json.loads(done.stdout)["runs"]
+    assert tensorflow["threads"] == 3 and "intra-op 3, inter-op 1 threads" in tensorflow["description"]

@@ -86,7 +86,7 @@ def test_an_object_no_backend_knows_is_refused():
 def test_run_text_prints_what_check_parity_returns():
     """check_parity returns its parities as a list, one per record; run_text used to index that list by
     id(record) and raise IndexError."""
-    result, parities = check_parity("linear-2x3", backends="numpy", dtypes="float64,float32")
+    result, parities = check_parity(crossnn.example("linear-2x3"), backends="numpy", dtypes="float64,float32")
     text = run_text(result, parities)
     assert text == run_text(result, {id(record): parity for record, parity in zip(result.records, parities)})
     assert "numpy float32 cpu default  fc/kernel" in text and "parity: PASS (1 of 1 runs agree)" in text

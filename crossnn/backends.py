@@ -141,6 +141,17 @@ class Backend(ABC):
         """Import and configure the framework (threads, determinism). Called before any build, through
         crossnn.backends.prepare, which turns a failure here into an unavailable backend."""
 
+    def threads(self) -> int | None:
+        """The intra-op threads this framework uses in this process now (the threads one operation, a
+        matrix product, may use), or None when unknown. Called after `prepare`; recorded per run."""
+        return None
+
+    def set_threads(self, n: int) -> None:
+        """Use `n` intra-op threads from now on in this process (crossnn run --threads, crossnn.run's
+        threads=). Called after `prepare`, before `build`. Raise a one-line BackendError when the
+        framework cannot take that count now, or offers no way to set it."""
+        raise BackendError(f"backend '{self.name}' cannot set its thread count")
+
     def mode_unavailable(self, mode: str) -> str | None:
         """Why `mode` cannot run with the installed framework (e.g. a kernel library this build
         lacks), or None. Called after `prepare`."""

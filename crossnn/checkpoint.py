@@ -4,6 +4,9 @@ A checkpoint is a NumPy .npz archive holding:
 
     format                  "crossnn-checkpoint-1"
     spec                    the experiment's spec file text (TOML)
+    spec_path               the absolute path of the spec file it was read from, when it was read from
+                            one: relative data paths in the spec start from that file's folder, wherever
+                            the checkpoint is read (without it: the checkpoint's folder)
     step                    steps completed (the position in the batch plan; the epoch and the
                             learning-rate schedule follow from it)
     param/<name>            parameters, canonical names and layout, float64
@@ -19,6 +22,7 @@ Optimizer slots by optimizer (the names PyTorch's optimizers use):
 
 from __future__ import annotations
 
+import dataclasses
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +62,8 @@ def save_checkpoint(path: Path, experiment: Experiment, state: TrainingState) ->
     """Write the checkpoint completely or not at all."""
     arrays: dict[str, np.ndarray] = {"format": np.array(FORMAT), "spec": np.array(dumps(experiment)),
                                      "step": np.array(state.step, dtype=np.int64)}
+    if experiment.source:
+        arrays["spec_path"] = np.array(str(Path(experiment.source).resolve()))
     for name, value in state.params.items():
         arrays[f"param/{name}"] = np.asarray(value, dtype=np.float64)
     for slot, values in state.slots.items():
@@ -84,6 +90,8 @@ def load_checkpoint(path: Path, experiment: Experiment | None = None) -> tuple[E
     if str(contents["format"]) != FORMAT:
         raise CheckpointError(f"{path}: format '{contents['format']}', expected '{FORMAT}'")
     saved = loads(str(contents["spec"]), source=f"{path}:spec")
+    if "spec_path" in contents:  # relative data paths start where the spec file was
+        saved = dataclasses.replace(saved, source=str(contents["spec_path"]))
     if experiment is not None and saved != experiment:
         raise CheckpointError(f"{path}: saved for a different spec ('{saved.name}'); resume with the spec it was "
                               "saved from")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import shlex
 import sys
@@ -13,6 +12,7 @@ import textwrap
 import traceback
 from pathlib import Path
 
+from crossnn.api import load_data, load_spec, read_spec
 from crossnn.errors import CrossnnError, SpecError
 
 EXIT_OK, EXIT_PARITY_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
@@ -56,8 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="spec files or example names; 'seeds' runs the five seed examples")
     p.add_argument("--backends", help="comma-separated backend names (default: every available one)")
     p.add_argument("--dtype", default="float64", help="float64 (default) or float32, or both comma-separated")
-    p.add_argument("--device", default="cpu", help="device for non-reference runs, e.g. cpu or cuda (default cpu)")
-    p.add_argument("--mode", help="execution mode of each backend (default: each backend's first mode)")
+    p.add_argument("--device", default="cpu", help="device of the non-reference runs, cpu or cuda[:N], or several "
+                                                   "comma-separated (default cpu)")
+    p.add_argument("--mode", help="execution modes, comma-separated: each backend runs every listed mode it has; "
+                                  "a named backend with none of them is an error, an unnamed one is left out "
+                                  "(default: each backend's first mode; `crossnn list` shows them)")
+    p.add_argument("--threads", type=int, metavar="N", help="intra-op threads of every framework (torch, TensorFlow, "
+                                                            "NumPy's BLAS through threadpoolctl); recorded in the JSON")
     p.add_argument("--snapshot-every", type=int, metavar="N", help="compare parameters every N steps "
                    "(default: about 500 snapshots per run)")
     p.add_argument("--rtol", type=float, help="relative tolerance (default per dtype)")
@@ -175,37 +180,6 @@ def main(argv: list[str] | None = None) -> int:
 
 # ---- helpers ------------------------------------------------------------------------------------
 
-def load_spec(text: str):
-    """A spec file path, or the name of a built-in example."""
-    return read_spec(text)[0]
-
-
-def read_spec(text: str):
-    """load_spec, and the values a preset filled in (crossnn.spec.presets.Fill)."""
-    from crossnn import examples
-    from crossnn.spec.toml import read_file
-
-    path = Path(text)
-    if path.suffix == ".toml" or path.exists():
-        if not path.exists():
-            raise SpecError(f"no such spec file: {text}")
-        return read_file(path)
-    if text in examples.names():
-        return read_file(examples.path(text))
-    raise SpecError(f"'{text}' is neither a spec file nor an example; examples: {', '.join(examples.names())}")
-
-
-def load_data(experiment, where: str):
-    """The experiment's data set; a data error names the spec (file or example) it came from."""
-    from crossnn.data import load_dataset
-    from crossnn.errors import DataError
-
-    try:
-        return load_dataset(experiment)
-    except DataError as err:
-        raise DataError(f"{where}: {err}") from None
-
-
 #: names that stand for several examples
 SUITES = {"seeds": ("adder", "line", "linear-2x3", "two-tower", "circle")}
 
@@ -311,95 +285,73 @@ def cmd_run(args) -> int:
     return code
 
 
+#: the run command's option for each argument crossnn.selection checks
+RUN_OPTIONS = {"backends": "--backends", "dtypes": "--dtype", "devices": "--device", "modes": "--mode"}
+
+
 def _run(args, json_only: bool = False):
     """`crossnn run`: its exit status, or with json_only (for --json -) the status and the JSON text."""
-    from crossnn import backends
-    from crossnn.bench.select import device_kind
+    from crossnn.api import Result, compare_all
     from crossnn.checkpoint import load_checkpoint
     from crossnn.console import Progress, table
-    from crossnn.errors import BackendError
-    from crossnn.harness import RunSpec, train
-    from crossnn.parity import TOLERANCES, Tolerance, compare, tolerance_for
-    from crossnn.results import result_json, run_text
+    from crossnn.harness import train
+    from crossnn.selection import check_count, check_tolerance, select_runs, start
 
     # everything the user typed is checked before any training starts
     texts = [text for name in args.spec for text in _expand_suite(name)]
     experiments = [load_spec(text) for text in texts]
     datasets = [load_data(e, text) for e, text in zip(experiments, texts)]
-    dtypes = _split(args.dtype)
-    for dtype in dtypes:
-        if dtype not in TOLERANCES:
-            raise BackendError(f"--dtype: unknown dtype '{dtype}'; use float32 or float64")
-    if args.snapshot_every is not None and args.snapshot_every < 1:
-        raise SpecError(f"--snapshot-every: must be >= 1, got {args.snapshot_every}")
-    for option in ("rtol", "atol"):
-        value = getattr(args, option)
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            raise SpecError(f"--{option}: must be a finite number >= 0, got {value}")
-    if device_kind(args.device) is None:  # a typo, said before any framework loads
-        raise BackendError(f"--device: unknown device '{args.device}'; use cpu or cuda[:N]")
+    check_count(args.snapshot_every, "--snapshot-every")
+    check_count(args.threads, "--threads")
+    check_tolerance(args.rtol, "--rtol")
+    check_tolerance(args.atol, "--atol")
+    selection = select_runs(args.backends, args.dtype, args.device, args.mode, native=args.flavor == "native",
+                            options=RUN_OPTIONS)  # names checked before any framework loads
     _check_outputs(args, json="--json", save="--save")
-    _check_checkpoint_options(args, len(experiments), len(dtypes) * len(_split(args.backends) or backends.available()))
-    names = _chosen_backends(args.backends)  # unknown, unavailable or broken named backends are bad input
-    if args.mode and not any(args.mode in backends.get(name).modes for name in names):
-        raise BackendError(f"--mode: no chosen backend has mode '{args.mode}'")
-    for name in names:
-        if not backends.get(name).reference:  # the reference always runs on the CPU
-            try:
-                backends.get(name).check_device(args.device)
-            except BackendError as err:
-                raise BackendError(f"--device: {err}") from None
+    _check_checkpoint_options(args, len(experiments), len(selection.runs))
+    selection = start(selection, RUN_OPTIONS["devices"])  # imports the frameworks
+    for note in selection.notes:
+        _stderr(f"crossnn: {note}")
 
-    def mode(name):
-        return args.mode if args.mode in backends.get(name).modes else None
-
-    def tolerance(record):
-        default = tolerance_for(record.spec.dtype, record.spec.device)
-        return Tolerance(args.rtol if args.rtol is not None else default.rtol,
-                         args.atol if args.atol is not None else default.atol)
-
-    def native(name):
-        return frozenset(backends.get(name).native_entries) if args.flavor == "native" else frozenset()
-
-    runs = [RunSpec(name, dtype, "cpu" if backends.get(name).reference else args.device, mode(name), native(name))
-            for dtype in dtypes for name in names]
     resume = load_checkpoint(Path(args.resume), experiments[0])[1] if args.resume else None
-    outcomes = []
+    outcomes: list[Result] = []
     for experiment, dataset in zip(experiments, datasets):
-        result = train(experiment, runs, snapshot_every=args.snapshot_every, dataset=dataset,
-                       progress=Progress(enabled=not args.quiet), resume=resume, stop_after=args.stop_after)
+        harness = train(experiment, selection.runs, snapshot_every=args.snapshot_every, dataset=dataset,
+                        progress=Progress(enabled=not args.quiet), resume=resume, stop_after=args.stop_after,
+                        threads=args.threads)
         if args.save:
-            _save_stopped(args.save, experiment, result.records[0])
-        parities = {id(r): compare(result.reference, r, tolerance(r)) for r in result.records}
+            _save_stopped(args.save, experiment, harness.records[0])
+        result = Result(harness, compare_all(harness, args.rtol, args.atol), selection.notes)
         if len(experiments) > 1:
             print(f"==== {experiment.name} " + "=" * max(0, 70 - len(experiment.name)))
-        print(run_text(result, parities))
+        print(result.table())
         print()
         if args.flavor == "native":
-            print(native_explanation(experiment, result, parities, say=(lambda text: None) if args.quiet else _stderr))
-        outcomes.append((result, parities))
+            print(native_explanation(experiment, harness, result.parities,
+                                     say=(lambda text: None) if args.quiet else _stderr))
+        outcomes.append(result)
 
     if len(outcomes) > 1:
         totals: dict[str, float] = {}
         rows = []
-        for result, parities in outcomes:
-            for r in result.records:
+        for result in outcomes:
+            for r in result.harness.records:
                 totals[r.spec.label] = totals.get(r.spec.label, 0.0) + r.train_seconds
-                verdict = "reference" if r is result.reference else ("pass" if parities[id(r)].passed else "FAIL")
+                verdict = "reference" if r is result.reference else ("pass" if result.parities[id(r)].passed
+                                                                     else "FAIL")
                 rows.append((result.experiment.name, r.spec.label, f"{r.train_seconds:.2f}", verdict))
         print("summary:")
         print(table(("experiment", "run", "train s", "parity"), rows))
         print()
         print("training time per run, all experiments:")
         print(table(("run", "train s"), [(label, f"{seconds:.2f}") for label, seconds in totals.items()]))
-    failed = [p for _, parities in outcomes for p in parities.values() if not p.passed]
-    code = EXIT_PARITY_FAILED if failed else EXIT_OK
+    code = EXIT_OK if all(result.passed for result in outcomes) else EXIT_PARITY_FAILED
     if args.json:
         from crossnn.bench.machine import describe
         from crossnn.files import json_text, write_text_atomic
 
         machine = describe()
-        documents = [result_json(result, parities, machine) for result, parities in outcomes]
+        documents = [result.to_json(machine) for result in outcomes]
         text = json_text(documents[0] if len(documents) == 1 else {"experiments": documents})
         if json_only:
             return code, text
@@ -533,7 +485,7 @@ def _check_checkpoint_options(args, n_specs: int, n_runs: int) -> None:
     if (args.save or args.resume) and n_specs != 1:
         raise SpecError("--save and --resume take one spec")
     if args.save and n_runs != 1:
-        raise SpecError("--save: choose one backend and one dtype (e.g. --backends torch --dtype float64)")
+        raise SpecError("--save: choose one backend and one dtype, in one mode (e.g. --backends torch --dtype float64)")
 
 
 def _save_stopped(path: str, experiment, record) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 
 from crossnn import backends
 from crossnn.data import Dataset, load_dataset
-from crossnn.errors import BackendError, CrossnnError, DataError
+from crossnn.errors import BackendError, CrossnnError, DataError, SpecError
 from crossnn.checkpoint import TrainingState
 from crossnn.metrics import metric_values
 from crossnn.params import Params, cast, initial_parameters
@@ -40,10 +40,11 @@ class RunSpec:
         return " ".join(part for part in (self.backend, self.dtype, self.device, self.mode, flavor) if part)
 
 
-@dataclass
+@dataclass(repr=False)
 class RunRecord:
     """What one run produced. status: "ok", "nonfinite" (stopped at the step named in message) or
-    "error". snapshots maps a step count to the parameters after that many updates (0 = initial)."""
+    "error". snapshots maps a step count to the parameters after that many updates (0 = initial).
+    threads: the framework's intra-op threads during the run (None: unknown)."""
 
     spec: RunSpec
     version: str = ""
@@ -60,6 +61,13 @@ class RunRecord:
     end_step: int | None = None  # the step count the run was asked to reach
     final_state: TrainingState | None = None
     traceback: str = ""
+    threads: int | None = None
+
+    def __repr__(self) -> str:
+        loss = f", final loss {self.losses[-1]:.6g}" if len(self.losses) else ""
+        message = f": {self.message}" if self.message else ""
+        return (f"<RunRecord {self.spec.label}: {self.status}{message}, {self.steps_done} steps{loss}, "
+                f"{len(self.final_params)} parameters, {len(self.snapshots)} snapshots>")
 
     @property
     def steps_done(self) -> int:
@@ -74,8 +82,11 @@ class RunRecord:
         return self.status == "ok"
 
 
-@dataclass
+@dataclass(repr=False)
 class RunResult:
+    """Every run of one experiment. threads: the intra-op thread count the runs were asked to use
+    (None: each framework's own)."""
+
     experiment: Experiment
     dataset: Dataset
     plan: BatchPlan
@@ -83,6 +94,12 @@ class RunResult:
     snapshot_every: int
     reference: RunRecord
     records: list[RunRecord]  # the runs asked for, in order (the reference run among them if asked)
+    threads: int | None = None
+
+    def __repr__(self) -> str:
+        return (f"<RunResult {self.experiment.name}: {len(self.records)} run(s) "
+                f"({', '.join(r.spec.label for r in self.records) or 'none'}) against {self.reference.spec.label}, "
+                f"{self.plan.steps} steps, snapshots every {self.snapshot_every}>")
 
 
 def reference_spec() -> RunSpec:
@@ -92,15 +109,17 @@ def reference_spec() -> RunSpec:
 def train(experiment: Experiment, runs: Sequence[RunSpec], *, snapshot_every: int | None = None,
           progress: Progress | None = None, dataset: Dataset | None = None,
           initial_params: Params | None = None, reference: RunRecord | None = None,
-          resume: TrainingState | None = None, stop_after: int | None = None) -> RunResult:
+          resume: TrainingState | None = None, stop_after: int | None = None,
+          threads: int | None = None) -> RunResult:
     """Run every RunSpec (plus the NumPy float64 reference, always, uninterrupted from step 0) and
     return all records.
 
     initial_params replaces the spec's initializers (e.g. weights taken from a user's model);
     reference reuses a reference run made earlier with the same arguments; resume starts the
     requested runs from a saved training state; stop_after ends them after that many steps in all
-    (their final state is kept in RunRecord.final_state). The runs of a backend whose framework fails
-    to import or start (backends.prepare) get an "error" record saying why; the others go on.
+    (their final state is kept in RunRecord.final_state); threads sets every framework's intra-op
+    threads (Backend.set_threads) before training. The runs of a backend whose framework fails to
+    import or start (backends.prepare) get an "error" record saying why; the others go on.
     """
     dataset = dataset if dataset is not None else load_dataset(experiment)
     params0 = initial_parameters(experiment)
@@ -114,12 +133,17 @@ def train(experiment: Experiment, runs: Sequence[RunSpec], *, snapshot_every: in
         raise DataError(f"--stop-after: must be in 1..{plan.steps} (the plan's steps), got {stop_after}")
     if stop_after is not None and resume is not None and stop_after <= resume.step:
         raise DataError(f"--stop-after: must be > {resume.step}, the checkpoint's step, got {stop_after}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise SpecError(f"threads: must be an integer >= 1, got {threads!r}")
 
     ref_spec = reference_spec()
     failed = backends.prepare({ref_spec.backend, *(spec.backend for spec in runs)})  # frameworks that fail to load
     if ref_spec.backend in failed:
         raise BackendError(f"the reference backend '{ref_spec.backend}' is unavailable: {failed[ref_spec.backend]}")
     ref_spec, *resolved = [_resolve(spec) for spec in [ref_spec, *runs]]
+    if threads is not None:
+        for name in sorted({ref_spec.backend, *(spec.backend for spec in resolved)} - set(failed)):
+            backends.get(name).set_threads(threads)
 
     # the reference also snapshots where the other runs start and stop, so parity sees those states
     marks = frozenset(step for step in (resume.step if resume else None, stop_after) if step is not None)
@@ -129,7 +153,7 @@ def train(experiment: Experiment, runs: Sequence[RunSpec], *, snapshot_every: in
                ref_record if spec == ref_spec and not interrupted else
                run_one(experiment, spec, params0, dataset, plan, every, progress, resume=resume, stop_after=stop_after)
                for spec in resolved]
-    return RunResult(experiment, dataset, plan, params0, every, ref_record, records)
+    return RunResult(experiment, dataset, plan, params0, every, ref_record, records, threads)
 
 
 def _not_run(spec: RunSpec, reason: str) -> RunRecord:
@@ -198,7 +222,7 @@ def run_one(experiment: Experiment, spec: RunSpec, params0: Params, dataset: Dat
             trainer.load_state(resume.as_float64())  # a copy: backends may update what they load in place
         trainer.synchronize()
         record.build_seconds = time.perf_counter() - start
-        record.description = trainer.describe()
+        record.description, record.threads = trainer.describe(), backend.threads()
         record.snapshots[start_step] = _float64(trainer.parameters())
         for first, stop in _boundaries(plan, start_step, stop_step, every, track, marks):
             start = time.perf_counter()

@@ -44,6 +44,18 @@ class NumpyBackend(Backend):
             raise UnsupportedFeature("numpy", "a hand-written loop on a GPU")
         return TutorialTrainer(experiment, params, data, dtype)
 
+    def threads(self):
+        """The threads of NumPy's BLAS library (threadpoolctl), or None without threadpoolctl."""
+        from crossnn_numpy.device import blas_threads
+
+        return blas_threads()
+
+    def set_threads(self, n):
+        """NumPy's BLAS threads, through threadpoolctl (which must be installed)."""
+        from crossnn_numpy.device import set_blas_threads
+
+        set_blas_threads(n)
+
     def runtime(self):
         from crossnn.bench.machine import blas_threads
 

@@ -80,6 +80,18 @@ class TensorflowBackend(Backend):
 
         device.configure()
 
+    def threads(self):
+        """TF's intra-op threads (0 would be TF's own choice: one per core)."""
+        from crossnn_tensorflow.device import import_tensorflow
+
+        return import_tensorflow().config.threading.get_intra_op_parallelism_threads()
+
+    def set_threads(self, n):
+        """tf.config.threading's intra-op threads; refused once TF has run an op in this process."""
+        from crossnn_tensorflow.device import set_intra_op_threads
+
+        set_intra_op_threads(n)
+
     def runtime(self):
         """TF version, intra/inter-op threads, op determinism, TF32 and oneDNN, as set in this process."""
         from crossnn_tensorflow import device

@@ -56,8 +56,30 @@ def probe() -> tuple[str, ...]:
     return ("cpu",) + tuple(f"gpu:{i}" for i in range(len(tf.config.list_physical_devices("GPU"))))
 
 
+#: intra-op threads chosen through set_intra_op_threads (crossnn run --threads); None: intra_op_threads' default
+_chosen_intra_op_threads: list[int] = []
+
+
 def intra_op_threads() -> int:
+    """The chosen count, else every core this process may run on."""
+    if _chosen_intra_op_threads:
+        return _chosen_intra_op_threads[-1]
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def set_intra_op_threads(n: int) -> None:
+    """Use n intra-op threads from now on (configure keeps them). TensorFlow fixes its thread pools
+    when it runs its first op; after that, a different count is refused with a one-line BackendError."""
+    tf = import_tensorflow()
+    current = tf.config.threading.get_intra_op_parallelism_threads()
+    if current != n:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(n)
+        except RuntimeError:  # the runtime is already initialised
+            raise BackendError(f"backend 'tensorflow' cannot change its intra-op threads to {n}: TensorFlow fixes them "
+                               f"when it runs its first op, which it has done in this process (they are {current})"
+                               ) from None
+    _chosen_intra_op_threads[:] = [n]
 
 
 def import_tensorflow():

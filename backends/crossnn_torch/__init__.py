@@ -74,6 +74,17 @@ class TorchBackend(Backend):
 
         device.configure()
 
+    def threads(self):
+        import torch
+
+        return torch.get_num_threads()
+
+    def set_threads(self, n):
+        """torch.set_num_threads: the intra-op threads of torch's CPU kernels."""
+        import torch
+
+        torch.set_num_threads(n)
+
     def mode_unavailable(self, mode):
         """The onednn mode needs the oneDNN inner product inside this torch build."""
         if mode != "onednn":

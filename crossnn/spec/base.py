@@ -21,11 +21,15 @@ import types
 import typing
 from typing import Any, ClassVar, Literal, Union
 
+import numpy as np
+
 from crossnn.errors import SpecError
 
 
 class Array(tuple):
-    """Field type for inline numeric data: a rectangular nested tuple of numbers, of any rank."""
+    """Field type for inline numeric data: a rectangular nested tuple of numbers, of any rank. A NumPy
+    array is taken as its nested lists (ndarray.tolist: Python floats and ints), so a spec built from
+    arrays equals, hashes and saves like one read from a file."""
 
 
 class Pair(tuple):
@@ -201,6 +205,8 @@ def convert(value: Any, annotation: Any) -> Any:
 
 
 def _convert_array(value: Any) -> Array:
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
     if not isinstance(value, (list, tuple)) or not value:
         raise SpecError(f"expected a non-empty list of numbers or of rows, got {_describe(value)}")
     return Array(_rectangular(value, ""))

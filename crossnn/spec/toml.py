@@ -1,4 +1,5 @@
-"""Spec files: TOML read with the standard library, written by a small writer that keeps every
+"""Spec files: TOML read with the standard library's tomllib (Python 3.11+; on 3.10 its original, the
+tomli package, which the install pulls in there), written by a small writer that keeps every
 value exact (floats are written with repr, which round-trips), so spec -> file -> spec is lossless.
 
 A file may start with `defaults = "torch"` (or "keras"): the fields it leaves out take that
@@ -9,9 +10,13 @@ from __future__ import annotations
 
 import math
 import re
-import tomllib
 from pathlib import Path
 from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, before it joined the standard library
+    import tomli as tomllib
 
 from crossnn.errors import SpecError
 from crossnn.spec.data import DataSource

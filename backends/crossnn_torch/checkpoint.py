@@ -323,21 +323,21 @@ class SequentialReader:
         if child.bias is not None:
             self.params[f"{name}/bias"] = _numpy(child.bias)
 
-    def _padding(self, name, child, layer_fields: dict, padding, pads=None) -> str:
-        """'valid' or 'same' for torch's padding (with an nn.ZeroPad2d's pads before it), when it is
-        crossnn's rule; UnsupportedFeature otherwise."""
+    def _padding(self, name, child, layer, padding, pads=None) -> str:
+        """'valid' or 'same' for torch's padding (with an nn.ZeroPad2d's (left, right, top, bottom) pads
+        before it), when it is crossnn's rule for `layer` (the spec layer, 'same' padded); else
+        UnsupportedFeature."""
         if isinstance(padding, str):
-            if padding == "valid" or (padding == "same" and all(s == 1 for s in layer_fields["strides"])):
+            if padding == "valid" or (padding == "same" and all(s == 1 for s in layer.strides)):
                 return padding  # torch's 'same' (stride 1) puts an odd extra pixel after, as crossnn's rule does
             padding = (0, 0)
         ph, pw = _pair(padding)
         if pads is None and (ph, pw) == (0, 0):
             return "valid"
-        wanted = (pads[2], pads[3], pads[0], pads[1]) if pads is not None else (ph, ph, pw, pw)
         if pads is not None and (ph, pw) != (0, 0):
             raise self.refuse(name, child, "padded twice (nn.ZeroPad2d and its own padding)")
-        probe = type("Window", (), {**layer_fields, "padding": "same"})
-        g = window_geometry(probe, self.shape)
+        wanted = (pads[2], pads[3], pads[0], pads[1]) if pads is not None else (ph, ph, pw, pw)
+        g = window_geometry(layer, self.shape)
         if (g.top, g.bottom, g.left, g.right) != wanted:
             raise self.refuse(name, child, f"padding (top, bottom, left, right) {wanted} on a {list(self.shape[:2])} "
                                            f"input is neither 'valid' nor crossnn's 'same' "
@@ -354,37 +354,33 @@ class SequentialReader:
         self._check_window(name, child)
         if child.groups != 1 or child.padding_mode != "zeros" or child.in_channels != self.shape[2]:
             raise self.refuse(name, child, f"needs groups=1, padding_mode='zeros' and {self.shape[2]} input channels")
-        fields = {"window_size": _pair(child.kernel_size), "strides": _pair(child.stride),
-                  "dilation": _pair(child.dilation)}
-        padding = self._padding(name, child, fields, child.padding, self.pad)
+        layer = spec.Conv2D(name=name, filters=child.out_channels, kernel_size=_pair(child.kernel_size),
+                            strides=_pair(child.stride), padding="same", dilation=_pair(child.dilation),
+                            use_bias=child.bias is not None, kernel_init=spec.FanInUniform(),
+                            bias_init=spec.FanInUniform())
+        padding = self._padding(name, child, layer, child.padding, self.pad)
         self.pad = None
-        self.add(spec.Conv2D(name=name, filters=child.out_channels, kernel_size=fields["window_size"],
-                             strides=fields["strides"], padding=padding, dilation=fields["dilation"],
-                             use_bias=child.bias is not None, kernel_init=spec.FanInUniform(),
-                             bias_init=spec.FanInUniform()))
+        self.add(dataclasses.replace(layer, padding=padding))
         self.params[f"{name}/kernel"] = _numpy(ops.CONV_WEIGHT.canonical(child.weight.detach()))
         if child.bias is not None:
             self.params[f"{name}/bias"] = _numpy(child.bias)
 
-    def _pool_fields(self, name, child) -> dict:
+    def _pool(self, name, child, cls, **fields):
+        """The spec pooling layer of an nn.MaxPool2d or nn.AvgPool2d."""
         self._check_window(name, child)
         stride = child.stride if child.stride is not None else child.kernel_size
-        return {"window_size": _pair(child.kernel_size), "strides": _pair(stride), "dilation": (1, 1)}
+        layer = cls(name=name, pool_size=_pair(child.kernel_size), strides=_pair(stride), padding="same", **fields)
+        self.add(dataclasses.replace(layer, padding=self._padding(name, child, layer, child.padding)))
 
     def max_pool(self, name, child: nn.MaxPool2d):
-        fields = self._pool_fields(name, child)
         if _pair(child.dilation) != (1, 1) or child.return_indices:
             raise self.refuse(name, child, "dilation and return_indices have no crossnn equivalent")
-        padding = self._padding(name, child, fields, child.padding)
-        self.add(spec.MaxPool2D(name=name, pool_size=fields["window_size"], strides=fields["strides"], padding=padding))
+        self._pool(name, child, spec.MaxPool2D)
 
     def avg_pool(self, name, child: nn.AvgPool2d):
-        fields = self._pool_fields(name, child)
         if child.divisor_override is not None:
             raise self.refuse(name, child, "divisor_override has no crossnn equivalent")
-        padding = self._padding(name, child, fields, child.padding)
-        self.add(spec.AvgPool2D(name=name, pool_size=fields["window_size"], strides=fields["strides"], padding=padding,
-                                count_padding=bool(child.count_include_pad)))
+        self._pool(name, child, spec.AvgPool2D, count_padding=bool(child.count_include_pad))
 
     def global_pool(self, name, child: nn.AdaptiveAvgPool2d):
         if _pair(child.output_size) != (1, 1) or not ops.image(self.shape):

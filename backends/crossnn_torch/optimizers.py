@@ -43,6 +43,7 @@ from typing import Any, NamedTuple
 import torch
 
 from crossnn import spec
+from crossnn.errors import UnsupportedFeature
 from crossnn_torch.ops import OPS, literal
 
 
@@ -59,8 +60,6 @@ class Rule(NamedTuple):
     def code(self) -> str:
         """The line creating `optimizer` in a script."""
         if self.cls.__module__.split(".")[:2] != ["torch", "optim"]:
-            from crossnn.errors import UnsupportedFeature
-
             raise UnsupportedFeature("torch", f"optimizer {self.cls.__qualname__} (defined outside torch.optim) in "
                                               "a script")
         options = "".join(f", {k}={literal(v)}" for k, v in self.options.items())

@@ -191,7 +191,7 @@ def script(experiment: Experiment, params: dict[str, np.ndarray], data: Dataset,
              "    step = 0  # the global step number: the learning rate and dropout masks depend on it",
              "    for epoch in range(EPOCHS):",
              "        for rows in batches(epoch):"]
-    body = ["xb, yb = X[torch.from_numpy(rows)], Y[torch.from_numpy(rows)]"]
+    body = ["rows = torch.from_numpy(rows)", "xb, yb = X[rows], Y[rows]"]
     if needs_lr:
         body.append("lr = lr_at(epoch, step)")
     for name, shape, rate in dropouts:

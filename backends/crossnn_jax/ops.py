@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import textwrap
 from typing import Callable, NamedTuple
 
@@ -103,6 +104,93 @@ def clamped_cross_entropy_bwd(log_min, residuals, g):
 clamped_cross_entropy.defvjp(clamped_cross_entropy_fwd, clamped_cross_entropy_bwd)
 
 
+def normalize(x, gamma, beta, reduce, shape, epsilon):
+    """y = gamma · (x - μ) / √(σ² + epsilon) + beta with μ and the biased σ² over the axes `reduce`
+    (gamma, beta: None or vectors broadcast by `shape`); returns (y, μ, σ²). Autodiff differentiates
+    the statistics too."""
+    mean = jnp.mean(x, axis=reduce, keepdims=True)
+    centered = x - mean
+    var = jnp.mean(centered * centered, axis=reduce, keepdims=True)
+    y = centered * (1.0 / jnp.sqrt(var + epsilon))
+    y = y if gamma is None else y * gamma.reshape(shape)
+    return (y if beta is None else y + beta.reshape(shape)), mean, var
+
+
+def moving_statistics(mean, var, moving_mean, moving_variance, momentum, count, unbiased):
+    """BatchNorm's moving statistics after a training step (Keras' momentum): momentum · moving +
+    (1 - momentum) · batch, the batch variance times count / (count - 1) when unbiased (PyTorch's)."""
+    mean, var = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)
+    if unbiased:
+        var = var * (count / (count - 1))
+    return (momentum * moving_mean + (1.0 - momentum) * mean.reshape(moving_mean.shape),
+            momentum * moving_variance + (1.0 - momentum) * var.reshape(moving_variance.shape))
+
+
+def normalize_moving(x, gamma, beta, moving_mean, moving_variance, shape, epsilon):
+    """BatchNorm when predicting: gamma · (x - moving_mean) / √(moving_variance + epsilon) + beta."""
+    y = (x - moving_mean.reshape(shape)) / jnp.sqrt(moving_variance.reshape(shape) + epsilon)
+    y = y if gamma is None else y * gamma.reshape(shape)
+    return y if beta is None else y + beta.reshape(shape)
+
+
+@functools.partial(jax.jit, static_argnames=("act", "return_sequences"))
+def simple_rnn(x, kernel, recurrent, bias, act, return_sequences):
+    """h_t = act(x_t @ kernel + h_{t-1} @ recurrent + bias) from h_0 = 0, over the time axis of x
+    (N, T, F) with jax.lax.scan; every h_t (N, T, units) or the last (N, units). The recurrent layers
+    are jitted functions (the activations static): inside a jitted step they are inlined; called op by
+    op (the eager mode) they compile once instead of tracing their scan again at every call."""
+    xw = x @ kernel + bias
+
+    def cell(h, xw_t):
+        h = act(xw_t + h @ recurrent)
+        return h, h
+
+    h, hs = jax.lax.scan(cell, jnp.zeros((x.shape[0], recurrent.shape[0]), x.dtype), jnp.swapaxes(xw, 0, 1))
+    return jnp.swapaxes(hs, 0, 1) if return_sequences else h
+
+
+@functools.partial(jax.jit, static_argnames=("act", "rec", "return_sequences"))
+def lstm(x, kernel, recurrent, bias, act, rec, return_sequences):
+    """Gates i, f, c, o of z = x_t @ kernel + h_{t-1} @ recurrent + bias: c_t = rec(z_f) c_{t-1} +
+    rec(z_i) act(z_c), h_t = rec(z_o) act(c_t), from zero states, scanned over time."""
+    xw = x @ kernel + bias
+
+    def cell(carry, xw_t):
+        h, c = carry
+        zi, zf, zg, zo = jnp.split(xw_t + h @ recurrent, 4, axis=-1)
+        c = rec(zf) * c + rec(zi) * act(zg)
+        h = rec(zo) * act(c)
+        return (h, c), h
+
+    zero = jnp.zeros((x.shape[0], recurrent.shape[0]), x.dtype)
+    (h, _), hs = jax.lax.scan(cell, (zero, zero), jnp.swapaxes(xw, 0, 1))
+    return jnp.swapaxes(hs, 0, 1) if return_sequences else h
+
+
+@functools.partial(jax.jit, static_argnames=("act", "rec", "return_sequences", "reset_after"))
+def gru(x, kernel, recurrent, bias, act, rec, return_sequences, reset_after):
+    """Gates z, r, h (crossnn.spec.GRU): h_t = z h_{t-1} + (1 - z) h~, from zero, scanned over time.
+    reset_after: bias (2, 3u) = (input row, recurrent row), h~ = act(a_h + r ⊙ (h @ R_h + b_h));
+    else bias (3u,), h~ = act(a_h + (r ⊙ h) @ R_h)."""
+    u = recurrent.shape[0]
+    xw = x @ kernel + (bias[0] if reset_after else bias)
+
+    def cell(h, a):
+        if reset_after:
+            hb = h @ recurrent + bias[1]
+            z, r = rec(a[:, :u] + hb[:, :u]), rec(a[:, u:2 * u] + hb[:, u:2 * u])
+            candidate = act(a[:, 2 * u:] + r * hb[:, 2 * u:])
+        else:
+            hb = h @ recurrent[:, :2 * u]
+            z, r = rec(a[:, :u] + hb[:, :u]), rec(a[:, u:2 * u] + hb[:, u:2 * u])
+            candidate = act(a[:, 2 * u:] + (r * h) @ recurrent[:, 2 * u:])
+        h = z * h + (1.0 - z) * candidate
+        return h, h
+
+    h, hs = jax.lax.scan(cell, jnp.zeros((x.shape[0], u), x.dtype), jnp.swapaxes(xw, 0, 1))
+    return jnp.swapaxes(hs, 0, 1) if return_sequences else h
+
+
 def _source(*objects, tail: str = "") -> str:
     return "\n\n".join(textwrap.dedent(inspect.getsource(o)) for o in objects) + tail
 
@@ -114,6 +202,7 @@ SCRIPT_HELPERS = {
     "clamped_cross_entropy": _source(
         clamped_cross_entropy, clamped_cross_entropy_fwd, clamped_cross_entropy_bwd,
         tail="\n\nclamped_cross_entropy.defvjp(clamped_cross_entropy_fwd, clamped_cross_entropy_bwd)\n"),
+    **{f.__name__: _source(f) for f in (normalize, moving_statistics, normalize_moving, simple_rnn, lstm, gru)},
 }
 
 
@@ -383,6 +472,150 @@ class Reshaping(Layer):
 
     def code(self, ins, out):
         return [f"{out} = {ins[0]}.reshape({ins[0]}.shape[0], {', '.join(map(str, self.node.shape))})"]
+
+
+# ---- normalization ----------------------------------------------------------------------------------
+
+
+def _norm_geometry(node) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(axes a statistic is taken over, the shape that broadcasts a per-channel vector against x)."""
+    rank = len(node.shape) + 1
+    keep = merge_axis(node.layer.axis, len(node.shape)) + 1
+    shape = tuple(node.shape[keep - 1] if i == keep else 1 for i in range(rank))
+    if isinstance(node.layer, spec.LayerNorm):
+        return (keep,), shape
+    return tuple(i for i in range(rank) if i != keep), shape
+
+
+class _Norm(Layer):
+    def __init__(self, node, native=frozenset()):
+        super().__init__(node, native)
+        self.reduce, self.shape = _norm_geometry(node)
+        self.helpers = frozenset({"normalize"})
+
+    def _scale(self) -> tuple[str, str]:
+        s = self.node.layer
+        return (_param(self.node, "gamma") if s.scale else "None", _param(self.node, "beta") if s.center else "None")
+
+    def native_init(self, key, dtype):
+        """Flax's nn.BatchNorm / nn.LayerNorm: scale ones, bias zeros."""
+        return {p.name: (jnp.ones if p.name == "gamma" else jnp.zeros)(p.shape, dtype) for p in self.node.params}
+
+
+@OPS.register(spec.BatchNorm)
+class BatchNorm(_Norm):
+    """Training: normalize with the batch's statistics and move the moving ones (state); predicting:
+    normalize with the moving statistics."""
+
+    stateful = True
+
+    def __init__(self, node, native=frozenset()):
+        super().__init__(node, native)
+        self.helpers = frozenset({"normalize", "moving_statistics", "normalize_moving"})
+
+    def __call__(self, p, inputs, mask=None):
+        return normalize_moving(inputs[0], p.get("gamma"), p.get("beta"), p["moving_mean"], p["moving_variance"],
+                                self.shape, self.node.layer.epsilon)
+
+    def train(self, p, inputs, mask=None):
+        s, x = self.node.layer, inputs[0]
+        y, mean, var = normalize(x, p.get("gamma"), p.get("beta"), self.reduce, self.shape, s.epsilon)
+        count = x.size // math.prod(self.shape)
+        mm, mv = moving_statistics(mean, var, p["moving_mean"], p["moving_variance"], s.momentum, count,
+                                   s.running_variance == "unbiased")
+        return y, {"moving_mean": mm, "moving_variance": mv}
+
+    def code(self, ins, out):
+        s, node = self.node.layer, self.node
+        gamma, beta = self._scale()
+        mm, mv = _param(node, "moving_mean"), _param(node, "moving_variance")
+        return ["if not training:  # predicting: the moving statistics",
+                f"    {out} = normalize_moving({ins[0]}, {gamma}, {beta}, {mm}, {mv}, {self.shape}, {s.epsilon!r})",
+                "else:  # training: the batch's statistics, and the moving ones move",
+                f"    {out}, mean, var = normalize({ins[0]}, {gamma}, {beta}, {self.reduce}, {self.shape}, "
+                f"{s.epsilon!r})",
+                f'    state["{node.name}/moving_mean"], state["{node.name}/moving_variance"] = moving_statistics('
+                f"mean, var, {mm}, {mv}, {s.momentum!r}, {ins[0]}.size // {math.prod(self.shape)}, "
+                f"{s.running_variance == 'unbiased'})"]
+
+
+@OPS.register(spec.LayerNorm)
+class LayerNorm(_Norm):
+    """Each sample normalized over its axis, in training and predicting alike."""
+
+    def __call__(self, p, inputs, mask=None):
+        return normalize(inputs[0], p.get("gamma"), p.get("beta"), self.reduce, self.shape, self.node.layer.epsilon)[0]
+
+    def code(self, ins, out):
+        gamma, beta = self._scale()
+        return [f"{out}, _, _ = normalize({ins[0]}, {gamma}, {beta}, {self.reduce}, {self.shape}, "
+                f"{self.node.layer.epsilon!r})"]
+
+
+# ---- sequences --------------------------------------------------------------------------------------
+
+
+@OPS.register(spec.Embedding)
+class Embedding(Layer):
+    """y = embeddings[ids], the ids stored as numbers in the model input; autodiff sums each id's rows."""
+
+    def __call__(self, p, inputs, mask=None):
+        return p["embeddings"][inputs[0].astype(jnp.int32)]
+
+    def code(self, ins, out):
+        return [f"{out} = {_param(self.node, 'embeddings')}[{ins[0]}.astype(jnp.int32)]  # ids stored as numbers"]
+
+    def native_init(self, key, dtype):
+        """Flax's nn.Embed: N(0, 1/features) (variance_scaling(1, "fan_in", "normal", out_axis=0))."""
+        init = jax.nn.initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0)
+        return {"embeddings": init(key, self.node.params[0].shape, dtype)}
+
+
+class _Recurrent(Layer):
+    """A recurrent layer: simple_rnn / lstm / gru above (jax.lax.scan over time), autodiff through time."""
+
+    function: Callable
+
+    def __init__(self, node, native=frozenset()):
+        super().__init__(node, native)
+        s = node.layer
+        self.acts = [activation(s.activation, native)]
+        if hasattr(s, "recurrent_activation"):
+            self.acts.append(activation(s.recurrent_activation, native))
+        self.options = (s.return_sequences, s.reset_after) if isinstance(s, spec.GRU) else (s.return_sequences,)
+        self.helpers = frozenset({self.function.__name__}).union(*(a.helpers for a in self.acts))
+
+    def __call__(self, p, inputs, mask=None):
+        return self.function(inputs[0], p["kernel"], p["recurrent_kernel"], p["bias"], *(a.fn for a in self.acts),
+                             *self.options)
+
+    def code(self, ins, out):
+        params = ", ".join(_param(self.node, name) for name in ("kernel", "recurrent_kernel", "bias"))
+        acts = ", ".join(f"lambda z: {a.code.format(z='z')}" for a in self.acts)
+        return [f"{out} = {self.function.__name__}({ins[0]}, {params}, {acts}, {', '.join(map(str, self.options))})"]
+
+    def native_init(self, key, dtype):
+        """Flax-style recurrent cells: kernel lecun_normal, recurrent kernel orthogonal, bias zeros."""
+        k1, k2 = jax.random.split(key)
+        shapes = {p.name: p.shape for p in self.node.params}
+        return {"kernel": jax.nn.initializers.lecun_normal()(k1, shapes["kernel"], dtype),
+                "recurrent_kernel": jax.nn.initializers.orthogonal()(k2, shapes["recurrent_kernel"], dtype),
+                "bias": jnp.zeros(shapes["bias"], dtype)}
+
+
+@OPS.register(spec.SimpleRNN)
+class SimpleRNN(_Recurrent):
+    function = staticmethod(simple_rnn)
+
+
+@OPS.register(spec.LSTM)
+class LSTM(_Recurrent):
+    function = staticmethod(lstm)
+
+
+@OPS.register(spec.GRU)
+class GRU(_Recurrent):
+    function = staticmethod(gru)
 
 
 # ---- losses: Loss(s, native)(output, targets) -> the mean loss ----------------------------------------

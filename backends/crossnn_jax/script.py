@@ -88,7 +88,7 @@ def script(experiment: S.Experiment, params, data, side_file: str | None = None)
     helpers |= loss_helpers | set(chain.helpers)
     body = model_code + loss_code
     used = codegen.script_imports(experiment, data, params, side_file)
-    if any(name.startswith("clamped_") for name in helpers):
+    if any("functools." in SCRIPT_HELPERS[name] for name in helpers):
         used.append("functools")
     if "count_steps" in helpers:
         used.append("typing:NamedTuple")

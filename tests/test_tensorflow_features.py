@@ -195,11 +195,8 @@ class ScaleTFTest(S.Layer, kind="scale_tf_test"):
 
 
 @crossnn_numpy.ops.OPS.register(ScaleTFTest)
-class NumpyScale:
+class NumpyScale(crossnn_numpy.ops.Op):
     """forward y = x * s; backward ds = sum_n dy * x, dx = dy * s."""
-
-    def __init__(self, node, xp):
-        self.xp = xp
 
     def forward(self, p, inputs, mask=None):
         return inputs[0] * p["scale"], inputs[0]

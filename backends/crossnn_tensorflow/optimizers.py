@@ -140,15 +140,16 @@ class SGD(Rule):
         if not mu:
             return g
         b = self.slot_variables["momentum_buffer"][i]
-        b.assign(mu * b + g)
-        return g + mu * b if self.s.nesterov else b
+        b_t = mu * b + g
+        b.assign(b_t)
+        return g + mu * b_t if self.s.nesterov else b_t
 
     def code_direction(self):
         mu = self.s.momentum
         if not mu:
             return ["d = g"]
-        return ['b = state["momentum_buffer"][i]', f"b.assign({mu!r} * b + g)",
-                f"d = g + {mu!r} * b  # Nesterov" if self.s.nesterov else "d = b"]
+        return ['b = state["momentum_buffer"][i]', f"b_t = {mu!r} * b + g", "b.assign(b_t)",
+                f"d = g + {mu!r} * b_t  # Nesterov" if self.s.nesterov else "d = b_t"]
 
     @staticmethod
     def keras(s, f64, options):
@@ -180,16 +181,18 @@ class Adam(Rule):
     def direction(self, i, w, g, scalars):
         s, (c1, c2) = self.s, scalars
         m, v = self.slot_variables["exp_avg"][i], self.slot_variables["exp_avg_sq"][i]
-        m.assign(m + (1.0 - s.beta1) * (g - m))
-        v.assign(s.beta2 * v + ((1.0 - s.beta2) * g) * g)
-        return (m / c1) / (tf.sqrt(v) / c2 + s.eps)
+        m_t = m + (1.0 - s.beta1) * (g - m)
+        v_t = s.beta2 * v + ((1.0 - s.beta2) * g) * g
+        m.assign(m_t)
+        v.assign(v_t)
+        return (m_t / c1) / (tf.sqrt(v_t) / c2 + s.eps)
 
     def code_direction(self):
         s = self.s
         return ['m, v = state["exp_avg"][i], state["exp_avg_sq"][i]',
-                f"m.assign(m + {1.0 - s.beta1!r} * (g - m))",
-                f"v.assign({s.beta2!r} * v + ({1.0 - s.beta2!r} * g) * g)",
-                f"d = (m / c1) / (tf.sqrt(v) / c2 + {s.eps!r})  # eps on sqrt(v_hat), not Keras' sqrt(v)"]
+                f"m_t = m + {1.0 - s.beta1!r} * (g - m)", f"v_t = {s.beta2!r} * v + ({1.0 - s.beta2!r} * g) * g",
+                "m.assign(m_t)", "v.assign(v_t)",
+                f"d = (m_t / c1) / (tf.sqrt(v_t) / c2 + {s.eps!r})  # eps on sqrt(v_hat), not Keras' sqrt(v)"]
 
     @staticmethod
     def keras(s, f64, options):
@@ -210,30 +213,34 @@ class RMSprop(Rule):
     def direction(self, i, w, g, scalars):
         s, slots = self.s, self.slot_variables
         v = slots["square_avg"][i]
-        v.assign(s.alpha * v + ((1.0 - s.alpha) * g) * g)
+        v_t = s.alpha * v + ((1.0 - s.alpha) * g) * g
+        v.assign(v_t)
         if s.centered:
             avg = slots["grad_avg"][i]
-            avg.assign(avg + (1.0 - s.alpha) * (g - avg))
-            a = tf.sqrt(v - avg * avg) + s.eps
+            avg_t = avg + (1.0 - s.alpha) * (g - avg)
+            avg.assign(avg_t)
+            a = tf.sqrt(v_t - avg_t * avg_t) + s.eps
         else:
-            a = tf.sqrt(v) + s.eps
+            a = tf.sqrt(v_t) + s.eps
         if not s.momentum:
             return g / a
         b = slots["momentum_buffer"][i]
-        b.assign(s.momentum * b + g / a)
-        return b
+        b_t = s.momentum * b + g / a
+        b.assign(b_t)
+        return b_t
 
     def code_direction(self):
         s = self.s
-        lines = ['v = state["square_avg"][i]', f"v.assign({s.alpha!r} * v + ({1.0 - s.alpha!r} * g) * g)"]
+        lines = ['v = state["square_avg"][i]', f"v_t = {s.alpha!r} * v + ({1.0 - s.alpha!r} * g) * g", "v.assign(v_t)"]
         if s.centered:
-            lines += ['avg = state["grad_avg"][i]', f"avg.assign(avg + {1.0 - s.alpha!r} * (g - avg))",
-                      f"a = tf.sqrt(v - avg * avg) + {s.eps!r}  # centered: the variance of g"]
+            lines += ['avg = state["grad_avg"][i]', f"avg_t = avg + {1.0 - s.alpha!r} * (g - avg)", "avg.assign(avg_t)",
+                      f"a = tf.sqrt(v_t - avg_t * avg_t) + {s.eps!r}  # centered: the variance of g"]
         else:
-            lines.append(f"a = tf.sqrt(v) + {s.eps!r}  # eps outside the root (Keras': inside)")
+            lines.append(f"a = tf.sqrt(v_t) + {s.eps!r}  # eps outside the root (Keras': inside)")
         if not s.momentum:
             return lines + ["d = g / a"]
-        return lines + ['b = state["momentum_buffer"][i]', f"b.assign({s.momentum!r} * b + g / a)", "d = b"]
+        return lines + ['b = state["momentum_buffer"][i]', f"b_t = {s.momentum!r} * b + g / a", "b.assign(b_t)",
+                        "d = b_t"]
 
     @staticmethod
     def keras(s, f64, options):
@@ -262,12 +269,13 @@ class Adagrad(Rule):
 
     def direction(self, i, w, g, scalars):
         total = self.slot_variables["sum"][i]
-        total.assign_add(g * g)
-        return g / (tf.sqrt(total) + self.s.eps)
+        total_t = total + g * g
+        total.assign(total_t)
+        return g / (tf.sqrt(total_t) + self.s.eps)
 
     def code_direction(self):
-        return ['total = state["sum"][i]', "total.assign_add(g * g)",
-                f"d = g / (tf.sqrt(total) + {self.s.eps!r})  # eps outside the root (Keras': inside)"]
+        return ['total = state["sum"][i]', "total_t = total + g * g", "total.assign(total_t)",
+                f"d = g / (tf.sqrt(total_t) + {self.s.eps!r})  # eps outside the root (Keras': inside)"]
 
     @staticmethod
     def keras(s, f64, options):
@@ -325,9 +333,10 @@ class Chain(tf.Module):
         super().__init__()
         self.s = s
         self.stages = Stages(s, native)
-        self.rule = OPS.lookup(s)(s, variables)
-        if not isinstance(self.rule, Rule):
+        entry = OPS.lookup(s)
+        if not (isinstance(entry, type) and issubclass(entry, Rule)):
             raise TypeError(f"the TF lowering of optimizer '{s.kind}' must subclass crossnn_tensorflow.optimizers.Rule")
+        self.rule = entry(s, variables)
         self.slot_variables = self.rule.slot_variables
         self.counter_variables = self.rule.counter_variables
 

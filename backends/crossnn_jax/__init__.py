@@ -162,6 +162,13 @@ class JaxBackend(Backend):
 
         return facts()
 
+    def catalog_sides(self) -> dict[str, str]:
+        """What JAX / optax / Flax do for each catalog entry, by entry id, one line each (imports no jax;
+        crossnn_jax.facts.CATALOG_SIDES)."""
+        from crossnn_jax.facts import catalog_sides
+
+        return catalog_sides()
+
     def script(self, experiment, params, data, side_file=None):
         """A standalone JAX + optax script of the experiment (crossnn_jax.script)."""
         from crossnn_jax.script import script

@@ -317,10 +317,18 @@ class TorchTrainer(Trainer):
             return labels
         return torch.nn.functional.one_hot(labels, self.experiment.model.output_units).to(self.dtype)
 
-    # the model and its lowering, for the module modes (eager, compile)
-    model = property(lambda self: self.train_step.model)
-    loss_fn = property(lambda self: self.train_step.loss_fn)
-    optimizer = property(lambda self: self.train_step.optimizer)
+    @property
+    def model(self) -> torch.nn.Module:
+        """The nn.Module (module modes: eager, compile)."""
+        return self.train_step.model
+
+    @property
+    def loss_fn(self) -> torch.nn.Module:
+        return self.train_step.loss_fn
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.train_step.optimizer
 
     def _masks(self, step: int, rows: int) -> dict[str, torch.Tensor]:
         """The dropout masks of a step, drawn by crossnn in NumPy, on the device in the run's dtype and

@@ -45,6 +45,7 @@ NATIVE_ENTRIES = {
 
 class JaxBackend(Backend):
     name = "jax"
+    title = "JAX / optax"
     requires = ("jax", "optax")
     distributions = ("jax",)
     install_hint = "pip install 'crossnn[jax]'"
@@ -161,13 +162,6 @@ class JaxBackend(Backend):
         from crossnn_jax.facts import facts
 
         return facts()
-
-    def catalog_sides(self) -> dict[str, str]:
-        """What JAX / optax / Flax do for each catalog entry, by entry id, one line each (imports no jax;
-        crossnn_jax.facts.CATALOG_SIDES)."""
-        from crossnn_jax.facts import catalog_sides
-
-        return catalog_sides()
 
     def script(self, experiment, params, data, side_file=None):
         """A standalone JAX + optax script of the experiment (crossnn_jax.script)."""

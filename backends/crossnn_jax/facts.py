@@ -8,6 +8,10 @@ imported by the functions that measure, so reading CATALOG_SIDES imports neither
 
 CATALOG_SIDES is what JAX (with optax, and Flax where JAX itself has no layers) does for each catalog
 entry, one line per entry id, in the catalog's wording; entries marked new are proposed additions.
+CATALOG_DEFAULTS is the "jax" preset (`defaults = "jax"`): the defaults of jax.nn and optax, and
+Flax's initializers (jax.nn.initializers.lecun_normal, zeros), as crossnn.spec.presets Defaults by
+catalog entry, in the spec's convention; only values the installed jax and optax can confirm. Both are plain data that
+import no jax, in the shape of Backend.catalog_sides and Backend.catalog_defaults.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ import math
 import os
 import subprocess
 import sys
+
+from crossnn import spec as S
+from crossnn.spec.presets import Condition, Default
 
 #: run in a fresh interpreter: jax's dtype defaults before anything switches x64 on
 X64_PROBE = """
@@ -65,8 +72,15 @@ CATALOG_SIDES = {
     "random-streams": "jax.random: explicit keys (jax.random.key(seed), split for each use); the same key gives the "
                       "same numbers and there is no global seed",
     "clip-norm": "optax.clip_by_global_norm: g unchanged while ‖g‖ < max_norm, else g·max_norm/‖g‖; no 1e-6 (as TF)",
+    # convolution entries (ids as issue 14 names them; adjust to the catalog's)
     "same-padding": "lax 'SAME' padding (conv_general_dilated, reduce_window): TensorFlow's rule, the extra "
-                    "row/column after",
+                    "row/column after, at any stride",
+    "flatten-order": "no flatten layer in JAX: x.reshape(n, -1) of NHWC arrays (Flax's layout) is channel-fastest, "
+                     "as Keras",
+    "avg-pool-padding": "flax.linen.avg_pool: count_include_pad=True by default (divides by the window size, as "
+                        "PyTorch); lax.reduce_window gives the sums only",
+    "conv-kernel-layout": "lax.conv_general_dilated reads the layout from dimension_numbers (default NCHW / OIHW, as "
+                          "PyTorch); flax.linen.Conv keeps (kh, kw, in, out) on NHWC inputs, as Keras",
     # proposed new entries
     "float64-default": "(new) jax_enable_x64 is off by default: jnp.array(1.0) is float32 and a float64 NumPy "
                        "array becomes float32 silently; jax.enable_x64() switches float64 on (crossnn scopes it to "
@@ -74,9 +88,26 @@ CATALOG_SIDES = {
 }
 
 
-def catalog_sides() -> dict[str, str]:
-    """The JAX side of each catalog entry, by entry id (CATALOG_SIDES)."""
-    return dict(CATALOG_SIDES)
+_IN_THE_ROOT = "optax divides by sqrt(v + eps) (eps inside the root); `crossnn run --flavor native` trains optax's own"
+
+CATALOG_DEFAULTS = {
+    "default-init": tuple(Default(layer, field, {"jax": value}) for layer in (S.Dense, S.Conv2D) for field, value in (
+        ("kernel_init", S.VarianceScaling(scale=1.0, mode="fan_in", distribution="truncated_normal")),
+        ("bias_init", S.Zeros()))),  # Flax's lecun_normal (truncated) and zeros
+    "adam-epsilon": (Default(S.Adam, "eps", {"jax": 1e-8}),),
+    "weight-decay": (Default(S.AdamW, "weight_decay", {"jax": 1e-4}),  # optax.adamw: decoupled
+                     Default(S.AdamW, "weight_decay_kind", {"jax": "decoupled"},
+                             when=Condition("weight_decay", lambda value: value is not None and value > 0,
+                                            "weight_decay > 0"))),
+    "rmsprop": (Default(S.RMSprop, "alpha", {"jax": 0.9}),
+                Default(S.RMSprop, "eps", {"jax": 1e-8}, notes={"jax": _IN_THE_ROOT})),
+    "adagrad": (Default(S.Adagrad, "initial_accumulator", {"jax": 0.1}),
+                Default(S.Adagrad, "eps", {"jax": 1e-7}, notes={"jax": _IN_THE_ROOT})),
+    "cross-entropy-inputs": (Default(S.CrossEntropy, "from_logits", {"jax": True}),),
+    "leaky-relu-slope": (Default(S.LeakyReLU, "negative_slope", {"jax": 0.01}, notes={
+        "jax": "jax.nn.leaky_relu's gradient at 0 is 1, not the slope"}),),
+    "gelu-approximation": (Default(S.GELU, "approximate", {"jax": "tanh"}),),
+}
 
 
 def _default(fn, name):

@@ -595,10 +595,10 @@ def cmd_bench(args) -> int:
     from crossnn.parity import TOLERANCES
 
     kind, address = parse_executor(args.executor)
-    if args.dask_workers < 1 or (args.dask_workers != 1 and (kind != "dask" or address)):
-        raise SpecError(f"--dask-workers: sizes the LocalCluster of --executor dask (no address); must be >= 1, "
-                        f"got {args.dask_workers}" if args.dask_workers < 1 else
-                        "--dask-workers: goes with --executor dask (no address): it sizes the LocalCluster started here")
+    if args.dask_workers < 1:
+        raise SpecError(f"--dask-workers: must be >= 1, got {args.dask_workers}")
+    if args.dask_workers != 1 and (kind != "dask" or address):
+        raise SpecError("--dask-workers: goes with --executor dask (no address): it sizes the LocalCluster here")
     if kind == "dask" and args.in_process:
         raise SpecError("--in-process: the dask executor times each job in a process of its own")
     if args.to_metric is not None:
@@ -638,6 +638,46 @@ def cmd_bench(args) -> int:
         if not to_stdout:
             print(f"results written to {args.json} (rewritten after every case)")
     return EXIT_OK
+
+
+def _bench_to_metric(args) -> int:
+    """crossnn bench --to-metric METRIC=VALUE SPEC: time to a held-out metric (crossnn.bench.to_metric)."""
+    from crossnn import backends
+    from crossnn.bench.suites import SUITES
+    from crossnn.bench.to_metric import parse_target, time_to_metric, to_metric_table
+    from crossnn.errors import BackendError
+    from crossnn.files import STDOUT, json_text, write_text_output
+
+    if len(args.spec) != 1 or args.spec[0] in SUITES:
+        raise SpecError("--to-metric: name one spec file or example (not a suite), e.g. "
+                        "crossnn bench --to-metric accuracy=0.97 digits")
+    if args.executor != "local":
+        raise SpecError("--to-metric: runs on the local executor (each backend in a process of its own)")
+    for option, value, default in (("--quick", args.quick, False), ("--repeats", args.repeats, 5)):
+        if value != default:
+            raise SpecError(f"{option}: does not go with --to-metric (use --runs for the number of data orders)")
+    if args.runs < 1:
+        raise SpecError(f"--runs: must be >= 1, got {args.runs}")
+    experiment = load_spec(args.spec[0])
+    target = parse_target(args.to_metric, experiment)
+    names = _split(args.backends) or backends.available()
+    for name in names:
+        backends.get(name)
+    dtypes = _split(args.dtype or "float64")
+    for dtype in dtypes:
+        if dtype not in ("float32", "float64"):
+            raise BackendError(f"--dtype: unknown dtype '{dtype}'; use float32 or float64")
+    devices = _devices(args.devices)
+    if len(devices) != 1:
+        raise SpecError("--devices: --to-metric times one device at a time")
+    _check_outputs(args, json="--json")
+    load_data(experiment, args.spec[0])  # a data error is bad input, named before any backend starts
+    result = time_to_metric(experiment, target, names, dtypes, modes=_split(args.modes) or None, runs=args.runs,
+                            device=devices[0], say=_stderr, isolate=not args.in_process)
+    print(to_metric_table(result), file=sys.stderr if args.json == STDOUT else sys.stdout)
+    if args.json:
+        write_text_output(args.json, json_text(result.to_json()))
+    return EXIT_OK if result.passed else EXIT_PARITY_FAILED
 
 
 def _read_json(path: str, what: str) -> dict:

@@ -160,14 +160,14 @@ def busy_reasons(row: dict, best_calibration: float | None) -> list[str]:
     return reasons
 
 
-def summary(rows: Iterable[dict]) -> str:
-    """What marked the busy rows, by kind: "other processes (3), calibration (1)"."""
+def summary(rows: Iterable[dict], noun: str = "row") -> str:
+    """What marked the busy rows (or runs), by kind: "other processes (3 rows), calibration (1 row)"."""
     counts: dict[str, int] = {}
     for row in rows:
         for reason in row.get("busy") or []:
             what = reason.split(":")[0]
             counts[what] = counts.get(what, 0) + 1
-    return ", ".join(f"{what} ({n} row{'s' if n > 1 else ''})" for what, n in counts.items())
+    return ", ".join(f"{what} ({n} {noun}{'s' if n > 1 else ''})" for what, n in counts.items())
 
 
 def calibration_key(row: dict) -> tuple:

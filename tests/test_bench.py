@@ -12,7 +12,7 @@ import pytest
 from crossnn import backends
 from crossnn.bench.flops import training_flops
 from crossnn.bench.isolate import in_child, merge, peaks_of
-from crossnn.bench.runner import BenchResult, Row
+from crossnn.bench.runner import BenchResult, Row, mark_busy
 from crossnn.bench.machine import median_iqr
 from crossnn.bench.select import Offer, Skipped, Target, select
 from crossnn.bench.suites import fcn_r_experiment
@@ -148,7 +148,9 @@ def test_quick_bench_and_report_on_numpy(tmp_path, capsys):
     # numpy was timed in a process of its own; every installed framework's peak was measured anyway
     assert doc["settings"]["isolated"] is True
     assert set(doc["peak_sources"]["cpu float32"]) == set(backends.available())
-    assert lowered["percent_of_peak"] == pytest.approx(100 * lowered["gflops"] / doc["peaks"]["cpu float32"])
+    # the share is of the peak measured in turn with the row, which the peak table's best includes
+    assert lowered["percent_of_peak"] == pytest.approx(100 * lowered["gflops"] / lowered["peak_gflops"])
+    assert lowered["peak_gflops"] <= doc["peaks"]["cpu float32"] and lowered["own_peak_gflops"] > 1.0
 
     assert main(["report", "linear-2x3", "--backends", "numpy", "--bench", str(bench_json), "--name", "t",
                  "--out", str(tmp_path / "reports")]) == 0
@@ -178,7 +180,7 @@ def _row(backend, gflops, own):
                percent_of_own_peak=100 * gflops / own)
 
 
-def test_merge_takes_the_best_peak_of_every_process_and_redoes_each_rows_share():
+def test_merge_takes_the_best_peak_of_every_process_for_the_table_and_keeps_each_rows_in_turn_share():
     a = BenchResult(machine={}, runtimes={"a": {}}, peaks={"cpu float32": 200.0},
                     peak_sources={"cpu float32": {"numpy": 190.0, "a": 200.0}}, rows=[_row("a", 150.0, 200.0)])
     b = BenchResult(machine={}, runtimes={"b": {}}, peaks={"cpu float32": 210.0},
@@ -186,8 +188,9 @@ def test_merge_takes_the_best_peak_of_every_process_and_redoes_each_rows_share()
     merged = merge([a, b], {"c": {"cpu float32": {"c": 400.0}}})
     assert merged.peak_sources == {"cpu float32": {"numpy": 210.0, "a": 200.0, "b": 100.0, "c": 400.0}}
     assert merged.peaks == {"cpu float32": 400.0}
-    assert [(r.backend, r.percent_of_peak, r.percent_of_own_peak) for r in merged.rows] == [("a", 37.5, 75.0),
-                                                                                         ("b", 22.5, 90.0)]
+    # c's peak was measured in another process at another moment: no row's share is of it
+    assert [(r.backend, r.percent_of_peak, r.percent_of_own_peak) for r in merged.rows] == [("a", 75.0, 75.0),
+                                                                                         ("b", 90.0, 90.0)]
     assert set(merged.runtimes) == {"a", "b"}
 
 
@@ -226,10 +229,12 @@ def test_rows_timed_on_a_busy_machine_are_flagged():
     from crossnn.bench.report_table import bench_table
 
     quiet, busy = _row("a", 1.0, 2.0), dataclasses.replace(_row("b", 1.0, 2.0), iqr_seconds=0.5)
+    mark_busy([quiet, busy])
     machine = {"cpu": "test cpu", "logical_cores": 2, "memory_gib": 1.0, "gpus": []}
     text = bench_table(BenchResult(machine=machine, runtimes={}, peaks={"cpu float32": 2.0}, peak_sources={},
                                    rows=[quiet, busy]))
     rows = {line.split()[1]: line for line in text.splitlines() if line.startswith("s/c ")}
-    assert "500,000.0 !" in rows["b"] and "!" not in rows["a"]
-    assert "! 1 row(s) with an IQR above 25% of the median" in text
+    assert "1,000,000.0 !" in rows["b"] and "!" not in rows["a"]
+    assert busy.busy == ["IQR: 50% of the median (bound 25%)"] and quiet.busy == []
+    assert "! 1 row(s) timed while the machine was busy, marked by IQR (1 row)" in text
     assert "x tutorial '-': no hand-written loop to compare with for s/c (a), s/c (b)" in text  # mode "m" only

@@ -26,14 +26,15 @@ from dataclasses import replace
 from typing import Callable, Sequence
 
 from crossnn import backends
-from crossnn.bench.runner import BenchResult, Failure, Progress, mark_busy, measure_peaks, offers, run_in_process
+from crossnn.bench.runner import (PEAK_N, BenchResult, Failure, Progress, mark_busy, measure_peaks, offers,
+                                  run_in_process)
 from crossnn.bench.select import select
 from crossnn.bench.suites import Case
 
 
 def run_isolated(cases: Sequence[Case], names: Sequence[str], devices: Sequence[str], dtypes: Sequence[str], *,
-                 modes: Sequence[str] | None, quick: bool, repeats: int, min_repeat_seconds: float,
-                 say: Progress, after_case: Callable[[BenchResult], None] | None) -> BenchResult:
+                 say: Progress, after_case: Callable[[BenchResult], None] | None, **options) -> BenchResult:
+    """run_in_process(..., **options) for each backend in a fresh process; results merged."""
     order = sorted(names, key=lambda n: backends.get(n).import_order)
     done: list[BenchResult] = []
     for name in order:
@@ -43,9 +44,7 @@ def run_isolated(cases: Sequence[Case], names: Sequence[str], devices: Sequence[
             if after_case:
                 after_case(merge(done + [result]))
 
-        outcome = in_child(run_in_process, (cases, [name], devices, dtypes),
-                           dict(modes=modes, quick=quick, repeats=repeats, min_repeat_seconds=min_repeat_seconds),
-                           say, partial)
+        outcome = in_child(run_in_process, (cases, [name], devices, dtypes), options, say, partial)
         if isinstance(outcome, BenchResult):
             done.append(outcome)
         else:
@@ -55,7 +54,7 @@ def run_isolated(cases: Sequence[Case], names: Sequence[str], devices: Sequence[
     extra = {}
     for name in sorted(set(backends.available()) - set(names), key=lambda n: backends.get(n).import_order):
         say(f"{name}: matmul peak only, in a process of its own")
-        sources = in_child(peaks_of, (name, devices, dtypes), {}, say, None)
+        sources = in_child(peaks_of, (name, devices, dtypes), {"n": options.get("peak_matrix", PEAK_N)}, say, None)
         if isinstance(sources, dict):
             extra[name] = sources
         else:
@@ -63,11 +62,12 @@ def run_isolated(cases: Sequence[Case], names: Sequence[str], devices: Sequence[
     return merge(done, extra)
 
 
-def peaks_of(name: str, devices: Sequence[str], dtypes: Sequence[str], *, say: Progress) -> dict[str, dict[str, float]]:
-    """The matmul peak of one backend (and NumPy) on the requested devices."""
+def peaks_of(name: str, devices: Sequence[str], dtypes: Sequence[str], *, say: Progress,
+             n: int = PEAK_N) -> dict[str, dict[str, float]]:
+    """The n×n matmul peak of one backend (and NumPy) on the requested devices."""
     backends.get(name).prepare()
     targets, _ = select(offers([name]), devices)
-    return measure_peaks(targets, dtypes, say)
+    return measure_peaks(targets, dtypes, say, n)
 
 
 def merge(parts: Sequence[BenchResult], extra_peaks: dict[str, dict] | None = None) -> BenchResult:

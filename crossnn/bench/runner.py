@@ -151,18 +151,19 @@ def peak_key(device: str, dtype: str) -> str:
     return f"{'cpu' if device_kind(device) == 'cpu' else device} {dtype}"
 
 
-def measure_peaks(targets: Sequence[Target], dtypes: Sequence[str], say: Progress) -> dict[str, dict[str, float]]:
+def measure_peaks(targets: Sequence[Target], dtypes: Sequence[str], say: Progress,
+                  n: int = PEAK_N) -> dict[str, dict[str, float]]:
     """GFLOP/s of an n×n matmul per device and dtype, by NumPy and by every framework benchmarked."""
     sources: dict[str, dict[str, float]] = {}
     pairs = sorted({(t.backend, t.device) for t in targets})
     for dtype in dtypes:
-        sources.setdefault(f"cpu {dtype}", {})["numpy"] = machine.numpy_matmul_gflops(dtype, PEAK_N)
+        sources.setdefault(f"cpu {dtype}", {})["numpy"] = machine.numpy_matmul_gflops(dtype, n)
         for name, device in pairs:
             key = peak_key(device, dtype)
             if name in sources.get(key, {}):
                 continue
             try:
-                sources.setdefault(key, {})[name] = backends.get(name).matmul_gflops(PEAK_N, dtype, device)
+                sources.setdefault(key, {})[name] = backends.get(name).matmul_gflops(n, dtype, device)
             except UnsupportedFeature:
                 continue
         say(f"  matmul peak {dtype}: " + "; ".join(
@@ -191,7 +192,7 @@ def run_bench(cases: Sequence[Case], names: Sequence[str], devices: Sequence[str
               modes: Sequence[str] | None = None, quick: bool = False, repeats: int = 5,
               min_repeat_seconds: float = 0.2, say: Progress = print,
               after_case: Callable[[BenchResult], None] | None = None, isolate: bool = True,
-              executor: object = "local", dask_workers: int = 1) -> BenchResult:
+              executor: object = "local", dask_workers: int = 1, peak_matrix: int = PEAK_N) -> BenchResult:
     """Time every case; `after_case` sees the result so far after each case (e.g. to save it, so an
     interrupted benchmark keeps what it measured).
 
@@ -199,7 +200,9 @@ def run_bench(cases: Sequence[Case], names: Sequence[str], devices: Sequence[str
     and the machine's peak is measured with every available framework (crossnn.bench.isolate);
     otherwise all in this process. "dask", "dask=ADDRESS" or a distributed.Client: the jobs run on a
     Dask cluster (crossnn.bench.dask_executor): a LocalCluster of `dask_workers` workers here, the
-    scheduler at ADDRESS, or the client's cluster."""
+    scheduler at ADDRESS, or the client's cluster. peak_matrix: n of the n×n matmul peaks (2048)."""
+    options = dict(modes=modes, quick=quick, repeats=repeats, min_repeat_seconds=min_repeat_seconds,
+                   peak_matrix=peak_matrix)
     kind, address = parse_executor(executor) if isinstance(executor, str) else ("dask", executor)
     if kind == "dask":
         if not isolate:
@@ -212,25 +215,23 @@ def run_bench(cases: Sequence[Case], names: Sequence[str], devices: Sequence[str
             raise BackendError(f"--executor dask needs dask[distributed] (pip install 'crossnn[dask]'): "
                                f"{err}") from None
         return run_on_dask(cases, names, devices, dtypes, executor=address, workers=dask_workers, say=say,
-                           after_case=after_case, options=dict(modes=modes, quick=quick, repeats=repeats,
-                                                               min_repeat_seconds=min_repeat_seconds))
+                           after_case=after_case, options=options)
     if dask_workers != 1:
         raise BackendError("--dask-workers: goes with --executor dask")
     if isolate:
         from crossnn.bench.isolate import run_isolated
 
-        return run_isolated(cases, names, devices, dtypes, modes=modes, quick=quick, repeats=repeats,
-                            min_repeat_seconds=min_repeat_seconds, say=say, after_case=after_case)
-    return run_in_process(cases, names, devices, dtypes, modes=modes, quick=quick, repeats=repeats,
-                          min_repeat_seconds=min_repeat_seconds, say=say, after_case=after_case)
+        return run_isolated(cases, names, devices, dtypes, say=say, after_case=after_case, **options)
+    return run_in_process(cases, names, devices, dtypes, say=say, after_case=after_case, **options)
 
 
 def run_in_process(cases: Sequence[Case], names: Sequence[str], devices: Sequence[str], dtypes: Sequence[str], *,
                    modes: Sequence[str] | None = None, quick: bool = False, repeats: int = 5,
                    min_repeat_seconds: float = 0.2, say: Progress = print,
-                   after_case: Callable[[BenchResult], None] | None = None) -> BenchResult:
+                   after_case: Callable[[BenchResult], None] | None = None, peak_matrix: int = PEAK_N) -> BenchResult:
     """run_bench's work in this process: every backend in `names` loaded side by side (one whose
-    framework fails to import is left out, with the reason)."""
+    framework fails to import is left out, with the reason). peak_matrix: n of the n×n matmul peaks
+    measured in turn with the cases."""
     failed = backends.prepare(names)
     for name, reason in failed.items():
         say(f"  {name} left out: {reason}")
@@ -244,7 +245,7 @@ def run_in_process(cases: Sequence[Case], names: Sequence[str], devices: Sequenc
                                        "fast_modes": list(backends.get(n).fast_modes),
                                        "reference": backends.get(n).reference} for n in names},
                          settings={"repeats": repeats, "min_repeat_seconds": min_repeat_seconds, "quick": quick,
-                                   "devices": list(devices), "dtypes": list(dtypes), "peak_matrix": PEAK_N,
+                                   "devices": list(devices), "dtypes": list(dtypes), "peak_matrix": peak_matrix,
                                    "calibration_matrix": steadiness.CALIBRATION_N, "isolated": False})
     for s in skipped:
         say(f"  skipped {s.backend} {s.device} {s.mode}: {s.reason}")
@@ -278,8 +279,8 @@ def run_in_process(cases: Sequence[Case], names: Sequence[str], devices: Sequenc
             say(f"    {backend_name} {device}: {repeats} repeats of each, taken in turn with the matmul peak")
             monitor = steadiness.Monitor()
             monitor.calibrate()
-            own = _own_peak(backend_name, device, dtype, say)
-            numpy_peak = PeakKernel(dtype) if device_kind(device) == "cpu" else None
+            own = _own_peak(backend_name, device, dtype, peak_matrix, say)
+            numpy_peak = PeakKernel(dtype, peak_matrix) if device_kind(device) == "cpu" else None
             turns = {**timers, **({_PEAK: numpy_peak} if numpy_peak else {})}
             for mode, err in interleave(turns, repeats, between=monitor.calibrate).items():
                 if mode == _PEAK:
@@ -335,10 +336,10 @@ class PeakKernel:
         return self.flops / self.best / 1e9 if self.best < float("inf") else None
 
 
-def _own_peak(backend_name: str, device: str, dtype: str, say: Progress) -> float | None:
-    """The framework's own PEAK_N matmul on the device, GFLOP/s (None when it has no such benchmark)."""
+def _own_peak(backend_name: str, device: str, dtype: str, n: int, say: Progress) -> float | None:
+    """The framework's own n×n matmul on the device, GFLOP/s (None when it has no such benchmark)."""
     try:
-        return backends.get(backend_name).matmul_gflops(PEAK_N, dtype, device)
+        return backends.get(backend_name).matmul_gflops(n, dtype, device)
     except UnsupportedFeature:
         return None
     except Exception as err:  # a failing peak must not lose the rows

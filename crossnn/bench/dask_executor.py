@@ -29,6 +29,7 @@ import contextlib
 import logging
 import os
 import platform
+import uuid
 from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Sequence
 
@@ -180,11 +181,12 @@ def run_on_dask(cases: Sequence[Case], names: Sequence[str], devices: Sequence[s
         parts = [BenchResult(machine=machine.describe(), runtimes={}, peaks={}, peak_sources={}, skipped=skipped)]
         futures = as_completed()
         submitted = {}
+        run = uuid.uuid4().hex[:8]  # task keys of an earlier run on the same cluster must not answer for this one
 
         def submit(job: Job, attempt: int) -> None:
             future = client.submit(run_job, job, list(dtypes), options, attempt, pure=False,
                                    resources={GPU_RESOURCE: 1} if job.needs_gpu else None,
-                                   key=f"crossnn-bench-{len(submitted)}-{job.backend}-attempt-{attempt}")
+                                   key=f"crossnn-bench-{run}-{len(submitted)}-{job.backend}-attempt-{attempt}")
             submitted[future.key] = (job, attempt)
             futures.add(future)
 

@@ -8,9 +8,7 @@ backend alone — its hand-written loop included, so ratios stay within one proc
 results. The children are plain subprocesses of `sys.executable`, so a daemonic process (a Dask
 worker: crossnn.bench.dask_executor) can start them too.
 
-Frameworks that are installed but not benchmarked get a process too, which only measures their
-matmul peak for the report's peak table (the best of every installed library, whichever backends a
-run times); each row's percentage is of the peak measured in turn with it (crossnn.bench.runner).
+Each row's matmul peak is measured in turn with it, in its own process (crossnn.bench.runner).
 A process that dies (a crashing framework) becomes a failure row, not a lost benchmark.
 """
 
@@ -26,9 +24,7 @@ from dataclasses import replace
 from typing import Callable, Sequence
 
 from crossnn import backends
-from crossnn.bench.runner import (PEAK_N, BenchResult, Failure, Progress, mark_busy, measure_peaks, offers,
-                                  run_in_process)
-from crossnn.bench.select import select
+from crossnn.bench.runner import BenchResult, Failure, Progress, mark_busy, run_in_process
 from crossnn.bench.suites import Case
 
 
@@ -51,26 +47,10 @@ def run_isolated(cases: Sequence[Case], names: Sequence[str], devices: Sequence[
             done.append(_crashed(name, cases, devices, dtypes, outcome))
         if after_case:
             after_case(merge(done))
-    extra = {}
-    for name in sorted(set(backends.available()) - set(names), key=lambda n: backends.get(n).import_order):
-        say(f"{name}: matmul peak only, in a process of its own")
-        sources = in_child(peaks_of, (name, devices, dtypes), {"n": options.get("peak_matrix", PEAK_N)}, say, None)
-        if isinstance(sources, dict):
-            extra[name] = sources
-        else:
-            say(f"  {name}: no peak measured ({sources})")
-    return merge(done, extra)
+    return merge(done)
 
 
-def peaks_of(name: str, devices: Sequence[str], dtypes: Sequence[str], *, say: Progress,
-             n: int = PEAK_N) -> dict[str, dict[str, float]]:
-    """The n×n matmul peak of one backend (and NumPy) on the requested devices."""
-    backends.get(name).prepare()
-    targets, _ = select(offers([name]), devices)
-    return measure_peaks(targets, dtypes, say, n)
-
-
-def merge(parts: Sequence[BenchResult], extra_peaks: dict[str, dict] | None = None) -> BenchResult:
+def merge(parts: Sequence[BenchResult]) -> BenchResult:
     """One result from per-process (or per-task) results: rows, skips, failures, machines and settings
     side by side; the peak table the best any framework reached per device and dtype. Each row keeps
     the peak measured in turn with it; busy marks are redone against the best calibration of each
@@ -78,7 +58,7 @@ def merge(parts: Sequence[BenchResult], extra_peaks: dict[str, dict] | None = No
     if not parts:
         raise ValueError("nothing to merge")
     sources: dict[str, dict[str, float]] = {}
-    for per in [p.peak_sources for p in parts] + list((extra_peaks or {}).values()):
+    for per in [p.peak_sources for p in parts]:
         for key, by_framework in per.items():
             for framework, gflops in by_framework.items():
                 sources.setdefault(key, {})[framework] = max(gflops, sources.get(key, {}).get(framework, 0.0))
@@ -172,8 +152,11 @@ def child_main(fd: int) -> None:
     threading.Thread(target=watch_parent, daemon=True).start()
     with os.fdopen(fd, "wb") as sender:
         def send(message) -> None:
-            pickle.dump(message, sender)
-            sender.flush()
+            try:
+                pickle.dump(message, sender)
+                sender.flush()
+            except BrokenPipeError:  # nobody is listening any more: end without a word
+                os._exit(1)
 
         function, args, kwargs, wants_partials = pickle.load(sys.stdin.buffer)
         extra = {"after_case": lambda result: send(("partial", result))} if wants_partials else {}

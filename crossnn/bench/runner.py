@@ -27,7 +27,7 @@ import crossnn
 from crossnn import backends
 from crossnn.bench import machine, steadiness
 from crossnn.bench.flops import training_flops
-from crossnn.bench.select import Offer, Skipped, Target, device_kind, select
+from crossnn.bench.select import Offer, Skipped, device_kind, select
 from crossnn.bench.suites import Case
 from crossnn.bench.timing import Timer, interleave
 from crossnn.data import load_dataset
@@ -149,28 +149,6 @@ def device_name(device: str, info: dict) -> str:
 def peak_key(device: str, dtype: str) -> str:
     """The key of a peak in BenchResult.peaks: "cpu float32", "cuda:0 float32", ..."""
     return f"{'cpu' if device_kind(device) == 'cpu' else device} {dtype}"
-
-
-def measure_peaks(targets: Sequence[Target], dtypes: Sequence[str], say: Progress,
-                  n: int = PEAK_N) -> dict[str, dict[str, float]]:
-    """GFLOP/s of an n×n matmul per device and dtype, by NumPy and by every framework benchmarked."""
-    sources: dict[str, dict[str, float]] = {}
-    pairs = sorted({(t.backend, t.device) for t in targets})
-    for dtype in dtypes:
-        sources.setdefault(f"cpu {dtype}", {})["numpy"] = machine.numpy_matmul_gflops(dtype, n)
-        for name, device in pairs:
-            key = peak_key(device, dtype)
-            if name in sources.get(key, {}):
-                continue
-            try:
-                sources.setdefault(key, {})[name] = backends.get(name).matmul_gflops(n, dtype, device)
-            except UnsupportedFeature:
-                continue
-        say(f"  matmul peak {dtype}: " + "; ".join(
-            f"{key.split()[0]} {fw} {g:.0f}" for key, per in sources.items() if key.endswith(dtype)
-            for fw, g in per.items())
-            + " GFLOP/s")
-    return sources
 
 
 #: the executors a benchmark runs on (crossnn bench --executor)

@@ -197,3 +197,20 @@ def test_busy_marks_use_the_best_calibration_of_the_same_host_and_cores():
     assert quiet.busy == [] and other_host.busy == []
     assert drifted.busy == ["calibration: the kernel ran up to 50% slower than its best in this run (bound 20%)"]
     assert drifted.calibration_drift == pytest.approx(0.5)
+
+
+def test_a_grid_report_has_a_section_per_machine_kind_and_a_crossover_per_cpu_gpu_pair():
+    cpu_box, gpu_box = "Test CPU, 2 logical cores, 16 GiB, no GPU", "Big CPU, 64 logical cores, 512 GiB, GPU H200"
+    rows = []
+    for batch, cpu_seconds, gpu_seconds in ((32, 1e-3, 4e-3), (256, 8e-3, 5e-3), (1024, 32e-3, 6e-3)):
+        common = dict(suite="fcn-r", case=f"batch {batch}", batch_size=batch, mode="eager")
+        rows.append(_row(**common, seconds_per_step=cpu_seconds, machine=cpu_box, worker="0@small"))
+        rows.append(_row(**common, seconds_per_step=cpu_seconds / 4, machine=gpu_box, worker="1@big"))
+        rows.append(_row(**common, seconds_per_step=gpu_seconds, device="cuda:0", device_name="H200",
+                         machine=gpu_box, worker="1@big"))
+    text = _readme(_bench(rows))
+    assert f"### Machine: {cpu_box}" in text and f"### Machine: {gpu_box}" in text and "Workers: 0@small." in text
+    crossover = [line for line in text.splitlines() if line.startswith("| fcn-r | H200 vs ")]
+    assert crossover == [  # CPU time / GPU time: (1/4 ms, 2, 8) / (4, 5, 6) and (1, 8, 32) / (4, 5, 6)
+        f"| fcn-r | H200 vs {gpu_box} | a eager float32 | GPU faster from batch 1,024 | 0.06 0.40 1.33 |",
+        f"| fcn-r | H200 vs {cpu_box} | a eager float32 | GPU faster from batch 256 | 0.25 1.60 5.33 |"]

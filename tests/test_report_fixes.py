@@ -83,8 +83,8 @@ def test_no_share_of_a_peak_is_ever_shown_above_100_percent():
                 percent_of_own_peak=122.0)
     text = _readme(_bench([fast]))
     assert "122.0" not in text and "≥100\\*" in text
-    assert ("- inconclusive (the row beat the peak measured in turn with it: that peak was measured low): "
-            "FCN-R batch 256 float32 a: best mode 'fast' at >=100% (beat the peak measured in turn") in text
+    assert ("- inconclusive (the row beat the peak it is compared with: that peak was measured low): "
+            "FCN-R batch 256 float32 a: best mode 'fast' at >=100% (beat the peak it is compared with") in text
     row = Row(**{**fast, "percent_of_peak": None, "percent_of_own_peak": None, "above_peak": True,
                  "above_own_peak": True})
     terminal = bench_table(BenchResult(machine=MACHINE, runtimes={}, peaks={}, peak_sources={}, rows=[row]))

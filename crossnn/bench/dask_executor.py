@@ -163,57 +163,67 @@ def run_on_dask(cases: Sequence[Case], names: Sequence[str], devices: Sequence[s
     as they arrive (after_case sees the merge so far), failures of lost jobs kept as failure rows."""
     with connect(executor, workers) as client:
         client.subscribe_topic(TOPIC, lambda event: say(f"  [{event[1]['source']}] {event[1]['text']}"))
-        info = client.scheduler_info()
-        address = info.get("address", "")
-        with_gpu = gpu_workers(client)
-        say(f"Dask scheduler {address}: {len(info.get('workers', {}))} worker(s)"
-            + (f", with a GPU resource: {', '.join(with_gpu)}" if with_gpu else ", none with a GPU resource"))
-        jobs, skipped = [], []
-        for name in names:
-            for device in devices:
-                job_list = [Job(name, (case,), device) for case in cases]
-                if job_list and job_list[0].needs_gpu and not with_gpu:
-                    skipped.append(Skipped(name, device, "every mode",
-                                           f"no Dask worker has a {GPU_RESOURCE} resource (start one with "
-                                           f"`dask worker {address or 'ADDRESS'} --resources {GPU_RESOURCE}=1`)"))
-                    continue
-                jobs += job_list
-        parts = [BenchResult(machine=machine.describe(), runtimes={}, peaks={}, peak_sources={}, skipped=skipped)]
-        futures = as_completed()
-        submitted = {}
-        run = uuid.uuid4().hex[:8]  # task keys of an earlier run on the same cluster must not answer for this one
+        try:
+            return _run_jobs(client, cases, names, devices, dtypes, options, say, after_case)
+        finally:
+            client.unsubscribe_topic(TOPIC)
 
-        def submit(job: Job, attempt: int) -> None:
-            future = client.submit(run_job, job, list(dtypes), options, attempt, pure=False,
-                                   resources={GPU_RESOURCE: 1} if job.needs_gpu else None,
-                                   key=f"crossnn-bench-{run}-{len(submitted)}-{job.backend}-attempt-{attempt}")
-            submitted[future.key] = (job, attempt)
-            futures.add(future)
 
-        for job in jobs:
-            submit(job, 1)
-        done = 0
-        for future in futures:
-            job, attempt = submitted[future.key]
-            try:
-                part = future.result()
-            except Exception as err:  # the worker died (KilledWorker), or the job could not run there
-                reason = f"{type(err).__name__}: {err}"
-                if attempt < ATTEMPTS:
-                    say(f"  {job.label}: lost ({reason}); submitted once more")
-                    submit(job, attempt + 1)
-                    continue
-                part = lost(job, dtypes, f"lost twice; last: {reason}", "-", attempt)
-            done += 1
-            parts.append(part)
-            workers = sorted({r.worker for r in part.rows} | {f.worker for f in part.failures})
-            say(f"[{done}/{len(jobs)}] {job.label}: {len(part.rows)} row(s), {len(part.failures)} failure(s) "
-                f"on {', '.join(workers) or '-'}" + (f" (attempt {attempt})" if attempt > 1 else ""))
-            if after_case:
-                after_case(merge(parts))
-        result = merge(parts)
-        result.machine = parts[0].machine
-        workers_seen = sorted(str(w.get("name")) for w in info.get("workers", {}).values())
-        result.settings = {**result.settings, "isolated": True,
-                           "executor": {"kind": "dask", "scheduler": address, "workers": workers_seen}}
-        return result
+def _run_jobs(client: Client, cases: Sequence[Case], names: Sequence[str], devices: Sequence[str],
+              dtypes: Sequence[str], options: dict, say: Progress,
+              after_case: Callable[[BenchResult], None] | None) -> BenchResult:
+    """Submit every job, gather the results as they finish, retry lost jobs once (see run_on_dask)."""
+    info = client.scheduler_info()
+    address = info.get("address", "")
+    with_gpu = gpu_workers(client)
+    say(f"Dask scheduler {address}: {len(info.get('workers', {}))} worker(s)"
+        + (f", with a GPU resource: {', '.join(with_gpu)}" if with_gpu else ", none with a GPU resource"))
+    jobs, skipped = [], []
+    for name in names:
+        for device in devices:
+            job_list = [Job(name, (case,), device) for case in cases]
+            if job_list and job_list[0].needs_gpu and not with_gpu:
+                skipped.append(Skipped(name, device, "every mode",
+                                       f"no Dask worker has a {GPU_RESOURCE} resource (start one with "
+                                       f"`dask worker {address or 'ADDRESS'} --resources {GPU_RESOURCE}=1`)"))
+                continue
+            jobs += job_list
+    parts = [BenchResult(machine=machine.describe(), runtimes={}, peaks={}, peak_sources={}, skipped=skipped)]
+    futures = as_completed()
+    submitted = {}
+    run = uuid.uuid4().hex[:8]  # task keys of an earlier run on the same cluster must not answer for this one
+
+    def submit(job: Job, attempt: int) -> None:
+        future = client.submit(run_job, job, list(dtypes), options, attempt, pure=False,
+                               resources={GPU_RESOURCE: 1} if job.needs_gpu else None,
+                               key=f"crossnn-bench-{run}-{len(submitted)}-{job.backend}-attempt-{attempt}")
+        submitted[future.key] = (job, attempt)
+        futures.add(future)
+
+    for job in jobs:
+        submit(job, 1)
+    done = 0
+    for future in futures:
+        job, attempt = submitted[future.key]
+        try:
+            part = future.result()
+        except Exception as err:  # the worker died (KilledWorker), or the job could not run there
+            reason = f"{type(err).__name__}: {err}"
+            if attempt < ATTEMPTS:
+                say(f"  {job.label}: lost ({reason}); submitted once more")
+                submit(job, attempt + 1)
+                continue
+            part = lost(job, dtypes, f"lost twice; last: {reason}", "-", attempt)
+        done += 1
+        parts.append(part)
+        workers = sorted({r.worker for r in part.rows} | {f.worker for f in part.failures})
+        say(f"[{done}/{len(jobs)}] {job.label}: {len(part.rows)} row(s), {len(part.failures)} failure(s) "
+            f"on {', '.join(workers) or '-'}" + (f" (attempt {attempt})" if attempt > 1 else ""))
+        if after_case:
+            after_case(merge(parts))
+    result = merge(parts)
+    result.machine = parts[0].machine
+    workers_seen = sorted(str(w.get("name")) for w in info.get("workers", {}).values())
+    result.settings = {**result.settings, "isolated": True,
+                       "executor": {"kind": "dask", "scheduler": address, "workers": workers_seen}}
+    return result

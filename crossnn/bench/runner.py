@@ -408,7 +408,7 @@ def _row(case, backend_name, device, mode, dtype, batches, flops, timer: Timer, 
 
 
 #: how a share of a peak the row beat is printed (never a percentage above 100)
-ABOVE_PEAK = ">=100% (beat the peak measured in turn: that peak was measured low)"
+ABOVE_PEAK = ">=100% (beat the peak it is compared with: that peak was measured low)"
 ABOVE_PEAK_SHORT = ">=100*"
 
 

@@ -170,10 +170,13 @@ def _percent(row: dict, own: bool = False) -> str:
 
 def speed_words(speedup: float) -> str:
     """How a time compares, never rounded into the wrong direction: speedup = other time / this time."""
+    def times(x: float) -> str:
+        return f"{x:.3f}×" if x < 10 else f"{x:.1f}×"
+
     if speedup > 1:
-        return f"{speedup:.3f}× faster than"
+        return f"{times(speedup)} faster than"
     if speedup < 1:
-        return f"{1 / speedup:.3f}× slower than"
+        return f"{times(1 / speedup)} slower than"
     return "as fast as"
 
 
@@ -232,7 +235,7 @@ def _checks(bench, rows=None) -> list[str]:
                  f"FCN-R batch 256 float32 {backend}: best mode '{best['mode']}' "
                  f"at {percent_text(best['percent_of_peak'], above_peak(best))} of the machine's matmul "
                  f"peak (target ≥ {PEAK_TARGET:g}%){own}", best,
-                 why_not="the row beat the peak measured in turn with it: that peak was measured low"
+                 why_not="the row beat the peak it is compared with: that peak was measured low"
                  if above_peak(best) else "")
     coretype = (bench.get("machine") or {}).get("env", {}).get("OPENBLAS_CORETYPE")
     if coretype:
@@ -299,8 +302,9 @@ def _suite_tables(rows, level: str) -> list[str]:
                   + steadiness.summary({"busy": busy(r)} for r in marked) + ": rerun them on a quiet machine "
                   "before trusting them.", ""]
     if any(above_peak(r) or above_peak(r, own=True) for r in rows):
-        lines += [f"{ABOVE_PEAK_CELL}: the row ran faster than the matmul peak measured in turn with it, so that "
-                  "peak was measured low (at a busier moment) and gives no percentage.", ""]
+        lines += [f"{ABOVE_PEAK_CELL}: the row ran faster than the matmul peak it is compared with, so that peak was "
+                  "measured low (at a busier moment, or, in files from before peaks were measured in turn with "
+                  "the rows, in another process) and gives no percentage.", ""]
     return lines
 
 
@@ -311,6 +315,11 @@ def _bench(inputs, pictures) -> list[str]:
     method = METHOD.format(calibration=steadiness.CALIBRATION_BOUND, others=steadiness.OTHERS_BOUND,
                            steal=steadiness.STEAL_BOUND, iqr=steadiness.NOISY_IQR, inconclusive=steadiness.INCONCLUSIVE)
     lines = ["## Benchmarks", "", method, ""]
+    executor = (bench.get("settings") or {}).get("executor") or {}
+    if executor.get("kind") == "dask":
+        lines += [f"Run on a Dask cluster (scheduler {executor.get('scheduler') or '-'}, workers "
+                  f"{', '.join(executor.get('workers') or []) or '-'}): each backend × case × device a job in a fresh "
+                  "process on one worker; every row names its worker.", ""]
     notes = bench.get("mode_notes", {})
     if notes:
         lines += ["### Modes", ""]

@@ -122,13 +122,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", default="cpu", help="cpu and/or cuda, comma-separated (default cpu)")
     p.add_argument("--modes", help="comma-separated modes (default: every mode; with --quick the tutorial-style "
                                    "and the fast mode for the device)")
-    p.add_argument("--dtype", default="float32", help="float32 (default) and/or float64, comma-separated")
+    p.add_argument("--dtype", help="float32 (default; float64 with --to-metric) and/or float64, comma-separated")
     p.add_argument("--quick", action="store_true", help="a subset that finishes in about two minutes")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per row (default 5, at least 5 for reports)")
     p.add_argument("--json", metavar="OUT", help="write all rows, peaks and machine facts as JSON")
     p.add_argument("--in-process", action="store_true",
                    help="time every backend in this process instead of one fresh process per backend (starts "
                         "sooner; frameworks loaded side by side slow each other down)")
+    p.add_argument("--executor", default="local", metavar="local|dask[=ADDRESS]",
+                   help="local (default): a fresh process per backend here; dask: each backend x case as a task on "
+                        "a Dask cluster, a LocalCluster here or the scheduler at ADDRESS (needs crossnn[dask])")
+    p.add_argument("--dask-workers", type=int, default=1, metavar="N",
+                   help="with --executor dask and no address: LocalCluster workers, each pinned to its share of "
+                        "the cores (default 1)")
+    p.add_argument("--to-metric", metavar="METRIC=VALUE",
+                   help="time to accuracy: train each backend x mode of one SPEC until the held-out METRIC first "
+                        "reaches VALUE (e.g. accuracy=0.97), over --runs data orders (dtype default float64)")
+    p.add_argument("--runs", type=int, default=5, help="with --to-metric: runs per backend x mode, each with its own "
+                                                       "data order; the fastest and slowest are dropped (default 5)")
     p.set_defaults(handler=cmd_bench)
 
     p = commands.add_parser("report", help="write reports/<name>/: parity runs, benchmarks, figures, raw JSON")
@@ -577,23 +588,34 @@ def cmd_import(args) -> int:
 def cmd_bench(args) -> int:
     from crossnn import backends
     from crossnn.bench.report_table import bench_table
-    from crossnn.bench.runner import run_bench
+    from crossnn.bench.runner import parse_executor, run_bench
     from crossnn.bench.suites import SUITES, cases_for
     from crossnn.errors import BackendError
     from crossnn.files import STDOUT, json_text, write_text_atomic, write_text_output
     from crossnn.parity import TOLERANCES
 
+    kind, address = parse_executor(args.executor)
+    if args.dask_workers < 1:
+        raise SpecError(f"--dask-workers: must be >= 1, got {args.dask_workers}")
+    if args.dask_workers != 1 and (kind != "dask" or address):
+        raise SpecError("--dask-workers: goes with --executor dask (no address): it sizes the LocalCluster here")
+    if kind == "dask" and args.in_process:
+        raise SpecError("--in-process: the dask executor times each job in a process of its own")
+    if args.to_metric is not None:
+        return _bench_to_metric(args)
     cases = cases_for(args.spec or list(SUITES), args.quick)
     names = _split(args.backends) or backends.available()
     for name in names:
         backends.get(name)
-    dtypes = _split(args.dtype)
+    dtypes = _split(args.dtype or "float32")
     for dtype in dtypes:
         if dtype not in TOLERANCES:
             raise BackendError(f"--dtype: unknown dtype '{dtype}'; use float32 or float64")
     devices = _devices(args.devices)
     if args.repeats < 1:
         raise SpecError(f"--repeats: must be >= 1, got {args.repeats}")
+    if args.runs != 5:
+        raise SpecError("--runs: goes with --to-metric")
     known = {"tutorial", *(mode for name in names for mode in backends.get(name).modes)}
     for mode in _split(args.modes):
         if mode not in known:
@@ -608,13 +630,54 @@ def cmd_bench(args) -> int:
 
     result = run_bench(cases, names, devices, dtypes, modes=_split(args.modes) or None, quick=args.quick,
                        repeats=args.repeats, min_repeat_seconds=0.05 if args.quick else 0.2,
-                       say=_stderr, after_case=save, isolate=not args.in_process)
+                       say=_stderr, after_case=save, isolate=not args.in_process, executor=args.executor,
+                       dask_workers=args.dask_workers)
     print(bench_table(result), file=sys.stderr if to_stdout else sys.stdout)  # standard output may be the JSON's
     if args.json:
         write_text_output(args.json, json_text(result.to_json()))
         if not to_stdout:
             print(f"results written to {args.json} (rewritten after every case)")
     return EXIT_OK
+
+
+def _bench_to_metric(args) -> int:
+    """crossnn bench --to-metric METRIC=VALUE SPEC: time to a held-out metric (crossnn.bench.to_metric)."""
+    from crossnn import backends
+    from crossnn.bench.suites import SUITES
+    from crossnn.bench.to_metric import parse_target, time_to_metric, to_metric_table
+    from crossnn.errors import BackendError
+    from crossnn.files import STDOUT, json_text, write_text_output
+
+    if len(args.spec) != 1 or args.spec[0] in SUITES:
+        raise SpecError("--to-metric: name one spec file or example (not a suite), e.g. "
+                        "crossnn bench --to-metric accuracy=0.97 digits")
+    if args.executor != "local":
+        raise SpecError("--to-metric: runs on the local executor (each backend in a process of its own)")
+    for option, value, default in (("--quick", args.quick, False), ("--repeats", args.repeats, 5)):
+        if value != default:
+            raise SpecError(f"{option}: does not go with --to-metric (use --runs for the number of data orders)")
+    if args.runs < 1:
+        raise SpecError(f"--runs: must be >= 1, got {args.runs}")
+    experiment = load_spec(args.spec[0])
+    target = parse_target(args.to_metric, experiment)
+    names = _split(args.backends) or backends.available()
+    for name in names:
+        backends.get(name)
+    dtypes = _split(args.dtype or "float64")
+    for dtype in dtypes:
+        if dtype not in ("float32", "float64"):
+            raise BackendError(f"--dtype: unknown dtype '{dtype}'; use float32 or float64")
+    devices = _devices(args.devices)
+    if len(devices) != 1:
+        raise SpecError("--devices: --to-metric times one device at a time")
+    _check_outputs(args, json="--json")
+    load_data(experiment, args.spec[0])  # a data error is bad input, named before any backend starts
+    result = time_to_metric(experiment, target, names, dtypes, modes=_split(args.modes) or None, runs=args.runs,
+                            device=devices[0], say=_stderr, isolate=not args.in_process)
+    print(to_metric_table(result), file=sys.stderr if args.json == STDOUT else sys.stdout)
+    if args.json:
+        write_text_output(args.json, json_text(result.to_json()))
+    return EXIT_OK if result.passed else EXIT_PARITY_FAILED
 
 
 def _read_json(path: str, what: str) -> dict:

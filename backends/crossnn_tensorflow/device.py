@@ -82,16 +82,22 @@ def set_intra_op_threads(n: int) -> None:
     _chosen_intra_op_threads[:] = [n]
 
 
+#: set beside TF_CPP_MIN_LOG_LEVEL when crossnn chose the level, so a child process (a benchmark's),
+#: which inherits both, still knows the level is not the user's choice and keeps the notices quiet
+_LEVEL_CHOSEN_BY_CROSSNN = "CROSSNN_TF_CPP_MIN_LOG_LEVEL"
+
+
 def import_tensorflow():
     """Import TF with its C++ start-up chatter (oneDNN notices, CPU-feature hints, and, below level 2,
     grappler's per-graph warnings) kept off the terminal, unless the user chose TF_CPP_MIN_LOG_LEVEL.
     The notices are printed before TF's logging starts, so they are silenced by pointing file
     descriptor 2 at /dev/null for the import only; Python exceptions still propagate."""
-    if "tensorflow" in sys.modules or "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+    level = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+    if "tensorflow" in sys.modules or (level is not None and level != os.environ.get(_LEVEL_CHOSEN_BY_CROSSNN)):
         import tensorflow as tf
 
         return tf
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = os.environ[_LEVEL_CHOSEN_BY_CROSSNN] = "2"
     sys.stderr.flush()
     saved = os.dup(2)
     try:

@@ -128,16 +128,23 @@ class TrainStep:
     def __call__(self, flat, state, x, y, lr, masks=None):
         """(loss before the update, new flat parameters, new state) for one batch at learning rate lr
         with the step's dropout masks."""
+        loss, update, state = self.updates(flat, state, x, y, lr, masks)
+        return loss, (flat if update is None else flat + update), state
+
+    def updates(self, flat, state, x, y, lr, masks=None):
+        """(loss, the update u of the flat parameters (w_new = w + u; None without parameters), new
+        state): __call__ without applying u, for a trainer that owns its parameters' memory and adds
+        u in place (NumPy: one array allocation less per step)."""
         values = self.variables(flat, state)
         output, caches = self.program.forward(values, x, masks, training=True)
         loss, d_output = self.loss.value_and_grad(output, y)
         layers = self.program.state_updates(values, caches)
         if flat is None:
-            return loss, flat, {**state, "layers": layers}
+            return loss, None, {**state, "layers": layers}
         grads = self.flatten(self.program.backward(values, caches, d_output))
         (update,), optimizer_state = self.chain.update([grads], {k: v for k, v in state.items() if k != "layers"},
                                                        [flat], lr)
-        return loss, flat + update, {**optimizer_state, "layers": layers}
+        return loss, update, {**optimizer_state, "layers": layers}
 
     def predict(self, flat, state, x):
         """The model output for x, in inference mode (moving statistics, no dropout)."""
@@ -212,8 +219,10 @@ class NumpyTrainer(Trainer):
     def step(self, batch):
         step = self.steps_done
         masks = {name: self._device(m) for name, m in self.clock.masks(step, _rows(batch)).items()}
-        loss, self.flat, self.opt_state = self.train_step(self.flat, self.opt_state, self.x[batch], self.y[batch],
-                                                          self.clock.lr(step), masks)
+        loss, update, self.opt_state = self.train_step.updates(self.flat, self.opt_state, self.x[batch],
+                                                               self.y[batch], self.clock.lr(step), masks)
+        if update is not None:
+            self.flat += update  # the trainer's own array: nothing else holds it once the step is done
         self.steps_done += 1
         return loss
 

@@ -10,8 +10,9 @@ stride s and dilation d (span e = (k - 1)·d + 1):
     padding = "valid":  out = floor((n - e) / s) + 1, no padding (needs n >= e)
     padding = "same":   out = ceil(n / s), total padding p = max((out - 1)·s + e - n, 0), of which
                         floor(p / 2) goes before and the rest after (TensorFlow's rule: the extra
-                        row or column goes at the bottom or right; PyTorch's padding="same" pads
-                        the extra one first and refuses stride > 1)
+                        row or column goes at the bottom or right). PyTorch's padding="same" agrees
+                        at stride 1 but refuses stride > 1, and the symmetric padding = k // 2 that
+                        PyTorch code writes instead starts the windows a row earlier where p is odd
 """
 
 from __future__ import annotations

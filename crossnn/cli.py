@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("bench", help="time training steps over backends, devices, modes, sizes and batch sizes")
     p.add_argument("spec", metavar="SPEC_OR_SUITE", nargs="*",
-                   help="suites (seeds, mlp-width, fcn-r, alexnet-r, resnet-r), spec files or examples "
+                   help="suites (seeds, mlp-width, fcn-r, alexnet-r, resnet-r, lstm-r), spec files or examples "
                         "(default: every suite)")
     p.add_argument("--backends", help="comma-separated backend names (default: every available one)")
     p.add_argument("--devices", default="cpu", help="cpu and/or cuda, comma-separated (default cpu)")
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", help="comma-separated backend names (default: every available one)")
     p.add_argument("--devices", default="cpu", help="benchmark devices: cpu and/or cuda (default cpu)")
     p.add_argument("--dtype", default="float64,float32", help="parity-run dtypes (default float64,float32)")
-    p.add_argument("--suites", default="seeds,mlp-width,fcn-r,alexnet-r,resnet-r",
+    p.add_argument("--suites", default="seeds,mlp-width,fcn-r,alexnet-r,resnet-r,lstm-r",
                    help="benchmark suites or specs (comma-separated)")
     p.add_argument("--quick", action="store_true", help="a quick benchmark subset")
     p.add_argument("--bench", metavar="JSON", help="use this `crossnn bench --json` file instead of benchmarking")

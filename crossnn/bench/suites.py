@@ -10,6 +10,9 @@ alexnet-r  the DLBench study's AlexNet-R for 32x32x3 images (CIFAR-10 sized): th
 resnet-r   ResNet-style blocks on 32x32x3: a 3x3 stem of 16 filters, two residual blocks (3x3, 3x3,
            add, ReLU) of 16 filters, a stride-2 3x3 convolution to 32 filters and one block there,
            global average pooling, dense 10; batch 16 ... 128
+lstm-r     the DLBench study's LSTM case at a size a CPU can time: 32-step sequences of ids from a
+           1000-word vocabulary, embedding 128, LSTM 256, dense 2 on the last state; softmax
+           cross-entropy, SGD; batch 16 ... 128
 """
 
 from __future__ import annotations
@@ -115,7 +118,22 @@ def resnet_r(quick: bool) -> list[Case]:
             for batch in ((32,) if quick else CNN_BATCHES)]
 
 
-SUITES = {"seeds": seeds, "mlp-width": mlp_width, "fcn-r": fcn_r, "alexnet-r": alexnet_r, "resnet-r": resnet_r}
+def lstm_r_experiment(batch: int) -> Experiment:
+    layers = (S.Embedding(name="embed", input_dim=1000, output_dim=128, embeddings_init=S.Uniform(low=-0.1, high=0.1)),
+              S.LSTM(name="lstm", units=256, kernel_init=S.GlorotUniform(), recurrent_init=S.Orthogonal(),
+                     bias_init=S.Zeros()),
+              S.Dense(name="logits", units=2, kernel_init=S.GlorotUniform(), bias_init=S.Zeros()))
+    return S.Experiment(name=f"lstm-r-batch-{batch}", seed=0, data=S.TokenSums(n=512, length=32, vocab=1000),
+                        model=S.Model(inputs=32, layers=layers), loss=S.CrossEntropy(from_logits=True, sparse=True),
+                        optimizer=S.SGD(lr=0.1), train=S.Train(epochs=100, batch_size=batch, drop_last=True))
+
+
+def lstm_r(quick: bool) -> list[Case]:
+    return [Case("lstm-r", f"batch {batch}", lstm_r_experiment(batch)) for batch in ((32,) if quick else CNN_BATCHES)]
+
+
+SUITES = {"seeds": seeds, "mlp-width": mlp_width, "fcn-r": fcn_r, "alexnet-r": alexnet_r, "resnet-r": resnet_r,
+          "lstm-r": lstm_r}
 
 
 def cases_for(names: list[str], quick: bool) -> list[Case]:

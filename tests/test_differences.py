@@ -14,7 +14,7 @@ from crossnn import spec as S
 from crossnn.backends import Backend
 from crossnn.cli import main
 from crossnn.differences import (
-    BY_ID, ENTRIES, Lab, Unavailable, applicable, entries, presets_section, readme_section,
+    BY_ID, ENTRIES, Lab, Unavailable, applicable, catalog, entries, presets_section, readme_section,
 )
 
 LAB = Lab()  # facts are measured once per framework for the whole module
@@ -35,7 +35,10 @@ def test_entry_demonstration_holds(entry_id):
 def test_catalog_covers_the_required_entries():
     required = {"weight-layout", "default-init", "momentum-sgd", "adam-epsilon", "weight-decay", "rmsprop", "adagrad",
                 "bce-clamp", "cross-entropy-inputs", "loss-reduction", "target-broadcasting", "default-learning-rates",
-                "leaky-relu-slope", "gelu-approximation", "batchnorm", "tf32", "random-streams"}
+                "leaky-relu-slope", "gelu-approximation", "batchnorm", "tf32", "random-streams",
+                # issue 14: convolutions; issue 15: normalization, embeddings, recurrent layers
+                "same-padding", "torch-same-stride", "flatten-order", "avg-pool-padding", "conv-kernel-layout",
+                "layernorm-epsilon", "embedding-init", "recurrent-init", "lstm-forget-bias", "gru-gates"}
     assert required <= set(BY_ID)
     for entry in ENTRIES:
         assert entry.what and entry.spec and entry.sources
@@ -105,6 +108,14 @@ def test_applicable_entries_follow_the_spec():
     assert {"momentum-sgd", "bce-clamp", "default-init"} <= circle
     assert "adam-epsilon" not in circle and "batchnorm" not in circle
     assert "adam-epsilon" in {e.id for e in applicable(crossnn.example("two-tower"))}
+    digits = {e.id for e in applicable(crossnn.example("digits-cnn"))}  # stride 1 'same', max pooling
+    assert {"conv-kernel-layout", "flatten-order", "default-init"} <= digits
+    assert not digits & {"same-padding", "torch-same-stride", "avg-pool-padding", "batchnorm", "recurrent-init"}
+    assert {"same-padding", "torch-same-stride"} <= {e.id for e in applicable(catalog.strided_same_spec())}
+    assert "avg-pool-padding" in {e.id for e in applicable(catalog.avg_pool_pair()[0])}
+    tokens = {e.id for e in applicable(crossnn.example("token-sums"))}
+    assert {"embedding-init", "recurrent-init", "lstm-forget-bias"} <= tokens and "gru-gates" not in tokens
+    assert "flatten-order" not in tokens  # no flatten of an image there
 
 
 def test_unknown_entry_is_bad_input(capsys):

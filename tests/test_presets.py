@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import tomllib
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -312,9 +313,173 @@ KERAS_NAMES = {"lr": "learning_rate", "eps": "epsilon", "alpha": "rho",
                "initial_accumulator": "initial_accumulator_value", "weight_decay": "weight_decay"}
 
 
+class Drawn(NamedTuple):
+    """A framework's initial values of one parameter, in the spec's layout, with the fans and units the
+    spec's own layer of that size gives the parameter (the preset's initializer is drawn with them)."""
+
+    values: np.ndarray
+    fan_in: int
+    fan_out: int
+    units: int
+
+
+def _drawn(values, layer: S.Layer, input_shape: tuple, name: str) -> Drawn:
+    param = next(p for p in layer.parameters((input_shape,)) if p.name == name)
+    units = getattr(layer, "units", None) or getattr(layer, "filters", None) or getattr(layer, "output_dim")
+    return Drawn(np.asarray(values, dtype=np.float64), param.fan_in, param.fan_out, units)
+
+
+_Z = S.Zeros()
+#: the recurrent layers whose initializers are measured, sized so that every parameter has thousands of draws:
+#: spec class -> (torch.nn class, keras.layers class, units)
+RECURRENT = {S.SimpleRNN: ("RNN", "SimpleRNN", 1024), S.LSTM: ("LSTM", "LSTM", 512), S.GRU: ("GRU", "GRU", 512)}
+FEATURES, STEPS = 64, 5
+PARAMETER = {"kernel_init": "kernel", "recurrent_init": "recurrent_kernel", "bias_init": "bias",
+             "embeddings_init": "embeddings"}
+
+
+def _spec_layer(cls):
+    """The spec's layer of the size the frameworks' layers are built with below, and its input shape."""
+    if cls is S.Dense:
+        return S.Dense(units=3000, kernel_init=_Z, bias_init=_Z), (400,)
+    if cls is S.Conv2D:
+        return S.Conv2D(filters=3000, kernel_size=(5, 5), padding="valid", kernel_init=_Z, bias_init=_Z), (8, 8, 16)
+    if cls is S.Embedding:
+        return S.Embedding(input_dim=4000, output_dim=300, embeddings_init=_Z), (7,)
+    extra = {"reset_after": True} if cls is S.GRU else {}
+    return cls(units=RECURRENT[cls][2], kernel_init=_Z, recurrent_init=_Z, bias_init=_Z, **extra), (STEPS, FEATURES)
+
+
+def _torch_draws(cls, field: str) -> Drawn:
+    """torch's own initial values (seed 0) of the parameter `field` initializes, in the spec's layout."""
+    import torch
+
+    layer, shape = _spec_layer(cls)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        if cls is S.Dense:
+            module = torch.nn.Linear(400, 3000)
+            values = {"kernel_init": module.weight.T, "bias_init": module.bias}[field]
+        elif cls is S.Conv2D:
+            module = torch.nn.Conv2d(16, 3000, (5, 5))
+            values = {"kernel_init": module.weight.permute(2, 3, 1, 0), "bias_init": module.bias}[field]
+        elif cls is S.Embedding:
+            values = torch.nn.Embedding(4000, 300).weight
+        else:  # both biases, b_ih and b_hh, are drawn alike
+            module = getattr(torch.nn, RECURRENT[cls][0])(FEATURES, layer.units)
+            values = {"kernel_init": module.weight_ih_l0.T, "recurrent_init": module.weight_hh_l0.T,
+                      "bias_init": torch.cat([module.bias_ih_l0, module.bias_hh_l0])}[field]
+    return _drawn(values.detach().numpy(), layer, shape, PARAMETER[field])
+
+
+def _keras_draws(cls, field: str) -> Drawn:
+    """Keras' own initial values (seed 0) of the parameter `field` initializes."""
+    import keras
+
+    layer, shape = _spec_layer(cls)
+    keras.utils.set_random_seed(0)
+    if cls is S.Dense:
+        built = keras.layers.Dense(3000)
+    elif cls is S.Conv2D:
+        built = keras.layers.Conv2D(3000, (5, 5))
+    elif cls is S.Embedding:
+        built = keras.layers.Embedding(4000, 300)
+    else:
+        options = {"unit_forget_bias": False} if cls is S.LSTM else {}  # bias_init alone (see unit_forget_bias)
+        built = getattr(keras.layers, RECURRENT[cls][1])(layer.units, **options)
+    built.build((None, *shape))
+    weights = {weight.path.rsplit("/", 1)[-1]: weight.numpy() for weight in built.weights}
+    return _drawn(weights[PARAMETER[field]], layer, shape, PARAMETER[field])
+
+
+def _variance_kind(estimate, x: np.ndarray) -> str:
+    """Which variance of the batch x a running/moving variance equals."""
+    for kind, ddof in (("biased", 0), ("unbiased", 1)):
+        if np.allclose(estimate, x.var(axis=0, ddof=ddof), rtol=1e-5):
+            return kind
+    return f"neither ({estimate})"
+
+
+def _torch_gru_resets_after() -> bool | str:
+    """Whether nn.GRU's output is the reset-after form, n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn)),
+    or the reset-before one, n = tanh(W_in x + b_in + W_hn (r ⊙ h) + b_hn): computed from its weights."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        gru = torch.nn.GRU(3, 4, batch_first=True, dtype=torch.float64)
+        x = torch.randn(2, 5, 3, dtype=torch.float64)
+    out = gru(x)[0].detach().numpy()
+    w_ih, w_hh, b_ih, b_hh = (p.detach().numpy() for p in (gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0,
+                                                            gru.bias_hh_l0))
+    sigmoid = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    for after in (True, False):
+        h, steps = np.zeros((2, 4)), []
+        for t in range(5):
+            gi, gh = x[:, t].numpy() @ w_ih.T + b_ih, h @ w_hh.T + b_hh
+            r, z = sigmoid(gi[:, :4] + gh[:, :4]), sigmoid(gi[:, 4:8] + gh[:, 4:8])
+            n = np.tanh(gi[:, 8:] + (r * gh[:, 8:] if after else (r * h) @ w_hh[8:].T + b_hh[8:]))
+            h = (1 - z) * n + z * h
+            steps.append(h)
+        if np.allclose(np.stack(steps, 1), out, rtol=1e-12, atol=1e-12):
+            return after
+    return "neither form"
+
+
+def _layer_default(preset: str, cls, field: str):
+    """The installed framework's own value of a layer field that is not an initializer."""
+    import keras
+    import torch
+
+    if cls is S.Conv2D:  # padding: the output size of a 3×3 convolution of an 8×8 image
+        if preset == "torch":
+            size = torch.nn.Conv2d(1, 1, 3)(torch.zeros(1, 1, 8, 8)).shape[-1]
+        else:
+            size = keras.layers.Conv2D(1, 3)(np.zeros((1, 8, 8, 1), dtype=np.float32)).shape[2]
+        return {6: "valid", 8: "same"}.get(int(size), f"output size {size}")
+    if cls is S.AvgPool2D:  # the average of a 2×2 window over one pixel of ones and three padded positions
+        if preset == "torch":
+            value = torch.nn.AvgPool2d(2, stride=2, padding=1)(torch.ones(1, 1, 3, 3))[0, 0, 0, 0].item()
+        else:
+            value = float(keras.layers.AveragePooling2D(2, 2, "same")(np.ones((1, 3, 3, 1), np.float32))[0, 1, 1, 0])
+        return {0.25: True, 1.0: False}.get(value, f"average {value}")
+    if cls is S.BatchNorm:
+        x = np.array([[1.0, 2.0], [3.0, 5.0], [6.0, 11.0]])
+        if preset == "torch":
+            if field == "running_variance":  # momentum 1: the running variance is the batch's estimate
+                bn = torch.nn.BatchNorm1d(2, momentum=1.0, dtype=torch.float64)
+                bn(torch.from_numpy(x))
+                return _variance_kind(bn.running_var.numpy(), x)
+            bn = torch.nn.BatchNorm2d(3)
+            return {"momentum": 1 - bn.momentum, "epsilon": bn.eps}[field]  # torch's momentum weighs the new batch
+        if field == "running_variance":
+            bn = keras.layers.BatchNormalization(momentum=0.0)
+            bn(x.astype(np.float32), training=True)
+            return _variance_kind(bn.moving_variance.numpy(), x)
+        bn = keras.layers.BatchNormalization()
+        return {"momentum": bn.momentum, "epsilon": bn.epsilon}[field]
+    if cls is S.LayerNorm:
+        return torch.nn.LayerNorm(4).eps if preset == "torch" else keras.layers.LayerNormalization().epsilon
+    if cls is S.LSTM:  # unit_forget_bias: does the forget gate's bias start at 1 (the slice [units, 2·units))?
+        if preset == "torch":
+            lstm = torch.nn.LSTM(3, 8)
+            return bool(torch.all(lstm.bias_ih_l0[8:16] + lstm.bias_hh_l0[8:16] == 1.0).item())
+        lstm = keras.layers.LSTM(8)
+        lstm.build((None, 5, 3))
+        return bool(np.all(lstm.cell.bias.numpy()[8:16] == 1.0))
+    if cls is S.GRU:
+        if preset == "torch":
+            return _torch_gru_resets_after()
+        gru = keras.layers.GRU(4)
+        gru.build((None, 5, 3))
+        return gru.reset_after and tuple(gru.cell.bias.shape) == (2, 12)
+    raise AssertionError(f"no measurement of the {preset} default of {cls.__name__}.{field}: add one here")
+
+
 def _measure(preset: str, cls, field: str, within):
     """The installed framework's own default for the spec's `cls.field` (inside `within`), in the spec's
-    convention: read from the framework's objects or computed by running them. None: it has none."""
+    convention: read from the framework's objects or computed by running them (initializers: their
+    draws, see Drawn). None: it has none."""
     import keras
     import torch
 
@@ -326,16 +491,8 @@ def _measure(preset: str, cls, field: str, within):
         if preset == "torch":
             return _torch_defaults(name)[TORCH_NAMES[field]]
         return float(_keras_config(name)[KERAS_NAMES[field]])
-    if cls is S.Dense:  # initializers: the framework's (seeded) draws, compared as distributions below
-        if preset == "torch":
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                linear = torch.nn.Linear(400, 3000)
-            return {"kernel_init": linear.weight.detach().numpy().T, "bias_init": linear.bias.detach().numpy()}[field]
-        keras.utils.set_random_seed(0)
-        dense = keras.layers.Dense(3000)
-        dense.build((None, 400))
-        return {"kernel_init": dense.kernel.numpy(), "bias_init": dense.bias.numpy()}[field]
+    if field in PARAMETER:
+        return (_torch_draws if preset == "torch" else _keras_draws)(cls, field)
     if cls is S.LeakyReLU:
         if preset == "torch":  # nn.LeakyReLU and F.leaky_relu share the default
             return _slope(_torch_slope(torch.nn.LeakyReLU()))
@@ -356,17 +513,35 @@ def _measure(preset: str, cls, field: str, within):
         if preset == "torch":
             return None  # torch has no cross-entropy on probabilities to take a clamp from
         return -float(keras.losses.CategoricalCrossentropy()(np.array([[1.0, 0.0, 0.0]]), np.array([[0.0, 0.5, 0.5]])))
-    raise AssertionError(f"no measurement of the {preset} default of {cls.__name__}.{field}: add one here")
+    return _layer_default(preset, cls, field)
 
 
-def _same_distribution(draws: np.ndarray, init: S.Initializer, fan_in: int, fan_out: int) -> bool:
-    """The framework's draws and the preset's initializer (drawn here with the same fans) have the same
-    bound and spread: largest |value| within 1 %, standard deviation within 3 %, both zero for zeros."""
-    ours = init.sample(np.random.default_rng(0), draws.shape, fan_in, fan_out)
+def _same_distribution(drawn: Drawn, init: S.Initializer) -> bool:
+    """The framework's draws and the preset's initializer, drawn here in the same shape with the spec
+    layer's fans and units, are one distribution: their two-sample Kolmogorov-Smirnov distance is under
+    its 0.1 % critical value, their standard deviations agree within 3 % and the mean is within 5 % of
+    one (zeros: both all zero). An orthogonal initializer's draws have orthonormal rows (or columns)
+    times its gain, as the framework's must."""
+    draws = drawn.values
+    ours = init.for_units(drawn.units).sample(np.random.default_rng(0), draws.shape, drawn.fan_in, drawn.fan_out)
+    if isinstance(init, S.Orthogonal):
+        return _orthonormal(draws, init.gain) and _orthonormal(ours, init.gain)
     if not np.any(ours):
         return not np.any(draws)
-    return (math.isclose(np.abs(draws).max(), np.abs(ours).max(), rel_tol=1e-2)
-            and math.isclose(draws.std(), ours.std(), rel_tol=3e-2) and abs(draws.mean()) < 0.05 * ours.std())
+    a, b = np.sort(draws.ravel()), np.sort(ours.ravel())
+    points = np.concatenate([a, b])
+    distance = np.max(np.abs(np.searchsorted(a, points, side="right") / a.size
+                             - np.searchsorted(b, points, side="right") / b.size))
+    critical = 1.95 * math.sqrt((a.size + b.size) / (a.size * b.size))
+    return (distance < critical and math.isclose(draws.std(), ours.std(), rel_tol=3e-2)
+            and abs(draws.mean()) < 0.05 * ours.std())
+
+
+def _orthonormal(w: np.ndarray, gain: float) -> bool:
+    """w (as a matrix of its last axis' columns) has orthonormal rows, or columns if it has fewer, times gain."""
+    m = w.reshape(-1, w.shape[-1])
+    gram = m @ m.T if m.shape[0] <= m.shape[1] else m.T @ m
+    return bool(np.allclose(gram, gain ** 2 * np.eye(len(gram)), atol=1e-5))
 
 
 @pytest.mark.parametrize("preset", ["torch", "keras"])
@@ -386,7 +561,7 @@ def test_every_preset_value_is_the_installed_frameworks_default(preset):
             continue
         value = chosen[1].values[preset]
         if isinstance(value, S.Initializer):
-            assert _same_distribution(measured, value, 400, 3000), f"{where}: {value.kind} is not the framework's"
+            assert _same_distribution(measured, value), f"{where}: {value.kind} is not the framework's"
         elif isinstance(value, float):
             assert math.isclose(measured, value, rel_tol=1e-6), f"{where}: framework {measured!r}, preset {value!r}"
         else:
@@ -408,3 +583,44 @@ def test_every_preset_value_is_the_installed_frameworks_default(preset):
 def test_a_preset_completes_every_built_in_class_it_covers(preset, expected):
     fields = {S.CrossEntropy: {"sparse": False}}
     assert [S.make(type(spec), defaults=preset, **fields.get(type(spec), {})) for spec in expected] == expected
+
+
+def _layers(conv_init, bias_init, count_padding, momentum, epsilon, variance, embeddings, recurrent, forget):
+    """One of each layer a preset completes, with these values (recurrent: kernel, recurrent, bias inits)."""
+    kernel, recurrent_kernel, bias = recurrent
+    inits = dict(kernel_init=kernel, recurrent_init=recurrent_kernel, bias_init=bias)
+    return [S.Conv2D(filters=4, kernel_size=(3, 3), padding="valid", kernel_init=conv_init, bias_init=bias_init),
+            S.AvgPool2D(pool_size=(2, 2), count_padding=count_padding),
+            S.BatchNorm(momentum=momentum, epsilon=epsilon, running_variance=variance), S.LayerNorm(epsilon=epsilon),
+            S.Embedding(input_dim=10, output_dim=4, embeddings_init=embeddings), S.SimpleRNN(units=3, **inits),
+            S.LSTM(units=3, unit_forget_bias=forget, **inits), S.GRU(units=3, reset_after=True, **inits)]
+
+
+@pytest.mark.parametrize("preset, expected", [
+    ("torch", _layers(S.FanInUniform(), S.FanInUniform(), True, 0.9, 1e-5, "unbiased", S.Normal(mean=0.0, stddev=1.0),
+                      (S.UnitsUniform(),) * 3, False)),
+    ("keras", _layers(S.GlorotUniform(), S.Zeros(), False, 0.99, 1e-3, "biased", S.Uniform(low=-0.05, high=0.05),
+                      (S.GlorotUniform(), S.Orthogonal(), S.Zeros()), True)),
+])
+def test_a_preset_completes_the_layers_with_framework_defaults(preset, expected):
+    sizes = {S.Conv2D: {"filters": 4, "kernel_size": (3, 3)}, S.AvgPool2D: {"pool_size": (2, 2)},
+             S.Embedding: {"input_dim": 10, "output_dim": 4}}
+    made = [S.make(type(layer), defaults=preset, **sizes.get(type(layer), {"units": 3} if hasattr(layer, "units")
+                                                              else {})) for layer in expected]
+    assert made == expected
+
+
+def test_layer_defaults_without_a_preset_name_the_field_and_show_tables_as_toml():
+    with pytest.raises(crossnn.SpecError) as info:
+        S.make(S.Embedding, input_dim=10, output_dim=4)
+    assert str(info.value) == ('embeddings_init: missing (torch uses { type = "normal", mean = 0.0, stddev = 1.0 }, '
+                               'keras { type = "uniform", low = -0.05, high = 0.05 }; write it, or pass '
+                               'defaults="torch" or "keras")')
+    # unit_forget_bias keeps its Python default for the dataclass, but a file or make() must say it or take a preset
+    inits = dict(kernel_init="glorot_uniform", recurrent_init="orthogonal", bias_init="zeros")
+    assert S.LSTM(units=3, kernel_init=S.GlorotUniform(), recurrent_init=S.Orthogonal(),
+                  bias_init=S.Zeros()).unit_forget_bias is False
+    with pytest.raises(crossnn.SpecError, match=r"^unit_forget_bias: missing \(torch uses false, keras true;"):
+        S.make(S.LSTM, units=3, **inits)
+    assert S.make(S.LSTM, units=3, defaults="keras", **inits).unit_forget_bias is True
+    assert S.make(S.LSTM, units=3, unit_forget_bias=False, **inits).unit_forget_bias is False

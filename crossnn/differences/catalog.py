@@ -23,8 +23,12 @@ from typing import Callable
 import numpy as np
 
 from crossnn import spec as S
+from crossnn.data import load_dataset
 from crossnn.differences.lab import Finding, Lab
+from crossnn.metrics import accuracy
+from crossnn.params import initial_parameters
 from crossnn.spec import Condition, Default, Experiment
+from crossnn.spec.layers import window_geometry, window_padding
 
 TORCH_DOCS = "https://pytorch.org/docs/stable/"
 KERAS_DOCS = "https://keras.io/api/"
@@ -91,6 +95,31 @@ LEARNING_RATES = {
 LEAKY_SLOPE = Default(S.LeakyReLU, "negative_slope", {"torch": 0.01, "keras": 0.2})
 LEAKY_LAYER_SLOPE = Default(S.LeakyReLU, "negative_slope", {"keras": 0.3}, within=S.ActivationLayer)
 GELU_APPROXIMATE = Default(S.GELU, "approximate", {"torch": "none", "keras": "none"})
+#: nn.Conv2d's kaiming_uniform(a=√5) is U(±1/√fan_in) with fan_in = in·kh·kw, as the spec's conv fans count it
+CONV_KERNEL_INIT = Default(S.Conv2D, "kernel_init", {"torch": S.FanInUniform(), "keras": S.GlorotUniform()})
+CONV_BIAS_INIT = Default(S.Conv2D, "bias_init", {"torch": S.FanInUniform(), "keras": S.Zeros()})
+CONV_PADDING = Default(S.Conv2D, "padding", {"torch": "valid", "keras": "valid"})
+COUNT_PADDING = Default(S.AvgPool2D, "count_padding", {"torch": True, "keras": False})
+BN_MOMENTUM = Default(S.BatchNorm, "momentum", {"torch": 0.9, "keras": 0.99}, notes={
+    "torch": "nn.BatchNorm's momentum=0.1 is the weight of the new batch; the spec's momentum is the weight of the "
+             "old average (Keras' convention), so torch's 0.1 is the spec's 0.9"})
+BN_EPSILON = Default(S.BatchNorm, "epsilon", {"torch": 1e-5, "keras": 1e-3})
+BN_VARIANCE = Default(S.BatchNorm, "running_variance", {"torch": "unbiased", "keras": "biased"})
+LN_EPSILON = Default(S.LayerNorm, "epsilon", {"torch": 1e-5, "keras": 1e-3})
+EMBEDDINGS_INIT = Default(S.Embedding, "embeddings_init", {"torch": S.Normal(mean=0.0, stddev=1.0),
+                                                             "keras": S.Uniform(low=-0.05, high=0.05)})
+_TWO_BIASES = ("{torch} adds two biases, b_ih + b_hh, each drawn from U(±1/√units); the preset draws the spec's one "
+               "bias like either of them, so it spreads less than their sum")
+_KERAS_RECURRENT = (("kernel_init", S.GlorotUniform()), ("recurrent_init", S.Orthogonal()), ("bias_init", S.Zeros()))
+RECURRENT_INITS = tuple(
+    Default(layer, field, {"torch": S.UnitsUniform(), "keras": keras},
+            notes={"torch": _TWO_BIASES.format(torch=torch)} if field == "bias_init" and torch else {})
+    for layer, torch in ((S.SimpleRNN, "nn.RNN"), (S.LSTM, "nn.LSTM"), (S.GRU, None))  # GRU: the spec has both rows
+    for field, keras in _KERAS_RECURRENT)
+#: unit_forget_bias has a Python default (false) in the spec; files and S.make leave it to the preset or the writer
+LSTM_FORGET_BIAS = Default(S.LSTM, "unit_forget_bias", {"torch": False, "keras": True},
+                           when=Condition("unit_forget_bias", lambda value: value is None, "left out"))
+GRU_RESET_AFTER = Default(S.GRU, "reset_after", {"torch": True, "keras": True})
 
 
 # ---- small demo specs ----------------------------------------------------------------------------
@@ -164,6 +193,7 @@ def _default_init(lab: Lab) -> list[Finding]:
                      f"({k['bias_all_zero']}) as the preset's {BIAS_INIT.values['keras'].kind}",
                      _near_bound(k["kernel_max_abs"], kernel["keras"], 5000)
                      and k["bias_all_zero"] == (bias["keras"] == 0))]
+    found += _default_conv_init(lab)
     e = _regression(S.SGD(lr=0.05), epochs=3)
     for backend in sorted(lab.lowering("default-init")):
         d = lab.run(e, backend, frozenset({"default-init"}))
@@ -173,6 +203,28 @@ def _default_init(lab: Lab) -> list[Finding]:
         found.append(Finding(f"{backend} with its own initializers and RNG starts elsewhere: its initial kernels "
                              f"differ from the shared start by {apart:.2f} (relative)", apart > 1e-2))
     return found
+
+
+def _default_conv_init(lab: Lab) -> list[Finding]:
+    """nn.Conv2d(8, 16, 3) and keras Conv2D(16, 3) on 8 channels against the presets, drawn with the fans
+    crossnn's conv2d gives that layer."""
+    t, k = lab.facts("torch")["conv_init"], lab.facts("tensorflow")["conv_init"]
+    conv = S.Conv2D(name="conv", filters=16, kernel_size=(3, 3), padding="valid", kernel_init=_G, bias_init=_Z)
+    fan_in, fan_out = conv.parameters(((10, 10, 8),))[0][3:]
+    kernel = {p: _support(v, fan_in, fan_out) for p, v in CONV_KERNEL_INIT.values.items()}
+    bias = {p: _support(v, fan_in, fan_out) for p, v in CONV_BIAS_INIT.values.items()}
+    draws = 3 * 3 * 8 * 16
+    return [Finding(f"nn.Conv2d(8, 16, 3): largest |weight| {_fmt(t['weight_max_abs'])} of {draws}, largest |bias| "
+                    f"{_fmt(t['bias_max_abs'])} of 16: the bound {_fmt(kernel['torch'])} of the torch preset's "
+                    f"{CONV_KERNEL_INIT.values['torch'].kind} with crossnn's conv fan_in 3·3·8 = {fan_in}; bias drawn "
+                    "with the same bound", fan_in == 72 and _near_bound(t["weight_max_abs"], kernel["torch"], draws)
+                    and 0 < t["bias_max_abs"] <= bias["torch"] * (1 + 1e-3) and not t["bias_all_zero"]),
+            Finding(f"keras Conv2D(16, 3) on 8 channels: largest |kernel| {_fmt(k['kernel_max_abs'])} of {draws}: the "
+                    f"bound {_fmt(kernel['keras'])} of {CONV_KERNEL_INIT.values['keras'].kind} with receptive-field "
+                    f"fans ({fan_in}, {fan_out}), not {_fmt(k['glorot_limit_without_receptive_field'])} (8, 16); bias "
+                    f"all zero ({k['bias_all_zero']}) as the keras preset's {CONV_BIAS_INIT.values['keras'].kind}",
+                    fan_out == 144 and _near_bound(k["kernel_max_abs"], kernel["keras"], draws)
+                    and k["bias_all_zero"] == (bias["keras"] == 0))]
 
 
 def _split_at_lr_change(d, *, change: int, lr_old: float, lr_new: float, mu: float) -> tuple[float, float]:
@@ -397,23 +449,6 @@ def _softplus(lab: Lab) -> list[Finding]:
                     {"torch error": abs(t["torch"] - t["exact"]), "tf error": abs(k["tf"] - t["exact"])})]
 
 
-def _batchnorm(lab: Lab) -> list[Finding]:
-    t, k = lab.facts("torch")["batchnorm"], lab.facts("tensorflow")["batchnorm"]
-    x = np.array([[1.0, 2.0], [3.0, 5.0], [6.0, 11.0]])
-    torch_var = (1 - t["momentum"]) * 1.0 + t["momentum"] * x.var(axis=0, ddof=1)
-    keras_var = k["momentum"] * 1.0 + (1 - k["momentum"]) * x.var(axis=0, ddof=0)
-    return [Finding(f"defaults: torch momentum {t['momentum']} (weight of the new batch), eps {t['eps']}; "
-                    f"keras momentum {k['momentum']} (weight of the old average), epsilon {k['epsilon']}",
-                    t["momentum"] == 0.1 and k["momentum"] == 0.99 and t["eps"] == 1e-5 and _close(k["epsilon"], 1e-3)),
-            Finding(f"after one training batch: torch running_var {np.round(t['running_var'], 6).tolist()} "
-                    "= 0.9 + 0.1 · unbiased variance; keras moving_variance "
-                    f"{np.round(k['moving_variance'], 6).tolist()} = 0.99 + 0.01 · biased variance",
-                    np.allclose(t["running_var"], torch_var, rtol=1e-6)
-                    and np.allclose(k["moving_variance"], keras_var, rtol=1e-5),
-                    {"torch running_var[0]": t["running_var"][0], "keras moving_variance[0]": k["moving_variance"][0],
-                     "torch running_var[1]": t["running_var"][1], "keras moving_variance[1]": k["moving_variance"][1]})]
-
-
 def _tf32(lab: Lab) -> list[Finding]:
     t, k = lab.facts("torch")["tf32"], lab.facts("tensorflow")["tf32"]
     return [Finding(f"fresh-process defaults: torch matmul TF32 {t['matmul']}, cuDNN TF32 {t['cudnn']}; TensorFlow "
@@ -440,6 +475,405 @@ def _clip(lab: Lab) -> list[Finding]:
             Finding(f"tf.clip_by_global_norm instead of the spec's clip: drift {d.max_rel:.1e}", d.max_rel > 1e-12)]
 
 
+# ---- layers: convolution, pooling, flatten ---------------------------------------------------------
+
+_G, _Z = S.GlorotUniform(), S.Zeros()
+
+
+def _window_starts(size: int, window: int, stride: int, padding: str) -> list[int]:
+    """Where crossnn's windows start along one axis of `size` (rows padded before the input count negative)."""
+    out, before, _ = window_padding(size, window, stride, 1, padding)
+    return [i * stride - before for i in range(out)]
+
+
+def _experiment(name: str, inputs, layers, x, y, loss: S.Loss, optimizer: S.Optimizer, epochs: int,
+                batch_size: int | None = None, seed: int = 3) -> Experiment:
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y)
+    return S.Experiment(name=name, seed=seed, data=S.InlineData(x=x.tolist(), y=y.tolist()),
+                        model=S.Model(inputs=inputs, layers=tuple(layers)), loss=loss, optimizer=optimizer,
+                        train=S.Train(epochs=epochs, batch_size=batch_size or len(x)))
+
+
+def _apart(a: np.ndarray, b: np.ndarray) -> float:
+    """max |b - a| / max |a|."""
+    return float(np.max(np.abs(b - a)) / np.max(np.abs(a)))
+
+
+def same_padding_pair() -> tuple[Experiment, Experiment]:
+    """One CNN on 8×8 images (conv 3×3 stride 2 -> flatten -> dense), twice: with 'same' (TensorFlow's
+    padding: none above, one row below) and with PyTorch users' symmetric padding=1, written as a
+    'valid' convolution of the images padded with one zero row above and one zero column left (the
+    row and column padding=1 adds below and right are never read at stride 2). Their variables have
+    the same names, shapes and initial values."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((24, 8, 8, 1))
+    y = x[:, ::2, ::2, 0].reshape(24, -1) @ np.linspace(-1.0, 1.0, 16).reshape(16, 1)
+    bias = S.Uniform(low=-0.1, high=0.1)
+
+    def cnn(padding, images):
+        conv = S.Conv2D(name="conv", filters=2, kernel_size=(3, 3), strides=(2, 2), padding=padding,
+                        activation=S.Tanh(), kernel_init=_G, bias_init=bias)
+        return _experiment("demo-same-padding", list(images.shape[1:]),
+                           [conv, S.Flatten(name="flat"), S.Dense(name="out", units=1, kernel_init=_G, bias_init=bias)],
+                           images, y, S.MSE(), S.SGD(lr=0.05), epochs=10)
+    return cnn("same", x), cnn("valid", np.pad(x, ((0, 0), (1, 0), (1, 0), (0, 0))))
+
+
+def _same_padding(lab: Lab) -> list[Finding]:
+    t, k = lab.facts("torch")["same_padding_stride2"], lab.facts("tensorflow")["same_stride2_window_starts"]
+    ours = _window_starts(8, 3, 2, "same")
+    symmetric, padded_after = [int(v) for v in t["torch_padding_1"]], [int(v) for v in t["same"]]
+    found = [Finding(f"8 rows holding their index, a 3-row kernel, stride 2: keras 'same' starts its windows at rows "
+                     f"{k}, crossnn's 'same' at {ours} (no row above, one below), torch with F.pad one row below at "
+                     f"{padded_after}; nn.Conv2d(padding=1) at {symmetric}: every window a row earlier",
+                     list(k) == ours == padded_after and symmetric == [row - 1 for row in ours])]
+    same, shifted = same_padding_pair()
+    as_torch = [row - 1 for row in _window_starts(9, 3, 2, "valid")]  # the padded row above is row -1
+    start = _apart(*(lab.predict(e, initial_parameters(e)) for e in (same, shifted)))
+    d = lab.apart(same, shifted, "nn.Conv2d(padding=1) against 'same', stride 2 (both NumPy float64)")
+    found.append(Finding(f"trained: one CNN (8×8 images, conv 3×3 stride 2, dense) with padding=1's windows "
+                         f"(rows {as_torch}) instead of 'same': its first outputs are {start:.2f} apart (relative), "
+                         f"and after {max(d.record.snapshots)} SGD steps its parameters {d.final_rel:.2g} apart",
+                         as_torch == symmetric and start > 0.05 and d.final_rel > 1e-3))
+    return found
+
+
+def strided_same_spec() -> Experiment:
+    """A stride-2 'same' convolution (3×4 kernel) on 8×7 images: padding (0, 1) rows and (1, 2) columns."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((12, 8, 7, 2))
+    conv = S.Conv2D(name="conv", filters=3, kernel_size=(3, 4), strides=(2, 2), padding="same",
+                    activation=S.Tanh(), kernel_init=_G, bias_init=S.Uniform(low=-0.1, high=0.1))
+    return _experiment("demo-strided-same", [8, 7, 2], [conv, S.Flatten(name="flat"),
+                                                         S.Dense(name="out", units=1, kernel_init=_G, bias_init=_Z)],
+                       x, rng.standard_normal((12, 1)), S.MSE(), S.SGD(lr=0.05), epochs=5)
+
+
+def _torch_same_stride(lab: Lab) -> list[Finding]:
+    t, k = lab.facts("torch"), lab.facts("tensorflow")
+    refused, even = t["conv_same_stride2"], [int(v) for v in t["conv_same_even_kernel"]]
+    ours = _window_starts(4, 2, 1, "same")
+    found = [Finding(f"nn.Conv2d(2, 3, 3, stride=2, padding='same') raises {refused['raised']}: "
+                     f"\"{refused['message']}\"; keras Conv2D(strides=(2, 1), padding='same') runs (windows at rows "
+                     f"{k['same_stride2_window_starts']})",
+                     refused["raised"] == "ValueError" and "same" in refused["message"]
+                     and len(k["same_stride2_window_starts"]) == 4),
+             Finding(f"at stride 1 torch's padding='same' pads as TensorFlow and crossnn: a 2-row kernel on 4 rows "
+                     f"starts its windows at rows {even}, crossnn's at {ours} (the extra row after)", even == ours)]
+    spec = strided_same_spec()
+    window = window_geometry(spec.model.layers[0], spec.model.input_shape)
+    d = lab.run(spec, "torch", caption="stride 2, 'same' on 8×7")
+    found.append(Finding(f"crossnn's torch backend pads explicitly (F.pad, the extra row and column after) and "
+                         f"convolves with padding 0: a stride-2 'same' 3×4 convolution on 8×7 images (rows padded "
+                         f"{window.top} above, {window.bottom} below, columns {window.left} left, {window.right} "
+                         f"right) trains with the reference to {d.max_rel:.1e}",
+                         d.max_rel <= 1e-9 and not window.symmetric))
+    return found
+
+
+def image_classifier() -> Experiment:
+    """4×4 one-channel images of three classes (a bright top-left square, top-right square or bottom row
+    under noise): conv 3×3 stride 2 'same' with 3 filters (2×2×3) -> flatten (12) -> dense 3."""
+    rng = np.random.default_rng(13)
+    labels = np.arange(90) % 3
+    x = 0.3 * rng.standard_normal((90, 4, 4, 1))
+    x[labels == 0, :2, :2] += 1.0
+    x[labels == 1, :2, 2:] += 1.0
+    x[labels == 2, 3:, :] += 1.0
+    conv = S.Conv2D(name="conv", filters=3, kernel_size=(3, 3), strides=(2, 2), padding="same",
+                    activation=S.ReLU(), kernel_init=_G, bias_init=_Z)
+    return _experiment("demo-images", [4, 4, 1], [conv, S.Flatten(name="flat"),
+                                                   S.Dense(name="out", units=3, kernel_init=_G, bias_init=_Z)],
+                       x, labels.reshape(-1, 1), S.CrossEntropy(from_logits=True, sparse=True),
+                       S.Adam(lr=0.05, eps=1e-8), epochs=40, batch_size=30)
+
+
+def _accuracy(lab: Lab, e: Experiment, variables) -> float:
+    data = load_dataset(e)
+    return accuracy(e.loss, lab.predict(e, variables, data.x), data.y)
+
+
+def _flatten_order(lab: Lab) -> list[Finding]:
+    t, k = lab.facts("torch")["flatten_order"], lab.facts("tensorflow")["flatten_order"]
+    order = [int(v) for v in t["channels_last"]]  # (h, w, c) position -> where nn.Flatten puts that value
+    moved = sum(position != index for position, index in enumerate(order))
+    e = image_classifier()
+    trained = lab.reference(e).final_params
+    unpermuted = {**trained, "out/kernel": trained["out/kernel"][order]}  # Keras' rows met by nn.Flatten's order
+    right, wrong = _accuracy(lab, e, trained), _accuracy(lab, e, unpermuted)
+    return [Finding(f"one (C, H, W) = (3, 2, 2) image holding 0..11: nn.Flatten gives 0..11; in crossnn's and "
+                    f"Keras' (h, w, c) order the same values read {order}: {moved} of 12 move (keras Flatten of an "
+                    f"(H, W, C) tensor holding 0..11: {k}, row-major, channels fastest)",
+                    moved == 10 and list(k) == list(range(12)) and order[:3] == [0, 4, 8]),
+            Finding(f"a CNN (conv -> flatten -> dense) trained on crossnn's reference classifies {right:.0%} of its "
+                    f"images; its weights in PyTorch without the permute before nn.Flatten (the dense rows met in "
+                    f"(c, h, w) order) classify {wrong:.0%}", right >= 0.9 and wrong <= right - 0.2,
+                    {"accuracy, (h, w, c) as trained": right, "accuracy, nn.Flatten without permute": wrong})]
+
+
+def _conv_layout(lab: Lab) -> list[Finding]:
+    t, k = lab.facts("torch")["conv_weight_shape"], lab.facts("tensorflow")["conv_kernel_shape"]
+    conv = S.Conv2D(name="c", filters=3, kernel_size=(4, 5), padding="valid", kernel_init=_G, bias_init=_Z)
+    ours = list(conv.parameters(((8, 8, 2),))[0].shape)
+    e = image_classifier()
+    trained = lab.reference(e).final_params
+    weight = trained["conv/kernel"].transpose(3, 2, 0, 1)  # what a torch state_dict holds: (out, in, kh, kw)
+    back, reshaped = weight.transpose(2, 3, 1, 0), weight.reshape(trained["conv/kernel"].shape)
+    right, wrong = _accuracy(lab, e, trained), _accuracy(lab, e, {**trained, "conv/kernel": reshaped})
+    return [Finding(f"nn.Conv2d(2, 3, (4, 5)).weight has shape {t} (out, in, kh, kw); keras Conv2D(3, (4, 5)) on 2 "
+                    f"channels a kernel {k} (kh, kw, in, out); crossnn's conv2d kernel {ours}, Keras' layout",
+                    t == [3, 2, 4, 5] and k == [4, 5, 2, 3] and ours == k,
+                    {"torch weight axis 0 (out)": t[0], "torch axis 1 (in)": t[1],
+                     "keras kernel axis 2 (in)": k[2], "keras axis 3 (out)": k[3]}),
+            Finding(f"a trained CNN's kernel through torch's layout and back: transpose(2, 3, 1, 0) restores it "
+                    f"exactly ({np.array_equal(back, trained['conv/kernel'])}) and the model classifies {right:.0%}; "
+                    f"a reshape to (kh, kw, in, out) instead scrambles the filters: {wrong:.0%}",
+                    np.array_equal(back, trained["conv/kernel"]) and right >= 0.9 and wrong <= right - 0.2)]
+
+
+def _pool_probe(count_padding: bool) -> Experiment:
+    """avg_pool2d 2×2, stride 2, 'same' on a 3×3 image holding 1..9 (the last row and column of windows
+    reach into the padding)."""
+    x = np.arange(1.0, 10.0).reshape(1, 3, 3, 1)
+    pool = S.AvgPool2D(name="pool", pool_size=(2, 2), strides=(2, 2), padding="same", count_padding=count_padding)
+    return _experiment("demo-avg-pool", [3, 3, 1], [pool], x, np.zeros((1, 2, 2, 1)), S.MSE(), S.SGD(lr=0.1), 1)
+
+
+def avg_pool_pair() -> tuple[Experiment, Experiment]:
+    """A CNN whose 'same' average pooling reaches into the padding (5×5 -> 3×3), with count_padding
+    false (TensorFlow) and true (PyTorch's count_include_pad)."""
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((20, 5, 5, 1))
+    y = x.mean(axis=(1, 2)) + x[:, -1, -1]
+
+    def cnn(count_padding):
+        layers = [S.Conv2D(name="conv", filters=2, kernel_size=(3, 3), padding="same", activation=S.Tanh(),
+                           kernel_init=_G, bias_init=S.Uniform(low=-0.1, high=0.1)),
+                  S.AvgPool2D(name="pool", pool_size=(2, 2), strides=(2, 2), padding="same",
+                              count_padding=count_padding),
+                  S.Flatten(name="flat"), S.Dense(name="out", units=1, kernel_init=_G, bias_init=_Z)]
+        return _experiment("demo-avg-pool", [5, 5, 1], layers, x, y, S.MSE(), S.SGD(lr=0.05), epochs=10)
+    return cnn(False), cnn(True)
+
+
+def _avg_pool(lab: Lab) -> list[Finding]:
+    t, k = lab.facts("torch")["avgpool_count_include_pad"], lab.facts("tensorflow")["avg_pool_same_divisors"]
+    window = window_geometry(_pool_probe(True).model.layers[0], (3, 3, 1))
+    x = np.arange(1.0, 10.0).reshape(3, 3)
+    padded = np.pad(x, ((window.top, window.bottom), (window.left, window.right)))
+    sums = np.array([[padded[i:i + 2, j:j + 2].sum() for j in (0, 2)] for i in (0, 2)])
+    divisors = {count: (sums / lab.predict(e, {})[0, :, :, 0]).round(12).tolist()
+                for count, e in ((c, _pool_probe(c)) for c in (False, True))}
+    keras_counts = k == [[4.0, 4.0], [4.0, 4.0]]
+    presets_hold = COUNT_PADDING.values["torch"] is t and COUNT_PADDING.values["keras"] is keras_counts
+    found = [Finding(f"2×2 windows, stride 2, 'same' on a 3×3 image holding 1..9: keras AveragePooling2D divides the "
+                     f"window sums by {k} (the input positions only), crossnn's avg_pool2d with count_padding = false "
+                     f"by {divisors[False]}, with true by {divisors[True]}, as nn.AvgPool2d with its default "
+                     f"count_include_pad={t}; the presets: torch {COUNT_PADDING.values['torch']}, keras "
+                     f"{COUNT_PADDING.values['keras']}",
+                     k == divisors[False] and divisors[True] == [[4.0, 4.0], [4.0, 4.0]] and t is True and presets_hold,
+                     {"keras divisor, corner window": k[1][1], "crossnn count_padding=false": divisors[False][1][1],
+                      "crossnn count_padding=true": divisors[True][1][1]})]
+    d = lab.apart(*avg_pool_pair(), "count_padding true against false (both NumPy float64)")
+    found.append(Finding(f"trained: a CNN whose 'same' average pooling reaches into the padding, counted as PyTorch "
+                         f"does instead of as TensorFlow: its parameters are {d.final_rel:.2g} apart (relative) after "
+                         f"{max(d.record.snapshots)} SGD steps", d.final_rel > 1e-3))
+    return found
+
+
+# ---- layers: normalization, embeddings, recurrent --------------------------------------------------
+
+#: the batch the backends' batchnorm facts normalize
+_BATCH = np.array([[1.0, 2.0], [3.0, 5.0], [6.0, 11.0]])
+
+
+def batch_norm_spec(preset: str, x=_BATCH, y=None, *, epochs=1) -> Experiment:
+    """batch_norm (the preset's momentum, epsilon and running variance) -> dense 1, trained on x in
+    one batch per step."""
+    y = np.zeros((len(x), 1)) if y is None else y
+    return _experiment(f"demo-batch-norm-{preset}", x.shape[1], [
+        S.make(S.BatchNorm, name="bn", defaults=preset),
+        S.Dense(name="out", units=1, kernel_init=_G, bias_init=S.Uniform(low=-0.1, high=0.1))],
+        x, y, S.MSE(), S.SGD(lr=0.05), epochs=epochs)
+
+
+def _batchnorm(lab: Lab) -> list[Finding]:
+    t, k = lab.facts("torch")["batchnorm"], lab.facts("tensorflow")["batchnorm"]
+    x = _BATCH
+    torch_var = (1 - t["momentum"]) * 1.0 + t["momentum"] * x.var(axis=0, ddof=1)
+    keras_var = k["momentum"] * 1.0 + (1 - k["momentum"]) * x.var(axis=0, ddof=0)
+    found = [Finding(f"defaults: torch momentum {t['momentum']} (weight of the new batch: the spec's "
+                     f"{1 - t['momentum']:.2g}), eps {t['eps']}; keras momentum {k['momentum']} (weight of the old "
+                     f"average), epsilon {_fmt(k['epsilon'])}, as the presets",
+                     _close(1 - t["momentum"], BN_MOMENTUM.values["torch"]) and t["eps"] == BN_EPSILON.values["torch"]
+                     and _close(k["momentum"], BN_MOMENTUM.values["keras"])
+                     and _close(k["epsilon"], BN_EPSILON.values["keras"])),
+             Finding(f"after one training batch: torch running_var {np.round(t['running_var'], 6).tolist()} "
+                     "= 0.9 + 0.1 · unbiased variance; keras moving_variance "
+                     f"{np.round(k['moving_variance'], 6).tolist()} = 0.99 + 0.01 · biased variance",
+                     np.allclose(t["running_var"], torch_var, rtol=1e-6)
+                     and np.allclose(k["moving_variance"], keras_var, rtol=1e-5),
+                     {f"{name}[{i}]": values[i] for i in (0, 1)
+                      for name, values in (("torch running_var", t["running_var"]),
+                                           ("keras moving_variance", k["moving_variance"]))})]
+    ours = {}
+    for preset in ("torch", "keras"):
+        after = lab.reference(batch_norm_spec(preset)).snapshots[1]
+        ours[preset] = (after["bn/moving_mean"], after["bn/moving_variance"])
+    found.append(Finding(f"crossnn's batch_norm with the torch preset (running_variance \"unbiased\") after the same "
+                         f"batch: moving_mean {np.round(ours['torch'][0], 6).tolist()}, moving_variance "
+                         f"{np.round(ours['torch'][1], 6).tolist()}, torch's; with the keras preset (\"biased\"): "
+                         f"{np.round(ours['keras'][1], 6).tolist()}, keras' (float32)",
+                         np.allclose(ours["torch"][0], t["running_mean"], rtol=1e-12)
+                         and np.allclose(ours["torch"][1], t["running_var"], rtol=1e-12)
+                         and np.allclose(ours["keras"][0], k["moving_mean"], rtol=1e-6)
+                         and np.allclose(ours["keras"][1], k["moving_variance"], rtol=1e-6)))
+    rng = np.random.default_rng(15)
+    x = 2.0 + 3.0 * rng.standard_normal((8, 3))
+    y = x @ np.array([[0.5], [-1.0], [0.25]])
+    torch_bn, keras_bn = (batch_norm_spec(preset, x, y, epochs=20) for preset in ("torch", "keras"))
+    d = lab.apart(torch_bn, keras_bn, "keras' batch-norm defaults against torch's (both NumPy float64)")
+    predicted = {"torch": lab.predict(torch_bn, d.result.reference.final_params),
+                 "keras": lab.predict(keras_bn, d.record.final_params)}
+    found.append(Finding(f"trained 20 steps on the same data from the same start, torch's and keras' batch-norm "
+                         f"defaults end {d.final_rel:.2g} apart (relative, moving statistics included) and their "
+                         f"predictions {_apart(predicted['torch'], predicted['keras']):.2g} apart",
+                         d.final_rel > 1e-2 and _apart(predicted["torch"], predicted["keras"]) > 1e-2))
+    return found
+
+
+def layer_norm_spec(epsilon: float, x, y, epochs: int = 1) -> Experiment:
+    return _experiment("demo-layer-norm", x.shape[1], [
+        S.LayerNorm(name="ln", epsilon=epsilon),
+        S.Dense(name="out", units=1, kernel_init=_G, bias_init=S.Uniform(low=-0.1, high=0.1))],
+        x, y, S.MSE(), S.SGD(lr=0.05), epochs=epochs)
+
+
+def _layernorm_epsilon(lab: Lab) -> list[Finding]:
+    rng = np.random.default_rng(16)
+    x = 0.03 * rng.standard_normal((8, 6))  # variance of each row about 1e-3
+    y = x @ np.linspace(-10.0, 10.0, 6).reshape(6, 1)
+    eps = {preset: LN_EPSILON.values[preset] for preset in ("torch", "keras")}
+    normalized = {}
+    for preset, epsilon in eps.items():
+        e = _experiment("demo-layer-norm", 6, [S.LayerNorm(name="ln", epsilon=epsilon)], x, x, S.MSE(),
+                        S.SGD(lr=0.1), 1)
+        normalized[preset] = lab.predict(e, initial_parameters(e))
+    ratio = normalized["torch"] / normalized["keras"]
+    variance = x.var(axis=1, keepdims=True)
+    predicted = np.sqrt((variance + eps["keras"]) / (variance + eps["torch"]))
+    d = lab.apart(*(layer_norm_spec(eps[preset], x, y, epochs=20) for preset in ("torch", "keras")),
+                  "layer_norm epsilon 1e-3 against 1e-5 (both NumPy float64)")
+    return [Finding(f"crossnn's layer_norm with the presets' epsilon, torch {_fmt(eps['torch'])} and keras "
+                    f"{_fmt(eps['keras'])}, on rows whose variance is {variance.min():.1e}..{variance.max():.1e}: the "
+                    f"torch preset's outputs are {ratio.min():.3g}..{ratio.max():.3g} times keras', √((σ² + 1e-3) / "
+                    f"(σ² + 1e-5)) as the formula says (to {np.max(np.abs(ratio - predicted)):.0e}; measured on "
+                    "crossnn's reference: the backends report no layer-norm facts yet)",
+                    np.allclose(ratio, predicted, rtol=1e-12) and ratio.min() > 1.2,
+                    {"output ratio torch / keras, smallest": float(ratio.min()),
+                     "largest": float(ratio.max())}),
+            Finding(f"trained 20 steps from the same start, the two epsilons end {d.final_rel:.2g} apart (relative)",
+                    d.final_rel > 1e-3)]
+
+
+def _sequence_spec(name: str, layer: S.Layer, *, ids=False, steps=5, features=3, n=12) -> Experiment:
+    """`layer` on sequences (ids from a vocabulary of 1000, or `features` floats per step), its output
+    flattened into a dense layer of 1."""
+    rng = np.random.default_rng(17)
+    x = rng.integers(0, 1000, (n, steps)) if ids else rng.standard_normal((n, steps, features))
+    inputs = [steps] if ids else [steps, features]
+    return _experiment(name, inputs, [layer, S.Flatten(name="flat"), S.Dense(name="out", units=1, kernel_init=_G,
+                                                                             bias_init=_Z)],
+                       x, rng.standard_normal((n, 1)), S.MSE(), S.SGD(lr=0.05), 1)
+
+
+def _embedding_init(lab: Lab) -> list[Finding]:
+    tables = {preset: initial_parameters(_sequence_spec("demo-embedding", S.make(
+        S.Embedding, name="embed", input_dim=1000, output_dim=16, defaults=preset), ids=True))["embed/embeddings"]
+              for preset in ("torch", "keras")}
+    t, k = tables["torch"], tables["keras"]
+    return [Finding(f"crossnn's draws of a 1000×16 table with the presets' embeddings_init (the backends report no "
+                    f"embedding facts yet): torch's N(0, 1) has std {t.std():.3f}, largest |value| "
+                    f"{np.abs(t).max():.2f}; keras' U(±0.05) std {k.std():.4f} (0.05/√3 = 0.0289), largest "
+                    f"{np.abs(k).max():.4f}: the torch preset's vectors start {t.std() / k.std():.0f}× larger",
+                    _close(t.std(), 1.0, 0.03) and _close(k.std(), 0.05 / math.sqrt(3), 0.03)
+                    and np.abs(k).max() <= 0.05 and np.abs(t).max() > 3.0,
+                    {"torch preset std": float(t.std()), "keras preset std": float(k.std())})]
+
+
+def _recurrent_init(lab: Lab) -> list[Finding]:
+    units, features = 16, 3
+    drawn = {preset: initial_parameters(_sequence_spec("demo-lstm", S.make(
+        S.LSTM, name="lstm", units=units, defaults=preset), features=features)) for preset in ("torch", "keras")}
+    t, k = drawn["torch"], drawn["keras"]
+    bound, glorot = 1 / math.sqrt(units), math.sqrt(6 / (features + 4 * units))
+    largest = {name: float(np.abs(t[f"lstm/{name}"]).max()) for name in ("kernel", "recurrent_kernel", "bias")}
+    recurrent = k["lstm/recurrent_kernel"]
+    off = float(np.max(np.abs(recurrent @ recurrent.T - np.eye(units))))
+    bias = k["lstm/bias"].reshape(4, units)
+    return [Finding(f"crossnn's LSTM (3 features, 16 units) with the torch preset (units_uniform, the backends report "
+                    f"no recurrent-init facts yet): largest |kernel| {largest['kernel']:.4f} of 192, "
+                    f"|recurrent_kernel| {largest['recurrent_kernel']:.4f} of 1024, |bias| {largest['bias']:.4f} of "
+                    f"64: all within 1/√16 = 0.25, whatever the input size",
+                    all(value <= bound for value in largest.values())
+                    and _near_bound(largest["recurrent_kernel"], bound, 1024)),
+            Finding(f"with the keras preset: largest |kernel| {np.abs(k['lstm/kernel']).max():.4f} (glorot bound "
+                    f"√(6/(3 + 64)) = {glorot:.4f}), recurrent kernel orthogonal (|R Rᵀ − I| ≤ {off:.0e}), bias per "
+                    f"gate (i, f, c, o) {bias.mean(axis=1).tolist()}: zeros but the forget gate's ones "
+                    "(unit_forget_bias)", np.abs(k["lstm/kernel"]).max() <= glorot and off < 1e-12
+                    and bias.mean(axis=1).tolist() == [0.0, 1.0, 0.0, 0.0],
+                    {"torch preset, largest |kernel|": largest["kernel"],
+                     "keras preset, largest |kernel|": float(np.abs(k["lstm/kernel"]).max())})]
+
+
+def _lstm(unit_forget_bias: bool) -> S.LSTM:
+    return S.LSTM(name="lstm", units=8, return_sequences=True, kernel_init=_G, recurrent_init=S.Orthogonal(),
+                  bias_init=_Z, unit_forget_bias=unit_forget_bias)
+
+
+def _lstm_forget_bias(lab: Lab) -> list[Finding]:
+    biases = {preset: initial_parameters(_sequence_spec("demo-lstm", S.make(
+        S.LSTM, name="lstm", units=8, defaults=preset)))["lstm/bias"].reshape(4, 8)[1] for preset in ("torch", "keras")}
+    with_ones, without = (_sequence_spec("demo-lstm", _lstm(flag), steps=20) for flag in (True, False))
+    starts = {flag: initial_parameters(e) for flag, e in ((True, with_ones), (False, without))}
+    same_weights = all(np.array_equal(starts[True][name], starts[False][name]) for name in starts[True]
+                       if name != "lstm/bias")
+    apart = _apart(*(lab.predict(e, starts[flag]) for flag, e in ((False, without), (True, with_ones))))
+    keras_flag = str(LSTM_FORGET_BIAS.values["keras"]).lower()
+    return [Finding(f"crossnn's initial forget-gate biases (the backends report no LSTM-bias facts yet): keras "
+                    f"preset {biases['keras'].tolist()} (unit_forget_bias = {keras_flag}), torch preset in "
+                    f"[{biases['torch'].min():.3f}, {biases['torch'].max():.3f}] (drawn like "
+                    f"the other gates', U(±1/√8))",
+                    np.all(biases["keras"] == 1.0) and np.all(np.abs(biases["torch"]) <= 1 / math.sqrt(8))),
+            Finding(f"the same LSTM weights on 20-step sequences with and without the forget bias of 1: outputs "
+                    f"{apart:.2g} apart (relative) before any training", same_weights and apart > 1e-2,
+                    {"outputs apart, forget bias 1 vs 0": apart})]
+
+
+def _gru(reset_after: bool) -> S.GRU:
+    return S.GRU(name="gru", units=6, return_sequences=True, kernel_init=_G, recurrent_init=S.Orthogonal(),
+                 bias_init=_Z, reset_after=reset_after)
+
+
+def _gru_gates(lab: Lab) -> list[Finding]:
+    after, before = (_sequence_spec("demo-gru", _gru(flag), steps=8) for flag in (True, False))
+    start = initial_parameters(after)
+    shared = {name: value for name, value in start.items() if name != "gru/bias"}
+    same_weights = all(np.array_equal(value, initial_parameters(before)[name]) for name, value in shared.items())
+    out_after, out_before = lab.predict(after, start), lab.predict(before, initial_parameters(before))
+    units = 6
+    swap = np.r_[units:2 * units, 0:units, 2 * units:3 * units]  # torch's r, z, n read as Keras' z, r, h
+    swapped = {**start, "gru/kernel": start["gru/kernel"][:, swap],
+               "gru/recurrent_kernel": start["gru/recurrent_kernel"][:, swap]}
+    reset, order = _apart(out_after, out_before), _apart(out_after, lab.predict(after, swapped))
+    return [Finding(f"crossnn's reference GRU, the same weights (the backends report no GRU facts yet): reset_after "
+                    f"= false instead of true (both frameworks' default now, the presets') moves the outputs "
+                    f"{reset:.2g} (relative); z and r swapped, nn.GRU's gate order r, z, n read as Keras' z, r, h, "
+                    f"moves them {order:.2g}", same_weights and reset > 1e-2 and order > 1e-2
+                    and GRU_RESET_AFTER.values == {"torch": True, "keras": True},
+                    {"outputs apart, reset_after false": reset, "outputs apart, z and r swapped": order})]
+
+
 def _uses(kind: type) -> Callable[[Experiment], bool]:
     def applies(e: Experiment) -> bool:
         for node in e.model.nodes:
@@ -448,6 +882,18 @@ def _uses(kind: type) -> Callable[[Experiment], bool]:
                 return True
         return isinstance(e.loss, kind) or isinstance(e.optimizer, kind)
     return applies
+
+
+def _has_layer(test: Callable[[S.Layer, tuple], bool]) -> Callable[[Experiment], bool]:
+    """Applies where some node's layer passes `test(layer, input_shape)`."""
+    return lambda e: any(test(node.layer, node.input_shapes[0]) for node in e.model.nodes)
+
+
+def _same_strided(layer, shape) -> bool:
+    return getattr(layer, "padding", None) == "same" and max(layer.strides) > 1
+
+
+_RECURRENT = (S.SimpleRNN, S.LSTM, S.GRU)
 
 
 ENTRIES = [
@@ -460,15 +906,19 @@ ENTRIES = [
           (TORCH_DOCS + "generated/torch.nn.Linear.html", KERAS_DOCS + "layers/core_layers/dense/",
            "torch/nn/modules/linear.py", "keras/src/layers/core/dense.py"), _layout),
     Entry("default-init", "Default initializers",
-          "With no initializer given, nn.Linear draws weight and bias from U(±1/√fan_in) (kaiming_uniform with "
-          "a = √5); Keras' Dense uses glorot_uniform for the kernel and zeros for the bias. Each draws from its own "
-          "random stream, so the same seed gives different numbers too (see random-streams).",
-          {"torch": "weight and bias ~ U(-1/√fan_in, 1/√fan_in)",
-           "tensorflow": "kernel ~ glorot_uniform, bias = 0"},
-          "initializers required, or from a preset; values are drawn once in NumPy and shared",
-          (TORCH_DOCS + "generated/torch.nn.Linear.html", KERAS_DOCS + "layers/core_layers/dense/",
-           "torch/nn/modules/linear.py (reset_parameters)"), _default_init,
-          defaults=(KERNEL_INIT, BIAS_INIT)),
+          "With no initializer given, nn.Linear and nn.Conv2d draw weight and bias from U(±1/√fan_in) "
+          "(kaiming_uniform with a = √5; a convolution's fan_in is in·kh·kw); Keras' Dense and Conv2D use "
+          "glorot_uniform for the kernel (a convolution's fans count the receptive field: kh·kw·in and kh·kw·filters) "
+          "and zeros for the bias. Each draws from its own random stream, so the same seed gives different numbers "
+          "too (see random-streams).",
+          {"torch": "weight and bias ~ U(-1/√fan_in, 1/√fan_in); Conv2d: fan_in = in·kh·kw",
+           "tensorflow": "kernel ~ glorot_uniform (Conv2D: fans × kh·kw), bias = 0"},
+          "initializers required, or from a preset; values are drawn once in NumPy and shared; conv2d fans count "
+          "the receptive field",
+          (TORCH_DOCS + "generated/torch.nn.Linear.html", TORCH_DOCS + "generated/torch.nn.Conv2d.html",
+           KERAS_DOCS + "layers/core_layers/dense/", KERAS_DOCS + "layers/convolution_layers/convolution2d/",
+           "torch/nn/modules/linear.py, torch/nn/modules/conv.py (reset_parameters)"), _default_init,
+          defaults=(KERNEL_INIT, BIAS_INIT, CONV_KERNEL_INIT, CONV_BIAS_INIT)),
     Entry("momentum-sgd", "Momentum SGD: buffer vs learning-rate-scaled velocity",
           "PyTorch accumulates b ← μb + g and steps w ← w − lr·b (b = g on the first step); Keras keeps a velocity "
           "v ← μv − lr·g and steps w ← w + v. While lr is constant they are the same; when lr changes, Keras' velocity "
@@ -581,13 +1031,112 @@ ENTRIES = [
     Entry("batchnorm", "BatchNorm momentum, epsilon and variance",
           "PyTorch's momentum (0.1) is the weight of the new batch and its running variance uses the unbiased "
           "estimate; Keras' momentum (0.99) is the weight of the old average, its moving variance is biased, and its "
-          "epsilon is 1e-3 instead of 1e-5. "
-          "(crossnn has no BatchNorm layer; this entry is measured on the frameworks.)",
+          "epsilon is 1e-3 instead of 1e-5. Both normalize a training batch with its biased variance.",
           {"torch": "r ← 0.9 r + 0.1 · var_unbiased; eps 1e-5",
            "tensorflow": "r ← 0.99 r + 0.01 · var_biased; epsilon 1e-3"},
-          "no BatchNorm layer in the spec",
-          (TORCH_DOCS + "generated/torch.nn.BatchNorm1d.html",
-           KERAS_DOCS + "layers/normalization_layers/batch_normalization/"), _batchnorm, lambda e: False),
+          "batch_norm: momentum in Keras' convention (the weight of the old average: torch's 0.1 is 0.9), epsilon, "
+          "running_variance = \"unbiased\" (PyTorch) or \"biased\" (Keras); required, or from a preset",
+          (TORCH_DOCS + "generated/torch.nn.BatchNorm2d.html",
+           KERAS_DOCS + "layers/normalization_layers/batch_normalization/"), _batchnorm, _uses(S.BatchNorm),
+          defaults=(BN_MOMENTUM, BN_EPSILON, BN_VARIANCE)),
+    Entry("conv-kernel-layout", "Convolution kernel layout",
+          "nn.Conv2d stores its weight as (out, in, kh, kw) and computes on (N, C, H, W) images; Keras' Conv2D keeps "
+          "its kernel as (kh, kw, in, out) on (N, H, W, C) images. Copying weights needs kernel.transpose(3, 2, 0, 1) "
+          "one way and (2, 3, 1, 0) the other; a reshape instead of a transpose scrambles the filters silently.",
+          {"torch": "nn.Conv2d.weight: (out_channels, in_channels, kh, kw)",
+           "tensorflow": "Conv2D.kernel: (kh, kw, in_channels, filters)"},
+          "canonical (kh, kw, in, out); the torch backend transposes at its boundary, its state_dicts hold torch's "
+          "layout", (TORCH_DOCS + "generated/torch.nn.Conv2d.html",
+                     KERAS_DOCS + "layers/convolution_layers/convolution2d/"), _conv_layout, _uses(S.Conv2D)),
+    Entry("same-padding", "'same' padding at stride 2: which side gets the extra row",
+          "With an even input and stride 2, 'same' needs an odd total padding. TensorFlow/Keras put the smaller half "
+          "before and the extra row/column after: on 8 rows with a 3-row kernel, none above and one below, windows "
+          "starting at rows 0, 2, 4, 6. PyTorch has no strided 'same' (see torch-same-stride); its users write the "
+          "symmetric padding=1 (k // 2), one row on each side, which starts every window a row earlier (−1, 1, 3, "
+          "5): the outputs and every layer after them differ. With odd inputs the two agree.",
+          {"torch": "padding=k//2 on both sides: windows a row/column earlier than TF; F.pad(x, (0, 1, 0, 1)) then "
+                    "padding 0 reproduces TF",
+           "tensorflow": "'same': total max((⌈H/s⌉ − 1)·s + k − H, 0), the smaller half before, the extra after"},
+          "padding = \"same\" is TensorFlow's rule (crossnn.spec.window_geometry), at any stride; no default "
+          "(both frameworks' is \"valid\": from a preset)",
+          (TORCH_DOCS + "generated/torch.nn.Conv2d.html", KERAS_DOCS + "layers/convolution_layers/convolution2d/",
+           "https://www.tensorflow.org/api_docs/python/tf/nn#notes_on_padding_2"), _same_padding,
+          _has_layer(_same_strided), defaults=(CONV_PADDING,)),
+    Entry("torch-same-stride", "PyTorch refuses padding='same' with stride > 1",
+          "nn.Conv2d(..., stride=2, padding='same') raises at construction; Keras accepts 'same' at any stride. A "
+          "ported model must write its padding out, and the natural padding=k//2 is not TensorFlow's (see "
+          "same-padding). At stride 1 torch's 'same' pads as TensorFlow does, even kernels' extra row after.",
+          {"torch": "padding='same' only at stride 1 (ValueError otherwise)", "tensorflow": "'same' at any stride"},
+          "\"same\" at any stride; the torch backend pads with F.pad (the extra row and column after) and convolves "
+          "with padding 0", (TORCH_DOCS + "generated/torch.nn.Conv2d.html",
+                             KERAS_DOCS + "layers/convolution_layers/convolution2d/"), _torch_same_stride,
+          _has_layer(lambda layer, shape: isinstance(layer, S.Conv2D) and _same_strided(layer, shape))),
+    Entry("avg-pool-padding", "Average pooling: is the padding counted?",
+          "Where an average-pooling window reaches into the padding, nn.AvgPool2d (count_include_pad=True by "
+          "default) divides by the whole window, padded zeros included; TensorFlow/Keras divide by the number of "
+          "input positions the window covers. A 2×2 window over one input pixel gives x/4 in PyTorch and x in Keras.",
+          {"torch": "count_include_pad=True: sum / (kh·kw)", "tensorflow": "sum / (input positions in the window)"},
+          "count_padding = true or false, required or from a preset (they agree without padding)",
+          (TORCH_DOCS + "generated/torch.nn.AvgPool2d.html", KERAS_DOCS + "layers/pooling_layers/average_pooling2d/"),
+          _avg_pool, _has_layer(lambda layer, shape: isinstance(layer, S.AvgPool2D) and layer.padding == "same"),
+          defaults=(COUNT_PADDING,)),
+    Entry("flatten-order", "Flatten order: NCHW against NHWC",
+          "PyTorch images are (N, C, H, W) and nn.Flatten reads them channel by channel, (c, h, w); Keras' are "
+          "(N, H, W, C) and Flatten reads channels fastest, (h, w, c). The Dense/Linear layer after Flatten pairs its "
+          "rows with those positions: weights copied between the frameworks without permuting them (or the tensor "
+          "before flattening) compute with the features shuffled.",
+          {"torch": "nn.Flatten of (N, C, H, W): index (c·H + h)·W + w",
+           "tensorflow": "Flatten of (N, H, W, C): index (h·W + w)·C + c"},
+          "flatten in (H, W, C) order (Keras'); the torch backend permutes to channels-last before flattening, and "
+          "model import permutes the Linear's rows",
+          (TORCH_DOCS + "generated/torch.nn.Flatten.html", KERAS_DOCS + "layers/reshaping_layers/flatten/"),
+          _flatten_order, _has_layer(lambda layer, shape: isinstance(layer, S.Flatten) and len(shape) >= 3)),
+    Entry("layernorm-epsilon", "LayerNorm's epsilon",
+          "nn.LayerNorm's eps defaults to 1e-5, keras.layers.LayerNormalization's epsilon to 1e-3 (BatchNorm's "
+          "likewise, see batchnorm). Both add it to the biased variance under the square root, so on features whose "
+          "variance is small the two normalize to visibly different values.",
+          {"torch": "(x − μ)/√(σ² + eps), eps 1e-5", "tensorflow": "(x − μ)/√(σ² + epsilon), epsilon 1e-3"},
+          "layer_norm.epsilon required, or from a preset",
+          (TORCH_DOCS + "generated/torch.nn.LayerNorm.html",
+           KERAS_DOCS + "layers/normalization_layers/layer_normalization/"), _layernorm_epsilon, _uses(S.LayerNorm),
+          defaults=(LN_EPSILON,)),
+    Entry("embedding-init", "Embedding initializers",
+          "nn.Embedding draws its table from N(0, 1); keras.layers.Embedding from U(−0.05, 0.05): PyTorch's vectors "
+          "start about 35 times larger.",
+          {"torch": "weight ~ N(0, 1)", "tensorflow": "embeddings ~ U(−0.05, 0.05)"},
+          "embeddings_init required, or from a preset",
+          (TORCH_DOCS + "generated/torch.nn.Embedding.html", KERAS_DOCS + "layers/core_layers/embedding/"),
+          _embedding_init, _uses(S.Embedding), defaults=(EMBEDDINGS_INIT,)),
+    Entry("recurrent-init", "Recurrent layers' initializers",
+          "nn.RNN, nn.LSTM and nn.GRU draw every weight and bias from U(±1/√hidden_size), whatever the input size; "
+          "Keras' SimpleRNN, LSTM and GRU use glorot_uniform for the input kernel, orthogonal for the recurrent "
+          "kernel and zeros for the bias. PyTorch also keeps two biases (b_ih, b_hh) where Keras has one (GRU with "
+          "reset_after: two rows).",
+          {"torch": "weight_ih, weight_hh, b_ih, b_hh ~ U(±1/√hidden_size)",
+           "tensorflow": "kernel glorot_uniform, recurrent_kernel orthogonal, bias zeros"},
+          "kernel_init, recurrent_init and bias_init required, or from a preset (units_uniform: U(±1/√units))",
+          (TORCH_DOCS + "generated/torch.nn.LSTM.html", TORCH_DOCS + "generated/torch.nn.GRU.html",
+           KERAS_DOCS + "layers/recurrent_layers/lstm/", KERAS_DOCS + "layers/recurrent_layers/simple_rnn/"),
+          _recurrent_init, _uses(_RECURRENT), defaults=RECURRENT_INITS),
+    Entry("lstm-forget-bias", "LSTM forget-gate bias",
+          "Keras' LSTM starts the forget gate's bias at 1 (unit_forget_bias=True) and the other gates' at 0, so the "
+          "cell state is kept longer early in training; nn.LSTM draws the forget gate's biases like the others' "
+          "(U(±1/√hidden_size), twice: b_ih and b_hh).",
+          {"torch": "b_if, b_hf ~ U(±1/√hidden_size), like the other gates", "tensorflow": "unit_forget_bias=True: "
+                                                                                             "forget bias 1, others 0"},
+          "unit_forget_bias (the forget slice of the bias set to 1), written or from a preset",
+          (TORCH_DOCS + "generated/torch.nn.LSTM.html", KERAS_DOCS + "layers/recurrent_layers/lstm/"),
+          _lstm_forget_bias, _uses(S.LSTM), defaults=(LSTM_FORGET_BIAS,)),
+    Entry("gru-gates", "GRU gate order and reset_after",
+          "Keras' GRU orders its gates z, r, h and by default (reset_after=True, since TensorFlow 2) applies the "
+          "reset gate after the recurrent matrix product, with separate input and recurrent biases; nn.GRU orders "
+          "them r, z, n and computes only that reset-after form. Copying weights needs the first two gate blocks "
+          "swapped as well as the weights transposed; older Keras (reset_after=False) computes another model.",
+          {"torch": "gates r, z, n; n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn)) only",
+           "tensorflow": "gates z, r, h; reset_after=True by default (bias (2, 3·units))"},
+          "Keras' gate order and layout; reset_after required (both frameworks' default is true), or from a preset",
+          (TORCH_DOCS + "generated/torch.nn.GRU.html", KERAS_DOCS + "layers/recurrent_layers/gru/"), _gru_gates,
+          _uses(S.GRU), defaults=(GRU_RESET_AFTER,)),
     Entry("tf32", "TF32 on NVIDIA GPUs",
           "On Ampere and later GPUs TensorFlow runs float32 matrix multiplies in TF32 (10-bit mantissa) by default; "
           "PyTorch does not for matmuls (since 1.12) but does for cuDNN convolutions.",

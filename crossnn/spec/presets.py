@@ -215,10 +215,13 @@ class Resolver:
 
 
 def show(value: Any) -> str:
-    """A preset value as a message shows it: 1e-8, fan_in_uniform, "l2", true."""
+    """A preset value as a message shows it, in the file's (TOML's) words: 1e-8, fan_in_uniform, "l2",
+    true, { type = "normal", mean = 0.0, stddev = 1.0 }."""
     plain = to_plain(value)
-    if isinstance(value, Spec):
-        return plain if isinstance(plain, str) else str(plain)
+    if isinstance(value, Spec) and isinstance(plain, str):
+        return plain
+    if isinstance(plain, dict):
+        return "{ " + ", ".join(f"{key} = {show(item)}" for key, item in plain.items()) + " }"
     if isinstance(plain, bool):
         return "true" if plain else "false"
     if isinstance(plain, float):

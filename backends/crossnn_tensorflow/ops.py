@@ -523,8 +523,7 @@ class Conv2D(Op):
         strides, dilation = tuple(layer.strides), tuple(layer.dilation)
         if dilation == (1, 1):
             padding = layer.padding.upper()
-            note = "  # TF's 'SAME': the extra row/column after" if padding == "SAME" else ""
-            line = f'z = tf.nn.conv2d({ins[0]}, {_p(node, "kernel")}, strides={strides}, padding="{padding}"){note}'
+            line = f'z = tf.nn.conv2d({ins[0]}, {_p(node, "kernel")}, strides={strides}, padding="{padding}")'
         else:
             line = (f'z = tf.nn.convolution(tf.pad({ins[0]}, {_pads(node)}), {_p(node, "kernel")}, padding="VALID", '
                     f"dilations={dilation})")
@@ -614,9 +613,8 @@ class MaxPool2D(Op):
     @staticmethod
     def forward_code(node, ins):
         layer = node.layer
-        note = "  # TF's 'SAME': the extra row/column after" if layer.padding == "same" else ""
         return [], (f'tf.nn.max_pool2d({ins[0]}, {tuple(layer.pool_size)}, {tuple(layer.strides)}, '
-                    f'"{layer.padding.upper()}"){note}')
+                    f'"{layer.padding.upper()}")')
 
     @staticmethod
     def keras(node, dtype):
@@ -656,7 +654,7 @@ class AvgPool2D(Op):
         window, strides = tuple(layer.pool_size), tuple(layer.strides)
         pads = _pads(node)
         if not (layer.count_padding and any(map(any, pads))):
-            note = "  # TF's 'SAME' average leaves the padding out" if layer.padding == "same" else ""
+            note = "  # TF's 'SAME' mean leaves the padding out" if layer.padding == "same" else ""
             return [], f'tf.nn.avg_pool2d({ins[0]}, {window}, {strides}, "{layer.padding.upper()}"){note}'
         return [f"z = tf.pad({ins[0]}, {pads})  # count_padding: the zeros count in every window's mean"], \
             f'tf.nn.avg_pool2d(z, {window}, {strides}, "VALID")'

@@ -190,7 +190,7 @@ class Adam(Rule):
     def code_direction(self):
         s = self.s
         return ['m, v = state["exp_avg"][i], state["exp_avg_sq"][i]',
-                f"m_t = m + {1.0 - s.beta1!r} * (g - m)", f"v_t = {s.beta2!r} * v + ({1.0 - s.beta2!r} * g) * g",
+                f"m_t = m + (1.0 - {s.beta1!r}) * (g - m)", f"v_t = {s.beta2!r} * v + ((1.0 - {s.beta2!r}) * g) * g",
                 "m.assign(m_t)", "v.assign(v_t)",
                 f"d = (m_t / c1) / (tf.sqrt(v_t) / c2 + {s.eps!r})  # eps on sqrt(v_hat), not Keras' sqrt(v)"]
 
@@ -231,9 +231,11 @@ class RMSprop(Rule):
 
     def code_direction(self):
         s = self.s
-        lines = ['v = state["square_avg"][i]', f"v_t = {s.alpha!r} * v + ({1.0 - s.alpha!r} * g) * g", "v.assign(v_t)"]
+        lines = ['v = state["square_avg"][i]', f"v_t = {s.alpha!r} * v + ((1.0 - {s.alpha!r}) * g) * g",
+                 "v.assign(v_t)"]
         if s.centered:
-            lines += ['avg = state["grad_avg"][i]', f"avg_t = avg + {1.0 - s.alpha!r} * (g - avg)", "avg.assign(avg_t)",
+            lines += ['avg = state["grad_avg"][i]', f"avg_t = avg + (1.0 - {s.alpha!r}) * (g - avg)",
+                      "avg.assign(avg_t)",
                       f"a = tf.sqrt(v_t - avg_t * avg_t) + {s.eps!r}  # centered: the variance of g"]
         else:
             lines.append(f"a = tf.sqrt(v_t) + {s.eps!r}  # eps outside the root (Keras': inside)")

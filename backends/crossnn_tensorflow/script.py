@@ -75,6 +75,9 @@ def _model_code(model: S.Model, dropout: bool) -> tuple[str, set[str]]:
         shapes = ", ".join(str(list(shape)) for shape in node.input_shapes)
         summary.append(f"{node.name}: {node.layer.kind} {shapes} -> {list(node.shape)}")
     doc = "\n".join(f"        {line}" for line in summary)
+    if any(getattr(node.layer, "padding", None) == "same" for node in model.nodes):
+        doc += ("\n\n        padding=\"SAME\" is TensorFlow's rule, which is the spec's: the extra row or column of\n"
+                "        padding goes after (bottom, right).")
     masks_doc = ""
     if dropout:
         masks_doc = ("\n\n        masks: {dropout layer: its mask} while training (inverted dropout with crossnn's\n"

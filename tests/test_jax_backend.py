@@ -219,12 +219,26 @@ def test_the_chain_uses_optax_where_optax_computes_the_spec():
 # ---- modes, devices, listing -----------------------------------------------------------------------
 
 
-def test_scan_pieces_are_power_of_two_runs_of_one_batch_size():
-    from crossnn_jax.step import SCAN_LIMIT, ScanMode
+def test_scan_chunks_are_runs_of_one_batch_size_of_at_most_chunk_steps():
+    from crossnn_jax.step import CHUNK, ScanMode
 
-    assert ScanMode.pieces([4] * 7 + [2] + [4] * 3) == [(0, 4), (4, 6), (6, 7), (7, 8), (8, 10), (10, 11)]
-    long = ScanMode.pieces([8] * (SCAN_LIMIT + 3))
-    assert long[0] == (0, SCAN_LIMIT) and sum(b - a for a, b in long) == SCAN_LIMIT + 3
+    assert ScanMode.chunks([4] * 7 + [2] + [4] * 3) == [(0, 7), (7, 8), (8, 11)]
+    assert ScanMode.chunks([8] * (2 * CHUNK + 3)) == [(0, CHUNK), (CHUNK, 2 * CHUNK), (2 * CHUNK, 2 * CHUNK + 3)]
+
+
+def test_scan_compiles_once_per_batch_size_whatever_the_span_lengths():
+    e = dataclasses.replace(MLP, train=S.Train(epochs=30, batch_size=16))  # batches of 16, 16, 8 per epoch
+    data, plan = load_dataset(e), BatchPlan.for_experiment(e, 40)
+    trainer = backends.get("jax").build(e, initial_parameters(e), data, dtype="float64", device="cpu", mode="scan")
+    reference = backends.get("numpy").build(e, initial_parameters(e), data, dtype="float64", device="cpu",
+                                            mode="default")
+    start = 0
+    for length in (1, 2, 7, 30, 3):
+        np.testing.assert_allclose(trainer.run(plan.batches(start, start + length)),
+                                   reference.run(plan.batches(start, start + length)), rtol=1e-12)
+        start += length
+    assert trainer.mode.span._cache_size() == 2  # batch sizes 16 and 8
+    assert _rel(trainer.parameters()["h1/kernel"], reference.parameters()["h1/kernel"]) <= 1e-12
 
 
 def test_step_and_run_agree_in_every_mode_and_parameters_are_copies():

@@ -1,7 +1,7 @@
 """crossnn's JAX backend: the experiment as a pure function of a parameter pytree written with
 jax.numpy and jax.lax, gradients from jax.value_and_grad, the optimizer an optax chain, trained the
 way the JAX documentation writes a training loop: one jax.jit-compiled step per batch ("jit"), the
-same step op by op ("eager"), whole spans of steps in one compiled jax.lax.scan ("scan"), or the
+same step op by op ("eager"), whole spans of steps in one compiled loop on the device ("scan"), or the
 NumPy backend's pure training step run on jax.numpy ("xp").
 
 Files, as in every backend package: ops (the lowering registry: one entry per activation, layer and
@@ -55,9 +55,9 @@ class JaxBackend(Backend):
         "jit": "the JAX documentation's loop: one jax.jit-compiled step (jax.value_and_grad of the loss, the optax "
                "chain's update, optax.apply_updates) called from Python per batch",
         "eager": "the same step run op by op, without jax.jit",
-        "scan": "a whole span of steps in one jax.jit call: jax.lax.scan of the step over the span's [steps, batch] "
-                "indices, learning rates and dropout masks (one batch size per scan; power-of-two lengths, so a "
-                "few compilations per batch size serve every span)",
+        "scan": "a whole span of steps in one jax.jit call: the step in a jax.lax.fori_loop on the device over the "
+                "span's [steps, batch] indices, learning rates and dropout masks, in 128-step chunks of one batch "
+                "size with a traced step count (one compilation per batch size)",
         "xp": "the NumPy backend's hand-written forward, backward, loss gradient and optimizer update run on "
               "jax.numpy (crossnn_jax.xp) under jax.jit: no autodiff, no optax",
     }

@@ -132,7 +132,8 @@ FEATURES = {
         "ls", S.LSTM(name="lstm", units=3, return_sequences=True, unit_forget_bias=True, **RECURRENT),
         S.Flatten(name="flat")),
     "lstm relu activation": _sequence_experiment("lr", S.LSTM(name="lstm", units=3, activation=S.ReLU(),
-                                                              **RECURRENT), optimizer=S.SGD(lr=0.05, momentum=0.9)),
+                                                              unit_forget_bias=False, **RECURRENT),
+                                                 optimizer=S.SGD(lr=0.05, momentum=0.9)),
     "gru reset_after": _sequence_experiment("ga", S.GRU(name="gru", units=4, reset_after=True, **RECURRENT)),
     "gru reset before, sequences": _sequence_experiment(
         "gb", S.GRU(name="gru", units=3, reset_after=False, return_sequences=True, **RECURRENT),

@@ -520,9 +520,10 @@ def test_batch_norm_moving_statistics_by_hand():
 
 RECURRENT = {
     "simple_rnn": lambda **kw: S.SimpleRNN(name="r", units=3, **kw),
-    "lstm": lambda **kw: S.LSTM(name="r", units=3, **kw),
+    "lstm": lambda **kw: S.LSTM(name="r", units=3, unit_forget_bias=True, **kw),
     "lstm relu, hard sigmoid-like tanh": lambda **kw: S.LSTM(name="r", units=2, activation=S.ReLU(),
-                                                             recurrent_activation=S.Tanh(), **kw),
+                                                             unit_forget_bias=False, recurrent_activation=S.Tanh(),
+                                                             **kw),
     "gru reset_after": lambda **kw: S.GRU(name="r", units=3, reset_after=True, **kw),
     "gru reset before": lambda **kw: S.GRU(name="r", units=3, reset_after=False, **kw),
 }

@@ -346,7 +346,7 @@ def _spec_layer(cls):
         return S.Conv2D(filters=3000, kernel_size=(5, 5), padding="valid", kernel_init=_Z, bias_init=_Z), (8, 8, 16)
     if cls is S.Embedding:
         return S.Embedding(input_dim=4000, output_dim=300, embeddings_init=_Z), (7,)
-    extra = {"reset_after": True} if cls is S.GRU else {}
+    extra = {S.GRU: {"reset_after": True}, S.LSTM: {"unit_forget_bias": False}}.get(cls, {})
     return cls(units=RECURRENT[cls][2], kernel_init=_Z, recurrent_init=_Z, bias_init=_Z, **extra), (STEPS, FEATURES)
 
 
@@ -616,10 +616,8 @@ def test_layer_defaults_without_a_preset_name_the_field_and_show_tables_as_toml(
     assert str(info.value) == ('embeddings_init: missing (torch uses { type = "normal", mean = 0.0, stddev = 1.0 }, '
                                'keras { type = "uniform", low = -0.05, high = 0.05 }; write it, or pass '
                                'defaults="torch" or "keras")')
-    # unit_forget_bias keeps its Python default for the dataclass, but a file or make() must say it or take a preset
+    # unit_forget_bias has no default (PyTorch has no such option, Keras' is true): say it or take a preset
     inits = dict(kernel_init="glorot_uniform", recurrent_init="orthogonal", bias_init="zeros")
-    assert S.LSTM(units=3, kernel_init=S.GlorotUniform(), recurrent_init=S.Orthogonal(),
-                  bias_init=S.Zeros()).unit_forget_bias is False
     with pytest.raises(crossnn.SpecError, match=r"^unit_forget_bias: missing \(torch uses false, keras true;"):
         S.make(S.LSTM, units=3, **inits)
     assert S.make(S.LSTM, units=3, defaults="keras", **inits).unit_forget_bias is True

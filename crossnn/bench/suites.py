@@ -120,8 +120,8 @@ def resnet_r(quick: bool) -> list[Case]:
 
 def lstm_r_experiment(batch: int) -> Experiment:
     layers = (S.Embedding(name="embed", input_dim=1000, output_dim=128, embeddings_init=S.Uniform(low=-0.1, high=0.1)),
-              S.LSTM(name="lstm", units=256, kernel_init=S.GlorotUniform(), recurrent_init=S.Orthogonal(),
-                     bias_init=S.Zeros()),
+              S.LSTM(name="lstm", units=256, unit_forget_bias=True, kernel_init=S.GlorotUniform(),
+                     recurrent_init=S.Orthogonal(), bias_init=S.Zeros()),
               S.Dense(name="logits", units=2, kernel_init=S.GlorotUniform(), bias_init=S.Zeros()))
     return S.Experiment(name=f"lstm-r-batch-{batch}", seed=0, data=S.TokenSums(n=512, length=32, vocab=1000),
                         model=S.Model(inputs=32, layers=layers), loss=S.CrossEntropy(from_logits=True, sparse=True),

@@ -116,9 +116,7 @@ RECURRENT_INITS = tuple(
             notes={"torch": _TWO_BIASES.format(torch=torch)} if field == "bias_init" and torch else {})
     for layer, torch in ((S.SimpleRNN, "nn.RNN"), (S.LSTM, "nn.LSTM"), (S.GRU, None))  # GRU: the spec has both rows
     for field, keras in _KERAS_RECURRENT)
-#: unit_forget_bias has a Python default (false) in the spec; files and S.make leave it to the preset or the writer
-LSTM_FORGET_BIAS = Default(S.LSTM, "unit_forget_bias", {"torch": False, "keras": True},
-                           when=Condition("unit_forget_bias", lambda value: value is None, "left out"))
+LSTM_FORGET_BIAS = Default(S.LSTM, "unit_forget_bias", {"torch": False, "keras": True})
 GRU_RESET_AFTER = Default(S.GRU, "reset_after", {"torch": True, "keras": True})
 
 

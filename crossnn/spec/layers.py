@@ -577,11 +577,12 @@ class LSTM(_Recurrent, kind="lstm"):
         i = ρ(z_i), f = ρ(z_f), g = activation(z_c), o = ρ(z_o)    (ρ = recurrent_activation)
         c_t = f ⊙ c_{t-1} + i ⊙ g,   h_t = o ⊙ activation(c_t)
 
-    unit_forget_bias: the forget gate's bias starts at 1 (bias_init for the rest), Keras' default;
-    PyTorch keeps two biases (b_ih, b_hh) whose sum is this bias."""
+    unit_forget_bias: the forget gate's bias starts at 1 (bias_init for the rest): Keras' default,
+    which PyTorch does not have, so the spec has no default. PyTorch keeps two biases (b_ih, b_hh)
+    whose sum is this bias."""
 
     recurrent_activation: Activation = Sigmoid()
-    unit_forget_bias: bool = False
+    unit_forget_bias: bool
 
     gates = 4
 

@@ -63,10 +63,12 @@ class Network:
     """The model as functions of its variables (a dict {canonical name: array}: the parameters and the
     layers' state, e.g. BatchNorm's moving statistics): the layers' entries called in graph order."""
 
-    def __init__(self, experiment: Experiment, native=frozenset()):
+    def __init__(self, experiment: Experiment, native=frozenset(), loops: bool = False):
         self.layers = [(node.name, ops.layer(node, native), node.inputs,
                         {p.name: f"{node.name}/{p.name}" for p in (*node.params, *node.state)})
                        for node in experiment.model.nodes]
+        for _, op, _, _ in self.layers:
+            op.loops = loops  # the entries run inside a device loop (see crossnn_jax.ops.Layer.loops)
         self.output = experiment.model.layers[-1].name
 
     def _run(self, variables, x, masks, training):
@@ -183,7 +185,7 @@ class ScanMode(ChainMode):
 
     def __init__(self, trainer: JaxTrainer):
         super().__init__(trainer)
-        step = make_step(self.network, self.loss, self.chain)
+        step = make_step(Network(trainer.experiment, trainer.native, loops=True), self.loss, self.chain)
 
         def span(carry, X, Y, idx, lrs, masks, count):
             """Steps 0 .. count-1 of the chunk (rows of idx, lrs and masks), in order; their losses

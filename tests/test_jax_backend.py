@@ -455,3 +455,16 @@ def test_scan_modes_convolution_has_autodiffs_gradients(strides, pads, dilation,
         expected, got = jax.grad(plain, (0, 1))(x, w), jax.grad(looped, (0, 1))(x, w)
         for a, b in zip(got, expected):
             assert a.shape == b.shape and _rel(np.asarray(a), np.asarray(b)) <= 1e-13
+
+
+def test_threads_are_xlas_pool_and_cannot_change_in_a_running_process(monkeypatch):
+    backend = backends.get("jax")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=3")
+    assert backend.threads() == 3
+    backend.set_threads(3)  # already so
+    with pytest.raises(BackendError, match="intra_op_parallelism_threads=2"):
+        backend.set_threads(2)
+    monkeypatch.delenv("XLA_FLAGS")
+    import os
+
+    assert backend.threads() == len(os.sched_getaffinity(0))

@@ -427,6 +427,11 @@ def test_the_jax_preset_is_what_jax_and_optax_default_to(monkeypatch):
     ours = dense.kernel_init.sample(np.random.default_rng(0), (400, 500), 400, 500)
     flax = np.asarray(jax.nn.initializers.lecun_normal()(jax.random.key(0), (400, 500)))
     assert abs(ours.std() - flax.std()) < 2e-3 and abs(np.abs(ours).max() - np.abs(flax).max()) < 2e-3
+    table = S.make(S.Embedding, input_dim=300, output_dim=40, defaults="jax").embeddings_init
+    ours = table.sample(np.random.default_rng(0), (300, 40), 300, 40)
+    embed = jax.nn.initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0)  # flax.linen.Embed's
+    theirs = np.asarray(embed(jax.random.key(0), (300, 40)))
+    assert abs(ours.std() / theirs.std() - 1.0) < 0.03 and abs(ours.std() - 1 / np.sqrt(40)) < 0.01
 
 
 @pytest.mark.parametrize("strides, pads, dilation, shape, kernel", [

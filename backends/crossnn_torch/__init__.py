@@ -46,9 +46,12 @@ class TorchBackend(Backend):
     }
     import_order = 10
     native_entries = {
-        "default-init": "nn.Linear's and nn.Conv2d's own initialisation (kaiming_uniform_(a=√5): U(±1/√fan_in) for "
-                        "weight and bias, fan_in = in·kh·kw for a convolution) after torch.manual_seed(seed), "
-                        "ignoring the spec's initial parameters",
+        "default-init": "torch's own initialisation after torch.manual_seed(seed), ignoring the spec's initial "
+                        "parameters: nn.Linear and nn.Conv2d kaiming_uniform_(a=√5) (U(±1/√fan_in) for weight and "
+                        "bias, fan_in = in·kh·kw for a convolution), nn.BatchNorm and nn.LayerNorm ones and zeros "
+                        "(running statistics zeros and ones), nn.Embedding N(0, 1), nn.RNN/LSTM/GRU U(±1/√hidden) "
+                        "for every weight and both biases (bias_hh_l0 then stays at its draw, frozen: the "
+                        "canonical bias is the sum)",
         "weight-decay": "torch.optim's weight_decay, which is L2 added to the gradient, whatever the spec's kind "
                         "(AdamW keeps its decoupled decay)",
         "bce-clamp": "nn.BCELoss, which clamps log p and log(1 - p) at -100, whatever the spec's log_min",
@@ -151,9 +154,11 @@ class TorchBackend(Backend):
         return tutorial(experiment, params, data, dtype=dtype, device=str(devices.resolve(device)))
 
     def import_model(self, model, inputs=None):
-        """An nn.Sequential of nn.Linear, nn.Conv2d, pooling, nn.Flatten, nn.Dropout and activations as
-        (spec Model, canonical parameters); inputs: the input shape ([H, W, C]), needed when the model
-        starts with a convolution (crossnn_torch.checkpoint.import_sequential)."""
+        """An nn.Sequential of nn.Linear, nn.Conv2d, pooling, nn.Flatten, nn.Dropout, nn.BatchNorm1d/2d,
+        nn.LayerNorm, nn.Embedding, nn.RNN/LSTM/GRU (each followed by crossnn_torch.ops.RecurrentOutput)
+        and activations as (spec Model, canonical variables); inputs: the input shape ([H, W, C], [T]
+        for ids), needed when the model does not start with nn.Linear
+        (crossnn_torch.checkpoint.import_sequential)."""
         if not any(cls.__module__.split(".")[0] == "torch" for cls in type(model).__mro__):
             return None
         from crossnn_torch.checkpoint import import_sequential

@@ -69,10 +69,10 @@ def literal(value) -> str:
     """Python source for an argument (infinities and NaN have no literal)."""
     if isinstance(value, float) and not math.isfinite(value):
         return f'float("{value}")'
-    if isinstance(value, tuple):
-        return "(" + ", ".join(literal(v) for v in value) + ("," if len(value) == 1 else "") + ")"
     if isinstance(value, Mod):
         return value.code()
+    if isinstance(value, tuple):
+        return "(" + ", ".join(literal(v) for v in value) + ("," if len(value) == 1 else "") + ")"
     return repr(value)
 
 

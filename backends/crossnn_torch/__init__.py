@@ -1,8 +1,9 @@
 """crossnn's PyTorch backend: the experiment as an nn.Module of torch's layers (nn.Linear, nn.Conv2d,
-nn.MaxPool2d, ...) and activation modules, torch's loss modules and torch.optim, trained with the
-tutorial's loop ("eager"), the same loop under torch.compile ("compile"), or the NumPy backend's pure
-training step on torch tensors ("xp", the fast mode on a GPU; "onednn", the same with oneDNN's float32
-products, the fast mode on the CPU).
+nn.MaxPool2d, nn.BatchNorm2d, nn.LayerNorm, nn.Embedding, nn.LSTM, ...) and activation modules,
+torch's loss modules and torch.optim, trained with the tutorial's loop ("eager"), the same loop
+under torch.compile ("compile"), or the NumPy backend's pure training step on torch tensors ("xp",
+the fast mode on a GPU; "onednn", the same with oneDNN's float32 products, the fast mode on the CPU;
+for recurrent models eager's fused nn.LSTM is the fast path).
 
 Files, as in every backend package: ops (the lowering registry: one entry per activation, layer,
 loss and optimizer rule, each describing its torch modules once, for training and for scripts),
@@ -34,9 +35,12 @@ class TorchBackend(Backend):
     mode_device_kinds = {"onednn": ("cpu",)}
     mode_notes = {
         "eager": "tutorial-style eager loop: nn.Module forward, torch loss module, autograd backward, "
-                 "torch.optim step (zero_grad / backward / step)",
+                 "torch.optim step (zero_grad / backward / step); recurrent layers are torch's fused nn.LSTM / "
+                 "nn.GRU / nn.RNN (one C++ loop over time; in float32 on the CPU oneDNN's LSTM kernel, on a GPU "
+                 "cuDNN's), the fast path for recurrent models",
         "xp": "the NumPy backend's hand-written forward, backward, loss gradient and optimizer update run "
-              "on torch tensors (crossnn_torch.xp adapter) under inference_mode: no autograd, no nn.Module",
+              "on torch tensors (crossnn_torch.xp adapter) under inference_mode: no autograd, no nn.Module; "
+              "recurrent layers step through time in Python (the reference's backpropagation through time)",
         "compile": "the eager loop on torch.compile(model) (inductor) with a torch.compile'd optimizer.step; "
                    "compiles during the first steps (timed with them)",
         "onednn": "the xp step with float32 matrix products through the oneDNN library inside PyTorch "

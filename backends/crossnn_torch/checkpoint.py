@@ -304,8 +304,8 @@ class SequentialReader:
         if self.shape is None:
             if not isinstance(first, nn.Linear) or (children and isinstance(children[0][1], nn.Embedding)):
                 raise UnsupportedFeature("torch", "importing an nn.Sequential that does not start with nn.Linear "
-                                                  "without its input shape (inputs=[H, W, C]; [T] for the ids of an "
-                                                  "nn.Embedding)")
+                                                  "without its input shape (inputs=[H, W, C]), or the shape of "
+                                                  "its ids ([T]) for an nn.Embedding")
             self.shape = (first.in_features,)
         inputs = self.shape
         for name, child in children:

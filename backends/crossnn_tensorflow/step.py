@@ -1,7 +1,9 @@
 """The training step and the trainer the harness drives.
 
 The step is the TF tutorials' loop body: gather the batch, run the model under a tf.GradientTape,
-take the gradients, apply the optimizer; it returns the loss before the update. The data lives on the
+take the gradients, apply the optimizer; it returns the loss before the update. Layer state
+(batch_norm's moving statistics) lives in non-trainable tf.Variables that the model assigns in the
+same step (training=True), so every mode, the loops included, moves it step by step in order. The data lives on the
 device in non-trainable tf.Variables (inputs to the graph, not constants baked into it); a step
 receives the indices of its batch, its learning rate (a float64 scalar) and one dropout mask per
 dropout layer ([batch, *shape] of the run's dtype, channels last). The trainer counts its steps: the step number fixes

@@ -503,9 +503,9 @@ def test_stop_in_torch_after_moving_statistics_resume_in_numpy_and_back():
         assert worst(resumed.parameters(), uninterrupted) <= 1e-9, f"stopped in numpy, resumed in torch {mode}"
 
 
-def test_stop_in_torch_resume_in_tensorflow():
+def test_stop_in_torch_resume_in_tensorflow_and_back():
     """Stop in torch after steps that moved the statistics, resume in TensorFlow: equals an
-    uninterrupted NumPy run."""
+    uninterrupted NumPy run; and the reverse."""
     if "tensorflow" not in backends.available():
         pytest.skip("the tensorflow backend is unavailable")
     e = bn_ln_mlp()
@@ -516,11 +516,16 @@ def test_stop_in_torch_resume_in_tensorflow():
                                          mode=backends.get("tensorflow").modes[0])
     except UnsupportedFeature as err:
         pytest.skip(f"the tensorflow backend does not lower this model yet: {err}")
+    uninterrupted = numpy_run(e).parameters()
     result = train(e, [RunSpec("tensorflow", "float64")], resume=stopped.final_state)
     (record,) = result.records
     assert record.ok, record.message
     assert compare(result.reference, record).passed
-    assert worst(record.final_params, numpy_run(e).parameters()) <= 1e-9
+    assert worst(record.final_params, uninterrupted) <= 1e-9
+    # and the reverse: stopped in TensorFlow, resumed in torch
+    stopped = train(e, [RunSpec("tensorflow", "float64")], stop_after=5).records[0]
+    record = train(e, [RunSpec("torch", "float64")], resume=stopped.final_state).records[0]
+    assert record.ok and worst(record.final_params, uninterrupted) <= 1e-9
 
 
 def mixed():

@@ -26,8 +26,9 @@ torch's fused paths: on the CPU, nn.LSTM / nn.GRU / nn.RNN run one C++ loop over
 recurrent layer, input products for all steps at once), and in float32 oneDNN's fused LSTM kernel
 (torch.backends.mkldnn, training included), which rounds differently than the step-by-step formula
 (within float32's tolerance; float64 has no oneDNN path). On a GPU the same modules call cuDNN's
-fused RNN; crossnn's prepare() keeps TF32 off, and cuDNN's RNN backward is deterministic for a fixed
-batch shape but not bitwise equal to the CPU's.
+fused RNN, which rounds unlike the CPU's loop and would use TF32 where allowed; crossnn's prepare()
+keeps TF32 off and fixes cuBLAS' workspace (CUBLAS_WORKSPACE_CONFIG), which PyTorch's nn.LSTM notes
+name as the cure for cuDNN's run-to-run nondeterminism on CUDA 10.2 and later.
 
 Only what a tutorial would write is covered: a chain of those layers, and losses and optimizers that
 torch's built-ins compute exactly as the spec says. Anything else (graphs, softplus, clamped BCE other

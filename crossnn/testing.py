@@ -22,6 +22,7 @@ from crossnn.harness import RunRecord, RunResult, RunSpec, train
 from crossnn.parity import Parity, Tolerance, compare, tolerance_for
 from crossnn.errors import BackendError
 from crossnn.spec import DataSource, Experiment, Loss, Model, Optimizer, Train, load
+from crossnn.validate import check_count, check_device, check_dtypes, check_tolerance, name_list
 
 
 class ParityError(AssertionError):
@@ -50,9 +51,13 @@ def check_parity(spec: Experiment | str | Path, backends: Iterable[str] | None =
                  atol: float | None = None, snapshot_every: int | None = None,
                  initial_params: Mapping[str, np.ndarray] | None = None) -> tuple[RunResult, list[Parity]]:
     """Train `spec` on the given backends (default: every available one) and compare each run with
-    the NumPy float64 reference. Returns the result and one Parity per run."""
+    the NumPy float64 reference. Returns the result and one Parity per run. backends and dtypes are
+    lists or comma-separated strings; every argument is checked before any training."""
+    rtol, atol = check_tolerance(rtol, "rtol"), check_tolerance(atol, "atol")
+    check_count(snapshot_every, "snapshot_every")
+    dtypes, device = check_dtypes(dtypes, "dtypes"), check_device(device, "device")
     experiment = _experiment(spec)
-    names = list(backends) if backends is not None else registry.available()
+    names = name_list(backends, "backends") if backends is not None else registry.available()
     runs = [RunSpec(name, dtype, "cpu" if registry.get(name).reference else device)
             for dtype in dtypes for name in names]
     result = train(experiment, runs, snapshot_every=snapshot_every,
@@ -103,6 +108,7 @@ def assert_params_match(spec: Experiment | str | Path, final_params: Mapping[str
                         atol: float = 1e-12) -> None:
     """Check parameters trained by the user's own loop (canonical names and layout) against the
     reference trained from the same spec and initial parameters."""
+    rtol, atol = check_tolerance(rtol, "rtol", required=True), check_tolerance(atol, "atol", required=True)
     experiment = _experiment(spec)
     result = train(experiment, [], initial_params=dict(initial_params) if initial_params is not None else None)
     reference = result.reference.final_params

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from crossnn.errors import DataError
+from crossnn.memory import check_data
 from crossnn.rng import stream
 from crossnn.spec import Experiment
 
@@ -28,6 +29,7 @@ class Dataset:
 def load_dataset(experiment: Experiment) -> Dataset:
     """Generate or read the data from the "data" stream of the seed, check it fits the model, and
     hold out the last `validation_split` of the samples (before any shuffling, as Keras does)."""
+    check_data(experiment)  # a generator's arrays must fit in memory before it draws them
     x, y = experiment.data.arrays(stream(experiment.seed, "data"), experiment.base_dir)
     full = check_dataset(experiment, np.asarray(x), np.asarray(y))
     split = experiment.train.validation_split
@@ -46,8 +48,8 @@ def check_dataset(experiment: Experiment, x: np.ndarray, y: np.ndarray) -> Datas
         x = x.reshape(-1, 1)
     if x.ndim != 2:
         raise DataError(f"data.x: expected a 2-D array (samples, features), got shape {x.shape}")
-    if not np.issubdtype(x.dtype, np.number):
-        raise DataError(f"data.x: expected numbers, got dtype {x.dtype}")
+    if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
+        raise DataError(f"data.x: expected real numbers, got dtype {x.dtype}")
     if x.shape[1] != model.inputs:
         raise DataError(f"data.x: has {x.shape[1]} feature column(s) but model.inputs = {model.inputs}")
     if len(y) != len(x):
@@ -60,8 +62,8 @@ def check_dataset(experiment: Experiment, x: np.ndarray, y: np.ndarray) -> Datas
     else:
         if y.ndim == 1:
             y = y.reshape(-1, 1)
-        if not np.issubdtype(y.dtype, np.number) or y.ndim != 2:
-            raise DataError(f"data.y: expected a 2-D array of numbers, got shape {y.shape} dtype {y.dtype}")
+        if not np.issubdtype(y.dtype, np.number) or np.iscomplexobj(y) or y.ndim != 2:
+            raise DataError(f"data.y: expected a 2-D array of real numbers, got shape {y.shape} dtype {y.dtype}")
         if y.shape[1] != model.output_size:
             raise DataError(f"data.y: has {y.shape[1]} column(s) but the model outputs {model.output_size} "
                             f"(layer '{model.layers[-1].name}')")
@@ -82,6 +84,8 @@ def _class_indices(y: np.ndarray, classes: int) -> np.ndarray:
         y = y[:, 0]
     if y.ndim != 1:
         raise DataError(f"data.y: sparse cross-entropy wants class indices (N,) or (N, 1), got shape {y.shape}")
+    if not (np.issubdtype(y.dtype, np.number) or y.dtype == bool) or np.iscomplexobj(y):
+        raise DataError(f"data.y: sparse cross-entropy wants integer class indices, got dtype {y.dtype}")
     if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
         raise DataError("data.y: sparse cross-entropy wants integer class indices")
     labels = y.astype(np.int64)

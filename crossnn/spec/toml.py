@@ -59,6 +59,8 @@ def loads(text: str, source: str | None = None) -> Experiment:
         table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise SpecError(f"not valid TOML: {err}", source=source) from None
+    except RecursionError:  # tomllib parses nested arrays and tables by recursion
+        raise SpecError("not usable TOML: arrays or tables nested too deeply", source=source) from None
     return experiment_from_dict(table, source)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from crossnn.differences import ENTRIES, Lab, Unavailable
 from crossnn.files import replace_directory
-from crossnn.report import check_replaceable, figures
+from crossnn.report import check_replaceable, figures, with_manifest
 
 
 def _page(entry, findings, picture: str | None, error: str | None) -> str:
@@ -64,5 +64,5 @@ def write_differences_report(root: Path = Path("reports"), name: str = "differen
         (folder / "README.md").write_text("\n".join(readme) + "\n")
 
     target = root / name
-    replace_directory(target, build, check_replaceable)
+    replace_directory(target, with_manifest(build), check_replaceable)
     return target

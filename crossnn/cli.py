@@ -182,8 +182,8 @@ def load_spec(text: str):
     from crossnn.spec import load
 
     path = Path(text)
-    if path.suffix == ".toml" or path.exists():
-        if not path.exists():
+    if path.suffix == ".toml" or os.path.lexists(path):  # lexists: a broken link or a link loop is read, and said
+        if not os.path.lexists(path):
             raise SpecError(f"no such spec file: {text}")
         return load(path)
     if text in examples.names():
@@ -661,6 +661,8 @@ def _read_json(path: str, what: str) -> dict:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError) as err:
         raise SpecError(f"{what}: cannot read {path}: {err}") from None
+    except RecursionError:
+        raise SpecError(f"{what}: cannot read {path}: arrays or objects nested too deeply") from None
 
 
 def _is_run_document(doc) -> bool:

@@ -309,7 +309,7 @@ def _run(args, json_only: bool = False):
     experiments = [load_spec(text) for text in texts]
     inputs = _spec_inputs(experiments)
     if args.resume:
-        inputs[args.resume] = "the checkpoint being resumed"
+        inputs[args.resume] = "the checkpoint this command resumes"
     _check_outputs(args, inputs, json="--json", save="--save")
     datasets = [load_data(e, text) for e, text in zip(experiments, texts)]
     requested = name_list(args.backends, "--backends")  # '' and ',' name nothing and are refused
@@ -522,9 +522,9 @@ def _spec_inputs(experiments) -> dict[str, str]:
     inputs = {}
     for experiment in experiments:
         if experiment.source:
-            inputs[experiment.source] = "the spec file"
+            inputs[experiment.source] = "this command's spec file"
         for path in experiment.data.files(experiment.base_dir):
-            inputs[str(path)] = "the data file"
+            inputs[str(path)] = "this command's data file"
     return inputs
 
 
@@ -592,7 +592,7 @@ def cmd_export(args) -> int:
     from crossnn import backends
     from crossnn.checkpoint import load_checkpoint
 
-    _check_outputs(args, {args.checkpoint: "the checkpoint being exported"}, out="--out")
+    _check_outputs(args, {args.checkpoint: "the checkpoint this command exports"}, out="--out")
     experiment, state = load_checkpoint(Path(args.checkpoint))
     backends.prepare([args.backend])
     holds = backends.get(args.backend).export_native(experiment, state, Path(args.out))
@@ -605,7 +605,7 @@ def cmd_import(args) -> int:
     from crossnn.checkpoint import save_checkpoint
 
     experiment = load_spec(args.spec)
-    _check_outputs(args, {**_spec_inputs([experiment]), args.native: "the file being imported"}, out="--out")
+    _check_outputs(args, {**_spec_inputs([experiment]), args.native: "the file this command imports"}, out="--out")
     backends.prepare([args.backend])
     backend = backends.get(args.backend)
     state = backend.import_native(experiment, Path(args.native))
@@ -637,7 +637,7 @@ def cmd_bench(args) -> int:
         if mode not in known:
             raise BackendError(f"--modes: no chosen backend has mode '{mode}'; modes: {', '.join(sorted(known))}")
 
-    _check_outputs(args, {text: "a spec file being benchmarked" for text in args.spec if os.path.isfile(text)},
+    _check_outputs(args, {text: "a spec file this command benchmarks" for text in args.spec if os.path.isfile(text)},
                    json="--json")
     to_stdout = args.json == STDOUT
 

@@ -58,7 +58,7 @@ def check_output_path(path: str | Path, option: str, *, directory: bool = False,
     its folder, or into the folder there): `path` is not a folder (with directory=True: not a file),
     and the folder it goes into, or the nearest existing one above it (the missing ones are made when
     writing), takes a new file (one is made there and removed). An existing file there must be none
-    of `inputs` (path -> what it is, e.g. "the spec file"; compared after following links, so a link
+    of `inputs` (path -> what it is, e.g. "this command's spec file"; compared after following links, so a link
     or a second name of an input is one too) and, unless `force`, a file crossnn wrote
     (written_by_crossnn). With stdout=True, "-" (standard output) passes. Raises a one-line
     OutputError naming the option and the path."""
@@ -85,7 +85,7 @@ def check_output_path(path: str | Path, option: str, *, directory: bool = False,
         if stat.S_ISREG(info.st_mode):  # replaced by a rename in its folder
             for source, what in (inputs or {}).items():
                 if _same_file(info, source):
-                    raise fail(f"is {what} of this command; writing there would destroy it: choose another path")
+                    raise fail(f"is {what}; writing there would destroy it: choose another path")
             if not force and not written_by_crossnn(text):
                 raise fail("exists and is not a file crossnn wrote; not replacing it (--force replaces it)")
             reason = _cannot_create_in(Path(os.path.realpath(text)).parent)

@@ -15,7 +15,7 @@ from crossnn import backends
 from crossnn.data import Dataset, load_dataset
 from crossnn.errors import BackendError, CrossnnError, DataError
 from crossnn.checkpoint import TrainingState
-from crossnn.memory import check_training
+from crossnn.memory import check_parameters, check_training
 from crossnn.metrics import metric_values
 from crossnn.params import Params, cast, initial_parameters
 from crossnn.plan import BatchPlan, default_snapshot_every
@@ -110,6 +110,7 @@ def train(experiment: Experiment, runs: Sequence[RunSpec], *, snapshot_every: in
     dataset = dataset if dataset is not None else load_dataset(experiment)
     plan = BatchPlan.for_experiment(experiment, dataset.n)
     check_stop(stop_after, plan.steps, resume.step if resume is not None else None, "stop_after")
+    check_parameters(experiment)
     check_training(experiment, plan.batch_size, (stop_after or plan.steps) - (resume.step if resume else 0))
     params0 = initial_parameters(experiment)
     if initial_params is not None:

@@ -136,7 +136,8 @@ class CsvFile(DataSource):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # loadtxt warns on a file without rows: said below instead
-                table = np.loadtxt(path, delimiter=",", skiprows=1 if self.header else 0, ndmin=2)
+                with open(path, encoding="utf-8") as handle:  # open's own error, not loadtxt's "not found"
+                    table = np.loadtxt(handle, delimiter=",", skiprows=1 if self.header else 0, ndmin=2)
         except ValueError as err:  # text where numbers should be
             hint = "" if self.header else " (if the first line holds column names, set header = true)"
             raise DataError(f"data.path: cannot read {self.path}: {_reason(err)}{hint}") from None

@@ -794,3 +794,14 @@ def test_zip_members_that_are_not_arrays_are_named(tmp_path):
     with pytest.raises(CheckpointError) as caught:
         load_checkpoint(path)
     assert _one_line(str(caught.value)) == f"{path}: format must hold text (one value), got bytes"
+
+
+def test_numpy_scalars_and_arrays_are_taken_where_python_values_are():
+    """units = np.int64(5), lr = np.float32(0.1), use_bias = np.True_ and NumPy data arrays build the
+    same spec as the Python values (stored as Python int, float, bool and tuples)."""
+    dense = S.Layer.from_value(_dense(units=np.int64(5), use_bias=np.True_))
+    assert dense == S.Layer.from_value(_dense(units=5)) and type(dense.units) is int and dense.use_bias is True
+    sgd = S.Optimizer.from_value({"type": "sgd", "lr": np.float32(0.1)})
+    assert sgd.lr == float(np.float32(0.1)) and type(sgd.lr) is float
+    inline = S.DataSource.from_value({"x": np.arange(6.0).reshape(2, 3), "y": np.array([[1], [2]])})
+    assert inline.x == ((0.0, 1.0, 2.0), (3.0, 4.0, 5.0)) and inline.y == ((1,), (2,)) and type(inline.y[0][0]) is int

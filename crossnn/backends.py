@@ -25,7 +25,7 @@ import numpy as np
 from crossnn.checkpoint import TrainingState
 from crossnn.data import Dataset
 from crossnn.errors import BackendError, UnsupportedFeature
-from crossnn.spec import Experiment, Model
+from crossnn.spec import Default, Experiment, Model
 
 Params = dict[str, np.ndarray]
 ENTRY_POINT_GROUP = "crossnn.backends"
@@ -95,6 +95,14 @@ class Backend(ABC):
     #: catalog entries (crossnn.differences) this backend can lower the framework's native way
     #: instead of the spec's, with one line each on what the native lowering uses
     native_entries: ClassVar[dict[str, str]] = {}
+    #: the framework's name in the catalog's tables (e.g. "PyTorch"); empty: the backend's name
+    title: ClassVar[str] = ""
+    #: this framework's side of catalog entries that do not state it (entry id -> formula or default),
+    #: so a new backend adds its column to the catalog without editing crossnn.differences
+    catalog_sides: ClassVar[dict[str, str]] = {}
+    #: framework defaults this backend's preset(s) add to catalog entries (entry id -> Defaults, see
+    #: crossnn.spec.presets), e.g. {"adam-epsilon": (Default(Adam, "eps", {"optax": 1e-8}),)}
+    catalog_defaults: ClassVar[dict[str, tuple[Default, ...]]] = {}
     dtypes: ClassVar[tuple[str, ...]] = ("float32", "float64")
     #: backends are prepared in ascending order (torch must be imported before tensorflow)
     import_order: ClassVar[int] = 50
@@ -133,6 +141,17 @@ class Backend(ABC):
         """Import and configure the framework (threads, determinism). Called before any build, through
         crossnn.backends.prepare, which turns a failure here into an unavailable backend."""
 
+    def threads(self) -> int | None:
+        """The intra-op threads this framework uses in this process now (the threads one operation, a
+        matrix product, may use), or None when unknown. Called after `prepare`; recorded per run."""
+        return None
+
+    def set_threads(self, n: int) -> None:
+        """Use `n` intra-op threads from now on in this process (crossnn run --threads, crossnn.run's
+        threads=). Called after `prepare`, before `build`. Raise a one-line BackendError when the
+        framework cannot take that count now, or offers no way to set it."""
+        raise BackendError(f"backend '{self.name}' cannot set its thread count")
+
     def mode_unavailable(self, mode: str) -> str | None:
         """Why `mode` cannot run with the installed framework (e.g. a kernel library this build
         lacks), or None. Called after `prepare`."""
@@ -165,10 +184,12 @@ class Backend(ABC):
         formulas run on fixed inputs), by the keys crossnn.differences documents. Imports the framework."""
         return {}
 
-    def script(self, experiment: Experiment, params: Params, data: Dataset) -> str:
+    def script(self, experiment: Experiment, params: Params, data: Dataset, side_file: str | None = None) -> str:
         """A standalone Python script that trains `experiment` in this framework the tutorial way from
-        `params` and `data` (see crossnn.codegen for the shared parts) and prints the final parameters
-        as JSON, reproducing this backend's lowering."""
+        `params` and `data` and prints the final parameters as JSON, reproducing this backend's lowering.
+        Assemble it from the registry entries' script text and crossnn.codegen's shared parts (data last;
+        side_file: the name of the .npz beside the script that holds codegen.side_arrays, else the arrays
+        are written into the script)."""
         raise UnsupportedFeature(self.name, "emitting a script")
 
     def export_native(self, experiment: Experiment, state: TrainingState, path) -> str:

@@ -4,6 +4,9 @@ A checkpoint is a NumPy .npz archive holding:
 
     format                  "crossnn-checkpoint-1"
     spec                    the experiment's spec file text (TOML)
+    spec_path               the absolute path of the spec file it was read from, when it was read from
+                            one: relative data paths in the spec start from that file's folder, wherever
+                            the checkpoint is read (without it: the checkpoint's folder)
     step                    steps completed (the position in the batch plan; the epoch and the
                             learning-rate schedule follow from it)
     param/<name>            parameters, canonical names and layout, float64
@@ -19,6 +22,7 @@ Optimizer slots by optimizer (the names PyTorch's optimizers use):
 
 from __future__ import annotations
 
+import dataclasses
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from crossnn.errors import CrossnnError
-from crossnn.files import open_npz, write_bytes_atomic
+from crossnn.files import open_npz, write_npz_atomic
 from crossnn.params import Params
 from crossnn.spec import Experiment, dumps, loads
 
@@ -56,10 +60,10 @@ class TrainingState:
 
 def save_checkpoint(path: Path, experiment: Experiment, state: TrainingState) -> None:
     """Write the checkpoint completely or not at all."""
-    import io
-
     arrays: dict[str, np.ndarray] = {"format": np.array(FORMAT), "spec": np.array(dumps(experiment)),
                                      "step": np.array(state.step, dtype=np.int64)}
+    if experiment.source:
+        arrays["spec_path"] = np.array(str(Path(experiment.source).resolve()))
     for name, value in state.params.items():
         arrays[f"param/{name}"] = np.asarray(value, dtype=np.float64)
     for slot, values in state.slots.items():
@@ -67,9 +71,7 @@ def save_checkpoint(path: Path, experiment: Experiment, state: TrainingState) ->
             arrays[f"slot/{slot}/{name}"] = np.asarray(value, dtype=np.float64)
     for name, value in state.counters.items():
         arrays[f"counter/{name}"] = np.array(value, dtype=np.int64)
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    write_bytes_atomic(Path(path), buffer.getvalue())
+    write_npz_atomic(Path(path), arrays)
 
 
 def _reason(err: Exception) -> str:
@@ -118,6 +120,8 @@ def load_checkpoint(path: Path, experiment: Experiment | None = None) -> tuple[E
     if str(contents["format"]) != FORMAT:
         raise CheckpointError(f"{path}: format '{contents['format']}', expected '{FORMAT}'")
     saved = loads(str(contents["spec"]), source=f"{path}:spec")
+    if "spec_path" in contents:  # relative data paths start where the spec file was
+        saved = dataclasses.replace(saved, source=str(contents["spec_path"]))
     if experiment is not None and saved != experiment:
         raise CheckpointError(f"{path}: saved for a different spec ('{saved.name}'); resume with the spec it was "
                               "saved from")

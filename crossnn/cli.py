@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("show", help="summary of a spec: layers, output shapes, parameter counts")
     p.add_argument("spec", metavar="SPEC_OR_EXAMPLE")
+    p.add_argument("--resolved", action="store_true",
+                   help="print the spec as TOML with every value written out (a preset's values in place)")
     p.set_defaults(handler=cmd_show)
 
     p = commands.add_parser("run", help="train specs on several backends and check parity")
@@ -54,8 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="spec files or example names; 'seeds' runs the five seed examples")
     p.add_argument("--backends", help="comma-separated backend names (default: every available one)")
     p.add_argument("--dtype", default="float64", help="float64 (default) or float32, or both comma-separated")
-    p.add_argument("--device", default="cpu", help="device for non-reference runs, e.g. cpu or cuda (default cpu)")
-    p.add_argument("--mode", help="execution mode of each backend (default: each backend's first mode)")
+    p.add_argument("--device", default="cpu", help="device of the non-reference runs, cpu or cuda[:N], or several "
+                                                   "comma-separated (default cpu)")
+    p.add_argument("--mode", help="execution modes, comma-separated: each backend runs every listed mode it has; "
+                                  "a named backend with none of them is an error, an unnamed one is left out "
+                                  "(default: each backend's first mode; `crossnn list` shows them)")
+    p.add_argument("--threads", type=int, metavar="N", help="intra-op threads of every framework (torch, TensorFlow, "
+                                                            "NumPy's BLAS through threadpoolctl); recorded in the JSON")
     p.add_argument("--snapshot-every", type=int, metavar="N", help="compare parameters every N steps "
                    "(default: about 500 snapshots per run)")
     p.add_argument("--rtol", type=float, help="relative tolerance (default per dtype)")
@@ -80,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("differences", help="the catalog of framework differences, with measured demonstrations")
     p.add_argument("entry", nargs="*", help="entry ids to show and demonstrate (default: list them all)")
     p.add_argument("--markdown", action="store_true", help="print the catalog as the README's Markdown table")
+    p.add_argument("--presets", action="store_true",
+                   help="print what each preset (defaults = \"torch\" | \"keras\") fills, as the README's table")
     p.set_defaults(handler=cmd_differences)
 
     p = commands.add_parser("code", help="a standalone tutorial-style training script for a spec, per framework")
@@ -111,18 +120,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("bench", help="time training steps over backends, devices, modes, sizes and batch sizes")
     p.add_argument("spec", metavar="SPEC_OR_SUITE", nargs="*",
-                   help="suites (seeds, mlp-width, fcn-r), spec files or examples (default: all three suites)")
+                   help="suites (seeds, mlp-width, fcn-r, alexnet-r, resnet-r, lstm-r), spec files or examples "
+                        "(default: every suite)")
     p.add_argument("--backends", help="comma-separated backend names (default: every available one)")
     p.add_argument("--devices", default="cpu", help="cpu and/or cuda, comma-separated (default cpu)")
     p.add_argument("--modes", help="comma-separated modes (default: every mode; with --quick the tutorial-style "
                                    "and the fast mode for the device)")
-    p.add_argument("--dtype", default="float32", help="float32 (default) and/or float64, comma-separated")
+    p.add_argument("--dtype", help="float32 (default; float64 with --to-metric) and/or float64, comma-separated")
     p.add_argument("--quick", action="store_true", help="a subset that finishes in about two minutes")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per row (default 5, at least 5 for reports)")
     p.add_argument("--json", metavar="OUT", help="write all rows, peaks and machine facts as JSON")
     p.add_argument("--in-process", action="store_true",
                    help="time every backend in this process instead of one fresh process per backend (starts "
                         "sooner; frameworks loaded side by side slow each other down)")
+    p.add_argument("--executor", default="local", metavar="local|dask[=ADDRESS]",
+                   help="local (default): a fresh process per backend here; dask: each backend x case as a task on "
+                        "a Dask cluster, a LocalCluster here or the scheduler at ADDRESS (needs crossnn[dask])")
+    p.add_argument("--dask-workers", type=int, default=1, metavar="N",
+                   help="with --executor dask and no address: LocalCluster workers, each pinned to its share of "
+                        "the cores (default 1)")
+    p.add_argument("--to-metric", metavar="METRIC=VALUE",
+                   help="time to accuracy: train each backend x mode of one SPEC until the held-out METRIC first "
+                        "reaches VALUE (e.g. accuracy=0.97), over --runs data orders (dtype default float64)")
+    p.add_argument("--runs", type=int, default=5, help="with --to-metric: runs per backend x mode, each with its own "
+                                                       "data order; the fastest and slowest are dropped (default 5)")
     p.add_argument("--force", action="store_true", help="replace an existing output file that crossnn did not write")
     p.set_defaults(handler=cmd_bench)
 
@@ -134,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", help="comma-separated backend names (default: every available one)")
     p.add_argument("--devices", default="cpu", help="benchmark devices: cpu and/or cuda (default cpu)")
     p.add_argument("--dtype", default="float64,float32", help="parity-run dtypes (default float64,float32)")
-    p.add_argument("--suites", default="seeds,mlp-width,fcn-r", help="benchmark suites or specs (comma-separated)")
+    p.add_argument("--suites", default="seeds,mlp-width,fcn-r,alexnet-r,resnet-r,lstm-r",
+                   help="benchmark suites or specs (comma-separated)")
     p.add_argument("--quick", action="store_true", help="a quick benchmark subset")
     p.add_argument("--bench", metavar="JSON", help="use this `crossnn bench --json` file instead of benchmarking")
     p.add_argument("--no-bench", action="store_true", help="parity runs only")
@@ -177,29 +199,22 @@ def main(argv: list[str] | None = None) -> int:
 # ---- helpers ------------------------------------------------------------------------------------
 
 def load_spec(text: str):
-    """A spec file path, or the name of a built-in example."""
-    from crossnn import examples
-    from crossnn.spec import load
+    """crossnn.api.load_spec, imported when first used (so that importing this module stays light)."""
+    from crossnn.api import load_spec
 
-    path = Path(text)
-    if path.suffix == ".toml" or os.path.lexists(path):  # lexists: a broken link or a link loop is read, and said
-        if not os.path.lexists(path):
-            raise SpecError(f"no such spec file: {text}")
-        return load(path)
-    if text in examples.names():
-        return load(examples.path(text))
-    raise SpecError(f"'{text}' is neither a spec file nor an example; examples: {', '.join(examples.names())}")
+    return load_spec(text)
+
+
+def read_spec(text: str):
+    from crossnn.api import read_spec
+
+    return read_spec(text)
 
 
 def load_data(experiment, where: str):
-    """The experiment's data set; a data error names the spec (file or example) it came from."""
-    from crossnn.data import load_dataset
-    from crossnn.errors import DataError
+    from crossnn.api import load_data
 
-    try:
-        return load_dataset(experiment)
-    except DataError as err:
-        raise DataError(f"{where}: {err}") from None
+    return load_data(experiment, where)
 
 
 #: names that stand for several examples
@@ -266,9 +281,24 @@ def cmd_list(args) -> int:
 
 
 def cmd_show(args) -> int:
+    from crossnn.spec import dumps
+    from crossnn.spec.presets import show
     from crossnn.summary import summary
 
-    print(summary(load_spec(args.spec)))
+    experiment, fills = read_spec(args.spec)
+    notes = [f"{fill.path}: {fill.note} (crossnn differences {fill.entry})" for fill in fills if fill.note]
+    if args.resolved:
+        sys.stdout.write(dumps(experiment))  # plain TOML: the notes go to stderr
+        for note in notes:
+            print(f"crossnn: note: {note}", file=sys.stderr)
+        return EXIT_OK
+    print(summary(experiment))
+    if fills:
+        print(f"\nfilled from the {fills[0].preset} preset (crossnn show --resolved writes them out):")
+        for fill in fills:
+            print(f"  {fill.path} = {show(fill.value)}  ({fill.entry})")
+        for note in notes:
+            print(_wrapped(f"note: {note}"))
     return EXIT_OK
 
 
@@ -283,28 +313,28 @@ def cmd_run(args) -> int:
     return code
 
 
+#: the run command's option for each argument crossnn.selection checks
+RUN_OPTIONS = {"backends": "--backends", "dtypes": "--dtype", "devices": "--device", "modes": "--mode"}
+
+
 def _run(args, json_only: bool = False):
     """`crossnn run`: its exit status, or with json_only (for --json -) the status and the JSON text."""
-    from crossnn import backends
+    from crossnn.api import Result, compare_all
     from crossnn.checkpoint import load_checkpoint
     from crossnn.console import Progress, table
-    from crossnn.errors import BackendError
-    from crossnn.harness import RunSpec, check_stop, train
-    from crossnn.parity import Tolerance, compare, tolerance_for
+    from crossnn.harness import check_stop, train
     from crossnn.plan import BatchPlan
-    from crossnn.results import result_json, run_text
-    from crossnn.validate import check_count, check_device, check_dtypes, check_tolerance, name_list
+    from crossnn.selection import select_runs, start
+    from crossnn.validate import check_count, check_tolerance
 
     # everything the user typed is checked before any training starts
-    dtypes = check_dtypes(args.dtype, "--dtype")
     check_count(args.snapshot_every, "--snapshot-every")
     check_count(args.stop_after, "--stop-after")
+    check_count(args.threads, "--threads")
     rtol, atol = check_tolerance(args.rtol, "--rtol"), check_tolerance(args.atol, "--atol")
-    device = check_device(args.device, "--device")  # a typo, said before any framework loads
-    if args.mode is not None:
-        name_list(args.mode, "--mode")  # '' or ',' names no mode
-    mode = args.mode
     _refuse_empty(args, resume="--resume")
+    selection = select_runs(args.backends, args.dtype, args.device, args.mode, native=args.flavor == "native",
+                            options=RUN_OPTIONS)  # names checked before any framework loads
     texts = [text for name in args.spec for text in _expand_suite(name)]
     experiments = [load_spec(text) for text in texts]
     inputs = _spec_inputs(experiments)
@@ -312,70 +342,53 @@ def _run(args, json_only: bool = False):
         inputs[args.resume] = "the checkpoint this command resumes"
     _check_outputs(args, inputs, json="--json", save="--save")
     datasets = [load_data(e, text) for e, text in zip(experiments, texts)]
-    requested = name_list(args.backends, "--backends")  # '' and ',' name nothing and are refused
-    _check_checkpoint_options(args, len(experiments), len(dtypes) * len(requested or backends.available()))
+    _check_checkpoint_options(args, len(experiments), len(selection.runs))
     resume = load_checkpoint(Path(args.resume), experiments[0])[1] if args.resume else None
     if args.stop_after is not None:
         plan = BatchPlan.for_experiment(experiments[0], datasets[0].n)
         check_stop(args.stop_after, plan.steps, resume.step if resume else None, "--stop-after")
-    names = _chosen_backends(args.backends)  # unknown, unavailable or broken named backends are bad input
-    if mode and not any(mode in backends.get(name).modes for name in names):
-        raise BackendError(f"--mode: no chosen backend has mode '{mode}'")
-    for name in names:
-        if not backends.get(name).reference:  # the reference always runs on the CPU
-            try:
-                backends.get(name).check_device(device)
-            except BackendError as err:
-                raise BackendError(f"--device: {err}") from None
+    selection = start(selection, RUN_OPTIONS["devices"])  # imports the frameworks
+    for note in selection.notes:
+        _stderr(f"crossnn: {note}")
 
-    def mode_of(name):
-        return mode if mode in backends.get(name).modes else None
-
-    def tolerance(record):
-        default = tolerance_for(record.spec.dtype, record.spec.device)
-        return Tolerance(rtol if rtol is not None else default.rtol, atol if atol is not None else default.atol)
-
-    def native(name):
-        return frozenset(backends.get(name).native_entries) if args.flavor == "native" else frozenset()
-
-    runs = [RunSpec(name, dtype, "cpu" if backends.get(name).reference else device, mode_of(name), native(name))
-            for dtype in dtypes for name in names]
-    outcomes = []
+    outcomes: list[Result] = []
     for experiment, dataset in zip(experiments, datasets):
-        result = train(experiment, runs, snapshot_every=args.snapshot_every, dataset=dataset,
-                       progress=Progress(enabled=not args.quiet), resume=resume, stop_after=args.stop_after)
-        parities = {id(r): compare(result.reference, r, tolerance(r)) for r in result.records}
+        harness = train(experiment, selection.runs, snapshot_every=args.snapshot_every, dataset=dataset,
+                        progress=Progress(enabled=not args.quiet), resume=resume, stop_after=args.stop_after,
+                        threads=args.threads)
+        result = Result(harness, compare_all(harness, rtol, atol), selection.notes)
         if len(experiments) > 1:
             print(f"==== {experiment.name} " + "=" * max(0, 70 - len(experiment.name)))
-        print(run_text(result, parities))
+        print(result.table())
         print()
         if args.save:
-            _save_stopped(args.save, experiment, result.records[0])
+            _save_stopped(args.save, experiment, harness.records[0])
         if args.flavor == "native":
-            print(native_explanation(experiment, result, parities, say=(lambda text: None) if args.quiet else _stderr))
-        outcomes.append((result, parities))
+            print(native_explanation(experiment, harness, result.parities,
+                                     say=(lambda text: None) if args.quiet else _stderr))
+        outcomes.append(result)
 
     if len(outcomes) > 1:
         totals: dict[str, float] = {}
         rows = []
-        for result, parities in outcomes:
-            for r in result.records:
+        for result in outcomes:
+            for r in result.harness.records:
                 totals[r.spec.label] = totals.get(r.spec.label, 0.0) + r.train_seconds
-                verdict = "reference" if r is result.reference else ("pass" if parities[id(r)].passed else "FAIL")
+                verdict = "reference" if r is result.reference else ("pass" if result.parities[id(r)].passed
+                                                                     else "FAIL")
                 rows.append((result.experiment.name, r.spec.label, f"{r.train_seconds:.2f}", verdict))
         print("summary:")
         print(table(("experiment", "run", "train s", "parity"), rows))
         print()
         print("training time per run, all experiments:")
         print(table(("run", "train s"), [(label, f"{seconds:.2f}") for label, seconds in totals.items()]))
-    failed = [p for _, parities in outcomes for p in parities.values() if not p.passed]
-    code = EXIT_PARITY_FAILED if failed else EXIT_OK
+    code = EXIT_OK if all(result.passed for result in outcomes) else EXIT_PARITY_FAILED
     if args.json:
         from crossnn.bench.machine import describe
         from crossnn.files import json_text, write_text_atomic
 
         machine = describe()
-        documents = [result_json(result, parities, machine) for result, parities in outcomes]
+        documents = [result.to_json(machine) for result in outcomes]
         text = json_text(documents[0] if len(documents) == 1 else
                          {"crossnn_version": documents[0]["crossnn_version"], "experiments": documents})
         if json_only:
@@ -460,29 +473,40 @@ def cmd_diff(args) -> int:
 
 
 def cmd_differences(args) -> int:
-    from crossnn.differences import BY_ID, ENTRIES, Lab, Unavailable, readme_section
+    from crossnn.differences import Lab, Unavailable, entries, presets_section, readme_section, side_titles
+    from crossnn.spec.presets import show
 
-    if args.markdown:
-        print(readme_section())
+    if args.markdown or args.presets:
+        tables = ((args.markdown, readme_section), (args.presets, presets_section))
+        print("\n\n".join(table() for wanted, table in tables if wanted))
         return EXIT_OK
+    catalog = entries()
     if not args.entry:
-        for entry in ENTRIES:
+        for entry in catalog:
             print(f"  {entry.id:<24} {entry.title}")
         print("\ncrossnn differences ID shows an entry and measures it on the installed frameworks")
         return EXIT_OK
+    by_id, titles = {entry.id: entry for entry in catalog}, side_titles(catalog)
+    width = max(len(label) for label in (*titles.values(), "crossnn spec")) + 2
     lab = Lab()
     for name in args.entry:
-        if name not in BY_ID:
-            raise SpecError(f"no catalog entry '{name}'; entries: {', '.join(BY_ID)}")
-        entry = BY_ID[name]
+        if name not in by_id:
+            raise SpecError(f"no catalog entry '{name}'; entries: {', '.join(by_id)}")
+        entry = by_id[name]
         print(f"{entry.title} ({entry.id})\n\n{entry.what}\n")
-        print(f"  PyTorch:      {entry.torch}\n  Keras/TF:     {entry.keras}\n  crossnn spec: {entry.crossnn}")
-        print("  sources:      " + "\n                ".join(entry.sources))
+        for backend, side in entry.sides.items():
+            print(f"  {titles[backend] + ':':<{width}}{side}")
+        print(f"  {'crossnn spec:':<{width}}{entry.spec}")
+        for default in entry.defaults:
+            values = ", ".join(f"{preset} {show(value)}" for preset, value in default.values.items())
+            print(f"  {'presets:':<{width}}{default.label} = {values}")
+        print(f"  {'sources:':<{width}}" + ("\n" + " " * (width + 2)).join(entry.sources))
         try:
             for finding in entry.demonstrate(lab):
-                print(f"  measured:     {finding.text} [{'as documented' if finding.holds else 'NOT as documented'}]")
+                verdict = "as documented" if finding.holds else "NOT as documented"
+                print(f"  {'measured:':<{width}}{finding.text} [{verdict}]")
         except Unavailable as err:
-            print(f"  measured:     not here: {err}")
+            print(f"  {'measured:':<{width}}not here: {err}")
         print()
     return EXIT_OK
 
@@ -535,7 +559,7 @@ def _check_checkpoint_options(args, n_specs: int, n_runs: int) -> None:
     if (args.save or args.resume) and n_specs != 1:
         raise SpecError("--save and --resume take one spec")
     if args.save and n_runs != 1:
-        raise SpecError("--save: choose one backend and one dtype (e.g. --backends torch --dtype float64)")
+        raise SpecError("--save: choose one backend and one dtype, in one mode (e.g. --backends torch --dtype float64)")
 
 
 def _save_stopped(path: str, experiment, record) -> None:
@@ -549,9 +573,16 @@ def _save_stopped(path: str, experiment, record) -> None:
           "its parameters:\n" + parameters_text(record.final_state.params))
 
 
+def _side_file(script: str) -> Path:
+    """The .npz beside an emitted script that holds its data and initial parameters."""
+    path = Path(script)
+    return path.with_name(path.stem + ".npz")
+
+
 def cmd_code(args) -> int:
     from crossnn import backends
-    from crossnn.files import write_text_atomic
+    from crossnn.codegen import side_arrays
+    from crossnn.files import check_output_path, write_npz_atomic, write_text_atomic
     from crossnn.params import initial_parameters
     from crossnn.sidebyside import columns, columns_width, html_page
 
@@ -562,18 +593,23 @@ def cmd_code(args) -> int:
     elif args.backend or args.out:
         raise SpecError("--side-by-side takes --backends (several) and --html, not --backend or --out")
     experiment = load_spec(args.spec)
-    _check_outputs(args, _spec_inputs([experiment]), out="--out", html="--html")
+    inputs = _spec_inputs([experiment])
+    _check_outputs(args, inputs, out="--out", html="--html")
+    side = _side_file(args.out) if args.out else None
+    if side is not None:
+        check_output_path(side, "--out (its data file)", inputs=inputs, force=args.force)
     data, params = load_data(experiment, args.spec), initial_parameters(experiment)
     if not args.side_by_side:
         if not args.backend:
             raise SpecError("--backend: name the framework (numpy, torch or tensorflow), or use --side-by-side")
         backends.prepare([args.backend])  # a framework that fails to import: get() raises with the reason
-        text = backends.get(args.backend).script(experiment, params, data)
-        if args.out:
-            write_text_atomic(Path(args.out), text)
-            print(f"{args.backend} script for {experiment.name} written to {args.out}")
-        else:
-            print(text, end="")
+        if side is None:
+            print(backends.get(args.backend).script(experiment, params, data), end="")
+            return EXIT_OK
+        text = backends.get(args.backend).script(experiment, params, data, side_file=side.name)
+        write_npz_atomic(side, side_arrays(data, params))
+        write_text_atomic(Path(args.out), text)
+        print(f"{args.backend} script for {experiment.name} written to {args.out}, its data to {side}")
         return EXIT_OK
     names = _chosen_backends(args.backends)
     narrowest = columns_width(len(names))
@@ -618,19 +654,29 @@ def cmd_import(args) -> int:
 def cmd_bench(args) -> int:
     from crossnn import backends
     from crossnn.bench.report_table import bench_table
-    from crossnn.bench.runner import run_bench
+    from crossnn.bench.runner import parse_executor, run_bench
     from crossnn.bench.suites import SUITES, cases_for
     from crossnn.errors import BackendError
     from crossnn.files import STDOUT, json_text, write_text_atomic, write_text_output
     from crossnn.validate import check_count, check_dtypes, name_list
 
+    kind, address = parse_executor(args.executor)
+    check_count(args.dask_workers, "--dask-workers")
+    if args.dask_workers != 1 and (kind != "dask" or address):
+        raise SpecError("--dask-workers: goes with --executor dask (no address): it sizes the LocalCluster here")
+    if kind == "dask" and args.in_process:
+        raise SpecError("--in-process: the dask executor times each job in a process of its own")
+    if args.to_metric is not None:
+        return _bench_to_metric(args)
     cases = cases_for(args.spec or list(SUITES), args.quick)
     names = name_list(args.backends, "--backends") or backends.available()
     for name in names:
         backends.get(name)
-    dtypes = check_dtypes(args.dtype, "--dtype")
+    dtypes = check_dtypes("float32" if args.dtype is None else args.dtype, "--dtype")
     devices = _devices(args.devices)
     check_count(args.repeats, "--repeats")
+    if args.runs != 5:
+        raise SpecError("--runs: goes with --to-metric")
     modes = name_list(args.modes, "--modes")
     known = {"tutorial", *(mode for name in names for mode in backends.get(name).modes)}
     for mode in modes:
@@ -647,13 +693,51 @@ def cmd_bench(args) -> int:
 
     result = run_bench(cases, names, devices, dtypes, modes=modes or None, quick=args.quick,
                        repeats=args.repeats, min_repeat_seconds=0.05 if args.quick else 0.2,
-                       say=_stderr, after_case=save, isolate=not args.in_process)
+                       say=_stderr, after_case=save, isolate=not args.in_process, executor=args.executor,
+                       dask_workers=args.dask_workers)
     print(bench_table(result), file=sys.stderr if to_stdout else sys.stdout)  # standard output may be the JSON's
     if args.json:
         write_text_output(args.json, json_text(result.to_json()))
         if not to_stdout:
             print(f"results written to {args.json} (rewritten after every case)")
     return EXIT_OK
+
+
+def _bench_to_metric(args) -> int:
+    """crossnn bench --to-metric METRIC=VALUE SPEC: time to a held-out metric (crossnn.bench.to_metric)."""
+    from crossnn import backends
+    from crossnn.bench.suites import SUITES
+    from crossnn.bench.to_metric import parse_target, time_to_metric, to_metric_table
+    from crossnn.files import STDOUT, json_text, write_text_output
+    from crossnn.validate import check_count, check_dtypes, name_list
+
+    if len(args.spec) != 1 or args.spec[0] in SUITES:
+        raise SpecError("--to-metric: name one spec file or example (not a suite), e.g. "
+                        "crossnn bench --to-metric accuracy=0.97 digits")
+    if args.executor != "local":
+        raise SpecError("--to-metric: runs on the local executor (each backend in a process of its own)")
+    for option, value, default in (("--quick", args.quick, False), ("--repeats", args.repeats, 5)):
+        if value != default:
+            raise SpecError(f"{option}: does not go with --to-metric (use --runs for the number of data orders)")
+    check_count(args.runs, "--runs")
+    experiment = load_spec(args.spec[0])
+    target = parse_target(args.to_metric, experiment)
+    names = name_list(args.backends, "--backends") or backends.available()
+    for name in names:
+        backends.get(name)
+    dtypes = check_dtypes("float64" if args.dtype is None else args.dtype, "--dtype")
+    devices = _devices(args.devices)
+    if len(devices) != 1:
+        raise SpecError("--devices: --to-metric times one device at a time")
+    _check_outputs(args, _spec_inputs([experiment]), json="--json")
+    load_data(experiment, args.spec[0])  # a data error is bad input, named before any backend starts
+    result = time_to_metric(experiment, target, names, dtypes, modes=name_list(args.modes, "--modes") or None,
+                            runs=args.runs,
+                            device=devices[0], say=_stderr, isolate=not args.in_process)
+    print(to_metric_table(result), file=sys.stderr if args.json == STDOUT else sys.stdout)
+    if args.json:
+        write_text_output(args.json, json_text(result.to_json()))
+    return EXIT_OK if result.passed else EXIT_PARITY_FAILED
 
 
 def _read_json(path: str, what: str) -> dict:

@@ -14,7 +14,7 @@ from crossnn.spec import Experiment
 
 @dataclass(frozen=True)
 class Dataset:
-    """x: float64 (N, inputs). y: float64 (N, outputs), or int64 class indices (N,) for sparse losses.
+    """x: float64 (N, *inputs). y: float64 (N, *outputs), or int64 class indices (N,) for sparse losses.
     The training samples; `validation` holds the samples a validation split keeps out of training."""
 
     x: np.ndarray
@@ -43,29 +43,39 @@ def load_dataset(experiment: Experiment) -> Dataset:
 
 
 def check_dataset(experiment: Experiment, x: np.ndarray, y: np.ndarray) -> Dataset:
+    """x as float64 (N, *model.input_shape) and y as float64 (N, *output shape), or int64 class
+    indices (N,) for sparse cross-entropy; a DataError naming the field when they do not fit."""
     model, loss = experiment.model, experiment.loss
-    if x.ndim == 1:
+    want = model.input_shape
+    if x.ndim == 1 and want == (1,):
         x = x.reshape(-1, 1)
-    if x.ndim != 2:
-        raise DataError(f"data.x: expected a 2-D array (samples, features), got shape {x.shape}")
     if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
         raise DataError(f"data.x: expected real numbers, got dtype {x.dtype}")
-    if x.shape[1] != model.inputs:
-        raise DataError(f"data.x: has {x.shape[1]} feature column(s) but model.inputs = {model.inputs}")
+    if x.shape[1:] != want:
+        described = (f"{x.shape[1]} feature column(s)" if x.ndim == 2 and len(want) == 1
+                     else f"samples of shape {list(x.shape[1:])}")
+        raise DataError(f"data.x: has {described} but model.inputs = {model.inputs}")
     if len(y) != len(x):
         raise DataError(f"data.y: has {len(y)} rows but data.x has {len(x)}")
     if len(x) == 0:
         raise DataError("data.x: no samples")
     _check_finite("data.x", x)
+    for node in model.nodes:
+        if node.layer.reads_ids:
+            _check_ids(x, node.layer)
     if loss.sparse_targets:
-        y = _class_indices(y, model.output_size)
+        y = _class_indices(y, model.output_units)
     else:
-        if y.ndim == 1:
+        out = model.output_shape
+        if y.ndim == 1 and out == (1,):
             y = y.reshape(-1, 1)
-        if not np.issubdtype(y.dtype, np.number) or np.iscomplexobj(y) or y.ndim != 2:
-            raise DataError(f"data.y: expected a 2-D array of real numbers, got shape {y.shape} dtype {y.dtype}")
-        if y.shape[1] != model.output_size:
-            raise DataError(f"data.y: has {y.shape[1]} column(s) but the model outputs {model.output_size} "
+        if not np.issubdtype(y.dtype, np.number) or np.iscomplexobj(y):
+            raise DataError(f"data.y: expected real numbers, got shape {y.shape} dtype {y.dtype}")
+        if y.shape[1:] != out:
+            described = (f"{y.shape[1]} column(s)" if y.ndim == 2 and len(out) == 1
+                         else f"samples of shape {list(y.shape[1:])}")
+            shown = out[0] if len(out) == 1 else list(out)
+            raise DataError(f"data.y: has {described} but the model outputs {shown} "
                             f"(layer '{model.layers[-1].name}')")
         _check_finite("data.y", y)
         y = y.astype(np.float64)
@@ -75,8 +85,19 @@ def check_dataset(experiment: Experiment, x: np.ndarray, y: np.ndarray) -> Datas
 def _check_finite(field: str, a: np.ndarray) -> None:
     bad = ~np.isfinite(a)
     if bad.any():
-        row, col = np.argwhere(bad)[0]
-        raise DataError(f"{field}: value {a[row, col]} at row {row}, column {col}: data must be finite")
+        where = np.argwhere(bad)[0]
+        place = (f"row {where[0]}, column {where[1]}" if a.ndim == 2
+                 else f"sample {where[0]}, index {tuple(int(i) for i in where[1:])}")
+        raise DataError(f"{field}: value {a[tuple(where)]} at {place}: data must be finite")
+
+
+def _check_ids(x: np.ndarray, layer) -> None:
+    """The model input of an embedding layer holds whole numbers in [0, input_dim)."""
+    if not np.all(x == np.round(x)):
+        raise DataError(f"data.x: layer '{layer.name}' ({layer.kind}) reads integer ids, but x holds fractions")
+    if x.min() < 0 or x.max() >= layer.input_dim:
+        raise DataError(f"data.x: ids must lie in [0, {layer.input_dim - 1}] for layer '{layer.name}' "
+                        f"(input_dim = {layer.input_dim}), got {x.min():g}..{x.max():g}")
 
 
 def _class_indices(y: np.ndarray, classes: int) -> np.ndarray:

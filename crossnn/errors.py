@@ -24,12 +24,13 @@ class SpecError(CrossnnError, ValueError):
         return SpecError(self.message, self.path, source)
 
     def __str__(self) -> str:
-        where = _join_path(self.path)
+        where = join_path(self.path)
         head = ": ".join(part for part in (self.source, where) if part)
         return f"{head}: {self.message}" if head else self.message
 
 
-def _join_path(path: tuple[str, ...]) -> str:
+def join_path(path: tuple[str, ...]) -> str:
+    """A key path as messages write it: ("model", "layers", "[0]", "units") -> model.layers[0].units."""
     out = ""
     for part in path:
         out += part if (not out or part.startswith("[")) else "." + part

@@ -42,10 +42,11 @@ class RunSpec:
         return " ".join(part for part in (self.backend, self.dtype, self.device, self.mode, flavor) if part)
 
 
-@dataclass
+@dataclass(repr=False)
 class RunRecord:
     """What one run produced. status: "ok", "nonfinite" (stopped at the step named in message) or
-    "error". snapshots maps a step count to the parameters after that many updates (0 = initial)."""
+    "error". snapshots maps a step count to the parameters after that many updates (0 = initial).
+    threads: the framework's intra-op threads during the run (None: unknown)."""
 
     spec: RunSpec
     version: str = ""
@@ -62,6 +63,13 @@ class RunRecord:
     end_step: int | None = None  # the step count the run was asked to reach
     final_state: TrainingState | None = None
     traceback: str = ""
+    threads: int | None = None
+
+    def __repr__(self) -> str:
+        loss = f", final loss {self.losses[-1]:.6g}" if len(self.losses) else ""
+        message = f": {self.message}" if self.message else ""
+        return (f"<RunRecord {self.spec.label}: {self.status}{message}, {self.steps_done} steps{loss}, "
+                f"{len(self.final_params)} parameters, {len(self.snapshots)} snapshots>")
 
     @property
     def steps_done(self) -> int:
@@ -76,8 +84,11 @@ class RunRecord:
         return self.status == "ok"
 
 
-@dataclass
+@dataclass(repr=False)
 class RunResult:
+    """Every run of one experiment. threads: the intra-op thread count the runs were asked to use
+    (None: each framework's own)."""
+
     experiment: Experiment
     dataset: Dataset
     plan: BatchPlan
@@ -85,6 +96,12 @@ class RunResult:
     snapshot_every: int
     reference: RunRecord
     records: list[RunRecord]  # the runs asked for, in order (the reference run among them if asked)
+    threads: int | None = None
+
+    def __repr__(self) -> str:
+        return (f"<RunResult {self.experiment.name}: {len(self.records)} run(s) "
+                f"({', '.join(r.spec.label for r in self.records) or 'none'}) against {self.reference.spec.label}, "
+                f"{self.plan.steps} steps, snapshots every {self.snapshot_every}>")
 
 
 def reference_spec() -> RunSpec:
@@ -94,19 +111,22 @@ def reference_spec() -> RunSpec:
 def train(experiment: Experiment, runs: Sequence[RunSpec], *, snapshot_every: int | None = None,
           progress: Progress | None = None, dataset: Dataset | None = None,
           initial_params: Params | None = None, reference: RunRecord | None = None,
-          resume: TrainingState | None = None, stop_after: int | None = None) -> RunResult:
+          resume: TrainingState | None = None, stop_after: int | None = None,
+          threads: int | None = None) -> RunResult:
     """Run every RunSpec (plus the NumPy float64 reference, always, from step 0) and return all records.
 
     initial_params replaces the spec's initializers (e.g. weights taken from a user's model);
     reference reuses a reference run made earlier with the same arguments; resume starts the
     requested runs from a saved training state; stop_after ends every run, the reference included,
-    after that many steps in all (the requested runs' final state is kept in RunRecord.final_state).
-    The runs of a backend whose framework fails to import or start (backends.prepare) get an "error"
-    record saying why; the others go on. Counts are checked (crossnn.validate) and the run's arrays
-    must fit in memory (crossnn.memory) before anything is built.
+    after that many steps in all (the requested runs' final state is kept in RunRecord.final_state);
+    threads sets every framework's intra-op threads (Backend.set_threads) before training. The runs
+    of a backend whose framework fails to import or start (backends.prepare) get an "error" record
+    saying why; the others go on. Counts are checked (crossnn.validate) and the run's arrays must fit
+    in memory (crossnn.memory) before anything is built.
     """
     check_count(snapshot_every, "snapshot_every")
     check_count(stop_after, "stop_after")
+    check_count(threads, "threads")
     dataset = dataset if dataset is not None else load_dataset(experiment)
     plan = BatchPlan.for_experiment(experiment, dataset.n)
     check_stop(stop_after, plan.steps, resume.step if resume is not None else None, "stop_after")
@@ -122,6 +142,9 @@ def train(experiment: Experiment, runs: Sequence[RunSpec], *, snapshot_every: in
     if ref_spec.backend in failed:
         raise BackendError(f"the reference backend '{ref_spec.backend}' is unavailable: {failed[ref_spec.backend]}")
     ref_spec, *resolved = [_resolve(spec) for spec in [ref_spec, *runs]]
+    if threads is not None:
+        for name in sorted({ref_spec.backend, *(spec.backend for spec in resolved)} - set(failed)):
+            backends.get(name).set_threads(threads)
 
     # the reference stops where the other runs stop, and snapshots where they start, so parity sees those states
     marks = frozenset({resume.step} if resume is not None else ())
@@ -131,7 +154,7 @@ def train(experiment: Experiment, runs: Sequence[RunSpec], *, snapshot_every: in
                ref_record if spec == ref_spec and resume is None else
                run_one(experiment, spec, params0, dataset, plan, every, progress, resume=resume, stop_after=stop_after)
                for spec in resolved]
-    return RunResult(experiment, dataset, plan, params0, every, ref_record, records)
+    return RunResult(experiment, dataset, plan, params0, every, ref_record, records, threads)
 
 
 def check_stop(stop_after: int | None, steps: int, resume_step: int | None, option: str) -> None:
@@ -218,7 +241,7 @@ def run_one(experiment: Experiment, spec: RunSpec, params0: Params, dataset: Dat
             trainer.load_state(resume.as_float64())  # a copy: backends may update what they load in place
         trainer.synchronize()
         record.build_seconds = time.perf_counter() - start
-        record.description = trainer.describe()
+        record.description, record.threads = trainer.describe(), backend.threads()
         record.snapshots[start_step] = _float64(trainer.parameters())
         for first, stop in _boundaries(plan, start_step, stop_step, every, track, marks):
             start = time.perf_counter()

@@ -23,7 +23,7 @@ FLOAT64 = 8
 
 
 def elements(size: int | tuple[int, ...]) -> int:
-    """Element count of one sample at a node (a feature count, or a shape tuple) or of a parameter shape."""
+    """Element count of a shape (of one sample at a node, or of a variable), or of a bare feature count."""
     return math.prod(size) if isinstance(size, tuple) else int(size)
 
 
@@ -71,18 +71,18 @@ _NOUNS = {"n": "samples", "inputs": "input features", "outputs": "outputs", "cla
 
 
 def check_parameters(experiment) -> None:
-    """The model's parameters (one float64 copy), before they are drawn; the layer with the most is
+    """The model's variables (parameters and state, one float64 copy), before they are drawn; the layer with the most is
     named, by its `units` when that is its largest dimension, else by the model input feeding it."""
     model = experiment.model
-    per_node = {node.name: sum(elements(p.shape) for p in node.params) for node in model.nodes}
+    per_node = {node.name: sum(elements(p.shape) for p in (*node.params, *node.state)) for node in model.nodes}
     nbytes = sum(per_node.values()) * FLOAT64
     name = max(per_node, key=per_node.get)
     index, node = _layer_index(model, name), next(n for n in model.nodes if n.name == name)
     units = getattr(node.layer, "units", None)
-    if isinstance(units, int) and units >= max(elements(size) for size in node.input_sizes):
+    if isinstance(units, int) and units >= max((elements(shape) for shape in node.input_shapes), default=0):
         field, what = ("model", f"layers[{index}]", "units"), f"{units} units make parameters of {{size}}"
     elif "input" in node.inputs:
-        field, what = ("model", "inputs"), f"{elements(model.inputs)} inputs make parameters of {{size}}"
+        field, what = ("model", "inputs"), f"{model.inputs} inputs make parameters of {{size}}"
     else:
         field, what = ("model", f"layers[{index}]"), f"{per_node[name]} parameters make {{size}}"
     _check(nbytes, field, what, experiment.source)
@@ -92,8 +92,8 @@ def check_training(experiment, batch_size: int, steps: int) -> None:
     """One batch's activations (the input and every node's output for `batch_size` samples) and the
     losses of the `steps` steps a run records, before training starts."""
     model = experiment.model
-    per_node = {node.name: elements(node.size) for node in model.nodes}
-    nbytes = batch_size * (elements(model.inputs) + sum(per_node.values())) * FLOAT64
+    per_node = {node.name: elements(node.shape) for node in model.nodes}
+    nbytes = batch_size * (elements(model.input_shape) + sum(per_node.values())) * FLOAT64
     name = max(per_node, key=per_node.get)
     _check(nbytes, ("model", f"layers[{_layer_index(model, name)}]"),
            f"{per_node[name]} outputs per sample in batches of {batch_size} make activations of {{size}}",

@@ -1,4 +1,5 @@
-"""Initial parameters: drawn once in NumPy float64, canonical layout, one stream per parameter."""
+"""Initial values of every variable (the trained parameters and the layers' state, such as BatchNorm's
+moving statistics): drawn once in NumPy float64, canonical layout, one stream per variable."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ Params = dict[str, np.ndarray]
 
 
 def initial_parameters(experiment: Experiment) -> Params:
-    """{"<layer>/<param>": float64 array} in layer order, from the seed and the initializers."""
+    """{"<layer>/<variable>": float64 array} in layer order (each layer's parameters, then its state), from
+    the seed and the initializers."""
     check_parameters(experiment)  # they must fit in memory before they are drawn
     out = {}
-    for name, p in experiment.model.parameter_inits().items():
+    for name, p in experiment.model.variable_inits().items():
         value = p.init.sample(stream(experiment.seed, "init", name), p.shape, p.fan_in, p.fan_out)
         out[name] = np.ascontiguousarray(value, dtype=np.float64)
     return out

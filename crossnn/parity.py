@@ -50,7 +50,7 @@ class ParamParity:
     first_fail_step: int | None = None
 
 
-@dataclass
+@dataclass(repr=False)
 class Parity:
     """One run against the reference. curve: (step, largest rel over all parameters) per snapshot."""
 
@@ -78,6 +78,12 @@ class Parity:
     @property
     def max_abs(self) -> float:
         return max((p.max_abs for p in self.params), default=0.0)
+
+    def __repr__(self) -> str:
+        verdict = "pass" if self.passed else ("did not finish" if not self.complete else
+                                              f"FAIL from step {self.first_fail_step}")
+        return (f"<Parity {self.label}: {verdict}, max abs {self.max_abs:.3g}, max rel {self.max_rel:.3g}, "
+                f"rtol {self.tolerance.rtol:g}, atol {self.tolerance.atol:g}>")
 
     def to_json(self) -> dict:
         return {

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from crossnn.console import sci, table
-from crossnn.harness import RunResult
+from crossnn.harness import RunRecord, RunResult
 from crossnn.parity import Parity
 from crossnn.spec.toml import experiment_to_dict
 
@@ -15,12 +15,36 @@ from crossnn.spec.toml import experiment_to_dict
 PRINTED_VALUES = 24
 
 
-def run_text(result: RunResult, parities: dict[int, Parity]) -> str:
+Parities = Mapping[int, Parity] | Sequence[Parity]
+
+
+def by_record(result: RunResult, parities: Parities) -> dict[int, Parity]:
+    """Parities keyed by id(record): a mapping as given, or a list in the order of result.records
+    (what crossnn.testing.check_parity returns)."""
+    if isinstance(parities, Mapping):
+        return dict(parities)
+    parities = list(parities)
+    if len(parities) != len(result.records):
+        raise ValueError(f"{len(parities)} parities for {len(result.records)} runs: give one per record of "
+                         "result.records, in that order, or a dict keyed by id(record)")
+    return {id(record): parity for record, parity in zip(result.records, parities)}
+
+
+def shown_records(result: RunResult) -> list[RunRecord]:
+    """The records in table order: the reference first unless it was asked for among the runs."""
+    if any(r is result.reference for r in result.records):
+        return list(result.records)
+    return [result.reference, *result.records]
+
+
+def run_text(result: RunResult, parities: Parities) -> str:
+    """The run table, the parity table and the reference's final parameters: what `crossnn run`
+    prints for one experiment. `parities`: see by_record."""
+    parities = by_record(result, parities)
     e, plan = result.experiment, result.plan
     lines = [f"{e.name}: {plan.steps} steps ({e.train.epochs} epochs x {plan.steps_per_epoch}), "
              f"{e.model.parameter_count()} parameters, snapshots every {result.snapshot_every} steps", ""]
-    records = (result.records if any(r is result.reference for r in result.records)
-               else [result.reference, *result.records])
+    records = shown_records(result)
     rows = []
     for r in records:
         status = "reference" if r is result.reference else r.status
@@ -81,12 +105,14 @@ def _nested(params) -> dict[str, Any]:
     return {name: np.asarray(value).tolist() for name, value in params.items()}
 
 
-def result_json(result: RunResult, parities: dict[int, Parity], machine: dict) -> dict[str, Any]:
-    """The run as a JSON document; `machine` is crossnn.bench.machine.describe() of the machine it ran on."""
+def result_json(result: RunResult, parities: Parities, machine: dict) -> dict[str, Any]:
+    """The run as a JSON document; `machine` is crossnn.bench.machine.describe() of the machine it ran on.
+    threads: the intra-op thread count asked for (null: each framework's own); each run records the
+    count its framework used."""
     import crossnn
 
-    records = (result.records if any(r is result.reference for r in result.records)
-               else [result.reference, *result.records])
+    parities = by_record(result, parities)
+    records = shown_records(result)
     runs = []
     for r in records:
         entry = {
@@ -94,7 +120,7 @@ def result_json(result: RunResult, parities: dict[int, Parity], machine: dict) -
             "label": r.spec.label, "version": r.version, "description": r.description,
             "status": r.status, "message": r.message, "steps": r.steps_done,
             "seconds": r.train_seconds, "build_seconds": r.build_seconds, "metrics": r.metrics,
-            "history": r.history, "start_step": r.start_step,
+            "history": r.history, "start_step": r.start_step, "threads": r.threads,
             "losses": r.losses.tolist(),
             "initial_params": _nested(r.snapshots.get(0, {})), "final_params": _nested(r.final_params),
             "reference": r is result.reference,
@@ -108,7 +134,7 @@ def result_json(result: RunResult, parities: dict[int, Parity], machine: dict) -
         "machine": machine,
         "experiment": experiment_to_dict(result.experiment),
         "dtypes": sorted({r.spec.dtype for r in result.records}),
-        "steps": result.plan.steps, "snapshot_every": result.snapshot_every,
+        "steps": result.plan.steps, "snapshot_every": result.snapshot_every, "threads": result.threads,
         "reference": result.reference.spec.label,
         "runs": runs,
         "parity": {"passed": all(p.passed for p in compared), "runs_compared": len(compared),

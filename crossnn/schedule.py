@@ -16,7 +16,7 @@ class StepClock:
     def __init__(self, experiment: Experiment, n_samples: int):
         self.experiment = experiment
         self.steps_per_epoch = BatchPlan.for_experiment(experiment, n_samples).steps_per_epoch
-        self.dropout = [(node.name, node.layer.rate, node.size) for node in experiment.model.nodes
+        self.dropout = [(node.name, node.layer.rate, node.shape) for node in experiment.model.nodes
                         if isinstance(node.layer, Dropout)]
 
     def epoch(self, step: int) -> int:
@@ -26,11 +26,11 @@ class StepClock:
         return self.experiment.optimizer.lr_at(self.epoch(step), step)
 
     def masks(self, step: int, batch: int) -> dict[str, np.ndarray]:
-        """{dropout layer: float64 (batch, features) of 0 or 1/(1 - rate)} for this step: one
-        (batch, features) draw of uniforms u from stream(seed, "dropout", layer, step), kept where
-        u < 1 - rate."""
+        """{dropout layer: float64 (batch, *shape) of 0 or 1/(1 - rate)} for this step: one
+        (batch, *shape) draw of uniforms u from stream(seed, "dropout", layer, step), in canonical
+        (channels-last) layout, kept where u < 1 - rate."""
         out = {}
-        for name, rate, size in self.dropout:
-            keep = stream(self.experiment.seed, "dropout", name, step).random((batch, size)) < 1.0 - rate
+        for name, rate, shape in self.dropout:
+            keep = stream(self.experiment.seed, "dropout", name, step).random((batch, *shape)) < 1.0 - rate
             out[name] = keep * (1.0 / (1.0 - rate))
         return out

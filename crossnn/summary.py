@@ -27,23 +27,27 @@ def summary(experiment: Experiment) -> str:
     from crossnn.plan import BatchPlan
 
     model = experiment.model
-    params = model.parameter_inits()
+    params, state = model.parameter_inits(), model.state_inits()
     dataset = load_dataset(experiment)
     plan = BatchPlan.for_experiment(experiment, dataset.n)
     data = experiment.data
     source = f"{data.kind}" + (f" ({_args(data)})" if data.kind != "inline" else "")
     lines = [f"{experiment.name}" + (f"  ({experiment.source})" if experiment.source else "")
              + f", seed {experiment.seed}",
-             f"data: {source}: x {dataset.x.shape}, y {dataset.y.shape}", ""]
+             f"data: {source}: x {dataset.x.shape}, y {dataset.y.shape}",
+             "input: (N, " + ", ".join(str(n) for n in model.input_shape) + ")", ""]
     rows = []
     for node in model.nodes:
         layer = node.layer
         own = {k: v for k, v in params.items() if k.startswith(f"{node.name}/")}
+        kept = {k: v for k, v in state.items() if k.startswith(f"{node.name}/")}
         count = sum(math.prod(p.shape) for p in own.values())
         activation = getattr(layer, "activation", None)
         rows.append((node.name, layer.kind, ", ".join(node.inputs), _short(to_plain(activation)) if activation else "",
-                     f"(N, {node.size})", count,
-                     ", ".join(f"{k.split('/')[1]} {p.shape} {_short(to_plain(p.init))}" for k, p in own.items())))
+                     "(N, " + ", ".join(str(n) for n in node.shape) + ")", count,
+                     ", ".join([f"{k.split('/')[1]} {p.shape} {_short(to_plain(p.init))}" for k, p in own.items()]
+                               + [f"state {k.split('/')[1]} {p.shape} {_short(to_plain(p.init))}"
+                                  for k, p in kept.items()])))
     lines.append(table(("layer", "type", "inputs", "activation", "output", "params", "parameters (canonical layout)"),
                        rows, indent=""))
     lines += ["", f"total parameters: {model.parameter_count()}",

@@ -2,6 +2,7 @@
 
     from crossnn.testing import assert_parity
     assert_parity("tests/parity_mlp.toml", backends=["torch", "tensorflow"], dtypes=["float64"])
+    assert_parity("circle", backends="numpy,torch", dtypes="float32")   # names as on the command line
 
 A failure raises `ParityError` (an AssertionError) whose message names the run, the parameter, the
 first step out of tolerance and the size of the difference. `assert_model_parity` does the same for
@@ -18,11 +19,13 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from crossnn import backends as registry
-from crossnn.harness import RunRecord, RunResult, RunSpec, train
-from crossnn.parity import Parity, Tolerance, compare, tolerance_for
+from crossnn.api import compare_all, load_spec
+from crossnn.harness import RunRecord, RunResult, train
+from crossnn.parity import Parity
 from crossnn.errors import BackendError
-from crossnn.spec import DataSource, Experiment, Loss, Model, Optimizer, Train, load
-from crossnn.validate import check_count, check_device, check_dtypes, check_tolerance, name_list
+from crossnn.selection import API_OPTIONS, select_runs
+from crossnn.spec import DataSource, Experiment, Loss, Model, Optimizer, Train
+from crossnn.validate import check_count, check_tolerance
 
 
 class ParityError(AssertionError):
@@ -30,7 +33,7 @@ class ParityError(AssertionError):
 
 
 def _experiment(spec: Experiment | str | Path) -> Experiment:
-    return spec if isinstance(spec, Experiment) else load(spec)
+    return spec if isinstance(spec, Experiment) else load_spec(spec)
 
 
 def failure_message(parity: Parity, record: RunRecord, snapshot_every: int) -> str:
@@ -46,32 +49,30 @@ def failure_message(parity: Parity, record: RunRecord, snapshot_every: int) -> s
             f"rtol {parity.tolerance.rtol:g}, atol {parity.tolerance.atol:g} {ref_note}").rstrip()
 
 
-def check_parity(spec: Experiment | str | Path, backends: Iterable[str] | None = None,
-                 dtypes: Iterable[str] = ("float64",), *, device: str = "cpu", rtol: float | None = None,
-                 atol: float | None = None, snapshot_every: int | None = None,
-                 initial_params: Mapping[str, np.ndarray] | None = None) -> tuple[RunResult, list[Parity]]:
-    """Train `spec` on the given backends (default: every available one) and compare each run with
-    the NumPy float64 reference. Returns the result and one Parity per run. backends and dtypes are
-    lists or comma-separated strings; every argument is checked before any training."""
+Names = str | Iterable[str]
+
+
+def check_parity(spec: Experiment | str | Path, backends: Names | None = None, dtypes: Names = ("float64",), *,
+                 device: str = "cpu", rtol: float | None = None, atol: float | None = None,
+                 snapshot_every: int | None = None, initial_params: Mapping[str, np.ndarray] | None = None,
+                 threads: int | None = None) -> tuple[RunResult, list[Parity]]:
+    """Train `spec` (an Experiment, a spec file or an example name) on the given backends (default:
+    every available one) and compare each run with the NumPy float64 reference. backends and dtypes
+    are lists of names or one string ("float32", "numpy,torch"). Returns the result and one Parity per
+    record of result.records, in that order (crossnn.results.run_text prints them)."""
+    experiment = _experiment(spec)
     rtol, atol = check_tolerance(rtol, "rtol"), check_tolerance(atol, "atol")
     check_count(snapshot_every, "snapshot_every")
-    dtypes, device = check_dtypes(dtypes, "dtypes"), check_device(device, "device")
-    experiment = _experiment(spec)
-    names = name_list(backends, "backends") if backends is not None else registry.available()
-    runs = [RunSpec(name, dtype, "cpu" if registry.get(name).reference else device)
-            for dtype in dtypes for name in names]
-    result = train(experiment, runs, snapshot_every=snapshot_every,
+    check_count(threads, "threads")
+    runs = select_runs(backends, dtypes, device, options={**API_OPTIONS, "devices": "device"}).runs
+    result = train(experiment, runs, snapshot_every=snapshot_every, threads=threads,
                    initial_params=dict(initial_params) if initial_params is not None else None)
-    parities = []
-    for record in result.records:
-        default = tolerance_for(record.spec.dtype, record.spec.device)
-        tol = Tolerance(rtol if rtol is not None else default.rtol, atol if atol is not None else default.atol)
-        parities.append(compare(result.reference, record, tol))
-    return result, parities
+    parities = compare_all(result, rtol, atol)
+    return result, [parities[id(record)] for record in result.records]
 
 
-def assert_parity(spec: Experiment | str | Path, backends: Iterable[str] | None = None,
-                  dtypes: Iterable[str] = ("float64",), **options) -> RunResult:
+def assert_parity(spec: Experiment | str | Path, backends: Names | None = None, dtypes: Names = ("float64",),
+                  **options) -> RunResult:
     """Raise ParityError unless every run agrees with the reference (see `check_parity`)."""
     result, parities = check_parity(spec, backends, dtypes, **options)
     failures = [failure_message(p, r, result.snapshot_every)
@@ -93,8 +94,7 @@ def import_model(model) -> tuple[Model, dict[str, np.ndarray]]:
 
 
 def assert_model_parity(model, *, data: DataSource, loss: Loss, optimizer: Optimizer, train: Train, seed: int = 0,
-                        backends: Iterable[str] | None = None, dtypes: Iterable[str] = ("float64",),
-                        **options) -> RunResult:
+                        backends: Names | None = None, dtypes: Names = ("float64",), **options) -> RunResult:
     """Your own model, from its current weights, trained by every backend with the given data, loss,
     optimizer and schedule: raise ParityError unless all agree with the reference."""
     spec_model, params = import_model(model)

@@ -50,10 +50,11 @@ def check_count(value, option: str, minimum: int = 1) -> int | None:
     return int(value)
 
 
-def name_list(value: str | Iterable[str] | None, option: str) -> list[str]:
+def name_list(value: str | Iterable[str] | None, option: str, *, what: str = "") -> list[str]:
     """Names as a list: a string is one name, or several separated by commas ("numpy,torch", as on
-    the command line); a list or tuple is taken name by name. Each name once, in the order given. A
-    value that names nothing ('', ',', []) is refused: leave the option out to get its default."""
+    the command line); a list or tuple is taken name by name. Each name once, in the order given.
+    None is []; a value that names nothing ('', ',', []) is refused (`what` says what to name): leave
+    the option out to get its default. A value that is not text is a TypeError."""
     if value is None:
         return []
     if isinstance(value, str):
@@ -62,13 +63,15 @@ def name_list(value: str | Iterable[str] | None, option: str) -> list[str]:
         try:
             parts = list(value)
         except TypeError:
-            raise SpecError(f"{option}: expected a name, names separated by commas, or a list of names, "
-                            f"got {_shown(value)}") from None
+            raise TypeError(f"{option}: expected a name, names separated by commas, or a list of names, "
+                            f"got {type(value).__name__} {value!r}") from None
         for part in parts:
             if not isinstance(part, str):
-                raise SpecError(f"{option}: expected names (strings), got {_shown(part)}")
+                raise TypeError(f"{option}: expected names (strings), got {type(part).__name__} {part!r}")
     names = list(dict.fromkeys(part.strip() for part in parts if part.strip()))
     if not names:
+        if what:
+            raise BackendError(f"{option}: name {what}")
         raise SpecError(f"{option}: names nothing (got {value!r}); leave it out for the default")
     return names
 
@@ -77,10 +80,11 @@ def check_dtypes(value, option: str = "dtypes") -> list[str]:
     """The dtypes named (each one parity has tolerances for), at least one."""
     from crossnn.parity import TOLERANCES
 
-    dtypes = name_list(value, option)
+    known = " or ".join(sorted(TOLERANCES))
+    dtypes = name_list(value, option, what=f"a dtype ({known})")
     for dtype in dtypes:
         if dtype not in TOLERANCES:
-            raise BackendError(f"{option}: unknown dtype '{dtype}'; use {' or '.join(sorted(TOLERANCES))}")
+            raise BackendError(f"{option}: unknown dtype '{dtype}'; use {known}")
     return dtypes
 
 
@@ -93,11 +97,13 @@ def check_device(value, option: str = "device") -> str:
 
 def check_devices(value, option: str = "devices") -> list[str]:
     """The devices named, each checked by check_device, at least one."""
-    return [check_device(device, option) for device in name_list(value, option)]
+    return [check_device(device, option) for device in name_list(value, option, what="a device (cpu or cuda[:N])")]
 
 
 def _shown(value) -> str:
     """A value as an error message shows it: numbers as Python writes them, anything else with its type."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if isinstance(value, bool):
+        return repr(value)
+    if not isinstance(value, numbers.Real):
         return f"{type(value).__name__} {value!r}"
     return str(int(value)) if isinstance(value, numbers.Integral) else repr(float(value))

@@ -39,3 +39,17 @@ def pytest_generate_tests(metafunc):
     chosen = any("backend_name" in marker.args[0] for marker in metafunc.definition.iter_markers("parametrize"))
     if "backend_name" in metafunc.fixturenames and not chosen:
         metafunc.parametrize("backend_name", backend_params())
+
+
+@pytest.fixture
+def restore_threads():
+    """Thread counts are process-wide (--threads, crossnn.run(threads=)): put torch's and the BLAS
+    libraries' back after the test."""
+    torch = pytest.importorskip("torch")
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    before = torch.get_num_threads()
+    pools = threadpoolctl.threadpool_info()
+    yield
+    torch.set_num_threads(before)
+    for pool in pools:
+        threadpoolctl.threadpool_limits(limits=pool["num_threads"], user_api=pool["user_api"])

@@ -7,6 +7,8 @@ matches the model, and values stay small enough that float64 runs agree to round
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from hypothesis import strategies as st
 
@@ -127,14 +129,52 @@ def models(draw, inputs=st.integers(1, 6), width=st.integers(1, 6), outputs=None
     return S.Model(inputs=n_in, layers=tuple(layers))
 
 
+pairs = st.one_of(st.integers(1, 3).map(lambda k: (k, k)), st.tuples(st.integers(1, 3), st.integers(1, 3)))
+
+
+@st.composite
+def image_models(draw, outputs=None, inits=initializers, acts=activations):
+    """Convolutional models on [H, W, C] inputs: conv2d / pooling layers (every padding, stride and
+    dilation), a residual add or a channel concatenate, then flatten or global pooling and dense."""
+    size = draw(st.integers(5, 9))
+    shape = (size, draw(st.integers(5, 9)), draw(st.integers(1, 3)))
+
+    def conv(name, filters, inputs=None, padding=None):
+        return S.Conv2D(name=name, filters=filters, kernel_size=draw(pairs), strides=draw(pairs),
+                        dilation=draw(st.sampled_from([(1, 1), (2, 1), (1, 2)])),
+                        padding=padding or draw(st.sampled_from(["valid", "same"])), activation=draw(acts),
+                        use_bias=draw(st.booleans()), kernel_init=draw(inits), bias_init=draw(inits), inputs=inputs)
+
+    layers = [conv("c1", draw(st.integers(1, 4)), padding="same")]
+    join = draw(st.sampled_from(["add", "concatenate", None]))
+    if join:
+        layers.append(conv("c2", layers[0].filters if join == "add" else 2, padding="same"))
+        layers[-1] = dataclasses.replace(layers[-1], strides=(1, 1))
+        layers.append(S.Add(name="j", inputs=("c1", "c2")) if join == "add" else
+                      S.Concatenate(name="j", axis=draw(st.sampled_from([-1, 3])), inputs=("c1", "c2")))
+    pool = draw(st.sampled_from(["max", "avg", None]))
+    if pool == "max":
+        layers.append(S.MaxPool2D(name="p", pool_size=draw(pairs), strides=draw(st.one_of(st.none(), pairs)),
+                                  padding="same"))
+    elif pool == "avg":
+        layers.append(S.AvgPool2D(name="p", pool_size=draw(pairs), strides=draw(st.one_of(st.none(), pairs)),
+                                  padding="same", count_padding=draw(st.booleans())))
+    layers.append(draw(st.sampled_from([S.Flatten(name="f"), S.GlobalAvgPool2D(name="f")])))
+    n_out = draw(outputs) if outputs is not None else draw(st.integers(1, 4))
+    layers.append(S.Dense(name="out", units=n_out, activation=draw(acts), kernel_init=draw(inits),
+                          bias_init=draw(inits)))
+    return S.Model(inputs=shape, layers=tuple(layers))
+
+
 @st.composite
 def experiments(draw):
     """Any valid spec (data need not fit: files and round trips don't train)."""
     loss = draw(losses)
-    model = draw(models(outputs=st.integers(2, 5) if loss.sparse_targets else None))
+    outputs = st.integers(2, 5) if loss.sparse_targets else None
+    model = draw(st.one_of(models(outputs=outputs), image_models(outputs=outputs)))
     rows = draw(st.integers(1, 4))
     data = draw(st.one_of(
-        st.builds(S.InlineData, x=st.just(tuple(tuple(float(i + j) for j in range(model.inputs)) for i in range(rows))),
+        st.builds(S.InlineData, x=st.just(tuple(tuple(float(i + j) for j in range(3)) for i in range(rows))),
                   y=st.just(tuple((float(i),) for i in range(rows)))),
         st.builds(S.RandomNormal, n=st.integers(1, 50), inputs=st.integers(1, 5), outputs=st.integers(1, 5)),
         st.builds(S.Circle, n=st.integers(1, 2000), center=finite, radius_sq=positive),
@@ -142,7 +182,9 @@ def experiments(draw):
                   y_key=st.text(min_size=1, max_size=5)),
         st.builds(S.CsvFile, path=st.just("train.csv"), y_columns=st.integers(1, 3), header=st.booleans()),
         st.builds(S.TeacherClasses, n=st.integers(1, 100), inputs=st.integers(1, 50), classes=st.integers(2, 10)),
-        st.builds(S.Digits, scale=positive, shuffle=st.booleans()),
+        st.builds(S.Digits, scale=positive, shuffle=st.booleans(), images=st.booleans()),
+        st.builds(S.Textures, n=st.integers(1, 100), size=st.integers(1, 32), channels=st.integers(1, 4),
+                  classes=st.integers(2, 8), frequency=positive, noise=st.floats(0.0, 3.0)),
     ))
     return S.Experiment(
         name=draw(st.text(min_size=1, max_size=20).filter(lambda s: s.strip())),
@@ -200,7 +242,7 @@ def trainable_experiments(draw, max_epochs: int = 4, task: str | None = None, ki
     n = draw(st.integers(2, 24))
     rng = np.random.default_rng(draw(st.integers(0, 2**32)))
     x = rng.standard_normal((n, model.inputs))
-    k = model.output_size
+    k = model.output_units
     if task in ("bce", "bce_logits"):
         y = (rng.uniform(size=(n, k)) > 0.5).astype(float)
     elif task.startswith("ce"):
@@ -229,3 +271,40 @@ def trainable_experiments(draw, max_epochs: int = 4, task: str | None = None, ki
         train=S.Train(epochs=draw(st.integers(1, max_epochs)), batch_size=draw(st.integers(1, n)),
                       shuffle=draw(st.booleans()), drop_last=False))
     return experiment, task
+
+
+@st.composite
+def trainable_conv_experiments(draw):
+    """A small CNN that trains well on every backend: one conv2d (kernel 1-5, stride 1-3, dilation 1-2,
+    'same' or 'valid', odd or even input sizes), one pooling layer (max, or avg with or without
+    count_padding; 'same' or 'valid') or none, then flatten or global pooling and a dense output."""
+    height, width, channels = draw(st.integers(4, 9)), draw(st.integers(4, 9)), draw(st.integers(1, 2))
+    k, s, d = (draw(st.integers(1, 5)), draw(st.integers(1, 5))), draw(st.integers(1, 3)), draw(st.integers(1, 2))
+    fits = (k[0] - 1) * d + 1 <= height and (k[1] - 1) * d + 1 <= width
+    padding = draw(st.sampled_from(["valid", "same"])) if fits else "same"
+    conv = S.Conv2D(name="conv", filters=draw(st.integers(1, 3)), kernel_size=k, strides=(s, draw(st.integers(1, 3))),
+                    dilation=(d, draw(st.integers(1, 2))) if padding == "same" else (d, d), padding=padding,
+                    activation=draw(st.sampled_from([S.Tanh(), S.ReLU(), S.Sigmoid(), S.Linear()])),
+                    use_bias=draw(st.booleans()), kernel_init=S.GlorotUniform(),
+                    bias_init=S.Uniform(low=-0.1, high=0.1))
+    layers = [conv]
+    conv_shape = S.Model(inputs=(height, width, channels), layers=(conv,)).output_shape
+    pool = draw(st.sampled_from(["max", "avg", None]))
+    if pool:
+        size = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+        fits = size[0] <= conv_shape[0] and size[1] <= conv_shape[1]
+        options = dict(pool_size=size, strides=(draw(st.integers(1, 3)), draw(st.integers(1, 3))),
+                       padding=draw(st.sampled_from(["valid", "same"])) if fits else "same")
+        layers.append(S.MaxPool2D(name="pool", **options) if pool == "max" else
+                      S.AvgPool2D(name="pool", count_padding=draw(st.booleans()), **options))
+    layers.append(draw(st.sampled_from([S.Flatten(name="flat"), S.GlobalAvgPool2D(name="flat")])))
+    layers.append(S.Dense(name="out", units=2, kernel_init=S.GlorotUniform(), bias_init=S.Zeros()))
+    n = draw(st.integers(2, 10))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32)))
+    optimizer = draw(st.sampled_from([S.Adam(lr=0.01, eps=1e-8), S.SGD(lr=0.05, momentum=0.9)]))
+    return S.Experiment(
+        name="generated-cnn", seed=draw(st.integers(0, 10_000)),
+        data=S.InlineData(x=rng.standard_normal((n, height, width, channels)).tolist(),
+                          y=rng.standard_normal((n, 2)).tolist()),
+        model=S.Model(inputs=(height, width, channels), layers=tuple(layers)), loss=S.MSE(), optimizer=optimizer,
+        train=S.Train(epochs=2, batch_size=draw(st.integers(1, n)), shuffle=draw(st.booleans())))

@@ -9,10 +9,9 @@ import json
 import numpy as np
 import pytest
 
-from crossnn import backends
 from crossnn.bench.flops import training_flops
-from crossnn.bench.isolate import in_child, merge, peaks_of
-from crossnn.bench.runner import BenchResult, Row
+from crossnn.bench.isolate import in_child, merge
+from crossnn.bench.runner import BenchResult, Row, mark_busy
 from crossnn.bench.machine import median_iqr
 from crossnn.bench.select import Offer, Skipped, Target, select
 from crossnn.bench.suites import fcn_r_experiment
@@ -145,10 +144,12 @@ def test_quick_bench_and_report_on_numpy(tmp_path, capsys):
     assert lowered["repeats"] == 5 and lowered["seconds_per_step"] > 0 and 0 < lowered["ratio_to_tutorial"] < 5
     assert lowered["gflops"] == pytest.approx(lowered["flops_per_step"] / lowered["seconds_per_step"] / 1e9)
     assert doc["peaks"]["cpu float32"] > 1.0 and doc["machine"]["logical_cores"] >= 1
-    # numpy was timed in a process of its own; every installed framework's peak was measured anyway
+    # numpy was timed in a process of its own, its peak measured in turn with every case
     assert doc["settings"]["isolated"] is True
-    assert set(doc["peak_sources"]["cpu float32"]) == set(backends.available())
-    assert lowered["percent_of_peak"] == pytest.approx(100 * lowered["gflops"] / doc["peaks"]["cpu float32"])
+    assert set(doc["peak_sources"]["cpu float32"]) == {"numpy"}
+    # the share is of the peak measured in turn with the row, which the peak table's best includes
+    assert lowered["percent_of_peak"] == pytest.approx(100 * lowered["gflops"] / lowered["peak_gflops"])
+    assert lowered["peak_gflops"] <= doc["peaks"]["cpu float32"] and lowered["own_peak_gflops"] > 1.0
 
     assert main(["report", "linear-2x3", "--backends", "numpy", "--bench", str(bench_json), "--name", "t",
                  "--out", str(tmp_path / "reports")]) == 0
@@ -178,25 +179,31 @@ def _row(backend, gflops, own):
                percent_of_own_peak=100 * gflops / own)
 
 
-def test_merge_takes_the_best_peak_of_every_process_and_redoes_each_rows_share():
+def test_merge_takes_the_best_peak_of_every_process_for_the_table_and_keeps_each_rows_in_turn_share():
     a = BenchResult(machine={}, runtimes={"a": {}}, peaks={"cpu float32": 200.0},
                     peak_sources={"cpu float32": {"numpy": 190.0, "a": 200.0}}, rows=[_row("a", 150.0, 200.0)])
     b = BenchResult(machine={}, runtimes={"b": {}}, peaks={"cpu float32": 210.0},
                     peak_sources={"cpu float32": {"numpy": 210.0, "b": 100.0}}, rows=[_row("b", 90.0, 100.0)])
-    merged = merge([a, b], {"c": {"cpu float32": {"c": 400.0}}})
-    assert merged.peak_sources == {"cpu float32": {"numpy": 210.0, "a": 200.0, "b": 100.0, "c": 400.0}}
-    assert merged.peaks == {"cpu float32": 400.0}
-    assert [(r.backend, r.percent_of_peak, r.percent_of_own_peak) for r in merged.rows] == [("a", 37.5, 75.0),
-                                                                                         ("b", 22.5, 90.0)]
+    merged = merge([a, b])
+    assert merged.peak_sources == {"cpu float32": {"numpy": 210.0, "a": 200.0, "b": 100.0}}
+    assert merged.peaks == {"cpu float32": 210.0}
+    # the best peak was measured in another process at another moment: no row's share is of it
+    assert [(r.backend, r.percent_of_peak, r.percent_of_own_peak) for r in merged.rows] == [("a", 75.0, 75.0),
+                                                                                         ("b", 90.0, 90.0)]
     assert set(merged.runtimes) == {"a", "b"}
 
 
 def test_a_child_process_reports_progress_and_its_error_as_one_line():
+    from crossnn.bench.runner import run_in_process
+    from crossnn.bench.suites import cases_for
+
     said = []
-    outcome = in_child(peaks_of, ("numpy", ["cpu"], ["float64"]), {}, said.append, None)
-    assert set(outcome) == {"cpu float64"} and outcome["cpu float64"]["numpy"] > 0
-    assert any("matmul peak float64" in line for line in said)
-    outcome = in_child(peaks_of, ("no-such-backend", ["cpu"], ["float64"]), {}, said.append, None)
+    job = (cases_for(["linear-2x3"], quick=True), ["numpy"], ["cpu"], ["float64"])
+    options = dict(quick=True, repeats=2, min_repeat_seconds=0.01, peak_matrix=64)
+    outcome = in_child(run_in_process, job, options, said.append, None)
+    assert isinstance(outcome, BenchResult) and {r.mode for r in outcome.rows} == {"tutorial", "default"}
+    assert any("numpy cpu default" in line and "us/step" in line for line in said)
+    outcome = in_child(run_in_process, (job[0], ["no-such-backend"], *job[2:]), options, said.append, None)
     assert outcome.startswith("the benchmark process raised") and "no-such-backend" in outcome
 
 
@@ -226,10 +233,12 @@ def test_rows_timed_on_a_busy_machine_are_flagged():
     from crossnn.bench.report_table import bench_table
 
     quiet, busy = _row("a", 1.0, 2.0), dataclasses.replace(_row("b", 1.0, 2.0), iqr_seconds=0.5)
+    mark_busy([quiet, busy])
     machine = {"cpu": "test cpu", "logical_cores": 2, "memory_gib": 1.0, "gpus": []}
     text = bench_table(BenchResult(machine=machine, runtimes={}, peaks={"cpu float32": 2.0}, peak_sources={},
                                    rows=[quiet, busy]))
     rows = {line.split()[1]: line for line in text.splitlines() if line.startswith("s/c ")}
-    assert "500,000.0 !" in rows["b"] and "!" not in rows["a"]
-    assert "! 1 row(s) with an IQR above 25% of the median" in text
+    assert "1,000,000.0 !" in rows["b"] and "!" not in rows["a"]
+    assert busy.busy == ["IQR: 50% of the median (bound 25%)"] and quiet.busy == []
+    assert "! 1 row(s) timed while the machine was busy, marked by IQR (1 row)" in text
     assert "x tutorial '-': no hand-written loop to compare with for s/c (a), s/c (b)" in text  # mode "m" only

@@ -93,9 +93,9 @@ BAD_INPUTS = [
     ("momentum out of range", _edit(CIRCLE, "momentum = 0.8", "momentum = 1.5"), [],
      "optimizer.momentum: must be in [0, 1), got 1.5"),
     ("adam without eps", _edit(TWO_TOWER, "eps = 1e-08\n", ""), [],
-     "optimizer: missing key 'eps' for optimizer 'adam'"),
+     "optimizer.eps: missing (torch uses 1e-8, keras 1e-7; write it, or set defaults = \"torch\" or \"keras\""),
     ("activation needing a parameter", _edit(CIRCLE, 'activation = "sigmoid"', 'activation = "leaky_relu"'), [],
-     "model.layers[0].activation: activation 'leaky_relu' needs negative_slope"),
+     "model.layers[0].activation.negative_slope: missing (torch uses 0.01, keras 0.2; write { type = \"leaky_relu\""),
     ("sparse labels out of range", _sparse_out_of_range, [], "data.y: class indices must lie in [0, 2]"),
     ("duplicate layer names", _edit(CIRCLE, 'name = "fc2"', 'name = "fc1"'), [], "duplicate layer name 'fc1'"),
     ("zero batch size", _edit(CIRCLE, "batch_size = 100", "batch_size = 0"), [], "train.batch_size: must be > 0"),
@@ -109,6 +109,11 @@ BAD_INPUTS = [
     ("negative tolerance", LINEAR, ["--atol", "-1"], "--atol: must be a finite number >= 0, got -1.0"),
     ("unknown device", LINEAR, ["--device", "tpu"], "--device: unknown device 'tpu'; use cpu or cuda[:N]"),
     ("csv with a header line", _csv_with_header, [], "(if the first line holds column names, set header = true)"),
+    ("zero threads", LINEAR, ["--threads", "0"], "--threads: must be an integer >= 1, got 0"),
+    ("a mode no backend has", LINEAR, ["--backends", "numpy", "--mode", "warp"],
+     "--mode: no chosen backend has mode 'warp'; their modes: default"),
+    ("a named backend without a listed mode", LINEAR, ["--backends", "numpy,torch", "--mode", "eager"],
+     "--mode: backend 'numpy' has none of the modes eager; its modes: default"),
     ("metric that does not apply", _edit(LINEAR, "metrics = []", 'metrics = ["accuracy"]'), [],
      "train.metrics: accuracy needs a classification loss (bce, bce_logits or cross_entropy), not mse"),
 ]
@@ -205,7 +210,7 @@ def test_list_shows_backends_and_examples():
     done = _cli("list")
     assert done.returncode == 0
     assert "numpy" in done.stdout and "reference" in done.stdout
-    assert "examples: adder, circle, digits, line, linear-2x3, two-tower" in done.stdout
+    assert f"examples: {', '.join(examples.names())}" in done.stdout and "adder, circle, digits" in done.stdout
 
 
 def test_a_broken_plugin_is_listed_unavailable_and_the_rest_work(tmp_path):
@@ -249,7 +254,7 @@ def test_several_specs_and_the_seed_suite(tmp_path, capsys):
     assert [d["experiment"]["name"] for d in documents] == ["linear-2x3", "line"]
     from crossnn.cli import SUITES
 
-    assert set(SUITES["seeds"]) == set(examples.names()) - {"digits"}
+    assert set(SUITES["seeds"]) == {"adder", "line", "linear-2x3", "two-tower", "circle"} <= set(examples.names())
 
 
 def test_large_parameters_print_shortened(tmp_path, capsys):
@@ -547,3 +552,80 @@ def test_file_options_refuse_a_folder_name_and_checkpoint_pairs_are_checked_firs
     assert "names a folder; give a file name" in capsys.readouterr().err and not (tmp_path / "newdir").exists()
     assert main(["run", "adder", "--save", str(tmp_path / "x.npz")]) == 2
     assert "--stop-after and --save go together" in capsys.readouterr().err
+
+
+def test_export_finds_a_relative_data_path_beside_the_spec_not_the_checkpoint(tmp_path, monkeypatch, capsys):
+    """A spec reading data.csv beside it, run from its parent folder with a relative spec path, saved to a
+    checkpoint in another folder and exported from a third working directory: the checkpoint's spec reads
+    its data where the spec was (it used to look beside the checkpoint and fail with exit 2)."""
+    pytest.importorskip("torch")
+    from crossnn.checkpoint import load_checkpoint
+
+    specs, checkpoints, elsewhere = tmp_path / "specs", tmp_path / "checkpoints", tmp_path / "elsewhere"
+    for folder in (specs, checkpoints, elsewhere):
+        folder.mkdir()
+    (specs / "data.csv").write_text("1,2,3,10\n4,5,6,20\n")
+    text = _edit(LINEAR, 'x = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]\ny = [[10.0], [20.0]]', 'path = "data.csv"')
+    # a schedule: the exported optimizer's learning rate depends on the step count per epoch, so on the data
+    (specs / "lin.toml").write_text(_edit(text, "lr = 0.01", 'lr = 0.01\nschedule = { type = "step", unit = "epoch", '
+                                                             'step_size = 10, gamma = 0.5 }'))
+    monkeypatch.chdir(tmp_path)
+    saved = checkpoints / "ck.npz"
+    assert main(["run", "specs/lin.toml", "--backends", "numpy", "--stop-after", "40", "--save", str(saved),
+                 "--quiet"]) == 0
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert main(["export", str(saved), "--backend", "torch", "--out", "state.pt"]) == 0, capsys.readouterr().err
+    assert main(["import", "state.pt", "--backend", "torch", "--spec", str(specs / "lin.toml"),
+                 "--out", "back.npz"]) == 0
+    (_, want), (_, got) = load_checkpoint(saved), load_checkpoint(elsewhere / "back.npz")
+    assert got.step == 40 and all(np.array_equal(got.params[k], want.params[k]) for k in want.params)
+    import torch
+
+    lr = torch.load(elsewhere / "state.pt", weights_only=False)["optimizer"]["param_groups"][0]["lr"]
+    assert lr == 0.01 * 0.5 ** 4  # after 40 steps of one-batch epochs: four halvings
+
+
+def test_mode_takes_a_list_and_says_which_backend_ran_which(capsys):
+    """Each backend runs the listed modes it has (it used to take one mode, and a backend without it ran
+    its default unannounced)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("tensorflow")
+    code = main(["run", "linear-2x3", "--backends", "torch,tensorflow", "--mode", "eager,xla", "--quiet",
+                 "--json", "-"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    labels = [run["label"] for run in json.loads(captured.out)["runs"]]
+    assert labels == ["numpy float64 cpu default", "torch float64 cpu eager", "tensorflow float64 cpu eager",
+                      "tensorflow float64 cpu xla"]
+    assert "crossnn: --mode eager,xla: torch runs eager; tensorflow runs eager, xla" in captured.err.splitlines()
+
+
+def test_unnamed_backends_without_a_listed_mode_are_left_out_with_a_line(capsys):
+    pytest.importorskip("torch")
+    assert main(["run", "linear-2x3", "--mode", "xp", "--quiet", "--json", "-"]) == 0
+    captured = capsys.readouterr()
+    labels = [run["label"] for run in json.loads(captured.out)["runs"]]
+    assert labels == ["numpy float64 cpu default", "torch float64 cpu xp"]  # the reference runs in any case
+    err = captured.err.splitlines()
+    assert "crossnn: backend 'numpy' left out: --mode names none of its modes (default)" in err
+    assert "crossnn: --mode xp: torch runs xp" in err
+
+
+def test_threads_set_every_framework_and_the_json_records_them(capsys, restore_threads):
+    import torch
+    from crossnn_numpy.device import blas_threads
+
+    assert main(["run", "linear-2x3", "--backends", "numpy,torch", "--threads", "3", "--quiet", "--json", "-"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["threads"] == 3 and [run["threads"] for run in document["runs"]] == [3, 3]
+    assert torch.get_num_threads() == 3 and blas_threads() == 3
+
+
+def test_threads_reach_tensorflow():
+    """TensorFlow takes its thread count before its first op: in a fresh process, as the command runs."""
+    pytest.importorskip("tensorflow")
+    done = _cli("run", "linear-2x3", "--backends", "tensorflow", "--threads", "3", "--quiet", "--json", "-")
+    assert done.returncode == 0, done.stderr[-2000:]
+    reference, tensorflow = json.loads(done.stdout)["runs"]
+    assert tensorflow["threads"] == 3 and "intra-op 3, inter-op 1 threads" in tensorflow["description"]

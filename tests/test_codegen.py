@@ -34,16 +34,40 @@ FEATURES = S.Experiment(
                         clip_norm=1.0, schedule=S.StepDecay(unit="epoch", step_size=2, gamma=0.5)),
     train=S.Train(epochs=6, batch_size=6, shuffle=True))
 
+HE = dict(kernel_init=S.HeUniform(), bias_init=S.Normal(mean=0.0, stddev=0.1))
+CNN = S.Experiment(
+    name="cnn", seed=2, data=S.Textures(n=24, size=6, channels=2, classes=3),
+    model=S.Model(inputs=[6, 6, 2], layers=(
+        S.Conv2D(name="c1", filters=3, kernel_size=3, strides=2, padding="same", activation=S.ReLU(), **HE),
+        S.MaxPool2D(name="mp", pool_size=2, strides=1, padding="same"),
+        S.AvgPool2D(name="ap", pool_size=[2, 1], strides=1, padding="same", count_padding=False),
+        S.Dropout(name="drop", rate=0.25),
+        S.Conv2D(name="c2", filters=2, kernel_size=[2, 3], padding="valid", dilation=[2, 1], **HE),
+        S.Flatten(name="flat"),
+        S.Dense(name="out", units=3, kernel_init=S.GlorotUniform(), bias_init=S.Zeros()))),
+    loss=S.CrossEntropy(from_logits=True, sparse=True), optimizer=S.Adam(lr=0.01, eps=1e-8),
+    train=S.Train(epochs=3, batch_size=8, shuffle=True))
+
+
+def _short(experiment, *, epochs, n=None):
+    """An example cut to a few steps (and, with n, fewer generated samples) to keep scripts quick."""
+    data = dataclasses.replace(experiment.data, n=n) if n is not None else experiment.data
+    return dataclasses.replace(experiment, data=data, train=dataclasses.replace(experiment.train, epochs=epochs))
+
+
 SPECS = {"linear-2x3": crossnn.example("linear-2x3"), "two-tower": crossnn.example("two-tower"),
          "line": crossnn.example("line"), "adder-short": dataclasses.replace(
              crossnn.example("adder"), train=S.Train(epochs=5, batch_size=1)),
          "circle-50": dataclasses.replace(crossnn.example("circle"), train=S.Train(epochs=50, batch_size=100)),
-         "features": FEATURES}
+         "features": FEATURES, "cnn": CNN,
+         "resnet-short": _short(crossnn.example("resnet-mini"), n=48, epochs=1),
+         "digits-bn-short": _short(crossnn.example("digits-bn"), epochs=1),
+         "token-sums-short": _short(crossnn.example("token-sums"), n=60, epochs=2)}
 
 
 def _script_params(backend_name: str, experiment) -> dict:
     code = backends.get(backend_name).script(experiment, initial_parameters(experiment), load_dataset(experiment))
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-"], input=code, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -32,6 +32,44 @@ def _experiment(name, *, hidden=S.Tanh(), extra=(), out_act=S.Linear(), loss=S.M
                         model=S.Model(inputs=3, layers=layers), loss=loss, optimizer=optimizer, train=train)
 
 
+IMAGES = RNG.standard_normal((24, 6, 6, 2))
+HE = dict(kernel_init=S.HeUniform(), bias_init=S.Normal(mean=0.0, stddev=0.1))
+
+
+def _conv(name, filters=3, **kw):
+    return S.Conv2D(name=name, filters=filters, **{"kernel_size": 3, "padding": "same", "activation": S.Tanh(),
+                                                   **HE, **kw})
+
+
+def _image_experiment(name, *layers, head=(S.Flatten(name="flat"),), optimizer=S.Adam(lr=0.01, eps=1e-8)):
+    """A small CNN on 6x6x2 images: the layers under test, then `head` and a dense output."""
+    data = S.InlineData(x=IMAGES.tolist(), y=RNG.standard_normal((24, 2)).tolist())
+    return S.Experiment(name=name, seed=5, data=data,
+                        model=S.Model(inputs=[6, 6, 2], layers=(*layers, *head, S.Dense(name="out", units=2, **Z))),
+                        loss=S.MSE(), optimizer=optimizer, train=S.Train(epochs=2, batch_size=8, shuffle=True))
+
+
+SEQUENCES = RNG.standard_normal((24, 5, 3))
+IDS = RNG.integers(0, 7, size=(24, 5)).astype(float)
+RECURRENT = dict(kernel_init=S.GlorotUniform(), recurrent_init=S.Orthogonal(), bias_init=S.Normal(mean=0.0,
+                                                                                                 stddev=0.1))
+
+
+def _bn(name, **kw):
+    return S.BatchNorm(name=name, **{"momentum": 0.9, "epsilon": 1e-3, "running_variance": "unbiased",
+                                     "gamma_init": S.Uniform(low=0.5, high=1.5), "beta_init": S.Normal(mean=0.0,
+                                                                                                      stddev=0.1),
+                                     **kw})
+
+
+def _sequence_experiment(name, *layers, x=SEQUENCES, optimizer=S.Adam(lr=0.01, eps=1e-8)):
+    """A small model on (5, 3) sequences (or 5 ids): the layers under test, then a dense output."""
+    data = S.InlineData(x=x.tolist(), y=RNG.standard_normal((24, 2)).tolist())
+    return S.Experiment(name=name, seed=6, data=data,
+                        model=S.Model(inputs=list(x.shape[1:]), layers=(*layers, S.Dense(name="out", units=2, **Z))),
+                        loss=S.MSE(), optimizer=optimizer, train=S.Train(epochs=2, batch_size=8, shuffle=True))
+
+
 LABELS = RNG.integers(0, 3, size=24)
 ONE_HOT = np.eye(3)[LABELS]
 BINARY = (RNG.uniform(size=(24, 1)) > 0.5).astype(float)
@@ -54,6 +92,55 @@ FEATURES = {
                                         S.Dropout(name="drop", rate=0.25),
                                         S.Dense(name="o", units=1, **Z))),
         loss=S.MSE(), optimizer=S.Adam(lr=0.01, eps=1e-8), train=S.Train(epochs=4, batch_size=4)),
+    # convolution and pooling (channels last; geometry by TF's rule)
+    "conv2d same stride 2 on an even input": _image_experiment("cs", _conv("c", strides=2)),
+    "conv2d valid dilation 2 stride 1x2": _image_experiment("cv", _conv("c", padding="valid", dilation=2,
+                                                                        strides=[1, 2])),
+    "conv2d 2x3 kernel no bias relu": _image_experiment("ck", _conv("c", kernel_size=[2, 3], use_bias=False,
+                                                                    activation=S.ReLU(), strides=[2, 1])),
+    "max_pool2d same 3x3 stride 2": _image_experiment("mp", _conv("c"), S.MaxPool2D(name="p", pool_size=3,
+                                                                                   strides=2, padding="same")),
+    "avg_pool2d same counting padding": _image_experiment(
+        "ap", _conv("c"), S.AvgPool2D(name="p", pool_size=[2, 3], padding="same", count_padding=True)),
+    "avg_pool2d same not counting padding": _image_experiment(
+        "an", _conv("c"), S.AvgPool2D(name="p", pool_size=[2, 3], strides=1, padding="same", count_padding=False)),
+    "global_avg_pool2d": _image_experiment("g", _conv("c"), head=(S.GlobalAvgPool2D(name="gap"),)),
+    "residual add and dropout on images": _image_experiment(
+        "ra", _conv("c1"), _conv("c2", activation=S.Linear()), S.Add(name="sum", inputs=("c1", "c2")),
+        S.Dropout(name="drop", rate=0.3), optimizer=S.SGD(lr=0.05, momentum=0.9)),
+    "concatenate channels": _image_experiment(
+        "cc", _conv("c1", inputs=("input",)), _conv("c2", filters=2, strides=1, inputs=("input",)),
+        S.Concatenate(name="join", axis=-1, inputs=("c1", "c2")), S.MaxPool2D(name="p", pool_size=2)),
+    "reshape and dense on the last axis": _image_experiment(
+        "rd", _conv("c", strides=2), S.Reshape(name="rows", shape=[3, 9]),
+        S.Dense(name="per_row", units=4, activation=S.Softmax(), **Z)),
+    # normalization (state: the moving statistics are compared like parameters)
+    "batch_norm, Keras' momentum and biased variance": _experiment("bk", extra=(_bn(
+        "bn", momentum=0.99, running_variance="biased"),)),
+    "batch_norm, PyTorch's momentum, unbiased, no center": _experiment("bt", extra=(_bn("bn", center=False),)),
+    "batch_norm on images, no scale": _image_experiment("bi", _conv("c", activation=S.Linear(), use_bias=False),
+                                                        _bn("bn", scale=False)),
+    "layer_norm": _experiment("ln", extra=(S.LayerNorm(name="ln", epsilon=1e-5, gamma_init=S.Uniform(low=0.5,
+                                                                                                     high=1.5)),)),
+    "layer_norm on images": _image_experiment("li", _conv("c"), S.LayerNorm(name="ln", epsilon=1e-3, center=False)),
+    # sequences
+    "embedding": _sequence_experiment("em", S.Embedding(name="emb", input_dim=7, output_dim=4,
+                                                        embeddings_init=S.Normal(mean=0.0, stddev=1.0)),
+                                      S.Flatten(name="flat"), x=IDS),
+    "simple_rnn": _sequence_experiment("sr", S.SimpleRNN(name="rnn", units=4, **RECURRENT)),
+    "lstm sequences unit_forget_bias": _sequence_experiment(
+        "ls", S.LSTM(name="lstm", units=3, return_sequences=True, unit_forget_bias=True, **RECURRENT),
+        S.Flatten(name="flat")),
+    "lstm relu activation": _sequence_experiment("lr", S.LSTM(name="lstm", units=3, activation=S.ReLU(),
+                                                              unit_forget_bias=False, **RECURRENT),
+                                                 optimizer=S.SGD(lr=0.05, momentum=0.9)),
+    "gru reset_after": _sequence_experiment("ga", S.GRU(name="gru", units=4, reset_after=True, **RECURRENT)),
+    "gru reset before, sequences": _sequence_experiment(
+        "gb", S.GRU(name="gru", units=3, reset_after=False, return_sequences=True, **RECURRENT),
+        S.Flatten(name="flat")),
+    "embedding, gru, dense on ids": _sequence_experiment(
+        "eg", S.Embedding(name="emb", input_dim=7, output_dim=3, embeddings_init=S.Uniform(low=-0.05, high=0.05)),
+        S.GRU(name="gru", units=4, reset_after=True, **RECURRENT), x=IDS),
     # losses
     "loss mae": _experiment("m", loss=S.MAE()),
     "loss huber": _experiment("h", loss=S.Huber(delta=0.5)),

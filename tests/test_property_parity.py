@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from crossnn import backends
 from crossnn.harness import RunSpec, train
 from crossnn.parity import compare
-from tests.strategies import OPTIMIZER_KINDS, TASKS, trainable_experiments
+from tests.strategies import OPTIMIZER_KINDS, TASKS, trainable_conv_experiments, trainable_experiments
 
 
 @pytest.mark.parametrize("kind", OPTIMIZER_KINDS)
@@ -35,6 +35,30 @@ def test_all_backends_agree_in_float64(request, task, kind):
         for record in result.records:
             parity = compare(result.reference, record)
             assert parity.passed, (f"{task} / {kind}: {parity.label}: {parity.note or ''} max rel "
+                                   f"{parity.max_rel:.2e} at step {parity.first_fail_step}")
+
+    check()
+
+
+def test_all_backends_agree_on_convolutional_specs(request):
+    """Conv2D with kernels 1-5, strides 1-3, dilations 1-2, 'same' and 'valid', odd and even input
+    sizes, max and avg pooling with and without count_padding: every installed backend agrees with
+    the reference at every step. A third as many examples as --parity-examples (at least 20)."""
+    names = [name for name in backends.available() if not backends.get(name).reference]
+    if not names:
+        pytest.skip("no backend besides the NumPy reference is installed")
+
+    @settings(max_examples=max(20, request.config.getoption("--parity-examples") // 3), deadline=None,
+              derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                      HealthCheck.data_too_large])
+    @given(trainable_conv_experiments())
+    def check(experiment):
+        result = train(experiment, [RunSpec(name, "float64") for name in names], snapshot_every=1)
+        assert result.reference.ok, result.reference.message
+        for record in result.records:
+            parity = compare(result.reference, record)
+            layers = ", ".join(f"{layer.kind} {layer.fields_dict()}" for layer in experiment.model.layers[:2])
+            assert parity.passed, (f"{parity.label} on {experiment.model.input_shape}: {layers}: max rel "
                                    f"{parity.max_rel:.2e} at step {parity.first_fail_step}")
 
     check()

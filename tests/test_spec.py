@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -54,7 +56,7 @@ def test_two_tower_graph_and_parameter_counts():
         counts[name.split("/")[0]] = counts.get(name.split("/")[0], 0) + math.prod(p.shape)
     assert counts == {"dense1": 3, "dense2": 6, "dense3": 4}
     assert [n.name for n in model.nodes] == ["dense1", "dense2", "concat", "dense3"]
-    assert model.nodes[2].input_sizes == (1, 2) and model.nodes[2].size == 3
+    assert model.nodes[2].input_shapes == ((1,), (2,)) and model.nodes[2].shape == (3,)
     assert model.parameter_inits()["dense3/kernel"].shape == (3, 1)  # canonical (in, out)
 
 
@@ -86,6 +88,49 @@ def _dense(**kw):
     return S.Dense(**{"units": 1, "kernel_init": S.Zeros(), "bias_init": S.Zeros(), **kw})
 
 
+def _conv(**kw):
+    return S.Conv2D(**{"filters": 2, "kernel_size": 3, "padding": "same", "kernel_init": S.Zeros(),
+                       "bias_init": S.Zeros(), **kw})
+
+
+def _brute_force_window(size, k, s, d, padding):
+    """(out, before, after) by counting: 'valid' = every start i·s whose span fits; 'same' = ceil(n/s)
+    outputs with the least padding that fits them, split with the smaller half first."""
+    span = (k - 1) * d + 1
+    if padding == "valid":
+        return len([i for i in range(size) if i * s + span <= size]), 0, 0
+    out = -(-size // s)
+    total = next(p for p in range(size + span) if (out - 1) * s + span <= size + p)
+    return out, total // 2, total - total // 2
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_window_geometry_matches_counting(padding):
+    from crossnn.spec.layers import window_padding
+
+    for size in range(1, 12):
+        for k in range(1, 6):
+            for s in range(1, 4):
+                for d in (1, 2):
+                    if padding == "valid" and (k - 1) * d + 1 > size:
+                        with pytest.raises(SpecError, match="does not fit"):
+                            window_padding(size, k, s, d, padding)
+                        continue
+                    assert window_padding(size, k, s, d, padding) == _brute_force_window(size, k, s, d, padding)
+
+
+def test_shapes_flow_through_a_cnn_and_conv_fans_count_the_receptive_field():
+    model = S.Model(inputs=[8, 8, 1], layers=(
+        _conv(name="c", filters=8, strides=2), S.MaxPool2D(name="p", pool_size=2, padding="same"),
+        S.AvgPool2D(name="a", pool_size=[2, 1], strides=1, count_padding=True),
+        S.Reshape(name="r", shape=[-1, 8]), S.Flatten(name="f"), _dense(name="o", units=3)))
+    assert [n.shape for n in model.nodes] == [(4, 4, 8), (2, 2, 8), (1, 2, 8), (2, 8), (16,), (3,)]
+    kernel = model.parameter_inits()["c/kernel"]
+    assert kernel.shape == (3, 3, 1, 8) and (kernel.fan_in, kernel.fan_out) == (9, 72)
+    assert model.nodes[1].layer.strides == (2, 2)  # pooling strides default to the pool size, written out
+    assert S.Model(inputs=[2, 3], layers=(_dense(units=4),)).output_shape == (2, 4)  # dense on the last axis
+
+
 @pytest.mark.parametrize("build, fragment", [
     (lambda: _dense(units=0), "units: must be > 0"),
     (lambda: _dense(units=2.5), "units: expected an integer"),
@@ -107,6 +152,29 @@ def _dense(**kw):
     (lambda: S.Concatenate(inputs=("a",)), "takes at least 2 input(s), got 1"),
     (lambda: S.Train(epochs=0, batch_size=1), "epochs: must be > 0"),
     (lambda: S.InlineData(x=[[1.0], [float("nan")]], y=[[1.0], [2.0]]), "x[1][0]: value is nan"),
+    (lambda: S.InlineData(x=[[[1.0], [2.0]], [[1.0]]], y=[[1.0], [2.0]]), "row [1] has 1 values, row [0] has 2"),
+    (lambda: S.Model(inputs=[8, 0, 1], layers=(_dense(),)), "inputs: must be a positive feature count"),
+    (lambda: _conv(kernel_size=[3, 0]), "kernel_size: must be positive, got [3, 0]"),
+    (lambda: _conv(kernel_size=[1, 2, 3]), "kernel_size: expected an integer or a list of two integers"),
+    (lambda: _conv(padding="full"), "padding: expected one of 'valid', 'same'"),
+    (lambda: S.Model(inputs=[4, 4, 1], layers=(_conv(kernel_size=5, padding="valid"),)),
+     "layers[0].inputs: a window spanning 5 does not fit an input of size 4 with padding 'valid'"),
+    (lambda: S.Model(inputs=[4, 4, 1], layers=(_conv(kernel_size=3, dilation=2, padding="valid"),)),
+     "a window spanning 5 does not fit"),
+    (lambda: S.Model(inputs=8, layers=(_conv(),)), "layers[0].inputs: needs an input of rank 3"),
+    (lambda: S.Model(inputs=[4, 4, 2], layers=(S.Reshape(shape=[3, -1]),)), "cannot reshape [4, 4, 2] (32 values)"),
+    (lambda: S.Reshape(shape=[-1, -1]), "shape: takes positive sizes and at most one -1"),
+    (lambda: S.Model(inputs=[4, 4, 2], layers=(_conv(name="a", inputs=("input",)), _conv(name="b", filters=3),
+                                                S.Add(name="s", inputs=("a", "b")))), "need one shape"),
+    (lambda: S.Model(inputs=[4, 4, 2], layers=(_conv(name="a", inputs=("input",)), _conv(name="b"),
+                                                S.Concatenate(name="s", axis=0, inputs=("a", "b")))),
+     "axis: must name a non-batch axis"),
+    (lambda: S.Model(inputs=[4, 4, 2], layers=(_conv(name="a", inputs=("input",)), _conv(name="b", strides=2),
+                                                S.Concatenate(name="s", inputs=("a", "b")))), "differ outside axis -1"),
+    (lambda: S.AvgPool2D.from_fields({"pool_size": 2}), "missing key 'count_padding'"),
+    (lambda: S.InlineData(x=np.array([[1.0], [np.inf]]), y=np.ones((2, 1))), "x[1][0]: value is inf"),
+    (lambda: S.InlineData(x=np.ones(2), y=np.ones(2)), "x: must be a list of rows"),
+    (lambda: S.InlineData(x=np.zeros((0, 3)), y=np.zeros((0, 1))), "x: expected a non-empty list"),
 ])
 def test_invalid_specs_name_the_field(build, fragment):
     with pytest.raises(SpecError) as info:
@@ -266,3 +334,38 @@ def test_npz_and_csv_data_files_load_as_written(tmp_path):
                     .replace("inputs = 3", "inputs = 2").replace("units = 1", "units = 2"))
     data = load_dataset(S.load(spec))
     assert np.array_equal(data.x, x) and np.array_equal(data.y, y)
+
+
+def test_inline_data_takes_numpy_arrays_as_the_same_frozen_spec(tmp_path):
+    """Arrays of any numeric dtype become the nested tuples a file gives: equal, hashable, and the same
+    TOML; the data set trains as the file's does."""
+    x32, y = np.array([[1, 2, 3], [4, 5, 6]], dtype=np.float32), np.array([[10], [20]], dtype=np.int64)
+    from_arrays = S.InlineData(x=x32, y=y)
+    from_lists = S.InlineData(x=[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], y=[[10], [20]])
+    assert from_arrays == from_lists and hash(from_arrays) == hash(from_lists)
+    assert isinstance(from_arrays.x, tuple) and isinstance(from_arrays.x[0][0], float)
+    assert isinstance(from_arrays.y[0][0], int)  # integers stay integers (class indices)
+    linear = crossnn.example("linear-2x3")
+    experiment = dataclasses.replace(linear, data=S.InlineData(x=np.array(linear.data.x), y=np.array(linear.data.y)))
+    assert experiment == linear and S.dumps(experiment) == S.dumps(linear)
+    assert crossnn.run(experiment, backends="numpy").table().endswith("fc/bias (1,): [0.78322055]")
+    # also where inline data comes as a table, as in a file
+    assert S.DataSource.from_value({"x": x32, "y": y}) == from_lists
+
+
+def test_spec_files_are_read_with_tomli_where_tomllib_is_missing():
+    """Python 3.10 has no tomllib; crossnn then reads TOML with tomli (a dependency there). Here tomllib
+    is hidden from a fresh interpreter, which must fall back and read every example the same."""
+    pytest.importorskip("tomli")
+    code = ("import sys; sys.modules['tomllib'] = None\n"
+            "import crossnn\n"
+            "from crossnn import examples, spec\n"
+            "from crossnn.spec import toml\n"
+            "assert toml.tomllib.__name__ == 'tomli', toml.tomllib\n"
+            "for name in examples.names():\n"
+            "    text = examples.path(name).read_text()\n"
+            "    assert spec.dumps(spec.loads(text)) == text, name\n"
+            "try:\n    spec.loads('name = [')\nexcept crossnn.SpecError as err:\n    print(err)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("not valid TOML:")

@@ -276,11 +276,11 @@ def test_probability_losses_match_numpy(case):
 
 def test_activation_formulas_where_tf_ops_differ():
     """softplus: gradient sigmoid(z), 1/2 at z = 0; leaky_relu: the float64 slope, not float32(0.01)."""
-    from crossnn_tensorflow import layers
+    from crossnn_tensorflow import ops
 
     z = tf.constant([-40.0, -3.0, 0.0, 2.5, 40.0], tf.float64)
-    softplus = layers.activation(S.Softplus())
-    leaky = layers.activation(S.LeakyReLU(negative_slope=0.01))
+    softplus = ops.activation(S.Softplus())
+    leaky = ops.activation(S.LeakyReLU(negative_slope=0.01))
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(z)
         a, b = softplus(z), leaky(z)
@@ -550,9 +550,10 @@ def _tf_predict(exp, params, x):
     return trainer.predict(x)
 
 
-def test_tutorial_loop_adam_differs_by_keras_epsilon():
-    """adder (Adam, eps 1e-7, batch 1), 500 steps: Keras adds epsilon to the uncorrected √v, so the
-    tutorial loop ends close to crossnn's parameters but not on them."""
+def test_tutorial_loop_adam_is_the_specs():
+    """adder (Adam, eps 1e-7, batch 1), 500 steps: the tutorial's Adam is the spec's formula written
+    as a Keras optimizer (keras.optimizers.Adam would add epsilon to the uncorrected √v), so the loop
+    ends on crossnn's parameters up to rounding."""
     exp = _experiment("adder")
     exp = dataclasses.replace(exp, train=dataclasses.replace(exp.train, epochs=5))
     result = train(exp, [RunSpec("tensorflow", "float64", "cpu", "graph")])
@@ -561,8 +562,8 @@ def test_tutorial_loop_adam_differs_by_keras_epsilon():
     losses = trainer.run(plan.batches(0, plan.steps))
     rel = _max_rel(trainer.parameters(), result.records[0].final_params)
     print(f"adder (500 steps) float64: Keras tutorial loop vs crossnn TF, max rel {rel:.3g}")
-    assert 1e-12 < rel < 1e-6
-    np.testing.assert_allclose(losses, result.records[0].losses, rtol=1e-5, atol=1e-8)
+    assert rel <= 1e-12
+    np.testing.assert_allclose(losses, result.records[0].losses, rtol=1e-11, atol=1e-14)
 
 
 def test_tutorial_loop_eager_feed_is_the_same_training():
@@ -670,3 +671,213 @@ def test_gpu_float64_parity():
     exp = _experiment("two-tower")
     result = train(exp, [RunSpec("tensorflow", "float64", "gpu", "graph")])
     assert compare(result.reference, result.records[0]).passed
+
+
+# ---- convolutional networks ----------------------------------------------------------------------
+
+_CNN_RNG = np.random.default_rng(21)
+CNN_X = _CNN_RNG.uniform(size=(40, 8, 8, 2)).round(3)
+CNN_LABELS = _CNN_RNG.integers(0, 4, size=40)
+HE = {"kernel_init": S.HeUniform(), "bias_init": S.Uniform(low=-0.1, high=0.1)}
+
+
+def _cnn_spec(layers, optimizer, *, inputs=(8, 8, 2), x=CNN_X, y=CNN_LABELS, loss=None, epochs=3, batch=16,
+              shuffle=False, name="cnn"):
+    """40 images (8x8x2 by default) in batches of 16, 16 and 8."""
+    loss = loss or S.CrossEntropy(from_logits=False, sparse=True, log_min=-100.0)
+    return S.Experiment(name=name, seed=6, data=S.InlineData(x=np.asarray(x).tolist(), y=np.asarray(y).tolist()),
+                        model=S.Model(inputs=list(inputs), layers=tuple(layers)), loss=loss, optimizer=optimizer,
+                        train=S.Train(epochs=epochs, batch_size=batch, shuffle=shuffle))
+
+
+#: the Keras twin of crossnn's acceptance CNN: 'same' at stride 2 on an even input (TF's rule: the
+#: extra padding row and column after), 'valid', and both poolings with uneven 'same' padding
+KERAS_CNN = [S.Conv2D(name="c1", filters=4, kernel_size=3, strides=2, padding="same", activation=S.ReLU(), **HE),
+             S.Conv2D(name="c2", filters=6, kernel_size=2, padding="valid", activation=S.Tanh(), **HE),
+             S.MaxPool2D(name="mp", pool_size=2, strides=1, padding="same"),
+             S.AvgPool2D(name="ap", pool_size=2, strides=2, padding="same", count_padding=False),
+             S.Flatten(name="flat"), S.Dense(name="out", units=4, activation=S.Softmax(), **_INIT)]
+
+
+def test_keras_fit_cnn_matches_crossnn(float64_keras):
+    """The acceptance oracle: a keras.Sequential CNN (Conv2D 'same' at stride 2 on an 8x8 input,
+    Conv2D 'valid', MaxPooling2D and AveragePooling2D with uneven 'same' padding, Flatten, Dense
+    softmax), fed crossnn's initial parameters, compiled with plain SGD (the spec's formula: w - lr g)
+    and SparseCategoricalCrossentropy, trained with fit(shuffle=False) on the same batches: crossnn's
+    TensorFlow lowering in every mode, and the NumPy reference, end within 1e-9 of it in float64.
+    Keras' loss sees the softmax's logits, the spec takes log p: the same loss up to rounding."""
+    exp = _cnn_spec(KERAS_CNN, S.SGD(lr=0.2))
+    params = initial_parameters(exp)
+    keras_layers = [keras.layers.Conv2D(4, 3, strides=2, padding="same", activation="relu", name="c1"),
+                    keras.layers.Conv2D(6, 2, padding="valid", activation="tanh", name="c2"),
+                    keras.layers.MaxPooling2D(2, strides=1, padding="same"),
+                    keras.layers.AveragePooling2D(2, strides=2, padding="same"),
+                    keras.layers.Flatten(), keras.layers.Dense(4, activation="softmax", name="out")]
+    model = keras.Sequential([keras.Input(shape=(8, 8, 2))] + keras_layers)
+    for name in ("c1", "c2", "out"):
+        model.get_layer(name).set_weights([params[f"{name}/kernel"], params[f"{name}/bias"]])
+    # jit_compile=False: what Keras picks on a CPU-only machine ("auto"), said outright
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.2), loss=keras.losses.SparseCategoricalCrossentropy(),
+                  jit_compile=False)
+    history = model.fit(CNN_X, CNN_LABELS, batch_size=16, epochs=3, shuffle=False, verbose=0)
+    want = {f"{name}/{p}": w for name in ("c1", "c2", "out")
+            for p, w in zip(("kernel", "bias"), model.get_layer(name).get_weights())}
+    assert _max_rel(want, params) > 1e-2  # it trained
+
+    result = train(exp, [RunSpec("tensorflow", "float64", "cpu", mode) for mode in MODES])
+    for record in [result.reference, *result.records]:
+        assert record.ok, record.message
+        rel = _max_rel(record.final_params, want)
+        print(f"keras fit vs crossnn {record.spec.label}: max rel {rel:.2e}")
+        assert rel <= 1e-9, (record.spec.label, rel)
+        # Keras reports each epoch's loss as the sample-weighted mean of its batch losses (16, 16, 8)
+        per_epoch = (record.losses.reshape(3, 3) @ np.array([16, 16, 8])) / 40
+        np.testing.assert_allclose(history.history["loss"], per_epoch, rtol=1e-10)
+
+
+#: the TF lowering's own branches: a dilated convolution at stride 2 (TF's CPU kernels have no
+#: backward for it), max pooling with uneven 'same' padding (rewritten under XLA), average pooling
+#: counting uneven padding (explicit zeros), dropout on images, concatenation along the width,
+#: dense on the last axis of an image and softmax over its channels
+BRANCHES = {
+    "dilated conv stride 2 same": [
+        S.Conv2D(name="c", filters=3, kernel_size=3, strides=2, dilation=2, padding="same", activation=S.Tanh(), **HE),
+        S.Flatten(name="f"), S.Dense(name="out", units=4, activation=S.Softmax(), **_INIT)],
+    "dilated conv stride 2x1 valid": [
+        S.Conv2D(name="c", filters=3, kernel_size=[2, 3], strides=[2, 1], dilation=[2, 1], padding="valid",
+                 activation=S.ReLU(), **HE),
+        S.GlobalAvgPool2D(name="g"), S.Dense(name="out", units=4, activation=S.Softmax(), **_INIT)],
+    "pools with uneven padding": [
+        S.Conv2D(name="c", filters=3, kernel_size=2, padding="same", activation=S.Linear(), **HE),
+        S.MaxPool2D(name="mp", pool_size=3, strides=2, padding="same"),
+        S.AvgPool2D(name="ap", pool_size=2, strides=1, padding="same", count_padding=True),
+        S.Flatten(name="f"), S.Dense(name="out", units=4, activation=S.Softmax(), **_INIT)],
+    "dropout, width concat, dense per pixel": [
+        S.Conv2D(name="a", filters=2, kernel_size=3, padding="same", activation=S.Tanh(), inputs=("input",), **HE),
+        S.Conv2D(name="b", filters=2, kernel_size=1, padding="same", inputs=("input",), **HE),
+        S.Concatenate(name="join", axis=2, inputs=("a", "b")), S.Dropout(name="drop", rate=0.3),
+        S.Dense(name="pixel", units=3, activation=S.Softmax(), **_INIT),
+        S.Reshape(name="rows", shape=[8, 48]), S.Dense(name="row", units=2, activation=S.ReLU(), **_INIT),
+        S.Flatten(name="f"), S.Dense(name="out", units=4, activation=S.Softmax(), **_INIT)],
+}
+
+
+@pytest.mark.parametrize("case", sorted(BRANCHES))
+def test_cnn_branches_match_numpy_in_every_mode(case):
+    exp = _cnn_spec(BRANCHES[case], S.Adam(lr=0.01, eps=1e-8), epochs=2, shuffle=True)
+    result = train(exp, [RunSpec("tensorflow", "float64", "cpu", mode) for mode in MODES], snapshot_every=1)
+    for record in result.records:
+        assert record.ok, record.message
+        parity = compare(result.reference, record)
+        assert parity.passed and parity.max_rel <= FLOAT64_RTOL, (record.spec.label, parity.max_rel)
+        np.testing.assert_allclose(record.losses, result.reference.losses, rtol=1e-10)
+
+
+def _window_op(layer, input_shape):
+    """The TF and NumPy registry entries of one parameterless window layer on `input_shape`."""
+    import crossnn_numpy.ops
+    from crossnn_numpy import xp
+    from crossnn_tensorflow import ops
+
+    node = S.Model(inputs=list(input_shape), layers=(layer,)).nodes[0]
+    return ops.layer(node, {}), crossnn_numpy.ops.layer(node, xp.numpy)
+
+
+@pytest.mark.parametrize("size, pool, stride", [(8, 3, 2), (7, 3, 2), (5, 2, 2), (6, 3, 1), (6, 2, 2)])
+def test_max_pool_ties_send_the_gradient_to_the_first_maximum(size, pool, stride):
+    """On 0/1 images (ties everywhere), eagerly, in a tf.function and under XLA (where the entry
+    rewrites the pool): the output and the input gradient equal the NumPy reference's exactly, i.e.
+    each window's gradient reaches its first maximum in row-major order."""
+    layer = S.MaxPool2D(name="p", pool_size=pool, strides=stride, padding="same")
+    tf_op, np_op = _window_op(layer, (size, size + 1, 2))
+    rng = np.random.default_rng(size * 10 + pool)
+    x = rng.integers(0, 2, size=(3, size, size + 1, 2)).astype(np.float64)
+    want, cache = np_op.forward({}, [x])
+    dy = rng.standard_normal(want.shape)
+    (want_dx,), _ = np_op.backward({}, cache, dy, (True,))
+
+    def grad(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = tf_op([x])
+        return y, tape.gradient(y, x, output_gradients=tf.constant(dy))
+
+    for how, run in (("eager", grad), ("graph", tf.function(grad)), ("xla", tf.function(grad, jit_compile=True))):
+        y, dx = (t.numpy() for t in run(tf.constant(x)))
+        assert np.array_equal(y, want), how
+        assert np.array_equal(dx != 0, want_dx != 0), how  # the same elements get the gradient
+        np.testing.assert_allclose(dx, want_dx, rtol=1e-15, atol=1e-15, err_msg=how)  # summed where windows overlap
+
+
+def test_dilated_conv_at_stride_2_against_numpy():
+    """TF's CPU Conv2D has no backward pass for dilation > 1 (and tf.nn.convolution refuses dilation
+    with stride > 1), so the entry convolves the explicitly padded input at stride 1 and slices: its
+    output and gradients equal the NumPy reference's to rounding, eagerly, in a graph and under XLA."""
+    import crossnn_numpy.ops
+    from crossnn_numpy import xp
+    from crossnn_tensorflow import ops
+
+    layer = S.Conv2D(name="c", filters=3, kernel_size=3, strides=2, dilation=2, padding="same", **HE)
+    node = S.Model(inputs=[9, 10, 2], layers=(layer,)).nodes[0]
+    rng = np.random.default_rng(3)
+    x, kernel, bias = rng.standard_normal((2, 9, 10, 2)), rng.standard_normal((3, 3, 2, 3)), rng.standard_normal(3)
+    np_op = crossnn_numpy.ops.layer(node, xp.numpy)
+    want, cache = np_op.forward({"kernel": kernel, "bias": bias}, [x])
+    dy = rng.standard_normal(want.shape)
+    (want_dx,), want_grads = np_op.backward({"kernel": kernel, "bias": bias}, cache, dy, (True,))
+    variables = {"kernel": tf.Variable(kernel), "bias": tf.Variable(bias)}
+    tf_op = ops.layer(node, variables)
+
+    def grad(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = tf_op([x])
+        return (y, *tape.gradient(y, [x, variables["kernel"], variables["bias"]], output_gradients=tf.constant(dy)))
+
+    for how, run in (("eager", grad), ("graph", tf.function(grad)), ("xla", tf.function(grad, jit_compile=True))):
+        y, dx, dkernel, dbias = (t.numpy() for t in run(tf.constant(x)))
+        for got, expected in ((y, want), (dx, want_dx), (dkernel, want_grads["kernel"]), (dbias, want_grads["bias"])):
+            np.testing.assert_allclose(got, expected, rtol=1e-13, atol=1e-13, err_msg=how)
+    x = tf.constant(x)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="dilation"):  # why: TF's own op has no CPU backward
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = tf.nn.conv2d(x, variables["kernel"], 1, "SAME", dilations=2)
+        tape.gradient(y, x)
+
+
+TUTORIAL_CNN = [S.Conv2D(name="c1", filters=4, kernel_size=3, padding="same", activation=S.ReLU(), **HE),
+                S.MaxPool2D(name="mp", pool_size=2),
+                S.Conv2D(name="c2", filters=6, kernel_size=3, strides=2, padding="same", activation=S.Tanh(), **HE),
+                S.AvgPool2D(name="ap", pool_size=2, padding="valid", count_padding=True),
+                S.Flatten(name="flat"), S.Dense(name="out", units=4, **_INIT)]
+
+
+@pytest.mark.parametrize("optimizer", [S.SGD(lr=0.1, momentum=0.9), S.Adam(lr=0.01, eps=1e-7)],
+                         ids=["sgd-momentum", "adam"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_tutorial_loop_trains_a_cnn_as_crossnn_does(optimizer, dtype):
+    """The hand-written Keras loop on a CNN (Conv2D, MaxPooling2D, AveragePooling2D, Flatten, Dense,
+    logits into SparseCategoricalCrossentropy): within 1e-12 of crossnn's TF graph run in float64
+    (Keras' momentum keeps lr·velocity, the spec lr·buffer: equal at a constant lr up to rounding),
+    and within 1e-4 of the NumPy float64 reference in float32."""
+    exp = _cnn_spec(TUTORIAL_CNN, optimizer, loss=S.CrossEntropy(from_logits=True, sparse=True), epochs=4,
+                    shuffle=True)
+    result = train(exp, [RunSpec("tensorflow", dtype, "cpu", "graph")])
+    trainer = _tutorial(exp, dtype)
+    plan = result.plan
+    losses = np.concatenate([trainer.run(plan.batches(a, b)) for a, b in plan.spans(5)])
+    got = {k: v.astype(np.float64) for k, v in trainer.parameters().items()}
+    want, rtol = ((result.records[0].final_params, 1e-12) if dtype == "float64"
+                  else (result.reference.final_params, 1e-4))
+    rel = _max_rel(got, want)
+    print(f"CNN {optimizer.kind} {dtype}: Keras tutorial loop, max rel {rel:.2e}")
+    assert rel <= rtol
+    np.testing.assert_allclose(losses, result.records[0].losses, rtol=1e-10 if dtype == "float64" else 1e-4)
+
+
+def test_tutorial_loop_refuses_counting_same_padding():
+    exp = _cnn_spec([S.AvgPool2D(name="ap", pool_size=3, strides=2, padding="same", count_padding=True),
+                     S.Flatten(name="f"), S.Dense(name="out", units=4, **_INIT)], S.SGD(lr=0.1))
+    with pytest.raises(UnsupportedFeature, match="avg_pool2d counting 'same' padding"):
+        _tutorial(exp, "float64")

@@ -8,7 +8,9 @@ import pytest
 
 import crossnn
 from crossnn import spec as S
-from crossnn.testing import ParityError, assert_model_parity, assert_params_match, assert_parity, import_model
+from crossnn.results import run_text
+from crossnn.testing import (ParityError, assert_model_parity, assert_params_match, assert_parity, check_parity,
+                             import_model)
 from tests.conftest import backend_params
 
 CIRCLE_TRAINING = dict(data=S.Circle(n=300), loss=S.BCE(log_min=-100.0), optimizer=S.SGD(lr=0.5, momentum=0.8),
@@ -79,3 +81,28 @@ def test_a_users_keras_two_tower_agrees_across_backends(backend_name):
 def test_an_object_no_backend_knows_is_refused():
     with pytest.raises(crossnn.BackendError, match="no installed backend can read a builtins.dict"):
         import_model({"weights": 1})
+
+
+def test_run_text_prints_what_check_parity_returns():
+    """check_parity returns its parities as a list, one per record; run_text used to index that list by
+    id(record) and raise IndexError."""
+    result, parities = check_parity(crossnn.example("linear-2x3"), backends="numpy", dtypes="float64,float32")
+    text = run_text(result, parities)
+    assert text == run_text(result, {id(record): parity for record, parity in zip(result.records, parities)})
+    assert "numpy float32 cpu default  fc/kernel" in text and "parity: PASS (1 of 1 runs agree)" in text
+    with pytest.raises(ValueError, match="1 parities for 2 runs"):
+        run_text(result, parities[:1])
+
+
+def test_names_may_be_one_string_as_on_the_command_line():
+    """dtypes="float32" is one dtype (it used to be read as the seven dtypes 'f', 'l', 'o', ...)."""
+    result = assert_parity("two-tower", backends="numpy", dtypes="float32")
+    assert [record.spec.label for record in result.records] == ["numpy float32 cpu default"]
+    result, parities = check_parity(crossnn.example("two-tower"), backends="numpy", dtypes="float64, float32")
+    assert [record.spec.dtype for record in result.records] == ["float64", "float32"] and len(parities) == 2
+    with pytest.raises(crossnn.BackendError, match="dtypes: unknown dtype 'f'; use float32 or float64"):
+        check_parity("two-tower", backends="numpy", dtypes=["f"])
+    with pytest.raises(crossnn.BackendError, match="unknown backend 'nump'"):
+        assert_parity("two-tower", backends="nump")
+    with pytest.raises(crossnn.BackendError, match="device: unknown device 'gpu0'"):
+        assert_parity("two-tower", backends="numpy", device="gpu0")

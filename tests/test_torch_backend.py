@@ -299,7 +299,7 @@ def test_graph_with_activations_and_awkward_names_matches_numpy_reference():
     experiment = dataclasses.replace(base, model=spec.Model(inputs=3, layers=layers))
     printed = str(build(experiment).model)
     assert "(tower_a): Sequential(" in printed and "(forward_): Sequential(" in printed
-    assert "(join): Concatenate()" in printed and "(squash): ReLU()" in printed
+    assert "(join): Concatenate(dim=1)" in printed and "(squash): ReLU()" in printed
     result = train(experiment, [RunSpec("torch", "float64"), RunSpec("torch", "float64", "cpu", "xp")],
                    snapshot_every=1)
     for record in result.records:
@@ -308,19 +308,24 @@ def test_graph_with_activations_and_awkward_names_matches_numpy_reference():
 
 
 def test_builtin_modules_where_torch_computes_the_spec_formula():
-    from crossnn_torch import layers, losses
+    from crossnn_torch import ops
 
-    assert type(losses.loss(spec.BCE(log_min=-100.0))) is nn.BCELoss
-    assert type(losses.loss(spec.BCE(log_min=-50.0))) is losses.ClampedBCELoss
-    assert type(losses.loss(spec.CrossEntropy(from_logits=True, sparse=True))) is nn.CrossEntropyLoss
-    assert type(losses.loss(spec.Huber(delta=2.0))) is nn.HuberLoss
-    assert type(layers.activation(spec.Softplus())) is layers.Softplus  # not nn.Softplus (threshold 20)
-    assert layers.activation(spec.LeakyReLU(negative_slope=0.3)).negative_slope == 0.3
-    assert layers.activation(spec.GELU(approximate="tanh")).approximate == "tanh"
+    def built(mod):
+        return mod.build(torch.float64, "cpu")
+
+    assert type(built(ops.loss(spec.BCE(log_min=-100.0)).mod)) is nn.BCELoss
+    assert type(built(ops.loss(spec.BCE(log_min=-50.0)).mod)) is ops.ClampedBCELoss
+    sparse = ops.loss(spec.CrossEntropy(from_logits=True, sparse=True))
+    assert type(built(sparse.mod)) is nn.CrossEntropyLoss and sparse.class_indices
+    assert type(built(ops.loss(spec.Huber(delta=2.0)).mod)) is nn.HuberLoss
+    assert type(built(ops.activation(spec.Softplus()))) is ops.Softplus  # not nn.Softplus (threshold 20)
+    assert built(ops.activation(spec.LeakyReLU(negative_slope=0.3))).negative_slope == 0.3
+    assert built(ops.activation(spec.GELU(approximate="tanh"))).approximate == "tanh"
+    assert built(ops.activation(spec.Softmax(), dim=1)).dim == 1  # the channels of an NCHW image
 
 
 def test_softplus_is_the_spec_formula_with_sigmoid_gradient():
-    from crossnn_torch.layers import Softplus
+    from crossnn_torch.ops import Softplus
 
     values = [-40.0, -1.0, 0.0, 1.0, 25.0, 40.0]
     z = torch.tensor(values, dtype=torch.float64, requires_grad=True)
@@ -340,8 +345,8 @@ def test_softplus_is_the_spec_formula_with_sigmoid_gradient():
 class Shuffle(spec.Layer, kind="torch_test_shuffle"):
     """A layer kind only this test knows: no backend lowers it."""
 
-    def output_size(self, input_sizes):
-        return input_sizes[0]
+    def output_shape(self, input_shapes):
+        return input_shapes[0]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -426,8 +431,8 @@ def test_cuda_matches_numpy_reference(name, mode):
 def test_cuda_xp_keeps_everything_on_the_gpu():
     experiment = crossnn.example("two-tower")
     trainer = build(experiment, device="cuda", mode="xp")
-    step = trainer.train_step.train_step
-    assert step.flat.device.type == "cuda" and all(v.device.type == "cuda" for v in step.values)
+    step = trainer.train_step
+    assert step.flat.device.type == "cuda" and all(v.device.type == "cuda" for v in step.parameters().values())
     plan = BatchPlan.for_experiment(experiment, load_dataset(experiment).n)
     losses = trainer.run(plan.batches(0, 10))
     assert losses.shape == (10,) and np.all(np.isfinite(losses))
@@ -488,9 +493,13 @@ def test_xp_namespace_provides_every_function_of_the_contract():
     assert torch.equal(xp.maximum(z, 0.0), torch.tensor([[0.0, 0.0, 2.0]], dtype=torch.float64))
     assert torch.equal(xp.amax(z, axis=1, keepdims=True), torch.tensor([[2.0]], dtype=torch.float64))
     assert torch.equal(xp.sum(z, axis=0), z[0])
-    w = torch.ones(3, dtype=torch.float64)
-    xp.subtract_scaled(w, 0.5, torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64))
-    assert w.tolist() == [0.5, 0.0, -1.0]
+    assert xp.minimum(z, 1.0).tolist() == [[-1.0, 0.0, 1.0]] and xp.argmax(torch.tensor([[1.0, 3.0, 3.0]]), 1) == 1
+    assert xp.pad(z, ((0, 1), (2, 0)), -1.0).tolist() == [[-1, -1, -1, 0, 2], [-1, -1, -1, -1, -1]]  # NumPy's widths
+    assert xp.pad(z, ((0, 1), (2, 0)), constant_values=-1.0).shape == (2, 5)
+    cube = torch.arange(24.0).reshape(2, 3, 4)
+    assert torch.equal(xp.sum(cube, axis=(1, 2)), torch.tensor([66.0, 210.0]))
+    np.testing.assert_array_equal(xp.mean(cube, axis=(0, 2)).numpy(), cube.numpy().mean(axis=(0, 2)))
+    assert xp.stack([z, z], 0).shape == (2, 1, 3) and xp.ones_like(z).sum().item() == 3
 
 
 def test_xp_step_and_run_agree_and_parameters_are_canonical_copies():
@@ -528,9 +537,9 @@ def every_product_on_onednn(monkeypatch):
 
 @needs_onednn
 def test_onednn_matmul_computes_the_product_in_every_call_form(monkeypatch):
-    """The three products of a Dense layer (x·W, xᵀ·dz into out, dz·Wᵀ), against float64 NumPy, each
-    shown to go through oneDNN's operator; float64 products, and float32 ones under SMALL_PRODUCT
-    multiply-adds, go to torch.matmul instead."""
+    """The three products of a Dense layer (x·W, xᵀ·dz, dz·Wᵀ), against float64 NumPy, each shown to go
+    through oneDNN's operator; float64 products, and float32 ones under SMALL_PRODUCT multiply-adds,
+    go to torch.matmul instead."""
     from crossnn_torch import xp
 
     assert 33 * 70 * 19 < xp.SMALL_PRODUCT
@@ -541,37 +550,17 @@ def test_onednn_matmul_computes_the_product_in_every_call_form(monkeypatch):
     rng = np.random.default_rng(3)
     x, w, dz = (torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
                 for shape in ((33, 70), (70, 19), (33, 19)))
-    out = torch.empty(70, 19)
     products = {"x·W": (xp.onednn_namespace.matmul(x, w), x.numpy() @ w.numpy()),
-                "xᵀ·dz": (xp.onednn_namespace.matmul(x.T, dz, out=out), x.numpy().T @ dz.numpy()),
+                "xᵀ·dz": (xp.onednn_namespace.matmul(x.T, dz), x.numpy().T @ dz.numpy()),
                 "dz·Wᵀ": (xp.onednn_namespace.matmul(dz, w.T), dz.numpy() @ w.numpy().T)}
     assert len(calls) == 3
     for name, (got, want) in products.items():
         np.testing.assert_allclose(got.numpy(), want.astype(np.float64), rtol=2e-5, atol=2e-5, err_msg=name)
-    assert products["xᵀ·dz"][0] is out
     doubles = x.double()
     np.testing.assert_array_equal(xp.onednn_namespace.matmul(doubles, w.double()).numpy(),
                                   (doubles @ w.double()).numpy())
     np.testing.assert_array_equal(xp.onednn_namespace.matmul(x[:32], w).numpy(), (x[:32] @ w).numpy())
     assert len(calls) == 3
-
-
-@needs_onednn
-def test_onednn_matmul_into_out_runs_in_pieces_that_fill_every_row(monkeypatch, every_product_on_onednn):
-    """xᵀ·dz into `out` with pieces of 8 rows (CHUNK_ELEMENTS = 8 rows of 19): ceil(70 / 8) = 9 calls,
-    and every row of `out` (filled with NaN first) holds the product."""
-    from crossnn_torch import xp
-
-    calls = []
-    operator = xp.linear_operator()
-    monkeypatch.setattr(xp, "linear_operator", lambda: lambda *a: calls.append(a) or operator(*a))
-    monkeypatch.setattr(xp, "CHUNK_ELEMENTS", 8 * 19)
-    rng = np.random.default_rng(4)
-    x, dz = (torch.from_numpy(rng.standard_normal(shape).astype(np.float32)) for shape in ((33, 70), (33, 19)))
-    out = torch.full((70, 19), float("nan"))
-    xp.onednn_namespace.matmul(x.T, dz, out=out)
-    assert len(calls) == 9
-    np.testing.assert_allclose(out.numpy(), x.numpy().astype(np.float64).T @ dz.numpy(), rtol=2e-5, atol=2e-5)
 
 
 @lru_cache(maxsize=None)
@@ -667,8 +656,7 @@ def test_tutorial_loop_is_plain_pytorch_and_shares_no_code_with_the_lowering():
     assert [type(m) for m in hand.model] == [nn.Linear, nn.Sigmoid, nn.Linear, nn.Sigmoid]
     assert type(hand.loss_fn) is nn.BCELoss and type(hand.optimizer) is torch.optim.SGD
     source = inspect.getsource(tutorial)
-    for module in ("crossnn_torch.layers", "crossnn_torch.losses", "crossnn_torch.optimizers", "crossnn_torch.step",
-                   "crossnn_numpy"):
+    for module in ("crossnn_torch.ops", "crossnn_torch.optimizers", "crossnn_torch.step", "crossnn_numpy"):
         assert module not in source
 
 
@@ -714,10 +702,12 @@ def test_matmul_gflops_times_onednn_too_for_float32_on_the_cpu(monkeypatch):
 def test_bce_gradient_floor_is_torchs_float32_constant():
     """nn.BCELoss floors p (1 - p) at the float constant 1e-12 (9.999999960041972e-13 in float64):
     the NumPy reference and crossnn's clamped torch BCE share that floor (1e-12 itself was 4e-9 off)."""
-    from crossnn_numpy.losses import BCE as NumpyBCE
-    from crossnn_torch.losses import ClampedBCELoss
+    from crossnn_numpy.ops import BCE as NumpyBCE
+    from crossnn_torch.ops import ClampedBCELoss
 
-    assert spec.BCE.grad_floor == float(np.float32(1e-12)) != 1e-12
+    from crossnn_torch.ops import ClampedBCEFunction
+
+    assert spec.BCE.grad_floor == float(np.float32(1e-12)) == ClampedBCEFunction.GRAD_FLOOR != 1e-12
     p = np.array([[1e-30], [1e-13], [0.3], [1.0 - 1e-13], [1.0]])
     y = np.array([[1.0], [0.0], [1.0], [0.0], [1.0]])
     with np.errstate(divide="ignore"):  # log1p(-1) = -inf, clamped

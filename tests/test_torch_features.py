@@ -371,10 +371,10 @@ def test_bad_native_files_raise_one_line_checkpoint_errors(tmp_path):
 # Spec kinds are process-wide, so these carry a suffix no other test file uses.
 
 from crossnn.spec import Initializer, ParamInit  # noqa: E402
-from crossnn_numpy import layers as numpy_layers  # noqa: E402
-from crossnn_numpy import optimizers as numpy_optimizers  # noqa: E402
-from crossnn_torch import layers as torch_layers  # noqa: E402
-from crossnn_torch import optimizers as torch_optimizers  # noqa: E402
+from crossnn_numpy import ops as numpy_ops  # noqa: E402
+from crossnn_numpy.optimizers import Rule as NumpyRule  # noqa: E402
+from crossnn_torch import ops as torch_ops  # noqa: E402
+from crossnn_torch.optimizers import Rule as TorchRule  # noqa: E402
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -397,40 +397,35 @@ class MyLinear(S.Layer, kind="my_linear_pt"):
         super().validate()
         positive(self, "units")
 
-    def output_size(self, input_sizes):
-        return self.units
+    def output_shape(self, input_shapes):
+        return input_shapes[0][:-1] + (self.units,)
 
-    def parameters(self, input_sizes):
-        (fan_in,) = input_sizes
+    def parameters(self, input_shapes):
+        fan_in = input_shapes[0][-1]
         init = MyLinearInit()
         return (ParamInit("kernel", (fan_in, self.units), init, fan_in, self.units),
                 ParamInit("bias", (self.units,), init, fan_in, self.units))
 
 
-@numpy_layers.register(MyLinear)
-class NumpyMyLinear:
+@numpy_ops.OPS.register(MyLinear)
+class NumpyMyLinear(numpy_ops.Op):
     """The reference op: forward y = x K + b, backward dK = xᵀ dy, db = Σ dy, dx = dy Kᵀ."""
 
-    def __init__(self, node, index, xp):
-        self.kernel, self.bias, self.xp = index[f"{node.name}/kernel"], index[f"{node.name}/bias"], xp
-
-    def forward(self, values, inputs):
+    def forward(self, p, inputs, mask=None):
         x = inputs[0]
-        return x @ values[self.kernel] + values[self.bias], x
+        return self.xp.matmul(x, p["kernel"]) + p["bias"], x
 
-    def backward(self, values, x, dy, grads, need_input_grads):
-        self.xp.matmul(x.T, dy, out=grads[self.kernel])
-        self.xp.sum(dy, axis=0, out=grads[self.bias])
-        return (dy @ values[self.kernel].T,) if need_input_grads else (None,)
+    def backward(self, p, x, dy, need):
+        grads = {"kernel": self.xp.matmul(x.T, dy), "bias": self.xp.sum(dy, axis=0)}
+        return (self.xp.matmul(dy, p["kernel"].T) if need[0] else None,), grads
 
 
-@torch_layers.register(MyLinear, params={"kernel": "weight.T", "bias": "bias"})
 class My_Linear(nn.Module):  # noqa: N801  (seed 004's name)
     """Seed 004's layer, taking its sizes from the crossnn node."""
 
     def __init__(self, node, dtype=None, device=None):
         super().__init__()
-        in_F, out_F = node.input_sizes[0], node.layer.units  # noqa: N806
+        in_F, out_F = node.input_shapes[0][-1], node.layer.units  # noqa: N806
         self.weight = Parameter(torch.empty(out_F, in_F, dtype=dtype, device=device))
         self.bias = Parameter(torch.empty(out_F, dtype=dtype, device=device))
         self.reset_parameters()
@@ -444,6 +439,19 @@ class My_Linear(nn.Module):  # noqa: N801  (seed 004's name)
         return x @ self.weight.t() + self.bias
 
 
+@torch_ops.OPS.register(MyLinear)
+class TorchMyLinear(torch_ops.LayerOp):
+    """The torch entry: seed 004's module, its weight stored (out, in) like nn.Linear's."""
+
+    @staticmethod
+    def modules(node, native):
+        return [torch_ops.Mod(My_Linear, (node,), factory=True)]
+
+    @staticmethod
+    def params(node):
+        return {"kernel": torch_ops.Param(0, "weight", torch_ops.LINEAR_WEIGHT), "bias": torch_ops.Param(0, "bias")}
+
+
 @dataclass(frozen=True, kw_only=True)
 class SeedSGD(S.Optimizer, kind="seed_sgd_pt"):
     """Seed 004's SGD: b ← μ b + g (b = g on the first step), w ← w - lr b."""
@@ -454,18 +462,15 @@ class SeedSGD(S.Optimizer, kind="seed_sgd_pt"):
         return ("momentum_buf",) if self.momentum else ()
 
 
-@numpy_optimizers.register(SeedSGD)
-class NumpySeedSGD(numpy_optimizers.Rule):
-    def apply(self, i, w, g, state, lr):
-        if self.s.momentum:
-            buffers = state["momentum_buf"]
-            if buffers[i] is None:
-                buffers[i] = self.xp.copy(g)
-            else:
-                buffers[i] *= self.s.momentum
-                buffers[i] += g
-            g = buffers[i]
-        self.xp.subtract_scaled(w, lr, g)
+@numpy_ops.OPS.register(SeedSGD)
+class NumpySeedSGD(NumpyRule):
+    """b starts at zero, so μ · 0 + g is exactly the g seed 004 clones on the first step."""
+
+    def update(self, u, state, params):
+        if not self.s.momentum:
+            return u, state
+        buffers = [self.s.momentum * b + g for b, g in zip(state["momentum_buf"], u)]
+        return buffers, {**state, "momentum_buf": buffers}
 
 
 class SGD(torch.optim.Optimizer):
@@ -495,9 +500,9 @@ class SGD(torch.optim.Optimizer):
                 p.add_(grad, alpha=-lr)
 
 
-@torch_optimizers.register(SeedSGD)
-def seed_sgd(s, params):
-    return SGD(params, lr=s.lr, momentum=s.momentum)
+@torch_ops.OPS.register(SeedSGD)
+def seed_sgd(s, native):
+    return TorchRule(SGD, {"lr": s.lr, "momentum": s.momentum})
 
 
 def custom_experiment(**optimizer):
@@ -533,7 +538,13 @@ def test_user_defined_layer_needs_its_parameters():
     class Broken(MyLinear, kind="my_broken_linear_pt"):
         pass
 
-    torch_layers.register(Broken, params={"kernel": "w.T", "bias": "bias"})(My_Linear)
+    @torch_ops.OPS.register(Broken)
+    class TorchBroken(TorchMyLinear):
+        @staticmethod
+        def params(node):
+            return {"kernel": torch_ops.Param(0, "w", torch_ops.LINEAR_WEIGHT), "bias": torch_ops.Param(0, "bias")}
+
+    numpy_ops.OPS.register(Broken)(NumpyMyLinear)
     e = dataclasses.replace(custom_experiment(), model=S.Model(inputs=3, layers=(Broken(name="b", units=1),)))
     with pytest.raises(UnsupportedFeature, match="no nn.Parameter 'w'"):
         build(e)
@@ -635,7 +646,8 @@ FACT_KEYS = {"linear_weight_shape", "linear_init", "default_lr", "adam_eps", "rm
              "adam_weight_decay_step", "adamw_weight_decay_step", "momentum_first_step", "bce_p0_y1",
              "bce_logit_input", "ce_on_probabilities", "ce_on_logits", "mse_sum", "mse_mean", "mse_broadcast",
              "leaky_relu_default", "gelu_default", "softplus_25", "batchnorm", "tf32", "random_seed0",
-             "clip_at_max_norm"}
+             "clip_at_max_norm", "conv_weight_shape", "conv_init", "conv_same_stride2", "same_padding_stride2",
+             "conv_same_even_kernel", "avgpool_count_include_pad", "flatten_order", "max_pool_tie_gradient"}
 
 
 def test_facts_are_measured_and_json_serialisable():
@@ -673,6 +685,20 @@ def test_facts_are_measured_and_json_serialisable():
     assert facts["random_seed0"] == torch.rand(3, dtype=F64).tolist()
     np.testing.assert_allclose(facts["clip_at_max_norm"], np.array([3.0, 4.0]) * 5 / (5 + 1e-6), rtol=1e-15)
     assert facts["clip_at_max_norm"][0] < 3.0  # at exactly max_norm the 1e-6 still shrinks the gradient
+    # convolutions: the (out, in, kh, kw) weight, U(±1/√(in·kh·kw)) for weight and bias, no strided 'same'
+    assert facts["conv_weight_shape"] == [3, 2, 4, 5]
+    conv = facts["conv_init"]
+    assert conv["bound"] == 1 / math.sqrt(72) and 0.9 * conv["bound"] < conv["weight_max_abs"] <= conv["bound"]
+    assert 0 < conv["bias_max_abs"] <= conv["bound"] and conv["bias_all_zero"] is False
+    assert facts["conv_same_stride2"]["raised"] == "ValueError" and "strided" in facts["conv_same_stride2"]["message"]
+    # H = 8, k = 3, s = 2: torch's padding=1 starts a window on the padded row -1, crossnn's 'same' at row 0
+    assert facts["same_padding_stride2"] == {"torch_padding_1": [-1.0, 1.0, 3.0, 5.0], "same": [0.0, 2.0, 4.0, 6.0]}
+    assert facts["conv_same_even_kernel"] == [0.0, 1.0, 2.0, 3.0]  # stride 1 'same': the extra row after, as crossnn
+    assert facts["avgpool_count_include_pad"] is True
+    order = np.arange(12).reshape(3, 2, 2)  # (C, H, W)
+    assert facts["flatten_order"] == {"nn_flatten": order.ravel().tolist(),
+                                      "channels_last": order.transpose(1, 2, 0).ravel().tolist()}
+    assert facts["max_pool_tie_gradient"] == [[1.0, 0.0], [0.0, 0.0]]  # the first maximum, row-major
 
 
 # ---- script() -----------------------------------------------------------------------------------------
@@ -680,7 +706,7 @@ def test_facts_are_measured_and_json_serialisable():
 
 def _shortened(name):
     e = crossnn.example(name)
-    epochs = {"circle": 60, "adder": 5, "digits": 3}.get(name, e.train.epochs)
+    epochs = {"circle": 60, "adder": 5, "digits": 3, "digits-cnn": 1, "resnet-mini": 1}.get(name, e.train.epochs)
     return dataclasses.replace(e, train=dataclasses.replace(e.train, epochs=epochs))
 
 
@@ -699,7 +725,13 @@ def _everything():
     return dataclasses.replace(e, name="everything", model=S.Model(inputs=3, layers=layers))
 
 
-SCRIPT_SPECS = {**{name: _shortened(name) for name in crossnn.examples.names()},
+def _torch_lowers(e) -> bool:
+    """Whether the torch backend has an entry for every layer of `e` (examples of later issues' layers
+    join this test when their torch entries do)."""
+    return all(type(node.layer) in torch_ops.OPS for node in e.model.nodes)
+
+
+SCRIPT_SPECS = {**{name: _shortened(name) for name in crossnn.examples.names() if _torch_lowers(crossnn.example(name))},
                 "dropout + schedule + shuffle": experiment(
                     S.Adam(lr=0.01, eps=1e-8, schedule=S.ExponentialDecay(unit="step", gamma=0.97)), dropout=True,
                     epochs=8),
@@ -737,20 +769,25 @@ def test_script_reads_like_a_tutorial():
     backend = backends.get("torch")
     circle = crossnn.example("circle")
     text = backend.script(circle, initial_parameters(circle), load_dataset(circle))
-    assert "model = nn.Sequential(\n    nn.Linear(2, 5),  # fc1: 2 -> 5\n    nn.Sigmoid(),\n    nn.Linear(5, 1)" in text
+    assert ("model = nn.Sequential(\n    nn.Linear(2, 5, bias=True),  # fc1: 2 -> 5\n    nn.Sigmoid(),\n"
+            "    nn.Linear(5, 1, bias=True)") in text
     assert "loss_fn = nn.BCELoss()" in text and "torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.8" in text
     for line in ("optimizer.zero_grad()", "loss = loss_fn(model(xb), yb)", "loss.backward()", "optimizer.step()"):
         assert line in text
     assert "unpack(" not in text.split("INIT = {")[1]  # small arrays are literals
+    assert text.index("model = nn.Sequential(") < text.index("def main():") < text.index("def load_data():")
     tower = crossnn.example("two-tower")
     text = backend.script(tower, initial_parameters(tower), load_dataset(tower))
-    assert "class Net(nn.Module):" in text and "torch.cat([dense1, dense2], dim=1)" in text
+    assert "class Net(nn.Module):" in text and "Concatenate(dim=1)" in text
+    assert "torch.cat(inputs, dim=self.dim)" in text
     everything = _everything()
     text = backend.script(everything, initial_parameters(everything), load_dataset(everything))
-    for piece in ("self.tower_a = nn.Linear(3, 3)", "self.forward_ = nn.Linear(3, 2)", "softplus(self.tower_a(x))",
+    for piece in ("self.tower_a = nn.Sequential(", "nn.Linear(3, 3, bias=True),", "Softplus(),",
+                  "self.forward_ = nn.Sequential(", "class SoftplusFunction(torch.autograd.Function):",
                   "model.drop.mask = torch.from_numpy(dropout_mask('drop', step,", "clip_grad_norm_",
-                  "p.mul_(1.0 - lr * WEIGHT_DECAY)", "group[\"lr\"] = lr", "ClampedBCELoss(log_min=-20.0)"):
+                  "p.mul_(1.0 - lr * 0.05)", "group[\"lr\"] = lr", "ClampedBCELoss(log_min=-20.0)"):
         assert piece in text, piece
+    assert "ChannelsLast" not in text and "import math" not in text  # only what the script uses
     custom = custom_experiment()
     with pytest.raises(UnsupportedFeature, match="my_linear_pt"):
         backend.script(custom, initial_parameters(custom), load_dataset(custom))
@@ -777,3 +814,354 @@ def test_new_features_on_cuda_match_the_reference_and_resume_on_the_cpu(mode):
         stopped = train(e, [RunSpec("torch", "float64", "cuda", mode)], stop_after=6).records[0]
         resumed = numpy_run(e, 6, state=stopped.final_state).parameters()
         assert worst(resumed, result.reference.final_params) <= 1e-9, name
+
+
+# ---- convolutional networks --------------------------------------------------------------------------
+# torch computes images as (N, C, H, W), crossnn keeps them channels-last; crossnn's 'same' padding is
+# TensorFlow's (the extra row/column after), which torch writes as an explicit pad before the window.
+
+IMAGES = np.random.default_rng(21).standard_normal((12, 8, 8, 2))
+IMAGE_LABELS = np.random.default_rng(22).integers(0, 3, size=12)
+CONV = dict(kernel_init=S.HeUniform(), bias_init=S.Uniform(low=-0.2, high=0.2))
+DENSE = dict(kernel_init=S.GlorotUniform(), bias_init=S.Uniform(low=-0.2, high=0.2))
+#: the last pooling layer of the acceptance CNN: asymmetric 'same' (k 2, s 2 on 3×3: one row and column
+#: after) or symmetric 'same' (k 3, s 1 on 3×3: one on each side)
+AVG_POOLS = {"asym": dict(pool_size=(2, 2), strides=(2, 2)), "sym": dict(pool_size=(3, 3), strides=(1, 1))}
+
+
+def cnn_experiment(pool="asym", count_padding=False, optimizer=None, epochs=3):
+    """conv 3×3 stride 2 'same' on 8×8 (asymmetric) tanh -> max pool 2 stride 1 'same' on 4×4
+    (asymmetric, -inf) -> conv 2×2 'valid' relu -> avg pool 'same' -> flatten -> dense 3 (logits),
+    sparse softmax cross-entropy, Adam; 12 shuffled samples in batches of 5."""
+    layers = (S.Conv2D(name="conv1", filters=3, kernel_size=(3, 3), strides=(2, 2), padding="same",
+                       activation=S.Tanh(), **CONV),
+              S.MaxPool2D(name="max", pool_size=(2, 2), strides=(1, 1), padding="same"),
+              S.Conv2D(name="conv2", filters=4, kernel_size=(2, 2), padding="valid", activation=S.ReLU(), **CONV),
+              S.AvgPool2D(name="avg", padding="same", count_padding=count_padding, **AVG_POOLS[pool]),
+              S.Flatten(name="flat"),
+              S.Dense(name="fc", units=3, **DENSE))
+    return S.Experiment(name=f"cnn-{pool}-{count_padding}", seed=8,
+                        data=S.InlineData(x=IMAGES.tolist(), y=IMAGE_LABELS.tolist()),
+                        model=S.Model(inputs=[8, 8, 2], layers=layers),
+                        loss=S.CrossEntropy(from_logits=True, sparse=True),
+                        optimizer=optimizer or S.Adam(lr=0.01, eps=1e-8),
+                        train=S.Train(epochs=epochs, batch_size=5, shuffle=True))
+
+
+class HandCNN(nn.Module):
+    """cnn_experiment written by hand, as a PyTorch user writes TensorFlow's 'same' padding: F.pad with
+    the extra row and column after, -inf for max pooling, and the window sums over the in-input count
+    for average pooling without padding counted; a permute before flatten for crossnn's (H, W, C) order."""
+
+    def __init__(self, pool, count_padding):
+        super().__init__()
+        self.pool, self.count_padding = pool, count_padding
+        self.conv1 = nn.Conv2d(2, 3, 3, stride=2, dtype=F64)
+        self.conv2 = nn.Conv2d(3, 4, 2, dtype=F64)
+        self.fc = nn.Linear(16 if pool == "asym" else 36, 3, dtype=F64)
+
+    def forward(self, x):
+        x = torch.tanh(self.conv1(nn.functional.pad(x, (0, 1, 0, 1))))  # 8 -> 4: 1 extra row/column after
+        x = nn.functional.max_pool2d(nn.functional.pad(x, (0, 1, 0, 1), value=-math.inf), 2, stride=1)  # 4 -> 4
+        x = torch.relu(self.conv2(x))  # 4 -> 3
+        if self.pool == "sym":
+            x = nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=self.count_padding)
+        else:  # 3 -> 2; windows of rows/columns {0, 1} and {2, padding}
+            sums = nn.functional.avg_pool2d(nn.functional.pad(x, (0, 1, 0, 1)), 2, stride=2, divisor_override=1)
+            x = sums / (4.0 if self.count_padding else torch.tensor([[4.0, 2.0], [2.0, 1.0]], dtype=F64))
+        return self.fc(x.permute(0, 2, 3, 1).flatten(1))
+
+
+def cnn_hand_loop(e, pool, count_padding):
+    """HandCNN from crossnn's initial parameters (conv kernels (kh, kw, in, out) -> (out, in, kh, kw)),
+    torch.optim.Adam and nn.CrossEntropyLoss over crossnn's batch plan: (final parameters, losses)."""
+    data = load_dataset(e)
+    plan = BatchPlan.for_experiment(e, data.n)
+    p0 = initial_parameters(e)
+    model = HandCNN(pool, count_padding)
+    with torch.no_grad():
+        for name in ("conv1", "conv2"):
+            getattr(model, name).weight.copy_(torch.from_numpy(p0[f"{name}/kernel"]).permute(3, 2, 0, 1))
+            getattr(model, name).bias.copy_(torch.from_numpy(p0[f"{name}/bias"]))
+        model.fc.weight.copy_(torch.from_numpy(p0["fc/kernel"]).T)
+        model.fc.bias.copy_(torch.from_numpy(p0["fc/bias"]))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01, eps=1e-8)
+    X, Y = torch.from_numpy(data.x).permute(0, 3, 1, 2), torch.from_numpy(data.y)
+    losses = []
+    for step in range(plan.steps):
+        rows = torch.from_numpy(plan.batch(step))
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(X[rows]), Y[rows])
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    final = {f"{name}/kernel": getattr(model, name).weight.detach().permute(2, 3, 1, 0).numpy()
+             for name in ("conv1", "conv2")}
+    final.update({f"{name}/bias": getattr(model, name).bias.detach().numpy() for name in ("conv1", "conv2", "fc")})
+    final["fc/kernel"] = model.fc.weight.detach().numpy().T
+    return final, np.array(losses)
+
+
+@pytest.mark.parametrize("count_padding", [True, False], ids=["count_padding", "inside_count"])
+@pytest.mark.parametrize("pool", list(AVG_POOLS))
+def test_hand_written_cnn_loop_matches_reference_and_every_torch_mode(pool, count_padding):
+    """The acceptance oracle: a hand-written PyTorch CNN (F.pad for the asymmetric 'same' padding,
+    nn.MaxPool2d's function after a -inf pad, a permute before flatten, torch.optim.Adam) fed crossnn's
+    initial parameters agrees with the NumPy reference and with crossnn's torch lowering in every mode
+    but compile (below), in float64, over the whole run: parameters at every step, losses."""
+    e = cnn_experiment(pool, count_padding)
+    expected, expected_losses = cnn_hand_loop(e, pool, count_padding)
+    modes = ["eager", "xp"] + (["onednn"] if torch.backends.mkldnn.is_available() else [])
+    result = train(e, [RunSpec("torch", "float64", "cpu", mode) for mode in modes], snapshot_every=1)
+    assert worst(result.reference.final_params, expected) <= 1e-9
+    np.testing.assert_allclose(result.reference.losses, expected_losses, rtol=1e-9, atol=0)
+    for record in result.records:
+        parity = compare(result.reference, record)
+        assert record.ok and parity.passed and parity.max_rel <= 1e-9, (record.spec.label, parity.to_json())
+        assert worst(record.final_params, expected) <= 1e-9, record.spec.label
+        np.testing.assert_allclose(record.losses, expected_losses, rtol=1e-9, atol=0)
+        print(f"{pool} {count_padding} {record.spec.mode}: vs hand {worst(record.final_params, expected):.1e}")
+    assert worst(expected, initial_parameters(e)) > 1e-3  # it trained
+
+
+def test_cnn_modules_read_like_pytorch():
+    printed = str(build(cnn_experiment("asym", False)).model)
+    for piece in ("(0): ZeroPad2d((0, 1, 0, 1))", "(1): Conv2d(2, 3, kernel_size=(3, 3), stride=(2, 2))",
+                  "(3): ConstantPad2d(padding=(0, 1, 0, 1), value=-inf)",
+                  "(4): MaxPool2d(kernel_size=(2, 2), stride=(1, 1)",
+                  "(5): Conv2d(3, 4, kernel_size=(2, 2), stride=(1, 1))",
+                  "(7): AvgPoolInside(", "(8): ChannelsLast()", "(9): Flatten(",
+                  "(10): Linear(in_features=16, out_features=3, bias=True)"):
+        assert piece in printed, piece
+    symmetric = str(build(cnn_experiment("sym", True)).model)
+    assert "AvgPool2d(kernel_size=(3, 3), stride=(1, 1), padding=(1, 1))" in symmetric  # count_include_pad default
+    (pool,) = [m for m in build(cnn_experiment("sym", False)).model if isinstance(m, nn.AvgPool2d)]
+    assert pool.count_include_pad is False and pool.padding == (1, 1)
+
+
+def test_compile_mode_trains_a_cnn():
+    """One short compiled run (compiling a CNN takes a while): asymmetric padding, both pools."""
+    e = cnn_experiment("asym", False, epochs=1)
+    result = train(e, [RunSpec("torch", "float64", "cpu", "compile")], snapshot_every=1)
+    parity = compare(result.reference, result.records[0])
+    assert result.records[0].ok and parity.passed and parity.max_rel <= 1e-9, parity.to_json()
+
+
+def _image_experiment(name, layers, inputs=(6, 5, 2), y=None, loss=S.MSE(), optimizer=None, x=None, n=8):
+    rng = np.random.default_rng(len(name))
+    x = rng.standard_normal((n, *inputs)) if x is None else x
+    model = S.Model(inputs=list(inputs), layers=layers)
+    y = rng.standard_normal((n, *model.output_shape)) if y is None else y
+    return S.Experiment(name=name, seed=2, data=S.InlineData(x=x.tolist(), y=np.asarray(y).tolist()), model=model,
+                        loss=loss, optimizer=optimizer or S.SGD(lr=0.05, momentum=0.9),
+                        train=S.Train(epochs=2, batch_size=4, shuffle=True))
+
+
+def _tie_images():
+    """Whole numbers 0..2 in two channels: a 1×1 convolution with a constant kernel sums them, so max
+    pool windows hold equal largest values made of different inputs, and which one gets the gradient
+    changes the kernel's gradient."""
+    return np.random.default_rng(5).integers(0, 3, size=(8, 4, 4, 2)).astype(float)
+
+
+CONV_CASES = {
+    "dilation, odd input, stride (1, 2)": _image_experiment("dil", (
+        S.Conv2D(name="c", filters=3, kernel_size=(3, 2), strides=(1, 2), dilation=(2, 1), padding="same",
+                 activation=S.GELU(approximate="tanh"), **CONV),
+        S.Flatten(name="f"), S.Dense(name="d", units=2, **DENSE))),
+    "no bias, global average pool, sigmoid": _image_experiment("gap", (
+        S.Conv2D(name="c", filters=4, kernel_size=(2, 2), strides=(2, 2), padding="valid", use_bias=False,
+                 activation=S.Sigmoid(), **CONV),
+        S.GlobalAvgPool2D(name="g"), S.Dense(name="d", units=2, **DENSE))),
+    "max pool ties": _image_experiment("ties", (
+        S.Conv2D(name="c", filters=1, kernel_size=(1, 1), padding="valid", kernel_init=S.Constant(value=1.0),
+                 bias_init=S.Zeros()),
+        S.MaxPool2D(name="m", pool_size=(2, 2), padding="valid"), S.Flatten(name="f"),
+        S.Dense(name="d", units=2, **DENSE)), inputs=(4, 4, 2), x=_tie_images()),
+    "image output: dense on an image, softmax over channels, dropout, reshape": _image_experiment("img", (
+        S.Conv2D(name="c", filters=3, kernel_size=(3, 3), padding="same", activation=S.Tanh(), **CONV),
+        S.Dropout(name="drop", rate=0.3),
+        S.Dense(name="pixel", units=4, activation=S.ReLU(), **DENSE),
+        S.ActivationLayer(name="soft", activation=S.Softmax()),
+        S.Reshape(name="r", shape=(5, 6, 4)),
+        S.AvgPool2D(name="a", pool_size=(2, 2), strides=(1, 1), padding="same", count_padding=False))),
+    "residual graph: add, concatenate over channels and over width": _image_experiment("res", (
+        S.Conv2D(name="a", filters=2, kernel_size=(3, 3), padding="same", activation=S.ReLU(), inputs=("input",),
+                 **CONV),
+        S.Add(name="skip", inputs=("a", "input")),
+        S.Concatenate(name="channels", axis=-1, inputs=("skip", "input")),
+        S.Concatenate(name="width", axis=2, inputs=("channels", "channels")),
+        S.MaxPool2D(name="m", pool_size=(3, 3), strides=(2, 2), padding="same"),
+        S.Flatten(name="f"), S.Dense(name="d", units=3, **DENSE)),
+        y=np.eye(3)[np.random.default_rng(1).integers(0, 3, size=8)],
+        loss=S.CrossEntropy(from_logits=True, sparse=False), optimizer=S.RMSprop(lr=0.01, alpha=0.9, eps=1e-7)),
+    "pixel classes: cross-entropy over the channels of an image output": _image_experiment("pix", (
+        S.Conv2D(name="c", filters=3, kernel_size=(3, 3), padding="same", **CONV),),
+        y=np.eye(3)[np.random.default_rng(2).integers(0, 3, size=(8, 6, 5))],
+        loss=S.CrossEntropy(from_logits=True, sparse=False), optimizer=S.Adam(lr=0.01, eps=1e-8)),
+}
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv_layer_conformance_in_every_fast_mode(case):
+    """Every new layer and the layout conversions it needs, against the reference at every step, in
+    eager, xp and onednn (compile: test_compile_mode_trains_a_cnn)."""
+    modes = ["eager", "xp"] + (["onednn"] if torch.backends.mkldnn.is_available() else [])
+    result = train(CONV_CASES[case], [RunSpec("torch", "float64", "cpu", mode) for mode in modes], snapshot_every=1)
+    for record in result.records:
+        parity = compare(result.reference, record)
+        assert record.ok and parity.passed and parity.max_rel <= 1e-9, (record.spec.label, record.message,
+                                                                         parity.to_json())
+        assert parity.loss_max_abs <= 1e-9 * max(1.0, float(np.max(np.abs(result.reference.losses))))
+    assert worst(result.reference.final_params, initial_parameters(CONV_CASES[case])) > 1e-4
+
+
+def test_max_pool_ties_really_tie_and_the_first_maximum_gets_the_gradient():
+    """In the ties case, windows with equal largest sums of different inputs exist; the gradient of
+    torch's max_pool2d goes to the first of them (row-major), as the reference's does."""
+    x = _tie_images()
+    sums = x.sum(axis=3).reshape(8, 2, 2, 2, 2).transpose(0, 1, 3, 2, 4).reshape(8, 2, 2, 4)
+    ties = (sums == sums.max(axis=3, keepdims=True)).sum(axis=3) > 1
+    assert ties.sum() >= 10
+    pooled = torch.from_numpy(sums.reshape(-1, 1, 2, 2)).requires_grad_()
+    nn.functional.max_pool2d(pooled, 2).sum().backward()
+    first = np.argmax(sums.reshape(-1, 4), axis=1)  # NumPy's argmax: the first largest
+    np.testing.assert_array_equal(pooled.grad.reshape(-1, 4).argmax(axis=1).numpy(), first)
+
+
+def test_cnn_state_round_trips_through_torch_state_dict_and_resumes_elsewhere(tmp_path):
+    """A CNN stopped in torch (eager and xp), exported as torch.save'd state_dicts (conv weight
+    (out, in, kh, kw), Adam's buffers in the same layout), read back, resumed in NumPy, and resumed
+    by hand from the file."""
+    e = cnn_experiment("asym", False, epochs=4)
+    backend = backends.get("torch")
+    plan = BatchPlan.for_experiment(e, load_dataset(e).n)
+    uninterrupted = numpy_run(e).parameters()
+    for mode in ("eager", "xp"):
+        trainer = build(e, mode)
+        trainer.run(plan.batches(0, 5))
+        state = trainer.state()
+        assert state.slots["exp_avg"]["conv1/kernel"].shape == (3, 3, 2, 3)
+        assert worst(numpy_run(e, 5, state=state).parameters(), uninterrupted) <= 1e-9, mode
+    path = tmp_path / "cnn.pt"
+    backend.export_native(e, state, path)
+    saved = torch.load(path)
+    weight = saved["model"]["1.weight"]
+    assert tuple(weight.shape) == (3, 2, 3, 3)
+    np.testing.assert_array_equal(weight.numpy(), state.params["conv1/kernel"].transpose(3, 2, 0, 1))
+    np.testing.assert_array_equal(saved["optimizer"]["state"][0]["exp_avg"].numpy(),
+                                  state.slots["exp_avg"]["conv1/kernel"].transpose(3, 2, 0, 1))
+    back = backend.import_native(e, path)
+    assert back.step == 5 and worst(back.params, state.params) == 0.0
+    for slot in state.slots:
+        assert worst(back.slots[slot], state.slots[slot]) == 0.0
+    resumed = build(e)
+    resumed.load_state(back)
+    resumed.run(plan.batches(5, plan.steps))
+    assert worst(resumed.parameters(), uninterrupted) <= 1e-9
+
+
+def test_native_default_init_is_nn_conv2d_after_manual_seed():
+    e = cnn_experiment()
+    got = build(e, native={"default-init"}).parameters()
+    torch.manual_seed(e.seed)
+    conv1 = nn.Conv2d(2, 3, 3, stride=2, dtype=F64)
+    np.testing.assert_array_equal(got["conv1/kernel"], conv1.weight.detach().permute(2, 3, 1, 0).numpy())
+    np.testing.assert_array_equal(got["conv1/bias"], conv1.bias.detach().numpy())
+    assert np.max(np.abs(got["conv2/kernel"])) <= 1 / math.sqrt(3 * 2 * 2)
+
+
+def test_an_nn_sequential_cnn_imports_with_the_flatten_permutation():
+    """A user's CNN becomes a spec whose NumPy forward pass computes the module's function: 'same'
+    padding read from torch's symmetric ints and from an nn.ZeroPad2d, count_include_pad, and the
+    nn.Linear after nn.Flatten of (C, H, W) features given crossnn's (H, W, C) column order."""
+    torch.manual_seed(4)
+    module = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                           nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(4, 3, 3, stride=2), nn.Tanh(),
+                           nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False),
+                           nn.Flatten(), nn.Dropout(0.25), nn.Linear(12, 5), nn.Softmax(dim=1)).double().eval()
+    backend = backends.get("torch")
+    model, params = backend.import_model(module, inputs=[8, 8, 2])
+    assert [layer.kind for layer in model.layers] == ["conv2d", "max_pool2d", "conv2d", "avg_pool2d", "flatten",
+                                                      "dropout", "dense"]
+    conv1, _, conv2, avg, _, drop, dense = model.layers
+    assert (conv1.padding, conv2.padding, conv2.strides, avg.padding, avg.count_padding) == \
+        ("same", "same", (2, 2), "same", False)
+    assert conv1.activation == S.ReLU() and dense.activation == S.Softmax() and drop.rate == 0.25
+    assert params["0/kernel"].shape == (3, 3, 2, 4)
+    x = np.random.default_rng(3).standard_normal((5, 8, 8, 2))
+    e = S.Experiment(name="imported", seed=0, data=S.InlineData(x=x.tolist(), y=np.zeros((5, 5)).tolist()),
+                     model=model, loss=S.MSE(), optimizer=S.SGD(lr=0.1), train=S.Train(epochs=1, batch_size=5))
+    reference = backends.get("numpy").build(e, params, load_dataset(e), dtype="float64", device="cpu", mode="default")
+    expected = module(torch.from_numpy(x).permute(0, 3, 1, 2)).detach().numpy()
+    np.testing.assert_allclose(reference.predict(x), expected, rtol=1e-12, atol=1e-15)
+    flat_kernel = module[9].weight.detach().numpy().T
+    assert not np.allclose(params["9/kernel"], flat_kernel)  # reordered, not merely transposed
+    assert backend.import_model(nn.Sequential(nn.Linear(3, 2)))[0].inputs == 3
+
+
+@pytest.mark.parametrize("module, message", [
+    (nn.Sequential(nn.Conv2d(2, 3, 3, stride=2, padding=1)), r"neither 'valid' nor crossnn's 'same'"),
+    (nn.Sequential(nn.Conv2d(2, 3, 3, padding_mode="reflect")), "padding_mode='zeros'"),
+    (nn.Sequential(nn.MaxPool2d(2, ceil_mode=True)), "ceil_mode"),
+    (nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten()), "ends before the layer"),
+    (nn.Sequential(nn.Conv2d(2, 3, 3), nn.Linear(6, 2)), "acts on the width"),
+    (nn.Sequential(nn.Conv2d(2, 3, 3), nn.Softmax(dim=-1)), "no crossnn equivalent"),
+])
+def test_import_refuses_what_crossnn_cannot_express(module, message):
+    with pytest.raises(UnsupportedFeature, match=message):
+        backends.get("torch").import_model(module, inputs=[8, 8, 2])
+    with pytest.raises(UnsupportedFeature, match=r"input shape \(inputs=\[H, W, C\]\)"):
+        backends.get("torch").import_model(nn.Sequential(nn.Conv2d(2, 3, 3)))
+
+
+@pytest.mark.parametrize("count_padding", [True, False])
+def test_tutorial_loop_covers_cnns_and_ends_where_the_lowering_ends(count_padding):
+    """The hand-written tutorial loop (nn.ZeroPad2d, nn.ConstantPad2d(-inf), its own 'same' average
+    pool, a permute before flatten) on the CNN, in float64 and float32, against the eager lowering."""
+    backend = backends.get("torch")
+    for dtype, tolerance in (("float64", 1e-12), ("float32", 1e-5)):
+        e = cnn_experiment("asym", count_padding)
+        data = load_dataset(e)
+        params = cast(initial_parameters(e), dtype)
+        hand = backend.tutorial(e, params, data, dtype=dtype, device="cpu")
+        lowered = backend.build(e, params, data, dtype=dtype, device="cpu", mode="eager")
+        batches = BatchPlan.for_experiment(e, data.n).batches(0, 9)
+        np.testing.assert_allclose(hand.run(batches), lowered.run(batches), rtol=tolerance, atol=0)
+        assert worst(hand.parameters(), lowered.parameters()) <= tolerance, dtype
+        np.testing.assert_allclose(hand.predict(data.x[:3]), lowered.predict(data.x[:3]), rtol=tolerance)
+    assert [type(m).__name__ for m in hand.model] == [
+        "ZeroPad2d", "Conv2d", "Tanh", "ConstantPad2d", "MaxPool2d", "Conv2d", "ReLU",
+        *(["ZeroPad2d", "AvgPool2d"] if count_padding else ["AvgPoolSame"]), "Permute", "Flatten", "Linear"]
+
+
+SCRIPT_SPECS["cnn: asymmetric 'same', -inf pad, in-input average"] = cnn_experiment("asym", False)
+SCRIPT_SPECS["cnn: image output, graph, reshape, dropout"] = CONV_CASES[
+    "image output: dense on an image, softmax over channels, dropout, reshape"]
+SCRIPT_SPECS["cnn: residual graph"] = CONV_CASES["residual graph: add, concatenate over channels and over width"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to torch")
+@pytest.mark.parametrize("mode", ["eager", "xp", "compile"])
+def test_cnns_on_cuda_match_the_reference(mode):
+    """The acceptance CNNs and the conformance cases on the GPU, float64 (TF32 off, deterministic
+    algorithms on: no layer may pick a kernel torch refuses there) and float32; the tutorial loop on
+    the GPU ends where the lowering ends."""
+    cases = [cnn_experiment("asym", False, epochs=1)] if mode == "compile" else [
+        cnn_experiment("asym", False), cnn_experiment("sym", True), *CONV_CASES.values()]
+    for e in cases:
+        result = train(e, [RunSpec("torch", dtype, "cuda", mode) for dtype in ("float64", "float32")],
+                       snapshot_every=1)
+        for record in result.records:
+            parity = compare(result.reference, record)
+            assert record.ok and parity.passed, (e.name, record.spec.label, record.message, parity.to_json())
+            assert "cuda" in record.description
+    if mode == "eager":
+        e = cnn_experiment("asym", False)
+        data = load_dataset(e)
+        params = cast(initial_parameters(e), "float64")
+        backend = backends.get("torch")
+        hand = backend.tutorial(e, params, data, dtype="float64", device="cuda")
+        lowered = backend.build(e, params, data, dtype="float64", device="cuda", mode="eager")
+        batches = BatchPlan.for_experiment(e, data.n).batches(0, 9)
+        np.testing.assert_allclose(hand.run(batches), lowered.run(batches), rtol=1e-12, atol=0)

@@ -1,9 +1,11 @@
 """crossnn's NumPy backend: the float64 reference, with hand-written forward and backward passes.
 
-Sections, as in every backend package: layers (layers and activations), losses, optimizers,
-step (the training step and trainer), device; plus xp, the array namespace the math is written
-against (exp log log1p tanh sqrt abs sign erf maximum clip where sum mean amax concat zeros_like
-copy, listed with their meaning in crossnn_numpy.xp), so the same code also runs on torch tensors.
+Files, as in every backend package: ops (the lowering registry: one entry per activation, layer and
+loss, holding its training math and its script text), optimizers (the optimizer chain; the rules are
+registry entries too), step (the training step and trainer), script (the emitted script), tutorial
+(the hand-written loop benchmarks compare with), device; plus xp, the array namespace the math is
+written against (listed with its meaning in crossnn_numpy.xp), and windows, the convolution and
+pooling math. The math is pure, so the same code also runs on CuPy, torch tensors and jax.numpy.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from crossnn.errors import UnsupportedFeature
 class NumpyBackend(Backend):
     name = "numpy"
     reference = True
+    title = "NumPy"
     requires = ("numpy",)
     distributions = ("numpy",)
     import_order = 0
@@ -41,6 +44,18 @@ class NumpyBackend(Backend):
             raise UnsupportedFeature("numpy", "a hand-written loop on a GPU")
         return TutorialTrainer(experiment, params, data, dtype)
 
+    def threads(self):
+        """The threads of NumPy's BLAS library (threadpoolctl), or None without threadpoolctl."""
+        from crossnn_numpy.device import blas_threads
+
+        return blas_threads()
+
+    def set_threads(self, n):
+        """NumPy's BLAS threads, through threadpoolctl (which must be installed)."""
+        from crossnn_numpy.device import set_blas_threads
+
+        set_blas_threads(n)
+
     def runtime(self):
         from crossnn.bench.machine import blas_threads
 
@@ -54,11 +69,11 @@ class NumpyBackend(Backend):
             raise UnsupportedFeature("numpy", "a matmul benchmark on a GPU")
         return numpy_matmul_gflops(dtype, n)
 
-    def script(self, experiment, params, data):
+    def script(self, experiment, params, data, side_file=None):
         """A NumPy tutorial-style script: forward and backward written out layer by layer."""
         from crossnn_numpy.script import script
 
-        return script(experiment, params, data)
+        return script(experiment, params, data, side_file)
 
     def build(self, experiment, params, data, *, dtype, device, mode):
         from crossnn_numpy.device import resolve

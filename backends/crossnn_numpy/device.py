@@ -49,3 +49,31 @@ def resolve(name: str) -> int | None:
                            + ("CuPy is not installed" if importlib.util.find_spec("cupy") is None
                               else f"CuPy sees {len(gpus)} GPU(s)"))
     return number
+
+
+def _numpy_blas(pools: list[dict]) -> list[dict]:
+    """The BLAS pools NumPy itself links (its wheels ship them under numpy.libs), else every BLAS pool."""
+    blas = [pool for pool in pools if pool.get("user_api") == "blas"]
+    own = [pool for pool in blas if "numpy" in str(pool.get("filepath", ""))]
+    return own or blas
+
+
+def blas_threads() -> int | None:
+    """The thread count of NumPy's BLAS library (threadpoolctl), or None when threadpoolctl is not
+    installed or no BLAS library is loaded."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    pools = _numpy_blas(threadpool_info())
+    return max(pool["num_threads"] for pool in pools) if pools else None
+
+
+def set_blas_threads(n: int) -> None:
+    """Limit the BLAS libraries loaded in this process to n threads (threadpoolctl), for the rest of it."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        raise BackendError("backend 'numpy' cannot set its thread count: threadpoolctl is not installed "
+                           "(pip install threadpoolctl)") from None
+    threadpool_limits(limits=n, user_api="blas")

@@ -3,14 +3,16 @@ training step compiled with tf.function (or run eagerly, or XLA-compiled, or loo
 of steps inside one tf.function), and the spec's optimizer rules written with TF ops. `tutorial`
 gives the Keras tutorials' own loop, written by hand (tutorial.py), as the benchmarks' yardstick.
 
-Sections, as in every backend package: layers (the tf.Module and activations), losses, optimizers,
-step (the training step and trainer), device; plus native (Keras models, .weights.h5 checkpoints,
-Keras' default initializers, measured facts) and script (the standalone script `script` emits).
+Files, as in every backend package: ops (the lowering registry: one entry per activation, layer and
+loss, holding its TF lowering, its script text and its Keras counterpart), optimizers (the optimizer
+chain; the rules are registry entries too), step (the model, the training step and the trainer),
+script (the emitted script), checkpoint (Keras models, .weights.h5 checkpoints, Keras' default
+initializers, reading a user's Keras model), facts (measured facts of TF/Keras), tutorial, device.
 TensorFlow is imported only when a backend method needs it, so loading this plugin (e.g. for
 `crossnn list`) stays cheap.
 
-User-defined layers and optimizers: crossnn_tensorflow.layers.register and
-crossnn_tensorflow.optimizers.register (decorators, as crossnn_numpy's).
+User-defined layers, activations, losses and optimizers: crossnn_tensorflow.ops.OPS.register (the
+entry contracts are in crossnn_tensorflow.ops and crossnn_tensorflow.optimizers).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from crossnn.backends import Backend
 
 #: catalog entries (crossnn.differences) the native flavour lowers TF/Keras' own way, and how
 NATIVE_ENTRIES = {
-    "default-init": "keras.layers.Dense's defaults (glorot_uniform kernel, zero bias), seeded with "
-                    "keras.utils.set_random_seed(seed), instead of the given initial parameters",
+    "default-init": "keras.layers.Dense's and Conv2D's defaults (glorot_uniform kernel, with receptive-field fans "
+                    "for a conv kernel, zero bias), seeded with keras.utils.set_random_seed(seed), instead of the "
+                    "given initial parameters",
     "momentum-sgd": "keras.optimizers.SGD: velocity v <- momentum*v - lr*g, w <- w + v (lr inside the buffer)",
     "adam-epsilon": "keras.optimizers.Adam with epsilon = the spec's eps, added to the uncorrected sqrt(v)",
     "weight-decay": "keras optimizers' weight_decay: always decoupled, w <- w - w*wd*lr, whatever the spec's kind",
@@ -40,6 +43,7 @@ NATIVE_ENTRIES = {
 
 class TensorflowBackend(Backend):
     name = "tensorflow"
+    title = "Keras / TensorFlow"
     requires = ("tensorflow",)
     distributions = ("tensorflow", "tensorflow-cpu")
     install_hint = "pip install 'crossnn[tensorflow]'"
@@ -76,6 +80,18 @@ class TensorflowBackend(Backend):
 
         device.configure()
 
+    def threads(self):
+        """TF's intra-op threads (0 would be TF's own choice: one per core)."""
+        from crossnn_tensorflow.device import import_tensorflow
+
+        return import_tensorflow().config.threading.get_intra_op_parallelism_threads()
+
+    def set_threads(self, n):
+        """tf.config.threading's intra-op threads; refused once TF has run an op in this process."""
+        from crossnn_tensorflow.device import set_intra_op_threads
+
+        set_intra_op_threads(n)
+
     def runtime(self):
         """TF version, intra/inter-op threads, op determinism, TF32 and oneDNN, as set in this process."""
         from crossnn_tensorflow import device
@@ -91,19 +107,19 @@ class TensorflowBackend(Backend):
 
     def tutorial(self, experiment, params, data, *, dtype, device):
         """The Keras tutorials' custom training loop (crossnn_tensorflow.tutorial), sharing no code
-        with the lowering; chains of Dense/Activation layers only."""
+        with the lowering; chains of Dense, Conv2D, pooling, Flatten and Activation layers."""
         from crossnn_tensorflow.tutorial import KerasTutorialTrainer
 
         self.prepare()
         return KerasTutorialTrainer(experiment, params, data, dtype=dtype, device=device)
 
     def import_model(self, model):
-        """A Keras Sequential or functional model of Dense, Activation and Concatenate layers as
-        (spec Model, canonical parameters)."""
+        """A Keras Sequential or functional model (Dense, Conv2D, pooling, Flatten, Reshape,
+        Activation, Dropout, Add and Concatenate layers) as (spec Model, canonical parameters)."""
         roots = ("keras", "tf_keras", "tensorflow")
         if not any(cls.__module__.split(".")[0] in roots for cls in type(model).__mro__):
             return None
-        from crossnn_tensorflow.layers import import_keras
+        from crossnn_tensorflow.checkpoint import import_keras
 
         return import_keras(model)
 
@@ -113,25 +129,27 @@ class TensorflowBackend(Backend):
         adam_weight_decay_step, momentum_first_step, bce_p0_y1, bce_logit_input, ce_default_from_logits,
         ce_on_logits_as_probabilities, ce_on_logits, mse_sum, mse_mean, mse_broadcast,
         leaky_relu_default, leaky_relu_float64, gelu_default, gelu_float64_error, softplus_25,
-        batchnorm, tf32, random_seed0, clip_at_max_norm (see crossnn_tensorflow.facts.facts). tf32,
-        random_seed0 and dense_init are measured in a fresh Python process (global state)."""
+        batchnorm, tf32, random_seed0, clip_at_max_norm, conv_kernel_shape, conv_init,
+        same_stride2_window_starts, avg_pool_same_divisors, flatten_order (see
+        crossnn_tensorflow.facts.facts). tf32, random_seed0, dense_init and conv_init are measured in a
+        fresh Python process (global state)."""
         self.prepare()
         from crossnn_tensorflow.facts import facts
 
         return facts()
 
-    def script(self, experiment, params, data):
+    def script(self, experiment, params, data, side_file=None):
         """A standalone TensorFlow script (tf.Module of tf.Variables, @tf.function GradientTape
-        train_step, the spec's optimizer rule in TF ops) training `experiment` in float64 from
+        train_step, the spec's optimizer chain in TF ops) training `experiment` in float64 from
         `params` on `data`; its last line of output is the final parameters as JSON."""
         from crossnn_tensorflow.script import script
 
-        return script(experiment, params, data)
+        return script(experiment, params, data, side_file)
 
     def export_native(self, experiment, state, path):
         """The state's parameters as a Keras .weights.h5 (path must end in '.weights.h5') of a keras
-        model mirroring the spec: keras.Sequential of keras.layers.Dense (and Activation/Dropout)
-        named like the spec's layers, or a functional keras.Model for graphs. Loads into a user's
+        model mirroring the spec: keras.Sequential of the layers' Keras counterparts (Dense, Conv2D,
+        pooling, ...) named like the spec's layers, or a functional keras.Model for graphs. Loads into a user's
         keras model of the same architecture with model.load_weights(path). Weights only: the step
         and the optimizer state are not in a .weights.h5."""
         self.prepare()

@@ -1,14 +1,15 @@
-"""Keras' own format: a keras model mirroring a spec, checkpoints in Keras' .weights.h5 format, and
-Keras' default initial parameters drawn on that model (the native "default-init").
+"""Keras' own formats: a keras model mirroring a spec, checkpoints in Keras' .weights.h5 format,
+Keras' default initial parameters drawn on that model (the native "default-init"), and a user's
+Keras model read back into a spec (import_keras).
 
-The keras model: a keras.Sequential of keras.layers.Dense / Activation / Dropout named like the spec's
-layers when the model is a chain, else a functional keras.Model (Concatenate joins branches). A Dense
-kernel is (in, units) in Keras as in crossnn's canonical layout, so weights move without a transpose.
+The keras model is a keras.Sequential of the layers' Keras counterparts (each registry entry's
+`keras`, named like the spec's layers) when the model is a chain, else a functional keras.Model.
+Keras keeps weights in crossnn's canonical layout (a Dense kernel (in, units), a Conv2D kernel
+(kh, kw, in, out), NHWC images), so weights move without a transpose, in node.params order.
 """
 
 from __future__ import annotations
 
-import functools
 import tempfile
 import warnings
 from pathlib import Path
@@ -21,37 +22,15 @@ from crossnn.errors import UnsupportedFeature
 from crossnn.files import write_bytes_atomic
 from crossnn.spec import INPUT, Experiment
 
-KERAS_ACTIVATIONS = {spec.Linear: "linear", spec.ReLU: "relu", spec.Sigmoid: "sigmoid", spec.Tanh: "tanh",
-                     spec.Softmax: "softmax", spec.Softplus: "softplus"}
+from crossnn_tensorflow import ops
 
 
-def keras_activation(s: spec.Activation):
-    """The Keras activation for a spec activation (a name, or keras.activations.* with its arguments)."""
-    import keras
-
-    if type(s) in KERAS_ACTIVATIONS:
-        return KERAS_ACTIVATIONS[type(s)]
-    if isinstance(s, spec.LeakyReLU):
-        return functools.partial(keras.activations.leaky_relu, negative_slope=s.negative_slope)
-    if isinstance(s, spec.GELU):
-        return functools.partial(keras.activations.gelu, approximate=s.approximate == "tanh")
-    raise UnsupportedFeature("tensorflow", f"a Keras activation for '{s.kind}'")
-
-
-def _keras_layer(node, dtype: str):
-    import keras
-
-    layer = node.layer
-    if isinstance(layer, spec.Dense):
-        return keras.layers.Dense(layer.units, activation=keras_activation(layer.activation), use_bias=layer.use_bias,
-                                  name=node.name, dtype=dtype)
-    if isinstance(layer, spec.ActivationLayer):
-        return keras.layers.Activation(keras_activation(layer.activation), name=node.name, dtype=dtype)
-    if isinstance(layer, spec.Dropout):
-        return keras.layers.Dropout(layer.rate, name=node.name, dtype=dtype)
-    if isinstance(layer, spec.Concatenate):
-        return keras.layers.Concatenate(axis=-1, name=node.name, dtype=dtype)
-    raise UnsupportedFeature("tensorflow", f"a Keras layer for layer type '{layer.kind}'")
+def keras_layer(node, dtype: str, purpose: str):
+    """The Keras counterpart of a node (its entry's `keras`), or UnsupportedFeature."""
+    entry = ops.OPS.lookup(node.layer, purpose)
+    if not hasattr(entry, "keras"):
+        raise UnsupportedFeature("tensorflow", f"layer '{node.layer.kind}' {purpose} (its entry has no Keras layer)")
+    return entry.keras(node, dtype)
 
 
 def _is_chain(model: spec.Model) -> bool:
@@ -65,41 +44,40 @@ def _is_chain(model: spec.Model) -> bool:
 
 def keras_model(experiment: Experiment, dtype: str = "float64"):
     """(keras model, {spec layer name: keras layer}) mirroring the spec's model, built (weights made,
-    Keras' default values in them)."""
+    Keras' default initializers in them)."""
     import keras
 
     model = experiment.model
-    made = {node.name: _keras_layer(node, dtype) for node in model.nodes}
-    inputs = keras.Input(shape=(model.inputs,), dtype=dtype, name="input")
+    made = {node.name: keras_layer(node, dtype, "as a Keras layer") for node in model.nodes}
+    inputs = keras.Input(shape=model.input_shape, dtype=dtype, name="input")
     if _is_chain(model):
         return keras.Sequential([inputs] + [made[layer.name] for layer in model.layers]), made
     tensors = {INPUT: inputs}
     for node in model.nodes:
         args = [tensors[name] for name in node.inputs]
-        tensors[node.name] = made[node.name](args if isinstance(node.layer, spec.Concatenate) else args[0])
+        tensors[node.name] = made[node.name](args if len(args) > 1 else args[0])
     return keras.Model(inputs=inputs, outputs=tensors[model.layers[-1].name]), made
 
 
-def _weights(experiment: Experiment, params, layer_name: str) -> list[np.ndarray]:
-    """A Dense layer's weights in Keras' order (kernel, bias)."""
-    node = next(n for n in experiment.model.nodes if n.name == layer_name)
-    return [np.asarray(params[f"{layer_name}/{p.name}"]) for p in node.params]
+def _node(experiment: Experiment, name: str):
+    return next(n for n in experiment.model.nodes if n.name == name)
 
 
 def set_weights(experiment: Experiment, made: dict, params, dtype: str) -> None:
     for name, layer in made.items():
         if layer.weights:
-            layer.set_weights([w.astype(dtype) for w in _weights(experiment, params, name)])
+            node = _node(experiment, name)
+            layer.set_weights([np.asarray(params[f"{name}/{p.name}"], dtype=dtype) for p in node.params])
 
 
 def get_weights(experiment: Experiment, made: dict) -> dict[str, np.ndarray]:
     """Canonical float64 parameters of the keras layers, in the spec's parameter order."""
-    out = {}
     values = {name: layer.get_weights() for name, layer in made.items()}
+    out = {}
     for name in experiment.model.parameter_inits():
         layer, param = name.split("/", 1)
-        node = next(n for n in experiment.model.nodes if n.name == layer)
-        out[name] = np.array(values[layer][[p.name for p in node.params].index(param)], dtype=np.float64)
+        shorts = [p.name for p in _node(experiment, layer).params]
+        out[name] = np.array(values[layer][shorts.index(param)], dtype=np.float64)
     return out
 
 
@@ -107,28 +85,34 @@ def get_weights(experiment: Experiment, made: dict) -> dict[str, np.ndarray]:
 
 
 def keras_initial_parameters(experiment: Experiment, params, dtype: str):
-    """The given parameters with every Dense layer's replaced by keras.layers.Dense's defaults
-    (kernel glorot_uniform, bias zeros), drawn after keras.utils.set_random_seed(experiment.seed)
-    (which also seeds Python's `random`, NumPy's global generator and TF's global seed, as it does
-    in a user's program). Layers are built in the model's order, as a Keras model builds them; a
-    layer whose parameters are not a Dense layer's keeps the given ones."""
+    """The given parameters with every layer that has a Keras counterpart replaced by that layer's
+    defaults (Dense and Conv2D: kernel glorot_uniform, whose fans count the receptive field for a
+    conv kernel, and zero bias), drawn after keras.utils.set_random_seed(experiment.seed) (which
+    also seeds Python's `random`, NumPy's global generator and TF's global seed, as it does in a
+    user's program). Layers are built in the model's order, as a Keras model builds them."""
     import keras
 
     keras.utils.set_random_seed(experiment.seed)
     out = dict(params)
     for node in experiment.model.nodes:
-        if isinstance(node.layer, spec.Dense):
-            layer = keras.layers.Dense(node.layer.units, use_bias=node.layer.use_bias, dtype=dtype)
-            layer.build((None, node.input_sizes[0]))
-            out[f"{node.name}/kernel"] = layer.kernel.numpy()
-            if node.layer.use_bias:
-                out[f"{node.name}/bias"] = layer.bias.numpy()
+        if node.params:
+            layer = keras_layer(node, dtype, "with Keras' initializers")
+            layer.build((None, *node.input_shapes[0]))
+            for p, value in zip(node.params, layer.get_weights()):
+                out[f"{node.name}/{p.name}"] = value
     return out
 
 
 # ---- native checkpoints: Keras' .weights.h5 -------------------------------------------------------
 
 SUFFIX = ".weights.h5"
+
+
+def _quiet_save(model, path) -> None:
+    with warnings.catch_warnings():  # Keras' own np.array(variable) call, NumPy 2's copy= notice
+        warnings.filterwarnings("ignore", message="__array__ implementation doesn't accept a copy keyword",
+                                category=DeprecationWarning)
+        model.save_weights(path)
 
 
 def export_weights(experiment: Experiment, state: TrainingState, path) -> None:
@@ -143,12 +127,9 @@ def export_weights(experiment: Experiment, state: TrainingState, path) -> None:
         raise CheckpointError(f"{path}: the training state has no parameter '{missing[0]}'")
     model, made = keras_model(experiment, "float64")
     set_weights(experiment, made, state.params, "float64")
-    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
-        # Keras' own np.array(variable) call, NumPy 2's copy= notice
-        warnings.filterwarnings("ignore", message="__array__ implementation doesn't accept a copy keyword",
-                                category=DeprecationWarning)
+    with tempfile.TemporaryDirectory() as folder:
         made_here = Path(folder) / f"model{SUFFIX}"
-        model.save_weights(made_here)
+        _quiet_save(model, made_here)
         write_bytes_atomic(path, made_here.read_bytes())  # crossnn's writer: modes, links, one-line errors
 
 
@@ -178,10 +159,7 @@ def import_weights(experiment: Experiment, path) -> TrainingState:
     model, made = keras_model(experiment, "float64")
     with tempfile.TemporaryDirectory() as tmp:  # what this spec's model writes: the paths and shapes expected
         own = Path(tmp) / f"expected{SUFFIX}"
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="__array__ implementation doesn't accept a copy keyword",
-                                    category=DeprecationWarning)
-            model.save_weights(own)
+        _quiet_save(model, own)
         expected = _h5_datasets(own)
     for key in sorted(set(expected) | set(found)):
         if key not in found:
@@ -198,8 +176,104 @@ def import_weights(experiment: Experiment, path) -> TrainingState:
     return TrainingState(0, get_weights(experiment, made), {}, {})
 
 
-# ---- measured facts ---------------------------------------------------------------------------------
+# ---- reading a user's Keras model back into a spec --------------------------------------------------
 
-#: facts that depend on the process' global state, measured in a fresh interpreter: TF32 as a new
-#: process has it (crossnn's prepare() switches it off here), TF's global-seed stream, and Keras'
-#: seeded Dense initializers (keras.utils.set_random_seed reseeds Python, NumPy and TF globally)
+#: Keras activation names whose function is the spec's. leaky_relu (slope 0.2) and gelu (the exact
+#: form) are left out on purpose: Keras computes them with float32 constants (the slope is a float32
+#: op attribute, tf.nn.gelu casts 1/√2 through float32; catalog entries leaky-relu-slope and
+#: gelu-approximation), so a float64 Keras model using them would not match the imported spec.
+KERAS_ACTIVATIONS = {"linear": spec.Linear(), "relu": spec.ReLU(), "sigmoid": spec.Sigmoid(), "tanh": spec.Tanh(),
+                     "softmax": spec.Softmax(), "softplus": spec.Softplus()}
+
+#: Keras initializer class -> the spec's initializer, from its config. Keras' GlorotNormal, HeNormal
+#: and LecunNormal truncate their normal (the spec's names for those do not: torch's)
+KERAS_INITIALIZERS = {
+    "GlorotUniform": lambda c: spec.GlorotUniform(), "HeUniform": lambda c: spec.HeUniform(),
+    "LecunUniform": lambda c: spec.LecunUniform(), "Zeros": lambda c: spec.Zeros(), "Ones": lambda c: spec.Ones(),
+    "Constant": lambda c: spec.Constant(value=float(c["value"])),
+    "RandomUniform": lambda c: spec.Uniform(low=c["minval"], high=c["maxval"]),
+    "RandomNormal": lambda c: spec.Normal(mean=c["mean"], stddev=c["stddev"]),
+    "TruncatedNormal": lambda c: spec.TruncatedNormal(mean=c["mean"], stddev=c["stddev"]),
+    "GlorotNormal": lambda c: spec.VarianceScaling(scale=1.0, mode="fan_avg", distribution="truncated_normal"),
+    "HeNormal": lambda c: spec.VarianceScaling(scale=2.0, mode="fan_in", distribution="truncated_normal"),
+    "LecunNormal": lambda c: spec.VarianceScaling(scale=1.0, mode="fan_in", distribution="truncated_normal"),
+    "VarianceScaling": lambda c: spec.VarianceScaling(
+        scale=c["scale"], mode=c["mode"],
+        distribution={"untruncated_normal": "normal"}.get(c["distribution"], c["distribution"])),
+}
+
+
+class KerasReader:
+    """What an entry's from_keras uses to read Keras' activations and initializers, for one layer."""
+
+    def __init__(self, where: str):
+        self.where = where
+
+    def activation(self, name) -> spec.Activation:
+        key = name if isinstance(name, str) else getattr(name, "__name__", repr(name))
+        if key not in KERAS_ACTIVATIONS:
+            raise UnsupportedFeature("tensorflow", f"importing activation '{key}' of {self.where}")
+        return KERAS_ACTIVATIONS[key]
+
+    def initializer(self, config) -> spec.Initializer:
+        name = config["class_name"] if isinstance(config, dict) else str(config)
+        if name not in KERAS_INITIALIZERS:
+            raise UnsupportedFeature("tensorflow", f"importing initializer '{name}' of {self.where}")
+        return KERAS_INITIALIZERS[name](config.get("config", {}) if isinstance(config, dict) else {})
+
+
+def _parents(nodes) -> list[str]:
+    """Names of the layers feeding a layer, from its Keras 3 inbound_nodes config, in order."""
+    found = []
+
+    def walk(value):
+        if isinstance(value, dict):
+            history = (value.get("config", {}).get("keras_history") if value.get("class_name") == "__keras_tensor__"
+                       else None)
+            if history:
+                found.append(history[0])
+            else:
+                for item in value.values():
+                    walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+
+    walk(nodes[:1])  # a layer called once: its first node
+    return found
+
+
+def import_keras(model):
+    """(spec Model, canonical float64 parameters) for a built Keras Sequential or functional model
+    with one input, of the layers the registry entries read (Dense, Conv2D, MaxPooling2D,
+    AveragePooling2D (count_padding = false: Keras leaves the padding out of the mean),
+    GlobalAveragePooling2D, Flatten, Reshape, Activation, Dropout, Add, Concatenate). Layer names,
+    initializers and the starting values are the model's."""
+    config = model.get_config()
+    entries = [entry for entry in config["layers"] if entry["class_name"] != "InputLayer"]
+    input_names = [entry["config"]["name"] for entry in config["layers"] if entry["class_name"] == "InputLayer"]
+    if len(getattr(model, "inputs", None) or ()) != 1:
+        raise UnsupportedFeature("tensorflow", "importing a model without exactly one input")
+    input_shape = tuple(int(n) for n in model.inputs[0].shape[1:])
+    by_name = {layer.name: layer for layer in model.layers}
+    sequential = "inbound_nodes" not in entries[0]
+    layers: list[spec.Layer] = []
+    for i, entry in enumerate(entries):
+        name, kind, cfg = entry["config"]["name"], entry["class_name"], entry["config"]
+        if sequential:
+            inputs = (INPUT,) if i == 0 else (entries[i - 1]["config"]["name"],)
+        else:
+            inputs = tuple(INPUT if parent in input_names else parent for parent in _parents(entry["inbound_nodes"]))
+        reader = ops.KERAS_READERS.get(kind)
+        if reader is None:
+            raise UnsupportedFeature("tensorflow", f"importing layer {name} ({kind})")
+        layers.append(reader.from_keras(cfg, inputs, KerasReader(f"layer {name}")))
+    imported = spec.Model(inputs=input_shape[0] if len(input_shape) == 1 else list(input_shape), layers=tuple(layers))
+    params = {}
+    for node in imported.nodes:
+        weights = by_name[node.name].get_weights()
+        if [tuple(w.shape) for w in weights] != [tuple(p.shape) for p in node.params]:
+            raise UnsupportedFeature("tensorflow", f"importing layer {node.name}: weights of shapes "
+                                                   f"{[list(w.shape) for w in weights]}")
+        params.update({f"{node.name}/{p.name}": np.asarray(w, dtype=np.float64) for p, w in zip(node.params, weights)})
+    return imported, {name: params[name] for name in imported.parameter_inits()}

@@ -56,8 +56,35 @@ def probe() -> tuple[str, ...]:
     return ("cpu",) + tuple(f"gpu:{i}" for i in range(len(tf.config.list_physical_devices("GPU"))))
 
 
+#: intra-op threads chosen through set_intra_op_threads (crossnn run --threads); None: intra_op_threads' default
+_chosen_intra_op_threads: list[int] = []
+
+
 def intra_op_threads() -> int:
+    """The chosen count, else every core this process may run on."""
+    if _chosen_intra_op_threads:
+        return _chosen_intra_op_threads[-1]
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def set_intra_op_threads(n: int) -> None:
+    """Use n intra-op threads from now on (configure keeps them). TensorFlow fixes its thread pools
+    when it runs its first op; after that, a different count is refused with a one-line BackendError."""
+    tf = import_tensorflow()
+    current = tf.config.threading.get_intra_op_parallelism_threads()
+    if current != n:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(n)
+        except RuntimeError:  # the runtime is already initialised
+            raise BackendError(f"backend 'tensorflow' cannot change its intra-op threads to {n}: TensorFlow fixes them "
+                               f"when it runs its first op, which it has done in this process (they are {current})"
+                               ) from None
+    _chosen_intra_op_threads[:] = [n]
+
+
+#: set beside TF_CPP_MIN_LOG_LEVEL when crossnn chose the level, so a child process (a benchmark's),
+#: which inherits both, still knows the level is not the user's choice and keeps the notices quiet
+_LEVEL_CHOSEN_BY_CROSSNN = "CROSSNN_TF_CPP_MIN_LOG_LEVEL"
 
 
 def import_tensorflow():
@@ -65,11 +92,12 @@ def import_tensorflow():
     grappler's per-graph warnings) kept off the terminal, unless the user chose TF_CPP_MIN_LOG_LEVEL.
     The notices are printed before TF's logging starts, so they are silenced by pointing file
     descriptor 2 at /dev/null for the import only; Python exceptions still propagate."""
-    if "tensorflow" in sys.modules or "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+    level = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+    if "tensorflow" in sys.modules or (level is not None and level != os.environ.get(_LEVEL_CHOSEN_BY_CROSSNN)):
         import tensorflow as tf
 
         return tf
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = os.environ[_LEVEL_CHOSEN_BY_CROSSNN] = "2"
     sys.stderr.flush()
     saved = os.dup(2)
     try:

@@ -25,6 +25,12 @@ dense = keras.layers.Dense(50)
 dense.build((None, 100))
 out["dense_init"] = {"kernel_max_abs": float(abs(dense.kernel.numpy()).max()), "glorot_limit": math.sqrt(6 / 150),
                      "bias_all_zero": bool((dense.bias.numpy() == 0).all())}
+conv = keras.layers.Conv2D(16, (3, 3))
+conv.build((None, 10, 10, 8))
+out["conv_init"] = {"kernel_max_abs": float(abs(conv.kernel.numpy()).max()),
+                    "glorot_limit": math.sqrt(6 / (3 * 3 * 8 + 3 * 3 * 16)),
+                    "glorot_limit_without_receptive_field": math.sqrt(6 / (8 + 16)),
+                    "bias_all_zero": bool((conv.bias.numpy() == 0).all())}
 print(json.dumps(out))
 """
 
@@ -41,6 +47,35 @@ def _default(function, name):
     import inspect
 
     return inspect.signature(function).parameters[name].default
+
+
+def _cnn_facts(keras) -> dict[str, object]:
+    """Keras' convolution and pooling, measured on inputs that show what they do."""
+    import numpy as np
+
+    out: dict[str, object] = {}
+    conv = keras.layers.Conv2D(3, (4, 5))
+    conv.build((None, 8, 8, 2))
+    out["conv_kernel_shape"] = [int(d) for d in conv.kernel.shape]  # (kh, kw, in, out)
+
+    # 'same' at stride 2 on 8 rows with a 3-row window: a kernel that reads each window's first row,
+    # on an input whose row i holds i + 1 (0 would be a padded row), tells where the windows start
+    rows = keras.layers.Conv2D(1, (3, 1), strides=(2, 1), padding="same", use_bias=False,
+                               kernel_initializer=keras.initializers.Constant([[[[1.0]]], [[[0.0]]], [[[0.0]]]]))
+    first = rows(tf.reshape(tf.range(1.0, 9.0), (1, 8, 1, 1)))
+    out["same_stride2_window_starts"] = [int(round(v)) - 1 for v in first.numpy().ravel()]
+
+    # AveragePooling2D(2, 2, 'same') on a 3x3 input: the windows of the last row and column reach into
+    # the padding; each divisor is the window's sum over the input over the pooled value
+    x = np.arange(1.0, 10.0).reshape(1, 3, 3, 1)
+    pooled = keras.layers.AveragePooling2D(2, strides=2, padding="same")(tf.constant(x)).numpy()[0, :, :, 0]
+    sums = np.array([[x[0, i:i + 2, j:j + 2, 0].sum() for j in (0, 2)] for i in (0, 2)])
+    out["avg_pool_same_divisors"] = (sums / pooled).round(12).tolist()
+
+    # Flatten on NHWC (1, 2, 3, 2) holding 0..11 in row-major order
+    out["flatten_order"] = [int(v) for v in keras.layers.Flatten()(tf.reshape(tf.range(12.0), (1, 2, 3, 2)))
+                            .numpy().ravel()]
+    return out
 
 
 def facts() -> dict[str, object]:
@@ -107,6 +142,9 @@ def facts() -> dict[str, object]:
     out["batchnorm"] = {"momentum": float(bn.momentum), "epsilon": float(bn.epsilon),
                         "moving_mean": [float(v) for v in bn.moving_mean.numpy()],
                         "moving_variance": [float(v) for v in bn.moving_variance.numpy()]}
+
+    out.update(_cnn_facts(keras))
+    out["conv_init"] = fresh["conv_init"]
 
     out["tf32"] = fresh["tf32"]
     out["random_seed0"] = fresh["random_seed0"]

@@ -1,9 +1,13 @@
-"""Optimizers: the update rules of crossnn.spec.optimizers (PyTorch's and the papers'), written with
-TF ops on tf.Variables, in PyTorch's operation order (the NumPy reference's, crossnn_numpy.optimizers).
+"""Optimizers: the spec's update (crossnn.spec.optimizers) as one chain of stages on tf.Variables,
+written once, in the order of the NumPy reference (crossnn_numpy.optimizers):
 
-Every step, as the spec orders it: clip all gradients by their global norm (clip_norm), weight decay
-(L2 added to the gradient, or decoupled: w ← w · (1 - lr_t · wd)), then the rule's update with the
-step's learning rate lr_t (a float64 scalar tensor fed in per step, so schedules never retrace).
+    clip by global norm  ->  L2 decay  ->  the rule  ->  decoupled decay  ->  learning rate
+
+per parameter w with (clipped) gradient g: g ← g + l2·w; d = rule(g); w ← w + (-lr)·(d + wd·w).
+The rule is the optimizer's entry in crossnn_tensorflow.ops.OPS (a Rule, below); each stage's
+training code has its script text beside it, and script_code() assembles the emitted script's
+optimizer from the same stages. Scalars (lr, bias corrections) are formed in float64 and cast once
+to the parameters' dtype, as PyTorch does with its Python-float hyperparameters.
 
 These are deliberately not keras.optimizers, whose formulas differ:
   * keras.optimizers.SGD with momentum keeps a velocity scaled by the learning rate,
@@ -19,314 +23,420 @@ These are deliberately not keras.optimizers, whose formulas differ:
     which torch.nn.utils.clip_grad_norm_ (the spec) adds.
   * Keras keeps the learning rate in a variable of keras.config.floatx() (float32 by default) and
     casts Python-float hyperparameters to the variable's dtype through a float32 tensor
-    (ops.cast(0.9, "float64") = 0.8999999761581421), so unless floatx is float64 and the
-    hyperparameters are np.float64, a float64 model trains with float32 ones.
-Where a TF kernel computes exactly the spec's rule it is used: ResourceApplyGradientDescent,
-ResourceApplyMomentum (SGD) and ResourceApplyAdagradV2 (epsilon outside the root, as the spec).
+    (ops.cast(0.9, "float64") = 0.8999999761581421).
+Where one of TF's fused training kernels computes the rule and the learning-rate stage exactly, the
+rule uses it (Rule.fused): ResourceApplyGradientDescent and ResourceApplyMomentum (SGD),
+ResourceApplyAdagradV2 (epsilon outside the root, as the spec): one in-place op per parameter
+instead of three to five.
 
-Scalars (lr, bias corrections, decay factors) are formed in float64 and cast once to the parameter
-dtype, as PyTorch does with its Python-float hyperparameters.
+The native flavour (`native` catalog entries, see crossnn_tensorflow.NATIVE_ENTRIES): a rule entry
+names the catalog entry that swaps it for Keras' own optimizer (`native_entry`, `keras`; run by
+KerasOptimizer), the clip stage uses tf.clip_by_global_norm under "clip-norm", and the decay stage
+Keras' decoupled decay under "weight-decay".
 
-The native flavour (`native` catalog entries, see crossnn_tensorflow.NATIVE_ENTRIES) uses Keras'
-optimizers instead (KerasOptimizer below) or TF's clip_by_global_norm.
-
-State: every rule keeps its buffers in tf.Variables named as crossnn.checkpoint names them
-(`slot_variables`, `counter_variables`), so a trainer can export and load them.
-
-User-defined optimizers: subclass crossnn.spec.Optimizer (with a `kind`), then register a Rule:
-
-    @crossnn_tensorflow.optimizers.register(MySignSGD)
-    class SignSGD(crossnn_tensorflow.optimizers.Rule):
-        def create(self, variables):             # make the state, e.g. self.slot("momentum_buffer", variables)
-            pass
-        def update(self, i, w, g, lr):           # w: tf.Variable, g: its (clipped, decayed) gradient,
-            w.assign_sub(tf.cast(lr, w.dtype) * tf.sign(g))   # lr: the step's float64 learning rate
+Rule contract (OPS.register(SpecClass) on a Rule subclass adds one; its state lives in
+`slot_variables` (one tf.Variable per parameter and slot, named as crossnn.checkpoint names them)
+and `counter_variables` (int64), made from the spec's state_slots() / state_counters()):
+  begin(dtype) -> scalars      once per step, before the parameters (advances the counters)
+  direction(i, w, g, scalars)  -> d for parameter i (w its tf.Variable, g its gradient), updating
+                               the rule's slots
+  fused(i, w, g, lr) -> bool   optionally: w ← w - lr·d done by one TF kernel (asked only when no
+                               decoupled decay follows the rule)
+  initial(slot) -> float       a slot's starting value (0 unless overridden)
+  code_begin(), code_direction() -> the same, as script lines: `state[slot][i]`, `counters[name]`,
+                               `w`, `g`, `dtype` in scope; code_direction assigns `d`
 """
 
 from __future__ import annotations
-
-import tensorflow as tf
 
 from crossnn import spec
 from crossnn.errors import UnsupportedFeature
 
 from crossnn_tensorflow import device as devices
+from crossnn_tensorflow.ops import OPS
+
+tf = devices.import_tensorflow()
 
 #: added to the global norm before dividing, as torch.nn.utils.clip_grad_norm_ (and the spec) does
 CLIP_EPS = 1e-6
 
 
-def clip_by_global_norm(grads, clip_norm: float):
-    """g ← g · min(1, clip_norm / (‖g‖ + 1e-6)), ‖g‖ the 2-norm of all gradients together (the spec's
-    clip; tf.clip_by_global_norm has no 1e-6). The norm and the factor are float64."""
-    squares = [tf.cast(tf.reduce_sum(g * g), tf.float64) for g in grads]
-    norm = tf.sqrt(tf.add_n(squares))
-    coef = tf.minimum(tf.constant(1.0, tf.float64), clip_norm / (norm + CLIP_EPS))
-    return [g * tf.cast(coef, g.dtype) for g in grads]
-
-
-def _clip(grads, s: spec.Optimizer, native: frozenset[str]):
-    if s.clip_norm is None:
-        return list(grads)
-    if "clip-norm" in native:
-        return tf.clip_by_global_norm(grads, s.clip_norm)[0]
-    return clip_by_global_norm(grads, s.clip_norm)
-
-
 class Rule(tf.Module):
-    """Shared steps of every rule: clip by global norm, then weight decay (L2 or decoupled), then
-    `update` per parameter. Subclasses make their state in `create` (with `slot` and `counter`) and
-    implement `update`."""
+    """The state and per-parameter direction of an update rule (see the module docstring)."""
 
-    def __init__(self, s: spec.Optimizer, variables, native: frozenset[str] = frozenset()):
+    #: the catalog entry under which Keras' own optimizer replaces this rule (native flavour)
+    native_entry: str | None = None
+
+    def __init__(self, s: spec.Optimizer, variables):
         super().__init__()
         self.s = s
-        self.native = frozenset(native)
-        kind = s.weight_decay_kind
-        #: "weight-decay" native: Keras' meaning, decoupled whatever the spec's kind, as Keras writes it
-        self.keras_decay = "weight-decay" in self.native and bool(s.weight_decay)
-        if self.keras_decay:
-            kind = "decoupled"
-        self.l2 = s.weight_decay if kind == "l2" else 0.0
-        self.decoupled = s.weight_decay if kind == "decoupled" else 0.0
-        #: canonical slot name (crossnn.checkpoint) -> one tf.Variable per parameter
-        self.slot_variables: dict[str, list[tf.Variable]] = {}
-        self.slot_initial: dict[str, float] = {}
-        #: canonical counter name -> an int64 tf.Variable
-        self.counter_variables: dict[str, tf.Variable] = {}
-        self.create(variables)
+        self.slot_variables = {slot: [tf.Variable(tf.fill(tf.shape(w), tf.constant(self.initial(slot), w.dtype)),
+                                                  trainable=False, name=slot) for w in variables]
+                               for slot in s.state_slots()}
+        self.counter_variables = {name: tf.Variable(0, dtype=tf.int64, trainable=False, name=name)
+                                  for name in s.state_counters()}
 
-    def slot(self, name: str, variables, initial: float = 0.0) -> list[tf.Variable]:
-        """A state buffer per parameter, shaped like it, filled with `initial`."""
-        self.slot_initial[name] = initial
-        self.slot_variables[name] = [tf.Variable(tf.fill(tf.shape(w), tf.constant(initial, w.dtype)),
-                                                 trainable=False, name=name) for w in variables]
-        return self.slot_variables[name]
+    def initial(self, slot: str) -> float:
+        return 0.0
 
-    def counter(self, name: str) -> tf.Variable:
-        self.counter_variables[name] = tf.Variable(0, dtype=tf.int64, trainable=False, name=name)
-        return self.counter_variables[name]
+    def initial_code(self, slot: str) -> str:
+        return f"tf.fill(tf.shape(w), tf.constant({self.initial(slot)!r}, w.dtype))" if self.initial(slot) \
+            else "tf.zeros_like(w)"
+
+    def begin(self, dtype):
+        for counter in self.counter_variables.values():
+            counter.assign_add(1)
+        return None
+
+    def code_begin(self) -> list[str]:
+        return [f'counters["{name}"].assign_add(1)' for name in self.counter_variables]
+
+    def fused(self, i, w, g, lr) -> bool:
+        return False
+
+    def direction(self, i, w, g, scalars):
+        raise NotImplementedError
+
+    def code_direction(self) -> list[str]:
+        raise UnsupportedFeature("tensorflow", f"optimizer '{self.s.kind}' in a script (its rule has no script text)")
 
     def reset(self) -> None:
         """State as before the first step."""
-        for name, buffers in self.slot_variables.items():
+        for slot, buffers in self.slot_variables.items():
             for b in buffers:
-                b.assign(tf.fill(tf.shape(b), tf.constant(self.slot_initial[name], b.dtype)))
-        for c in self.counter_variables.values():
-            c.assign(0)
+                b.assign(tf.fill(tf.shape(b), tf.constant(self.initial(slot), b.dtype)))
+        for counter in self.counter_variables.values():
+            counter.assign(0)
 
-    def create(self, variables) -> None:
-        """Make the rule's state (nothing by default)."""
-
-    def apply(self, grads, variables, lr) -> None:
-        """One step: grads in the order of variables; lr the step's float64 learning rate."""
-        grads = _clip(grads, self.s, self.native)
-        for i, (w, g) in enumerate(zip(variables, grads)):
-            if self.decoupled:
-                if self.keras_decay:  # keras' _apply_weight_decay: w - w · wd · lr
-                    w.assign(w - w * tf.constant(self.decoupled, w.dtype) * tf.cast(lr, w.dtype))
-                else:
-                    w.assign(w * tf.cast(1.0 - lr * self.decoupled, w.dtype))
-            if self.l2:
-                g = g + self.l2 * w
-            self.update(i, w, g, lr)
-
-    def update(self, i: int, w: tf.Variable, g, lr) -> None:
-        raise NotImplementedError
+    @staticmethod
+    def keras(s, f64, options):
+        """Keras' own optimizer for the native flavour (hyperparameters as np.float64 via f64)."""
+        raise UnsupportedFeature("tensorflow", f"a Keras optimizer for '{s.kind}'")
 
 
+@OPS.register(spec.SGD)
 class SGD(Rule):
-    """b ← μ b + g (b = g on the first step);  d = g + μ b (Nesterov) or b;  w ← w - lr d.  The buffer
-    b starts at zero, so μ · 0 + g = g gives the first step exactly.
+    """b ← μ b + g (b starts at 0, so b = g on the first step), d = g + μ b (Nesterov) or b; d = g
+    without momentum. Without Nesterov and decoupled decay the whole step is one of TF's fused
+    kernels, ResourceApplyGradientDescent (w ← w - g·lr) or ResourceApplyMomentum (b ← b·μ + g,
+    w ← w - b·lr), the kernels of TF's classic optimizers. Nesterov's kernel computes
+    w ← w - (g·lr + b·μ·lr), which rounds differently from w - lr (g + μ b), so it is written out."""
 
-    Without Nesterov this is exactly what TF's own fused training kernels compute, so they do it:
-    ResourceApplyGradientDescent (w ← w - g · lr) and ResourceApplyMomentum (b ← b · μ + g,
-    w ← w - b · lr), the kernels of TF's classic optimizers (tf.compat.v1.train, Keras 2). One
-    in-place op per parameter instead of three to five, which saves a tenth of the step time on small
-    models and a pass over the parameters on large ones. Nesterov's kernel computes
-    w ← w - (g · lr + b · μ · lr), which rounds differently from w ← w - lr (g + μ b), so that
-    case is written out."""
+    native_entry = "momentum-sgd"
 
-    def create(self, variables):
-        self.buffers = self.slot("momentum_buffer", variables) if self.s.momentum else []
-
-    def update(self, i, w, g, lr):
+    def fused(self, i, w, g, lr):
         s = self.s
-        lr = tf.cast(lr, w.dtype)
         if not s.momentum:
             tf.raw_ops.ResourceApplyGradientDescent(var=w.handle, alpha=lr, delta=g)
         elif not s.nesterov:
-            tf.raw_ops.ResourceApplyMomentum(var=w.handle, accum=self.buffers[i].handle, lr=lr, grad=g,
-                                             momentum=tf.constant(s.momentum, w.dtype))
+            tf.raw_ops.ResourceApplyMomentum(var=w.handle, accum=self.slot_variables["momentum_buffer"][i].handle,
+                                             lr=lr, grad=g, momentum=tf.constant(s.momentum, w.dtype))
         else:
-            b = self.buffers[i] * s.momentum + g
-            self.buffers[i].assign(b)
-            w.assign_sub(lr * (g + s.momentum * b))
+            return False
+        return True
+
+    def direction(self, i, w, g, scalars):
+        mu = self.s.momentum
+        if not mu:
+            return g
+        b = self.slot_variables["momentum_buffer"][i]
+        b_t = mu * b + g
+        b.assign(b_t)
+        return g + mu * b_t if self.s.nesterov else b_t
+
+    def code_direction(self):
+        mu = self.s.momentum
+        if not mu:
+            return ["d = g"]
+        return ['b = state["momentum_buffer"][i]', f"b_t = {mu!r} * b + g", "b.assign(b_t)",
+                f"d = g + {mu!r} * b_t  # Nesterov" if self.s.nesterov else "d = b_t"]
+
+    @staticmethod
+    def keras(s, f64, options):
+        import keras
+
+        return keras.optimizers.SGD(learning_rate=f64(s.lr), momentum=f64(s.momentum), nesterov=s.nesterov,
+                                    **options)
 
 
+@OPS.register(spec.Adam, spec.AdamW)
 class Adam(Rule):
-    """m ← m + (1-β₁)(g - m);  v ← β₂ v + ((1-β₂) g) g;
-    w ← w + (-lr / (1-β₁ᵗ)) m / (√v / √(1-β₂ᵗ) + eps), t counted in a variable from 1.
-    AdamW is this rule with decoupled decay (applied in Rule.apply)."""
+    """m ← m + (1-β₁)(g - m), v ← β₂ v + ((1-β₂) g) g, d = (m / (1-β₁ᵗ)) / (√v / √(1-β₂ᵗ) + eps),
+    t counted from 1. AdamW is this rule with the chain's decoupled decay."""
 
-    def create(self, variables):
-        self.step = self.counter("step")
-        self.exp_avg = self.slot("exp_avg", variables)
-        self.exp_avg_sq = self.slot("exp_avg_sq", variables)
+    native_entry = "adam-epsilon"
 
-    def apply(self, grads, variables, lr):
+    def begin(self, dtype):
         s = self.s
-        t = tf.cast(self.step.assign_add(1), tf.float64)
-        self.neg_step_size = -(lr / (1.0 - tf.pow(tf.constant(s.beta1, tf.float64), t)))
-        self.correction2_sqrt = tf.sqrt(1.0 - tf.pow(tf.constant(s.beta2, tf.float64), t))
-        super().apply(grads, variables, lr)
+        t = tf.cast(self.counter_variables["step"].assign_add(1), tf.float64)
+        return (tf.cast(1.0 - tf.pow(tf.constant(s.beta1, tf.float64), t), dtype),
+                tf.cast(tf.sqrt(1.0 - tf.pow(tf.constant(s.beta2, tf.float64), t)), dtype))
 
-    def update(self, i, w, g, lr):
-        s, m, v = self.s, self.exp_avg[i], self.exp_avg_sq[i]
-        dtype = w.dtype
+    def code_begin(self):
+        s = self.s
+        return ['t = tf.cast(counters["step"].assign_add(1), tf.float64)',
+                f"c1 = tf.cast(1.0 - {s.beta1!r} ** t, dtype)  # m's bias correction 1 - beta1^t",
+                f"c2 = tf.cast(tf.sqrt(1.0 - {s.beta2!r} ** t), dtype)  # sqrt(1 - beta2^t), v's"]
+
+    def direction(self, i, w, g, scalars):
+        s, (c1, c2) = self.s, scalars
+        m, v = self.slot_variables["exp_avg"][i], self.slot_variables["exp_avg_sq"][i]
         m_t = m + (1.0 - s.beta1) * (g - m)
-        v_t = v * s.beta2 + ((1.0 - s.beta2) * g) * g
+        v_t = s.beta2 * v + ((1.0 - s.beta2) * g) * g
         m.assign(m_t)
         v.assign(v_t)
-        denom = tf.sqrt(v_t) / tf.cast(self.correction2_sqrt, dtype) + s.eps
-        w.assign_add((tf.cast(self.neg_step_size, dtype) * m_t) / denom)
+        return (m_t / c1) / (tf.sqrt(v_t) / c2 + s.eps)
+
+    def code_direction(self):
+        s = self.s
+        return ['m, v = state["exp_avg"][i], state["exp_avg_sq"][i]',
+                f"m_t = m + (1.0 - {s.beta1!r}) * (g - m)", f"v_t = {s.beta2!r} * v + ((1.0 - {s.beta2!r}) * g) * g",
+                "m.assign(m_t)", "v.assign(v_t)",
+                f"d = (m_t / c1) / (tf.sqrt(v_t) / c2 + {s.eps!r})  # eps on sqrt(v_hat), not Keras' sqrt(v)"]
+
+    @staticmethod
+    def keras(s, f64, options):
+        import keras
+
+        return keras.optimizers.Adam(learning_rate=f64(s.lr), beta_1=f64(s.beta1), beta_2=f64(s.beta2),
+                                     epsilon=f64(s.eps), **options)
 
 
+@OPS.register(spec.RMSprop)
 class RMSprop(Rule):
-    """v ← α v + ((1-α) g) g;  a = √(v - ḡ²) + eps (centered, ḡ ← ḡ + (1-α)(g - ḡ)) or √v + eps;
-    with momentum b ← μ b + g / a, w ← w - lr b; else w ← w + (-lr g) / a. Written out: TF's
-    ResourceApplyRMSProp puts eps inside the root and lr inside the momentum buffer."""
+    """v ← α v + ((1-α) g) g; a = √(v - ḡ²) + eps (centered, ḡ ← ḡ + (1-α)(g - ḡ)) or √v + eps;
+    with momentum b ← μ b + g / a, d = b; else d = g / a. Written out: TF's ResourceApplyRMSProp puts
+    eps inside the root and lr inside the momentum buffer."""
 
-    def create(self, variables):
-        s = self.s
-        self.step = self.counter("step")
-        self.square_avg = self.slot("square_avg", variables)
-        self.momentum_buffer = self.slot("momentum_buffer", variables) if s.momentum else []
-        self.grad_avg = self.slot("grad_avg", variables) if s.centered else []
+    native_entry = "rmsprop"
 
-    def apply(self, grads, variables, lr):
-        self.step.assign_add(1)
-        super().apply(grads, variables, lr)
-
-    def update(self, i, w, g, lr):
-        s = self.s
-        v = self.square_avg[i]
-        v_t = v * s.alpha + ((1.0 - s.alpha) * g) * g
+    def direction(self, i, w, g, scalars):
+        s, slots = self.s, self.slot_variables
+        v = slots["square_avg"][i]
+        v_t = s.alpha * v + ((1.0 - s.alpha) * g) * g
         v.assign(v_t)
         if s.centered:
-            avg = self.grad_avg[i]
+            avg = slots["grad_avg"][i]
             avg_t = avg + (1.0 - s.alpha) * (g - avg)
             avg.assign(avg_t)
             a = tf.sqrt(v_t - avg_t * avg_t) + s.eps
         else:
             a = tf.sqrt(v_t) + s.eps
-        lr = tf.cast(lr, w.dtype)
-        if s.momentum:
-            b = self.momentum_buffer[i]
-            b_t = b * s.momentum + g / a
-            b.assign(b_t)
-            w.assign_sub(lr * b_t)
+        if not s.momentum:
+            return g / a
+        b = slots["momentum_buffer"][i]
+        b_t = s.momentum * b + g / a
+        b.assign(b_t)
+        return b_t
+
+    def code_direction(self):
+        s = self.s
+        lines = ['v = state["square_avg"][i]', f"v_t = {s.alpha!r} * v + ((1.0 - {s.alpha!r}) * g) * g",
+                 "v.assign(v_t)"]
+        if s.centered:
+            lines += ['avg = state["grad_avg"][i]', f"avg_t = avg + (1.0 - {s.alpha!r}) * (g - avg)",
+                      "avg.assign(avg_t)",
+                      f"a = tf.sqrt(v_t - avg_t * avg_t) + {s.eps!r}  # centered: the variance of g"]
         else:
-            w.assign_add((-lr * g) / a)
+            lines.append(f"a = tf.sqrt(v_t) + {s.eps!r}  # eps outside the root (Keras': inside)")
+        if not s.momentum:
+            return lines + ["d = g / a"]
+        return lines + ['b = state["momentum_buffer"][i]', f"b_t = {s.momentum!r} * b + g / a", "b.assign(b_t)",
+                        "d = b_t"]
+
+    @staticmethod
+    def keras(s, f64, options):
+        import keras
+
+        return keras.optimizers.RMSprop(learning_rate=f64(s.lr), rho=f64(s.alpha), momentum=f64(s.momentum),
+                                        epsilon=f64(s.eps), centered=s.centered, **options)
 
 
+@OPS.register(spec.Adagrad)
 class Adagrad(Rule):
-    """s ← s + g² (s starts at initial_accumulator), w ← w - lr g / (√s + eps): exactly TF's
-    ResourceApplyAdagradV2 kernel (accum += g²; var -= g · lr / (√accum + ε)), which does it.
-    Not keras.optimizers.Adagrad: ε inside the root, and its accumulator starts at 0.1 by default."""
+    """s ← s + g² (s starts at initial_accumulator), d = g / (√s + eps): with the learning rate,
+    exactly TF's ResourceApplyAdagradV2 kernel (accum += g²; var -= g · lr / (√accum + ε)), which
+    does it when no decoupled decay follows. Not keras.optimizers.Adagrad: ε inside the root, and
+    its accumulator starts at 0.1 by default."""
 
-    def create(self, variables):
-        self.step = self.counter("step")
-        self.sum = self.slot("sum", variables, self.s.initial_accumulator)
+    native_entry = "adagrad"
+
+    def initial(self, slot):
+        return self.s.initial_accumulator
+
+    def fused(self, i, w, g, lr):
+        tf.raw_ops.ResourceApplyAdagradV2(var=w.handle, accum=self.slot_variables["sum"][i].handle, lr=lr,
+                                          epsilon=tf.constant(self.s.eps, w.dtype), grad=g)
+        return True
+
+    def direction(self, i, w, g, scalars):
+        total = self.slot_variables["sum"][i]
+        total_t = total + g * g
+        total.assign(total_t)
+        return g / (tf.sqrt(total_t) + self.s.eps)
+
+    def code_direction(self):
+        return ['total = state["sum"][i]', "total_t = total + g * g", "total.assign(total_t)",
+                f"d = g / (tf.sqrt(total_t) + {self.s.eps!r})  # eps outside the root (Keras': inside)"]
+
+    @staticmethod
+    def keras(s, f64, options):
+        import keras
+
+        return keras.optimizers.Adagrad(learning_rate=f64(s.lr), epsilon=f64(s.eps),
+                                        initial_accumulator_value=f64(s.initial_accumulator), **options)
+
+
+# ---- the chain -------------------------------------------------------------------------------------
+
+
+class Stages:
+    """The chain's stages other than the rule, for a spec optimizer and the run's catalog entries:
+    the clip (the spec's, or tf.clip_by_global_norm under "clip-norm") and the weight decay (the
+    spec's kind, or Keras' decoupled decay, applied before the rule, under "weight-decay")."""
+
+    def __init__(self, s: spec.Optimizer, native: frozenset[str]):
+        self.s = s
+        self.tf_clip = "clip-norm" in native
+        #: "weight-decay" native: Keras' meaning, w ← w - w·wd·lr before the rule, whatever the spec's kind
+        self.keras_decay = s.weight_decay if "weight-decay" in native else 0.0
+        self.l2 = 0.0 if self.keras_decay else s.l2
+        self.decoupled = 0.0 if self.keras_decay else s.decoupled
+
+    def clip(self, grads):
+        """g ← g · min(1, clip_norm / (‖g‖ + 1e-6)), ‖g‖ the 2-norm of all gradients together."""
+        if self.s.clip_norm is None:
+            return list(grads)
+        if self.tf_clip:
+            return tf.clip_by_global_norm(grads, self.s.clip_norm)[0]
+        norm = tf.sqrt(tf.add_n([tf.reduce_sum(g * g) for g in grads]))
+        coef = tf.minimum(self.s.clip_norm / (norm + CLIP_EPS), 1.0)
+        return [g * coef for g in grads]
+
+    CLIP_CODE = '''def clip_by_global_norm(grads, clip_norm):
+    """Every g <- g * min(1, clip_norm / (norm + 1e-6)), norm the 2-norm of all gradients together:
+    torch's clip_grad_norm_, the spec's. tf.clip_by_global_norm has no 1e-6."""
+    norm = tf.sqrt(tf.add_n([tf.reduce_sum(g * g) for g in grads]))
+    coef = tf.minimum(clip_norm / (norm + 1e-6), 1.0)
+    return [g * coef for g in grads]
+'''
+
+    def decay(self, w, g, lr):
+        """The gradient with L2 decay added; Keras' decay applied to w first under "weight-decay"."""
+        if self.keras_decay:  # keras' _apply_weight_decay: w - w · wd · lr
+            w.assign(w - w * tf.constant(self.keras_decay, w.dtype) * lr)
+        return g + self.l2 * w if self.l2 else g
+
+
+class Chain(tf.Module):
+    """The spec's optimizer over `variables`: the stages above around the rule entry."""
+
+    def __init__(self, s: spec.Optimizer, variables, native: frozenset[str] = frozenset()):
+        super().__init__()
+        self.s = s
+        self.stages = Stages(s, native)
+        entry = OPS.lookup(s)
+        if not (isinstance(entry, type) and issubclass(entry, Rule)):
+            raise TypeError(f"the TF lowering of optimizer '{s.kind}' must subclass crossnn_tensorflow.optimizers.Rule")
+        self.rule = entry(s, variables)
+        self.slot_variables = self.rule.slot_variables
+        self.counter_variables = self.rule.counter_variables
+
+    def apply(self, grads, variables, lr) -> None:
+        """One step: grads in the order of variables; lr the step's float64 learning rate."""
+        stages, rule = self.stages, self.rule
+        dtype = variables[0].dtype
+        lr = tf.cast(lr, dtype)
+        scalars = rule.begin(dtype)
+        for i, (w, g) in enumerate(zip(variables, stages.clip(grads))):
+            g = stages.decay(w, g, lr)
+            if not stages.decoupled and rule.fused(i, w, g, lr):
+                continue
+            d = rule.direction(i, w, g, scalars)
+            if stages.decoupled:
+                d = d + stages.decoupled * w
+            w.assign_add(-lr * d)
+
+    def reset(self) -> None:
+        self.rule.reset()
+
+def script_code(s: spec.Optimizer) -> str:
+    """The emitted script's optimizer: the chain's stages around the rule entry's script text, with
+    TF ops (a fused kernel written as the formula it computes)."""
+    rule = OPS.lookup(s, "in a script")(s, [])
+    slots = "".join(f'\n            "{slot}": [tf.Variable({rule.initial_code(slot)}) for w in variables],'
+                    for slot in s.state_slots())
+    counters = "".join(f'\n            "{name}": tf.Variable(0, dtype=tf.int64),' for name in s.state_counters())
+    head = f"# ---- the optimizer: clip -> weight decay -> the {s.kind} rule -> learning rate, in TF ops ----\n"
+    lines = []
+    if s.clip_norm is not None:
+        head += Stages.CLIP_CODE + "\n\n"
+        lines.append(f"grads = clip_by_global_norm(grads, {s.clip_norm!r})")
+    lines += ["dtype = variables[0].dtype", "lr = tf.cast(lr, dtype)",
+              "state, counters = self.state, self.counters", *rule.code_begin(),
+              "for i, (w, g) in enumerate(zip(variables, grads)):"]
+    body = []
+    if s.l2:
+        body.append(f"g = g + {s.l2!r} * w  # L2: torch's weight_decay (Keras' weight_decay is decoupled)")
+    body += rule.code_direction()
+    if s.decoupled:
+        body.append(f"d = d + {s.decoupled!r} * w  # decoupled decay: w (1 - lr wd) - lr d")
+    body.append("w.assign_add(-lr * d)")
+    apply = "\n".join(f"        {line}" for line in lines) + "\n" + "\n".join(f"            {line}" for line in body)
+    return head + f'''class Optimizer(tf.Module):
+    """The spec's {s.kind} with its weight decay and clipping, as crossnn.spec.optimizers writes them
+    (PyTorch's formulas, not keras.optimizers': see crossnn_tensorflow.optimizers)."""
+
+    def __init__(self, variables):
+        super().__init__()
+        # per-parameter state, under crossnn's checkpoint names, and the rule's counters
+        self.state = {{{slots}
+        }}
+        self.counters = {{{counters}
+        }}
 
     def apply(self, grads, variables, lr):
-        self.step.assign_add(1)
-        super().apply(grads, variables, lr)
-
-    def update(self, i, w, g, lr):
-        tf.raw_ops.ResourceApplyAdagradV2(var=w.handle, accum=self.sum[i].handle, lr=tf.cast(lr, w.dtype),
-                                          epsilon=tf.constant(self.s.eps, w.dtype), grad=g)
-
-
-OPTIMIZERS = {spec.SGD: SGD, spec.Adam: Adam, spec.AdamW: Adam, spec.RMSprop: RMSprop, spec.Adagrad: Adagrad}
-
-
-def register(spec_class: type[spec.Optimizer]):
-    """Decorator: the TF rule (a Rule subclass, see the module docstring) of a user-defined optimizer
-    spec class. Mirrors crossnn_numpy.optimizers.register; registering again replaces the rule."""
-    if not (isinstance(spec_class, type) and issubclass(spec_class, spec.Optimizer)):
-        raise TypeError(f"register() takes a crossnn.spec.Optimizer subclass, got {spec_class!r}")
-
-    def add(rule: type[Rule]) -> type[Rule]:
-        if not (isinstance(rule, type) and issubclass(rule, Rule)):
-            raise TypeError(f"the TF lowering of optimizer '{spec_class.kind}' must subclass "
-                            "crossnn_tensorflow.optimizers.Rule")
-        OPTIMIZERS[spec_class] = rule
-        return rule
-    return add
+        """One update of every variable from its gradient, with this step's learning rate lr (float64)."""
+{apply}
+'''
 
 
 # ---- the native flavour: Keras' own optimizers ---------------------------------------------------
 
-#: catalog entry -> the spec optimizer classes it lowers with a keras.optimizers class
-NATIVE_OPTIMIZERS = {"momentum-sgd": (spec.SGD,), "adam-epsilon": (spec.Adam, spec.AdamW),
-                     "rmsprop": (spec.RMSprop,), "adagrad": (spec.Adagrad,)}
-
 
 class KerasOptimizer(tf.Module):
-    """A keras.optimizers optimizer in place of the spec's rule (the native flavour), with the spec's
-    hyperparameters, built as a careful float64 Keras program builds it: keras.config.floatx() set to
-    the run's dtype while it is made (Keras creates its learning-rate variable in floatx, float32 by
-    default, and casts it to the parameters' dtype), and the hyperparameters handed over as
-    np.float64. A Python float would be cast by Keras through a float32 tensor (update_step does
-    ops.cast(self.momentum, variable.dtype); ops.cast(0.9, "float64") = 0.8999999761581421), so a
-    float64 model would train with float32-rounded momentum, betas and weight decay: a difference of
-    its own, which would blur the formula difference each native entry is about.
-    The spec's clip and weight decay are applied to the gradients first unless "clip-norm" (then
-    tf.clip_by_global_norm) or "weight-decay" (then the optimizer's own weight_decay, decoupled
-    whatever the spec's kind) are native too. The step's learning rate is assigned to the optimizer's
-    learning_rate each step, as a schedule would set it. Its state is Keras' own (e.g. SGD's velocity
-    is -lr · b), so a native run exports no canonical training state."""
+    """A keras.optimizers optimizer in place of the spec's rule (the native flavour; the rule entry's
+    `keras`), with the spec's hyperparameters, built as a careful float64 Keras program builds it:
+    keras.config.floatx() set to the run's dtype while it is made (Keras creates its learning-rate
+    variable in floatx) and the hyperparameters handed over as np.float64. A Python float would be
+    cast by Keras through a float32 tensor (update_step does ops.cast(self.momentum, variable.dtype);
+    ops.cast(0.9, "float64") = 0.8999999761581421), a difference of its own that would blur the
+    formula difference each native entry is about. The chain's clip and L2 / decoupled decay stages
+    run first unless "clip-norm" or "weight-decay" are native too (then Keras' weight_decay is the
+    optimizer's own). The step's learning rate is assigned to the optimizer's learning_rate each
+    step, as a schedule would set it. Its state is Keras' own (e.g. SGD's velocity is -lr · b), so a
+    native run exports no canonical training state."""
 
     def __init__(self, s: spec.Optimizer, variables, native: frozenset[str], dtype: str):
         super().__init__()
-        import keras
         import numpy as np
 
-        self.s, self.native = s, frozenset(native)
-        keras_decay = "weight-decay" in self.native and bool(s.weight_decay)
-        self.l2 = 0.0 if keras_decay or s.weight_decay_kind != "l2" else s.weight_decay
-        self.decoupled = 0.0 if keras_decay or s.weight_decay_kind != "decoupled" else s.weight_decay
-        f64 = np.float64
-        options = {"weight_decay": f64(s.weight_decay)} if keras_decay else {}
+        self.s = s
+        self.stages = Stages(s, native)
+        options = {"weight_decay": np.float64(self.stages.keras_decay)} if self.stages.keras_decay else {}
+        self.stages.keras_decay = 0.0  # Keras' optimizer applies it
         with devices.floatx(dtype):
-            if isinstance(s, spec.SGD):
-                self.keras = keras.optimizers.SGD(learning_rate=f64(s.lr), momentum=f64(s.momentum),
-                                                  nesterov=s.nesterov, **options)
-            elif isinstance(s, spec.Adam):  # AdamW too: its decay is the spec's, or Keras' with "weight-decay"
-                self.keras = keras.optimizers.Adam(learning_rate=f64(s.lr), beta_1=f64(s.beta1), beta_2=f64(s.beta2),
-                                                   epsilon=f64(s.eps), **options)
-            elif isinstance(s, spec.RMSprop):
-                self.keras = keras.optimizers.RMSprop(learning_rate=f64(s.lr), rho=f64(s.alpha),
-                                                      momentum=f64(s.momentum), epsilon=f64(s.eps),
-                                                      centered=s.centered, **options)
-            elif isinstance(s, spec.Adagrad):
-                self.keras = keras.optimizers.Adagrad(learning_rate=f64(s.lr), epsilon=f64(s.eps),
-                                                      initial_accumulator_value=f64(s.initial_accumulator), **options)
-            else:  # pragma: no cover - native_optimizer() only picks the classes above
-                raise UnsupportedFeature("tensorflow", f"a Keras optimizer for '{s.kind}'")
+            self.keras = OPS.lookup(s).keras(s, np.float64, options)
         self.keras.build(variables)  # its slot variables, made now, outside any tf.function
         self.lr_dtype = self.keras.learning_rate.dtype
-        self.slot_variables: dict[str, list[tf.Variable]] = {}
-        self.counter_variables: dict[str, tf.Variable] = {}
 
     def apply(self, grads, variables, lr) -> None:
-        grads = _clip(grads, self.s, self.native)
-        if self.l2:
-            grads = [g + self.l2 * w for g, w in zip(grads, variables)]
-        if self.decoupled:
+        stages = self.stages
+        grads = stages.clip(grads)
+        grads = [stages.decay(w, g, None) for w, g in zip(variables, grads)]
+        if stages.decoupled:
             for w in variables:
-                w.assign(w * tf.cast(1.0 - lr * self.decoupled, w.dtype))
+                w.assign(w * tf.cast(1.0 - lr * stages.decoupled, w.dtype))
         self.keras.learning_rate = tf.cast(lr, self.lr_dtype)
         self.keras.apply_gradients(zip(grads, variables))
 
@@ -334,16 +444,10 @@ class KerasOptimizer(tf.Module):
         raise UnsupportedFeature("tensorflow", "resuming a native run's Keras optimizer state")
 
 
-def native_optimizer(s: spec.Optimizer, native: frozenset[str]) -> bool:
-    """Whether `native` asks for a Keras optimizer in place of the spec's rule `s`."""
-    return any(entry in native and type(s) in classes for entry, classes in NATIVE_OPTIMIZERS.items())
-
-
 def optimizer(s: spec.Optimizer, variables, native: frozenset[str] = frozenset(), dtype: str = "float32"):
-    """The lowering of optimizer spec `s` over `variables`: the spec's rule in TF ops, or the Keras
-    optimizer where `native` names its catalog entry."""
-    if native_optimizer(s, native):
+    """The lowering of optimizer spec `s` over `variables`: the chain around the spec's rule, or
+    Keras' own optimizer where `native` names the rule's catalog entry."""
+    entry = OPS.lookup(s)
+    if getattr(entry, "native_entry", None) in native:
         return KerasOptimizer(s, variables, native, dtype)
-    if type(s) not in OPTIMIZERS:
-        raise UnsupportedFeature("tensorflow", f"optimizer '{s.kind}'")
-    return OPTIMIZERS[type(s)](s, variables, native)
+    return Chain(s, variables, native)

@@ -4,7 +4,7 @@ The step is the TF tutorials' loop body: gather the batch, run the model under a
 take the gradients, apply the optimizer; it returns the loss before the update. The data lives on the
 device in non-trainable tf.Variables (inputs to the graph, not constants baked into it); a step
 receives the indices of its batch, its learning rate (a float64 scalar) and one dropout mask per
-dropout layer ([batch, units] of the run's dtype). The trainer counts its steps: the step number fixes
+dropout layer ([batch, *shape] of the run's dtype, channels last). The trainer counts its steps: the step number fixes
 the learning rate and the masks (crossnn.schedule.StepClock, shared with every backend), which are
 computed in NumPy and fed in as tensors, so neither a schedule nor dropout ever retraces.
 
@@ -16,7 +16,7 @@ A mode (MODES) decides how that Python function runs and how a span of steps is 
   Python and keep the losses on the device until the span ends, then copy them to the host in one
   transfer.
 * "epoch" runs a whole span inside ONE tf.function: the span's batches become the rows of a
-  [steps, batch] index tensor (with a [steps] learning-rate vector and [steps, batch, units] masks
+  [steps, batch] index tensor (with a [steps] learning-rate vector and [steps, batch, *shape] masks
   beside it), and a tf.while_loop (parallel_iterations=1, so the updates of step i
   finish before step i + 1 reads the variables) calls the same step once per row, writing the losses
   into a TensorArray. The signature has None for both dimensions, so it is traced once for every
@@ -42,19 +42,23 @@ import time
 from abc import ABC, abstractmethod
 from typing import Sequence
 
-import numpy as np
-import tensorflow as tf
+import re
 
+import numpy as np
+
+from crossnn import codegen
 from crossnn.backends import Trainer
 from crossnn.checkpoint import TrainingState
 from crossnn.data import Dataset
 from crossnn.errors import BackendError, UnsupportedFeature
 from crossnn.plan import BatchPlan
 from crossnn.schedule import StepClock
-from crossnn.spec import Experiment
+from crossnn.spec import INPUT, Experiment
 
 from crossnn_tensorflow import device as devices
-from crossnn_tensorflow import layers, losses, optimizers
+from crossnn_tensorflow import ops, optimizers
+
+tf = devices.import_tensorflow()
 
 #: the batch's sample indices, any batch size
 INDEX_SPEC = tf.TensorSpec(shape=[None], dtype=tf.int64, name="batch")
@@ -71,19 +75,19 @@ XLA_CHUNK = 128
 
 
 def step_signature(dtype, dropout) -> list[tf.TensorSpec]:
-    """batch indices, lr, and a [batch, units] mask per dropout layer (name, units)."""
-    return [INDEX_SPEC, LR_SPEC] + [tf.TensorSpec(shape=[None, units], dtype=dtype, name=f"mask{k}")
-                                    for k, (_, units) in enumerate(dropout)]
+    """batch indices, lr, and a [batch, *shape] mask per dropout layer (name, shape)."""
+    return [INDEX_SPEC, LR_SPEC] + [tf.TensorSpec(shape=[None, *shape], dtype=dtype, name=f"mask{k}")
+                                    for k, (_, shape) in enumerate(dropout)]
 
 
 def span_signature(dtype, dropout) -> list[tf.TensorSpec]:
     """A span of batches of one size as the rows of one index tensor, how many rows are real, their
-    learning rates, and a [steps, batch, units] mask tensor per dropout layer."""
+    learning rates, and a [steps, batch, *shape] mask tensor per dropout layer."""
     return ([tf.TensorSpec(shape=[None, None], dtype=tf.int64, name="batches"),
              tf.TensorSpec(shape=[], dtype=tf.int32, name="count"),
              tf.TensorSpec(shape=[None], dtype=tf.float64, name="lrs")]
-            + [tf.TensorSpec(shape=[None, None, units], dtype=dtype, name=f"masks{k}")
-               for k, (_, units) in enumerate(dropout)])
+            + [tf.TensorSpec(shape=[None, None, *shape], dtype=dtype, name=f"masks{k}")
+               for k, (_, shape) in enumerate(dropout)])
 
 
 class StepMode(ABC):
@@ -99,7 +103,7 @@ class StepMode(ABC):
     def __init__(self, step, loss_dtype, batch_sizes=(), dropout=()):
         """step: the Python training step, step(indices, lr, *masks) -> loss; loss_dtype: its loss's
         dtype (the run's); batch_sizes: the batch sizes the plan will use (modes that compile per
-        shape may prepare for them); dropout: (layer, units) of each dropout layer, in feed order."""
+        shape may prepare for them); dropout: (layer, shape) of each dropout layer, in feed order."""
         self.loss_dtype = loss_dtype
         self.batch_sizes = tuple(batch_sizes)
         self.dropout = tuple(dropout)
@@ -190,7 +194,7 @@ class LoopSpan(StepMode):
         rows = self.chunk or 1
         for size in self.batch_sizes:
             self.call(tf.zeros([rows, size], tf.int64), tf.constant(0), tf.zeros([rows], tf.float64),
-                      *[tf.zeros([rows, size, units], self.loss_dtype) for _, units in self.dropout])
+                      *[tf.zeros([rows, size, *shape], self.loss_dtype) for _, shape in self.dropout])
 
     def chunks(self, batches: Sequence[np.ndarray]):
         """(index array, real rows) per call: consecutive batches of one size, in chunks."""
@@ -234,6 +238,37 @@ class XlaLoopSpan(LoopSpan):
     prepared = "traced and XLA-compiled"
 
 
+class Model(tf.Module):
+    """The spec's layer graph: one tf.Variable per parameter (`variables_by_name`, canonical names in
+    the spec's parameter order; `trainable` lists them in that order, the order the optimizer walks)
+    and one registry entry (crossnn_tensorflow.ops) per layer, called in graph order."""
+
+    def __init__(self, experiment: Experiment, params: dict[str, np.ndarray], dtype, native=frozenset()):
+        super().__init__()
+        self.variables_by_name = {name: tf.Variable(tf.constant(value, dtype), name=_variable_name(name))
+                                  for name, value in params.items()}
+        self.trainable = list(self.variables_by_name.values())
+        self.layers = []
+        for node in experiment.model.nodes:
+            own = {p.name: self.variables_by_name[f"{node.name}/{p.name}"] for p in node.params}
+            self.layers.append((node.name, node.inputs, ops.layer(node, own, native)))
+        self.output = experiment.model.layers[-1].name
+        #: (layer, shape) of the dropout layers, in graph order: the order their masks are fed in
+        self.dropout = [(name, shape) for name, shape, _ in codegen.dropout_layers(experiment)]
+
+    def __call__(self, x, masks=None):
+        """The model output; masks: {dropout layer: its mask} for a training step, None to predict."""
+        values = {INPUT: x}
+        for name, inputs, op in self.layers:
+            values[name] = op([values[i] for i in inputs], masks.get(name) if masks else None)
+        return values[self.output]
+
+
+def _variable_name(name: str) -> str:
+    """A TF-legal variable name for a canonical parameter name (layer names may hold any character)."""
+    return re.sub(r"[^A-Za-z0-9_.\-/]", "_", name)
+
+
 MODES = {"graph": GraphStep, "eager": EagerStep, "xla": XlaStep, "epoch": LoopSpan, "xla-epoch": XlaLoopSpan}
 DTYPES = {"float32": tf.float32, "float64": tf.float64}
 
@@ -257,9 +292,9 @@ class TensorflowTrainer(Trainer):
             from crossnn_tensorflow.checkpoint import keras_initial_parameters
 
             params = keras_initial_parameters(experiment, params, dtype)
-        self.loss_fn = losses.loss(experiment.loss, self.native, dtype)
+        self.loss_fn = ops.loss(experiment.loss, self.native, dtype)
         with tf.device(self.device):
-            self.model = layers.Model(experiment, params, self.dtype, self.native)
+            self.model = Model(experiment, params, self.dtype, self.native)
             self.optimizer = optimizers.optimizer(experiment.optimizer, self.model.trainable, self.native, dtype)
             self.x = tf.Variable(data.x.astype(dtype), trainable=False, name="x")
             y = data.y if experiment.loss.sparse_targets else data.y.astype(dtype)

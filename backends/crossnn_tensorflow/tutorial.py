@@ -1,9 +1,11 @@
 """The hand-written reference loop: an experiment trained the way TensorFlow/Keras tutorials write a
 custom training loop ("Writing a training loop from scratch"), the yardstick for crossnn's overhead.
 
-It shares no code with the lowering (layers.py, losses.py, optimizers.py, step.py): the model is a
-keras.Sequential of keras.layers.Dense(units, activation=...) (and keras.layers.Activation), the
-loss a keras.losses object, the optimizer keras.optimizers.SGD / Adam, and the step
+It shares no code with the lowering (ops.py, optimizers.py, step.py): the model is a keras.Sequential
+of keras.layers (Conv2D, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, Flatten, Reshape,
+Dense, Activation), the loss a keras.losses object, the optimizer keras.optimizers.SGD or the
+spec's Adam written as a Keras optimizer (SpecAdam, after Keras' guide to custom optimizers), and
+the step
 
     @tf.function
     def train_step(x, y):
@@ -24,22 +26,22 @@ and the losses stay on the device until the span ends, as crossnn's do, so both 
 work. (feed="eager" gathers outside the tf.function instead, the way a tf.data loop hands batches
 to train_step: that costs two eager ops, ~0.1 ms a step here, which is feeding, not training.)
 
-Keras' formulas differ slightly from the spec's, so its parameters are close to crossnn's but not
-equal (measured on the circle net after its 12,000 steps: see tests/test_tensorflow_backend.py):
-  * keras.optimizers.Adam adds epsilon to the uncorrected √v (in effect ε/√(1-β₂ᵗ) on √v̂), the spec
-    to √v̂;
-  * keras.optimizers.SGD's momentum keeps a velocity v ← μ v - lr g, the spec b ← μ b + g,
-    w ← w - lr b: equal at a constant lr up to rounding;
+The optimizers compute the spec's formulas: keras.optimizers.SGD's momentum keeps a velocity
+v ← μ v - lr g, w ← w + v, which is the spec's b ← μ b + g, w ← w - lr b (v = -lr b) at the constant
+learning rate this loop supports, up to rounding; keras.optimizers.Adam adds epsilon to the
+uncorrected √v, so Adam is SpecAdam, the paper's (and torch's) formula. Other small differences:
   * keras.losses.BinaryCrossentropy recovers the logits behind a sigmoid (and clips p to
     [1e-7, 1 - 1e-7] otherwise), where the spec clamps log p at log_min; CategoricalCrossentropy on
     probabilities does the same behind a softmax (and rescales p to sum to 1 otherwise);
-  * keras.activations.softplus and gelu are TF's ops (see layers.py for how they differ).
+  * keras.activations.softplus and gelu are TF's ops (see ops.py for how they differ).
 In float64 Keras' float variables (the learning rate) are created in keras.config.floatx(), which is
 set to float64 while the model and optimizer are built, as a float64 Keras program would set it.
 
-Covered: chains of Dense and Activation layers; mse, mae, huber, bce, bce_logits, cross_entropy;
-sgd and adam at a constant learning rate, without weight decay or gradient clipping. Anything else
-raises UnsupportedFeature.
+Covered: chains of conv2d, max/avg pooling (average pooling that counts padding only with 'valid'
+padding: Keras' AveragePooling2D leaves padding out), global average pooling, flatten, reshape,
+dense and activation layers; mse, mae, huber, bce, bce_logits, cross_entropy; sgd (momentum,
+Nesterov) and adam at a constant learning rate, without weight decay or gradient clipping;
+float32 and float64. Anything else raises UnsupportedFeature.
 """
 
 from __future__ import annotations
@@ -48,7 +50,6 @@ import functools
 from typing import Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from crossnn import spec
 from crossnn.backends import Trainer
@@ -57,6 +58,8 @@ from crossnn.errors import UnsupportedFeature
 from crossnn.spec import INPUT, Experiment
 
 from crossnn_tensorflow import device as devices
+
+tf = devices.import_tensorflow()
 
 
 def _unsupported(feature: str) -> UnsupportedFeature:
@@ -97,8 +100,43 @@ def _loss(s: spec.Loss):
     raise _unsupported(f"loss '{s.kind}'")
 
 
+def _spec_adam():
+    """Adam as Kingma & Ba (Algorithm 1) and torch.optim.Adam write it, as a Keras optimizer following
+    Keras' guide to custom optimizers (build + update_step): m ← m + (1-β₁)(g - m),
+    v ← β₂ v + ((1-β₂) g) g, w ← w - lr (m / (1-β₁ᵗ)) / (√v / √(1-β₂ᵗ) + ε). keras.optimizers.Adam adds
+    ε to the uncorrected √v instead (in effect ε/√(1-β₂ᵗ) on √v̂)."""
+    import keras
+
+    class SpecAdam(keras.optimizers.Optimizer):
+        def __init__(self, learning_rate, beta_1, beta_2, epsilon, name="spec_adam", **kwargs):
+            super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+            self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
+
+        def build(self, variables):
+            if self.built:
+                return
+            super().build(variables)
+            self.m = [self.add_variable_from_reference(v, "m") for v in variables]
+            self.v = [self.add_variable_from_reference(v, "v") for v in variables]
+
+        def update_step(self, gradient, variable, learning_rate):
+            ops = keras.ops
+            lr = ops.cast(learning_rate, variable.dtype)
+            t = ops.cast(self.iterations + 1, variable.dtype)
+            index = self._get_variable_index(variable)
+            m, v = self.m[index], self.v[index]
+            self.assign(m, m + (1.0 - self.beta_1) * (gradient - m))
+            self.assign(v, self.beta_2 * v + ((1.0 - self.beta_2) * gradient) * gradient)
+            m_hat = m / (1.0 - ops.power(self.beta_1, t))
+            self.assign_sub(variable, lr * (m_hat / (ops.sqrt(v) / ops.sqrt(1.0 - ops.power(self.beta_2, t))
+                                                     + self.epsilon)))
+
+    return SpecAdam
+
+
 def _optimizer(s: spec.Optimizer):
-    """Hyperparameters as np.float64: Keras casts a Python float through a float32 tensor
+    """keras.optimizers.SGD (its momentum is the spec's at a constant lr) or SpecAdam. The learning
+    rate and SGD's momentum as np.float64: Keras casts a Python float through a float32 tensor
     (ops.cast(0.8, float64) = 0.800000011920929), a float64 one exactly."""
     import keras
 
@@ -112,21 +150,52 @@ def _optimizer(s: spec.Optimizer):
         return keras.optimizers.SGD(learning_rate=np.float64(s.lr), momentum=np.float64(s.momentum),
                                     nesterov=s.nesterov)
     if isinstance(s, spec.Adam):
-        return keras.optimizers.Adam(learning_rate=np.float64(s.lr), beta_1=np.float64(s.beta1),
-                                     beta_2=np.float64(s.beta2), epsilon=np.float64(s.eps))
+        return _spec_adam()(learning_rate=np.float64(s.lr), beta_1=s.beta1, beta_2=s.beta2, epsilon=s.eps)
     raise _unsupported(f"optimizer '{s.kind}'")
 
 
-def _chain(model: spec.Model) -> list[spec.Layer]:
-    """The layers, if they form a chain from the input to the output; else UnsupportedFeature."""
+def _keras_layer(layer: spec.Layer, dtype: str):
+    """The keras.layers layer a tutorial writes for a spec layer (weights set later)."""
+    import keras
+
+    zeros = {"kernel_initializer": "zeros", "bias_initializer": "zeros"}
+    if isinstance(layer, spec.Dense):
+        return keras.layers.Dense(layer.units, activation=_activation(layer.activation), use_bias=layer.use_bias,
+                                  dtype=dtype, **zeros)
+    if isinstance(layer, spec.Conv2D):
+        if max(layer.strides) > 1 and max(layer.dilation) > 1:
+            raise _unsupported("conv2d with strides > 1 and dilation > 1 (Keras' Conv2D refuses them)")
+        return keras.layers.Conv2D(layer.filters, tuple(layer.kernel_size), strides=tuple(layer.strides),
+                                   padding=layer.padding, dilation_rate=tuple(layer.dilation),
+                                   activation=_activation(layer.activation), use_bias=layer.use_bias, dtype=dtype,
+                                   **zeros)
+    if isinstance(layer, spec.MaxPool2D):
+        return keras.layers.MaxPooling2D(tuple(layer.pool_size), strides=tuple(layer.strides), padding=layer.padding,
+                                         dtype=dtype)
+    if isinstance(layer, spec.AvgPool2D):
+        if layer.count_padding and layer.padding == "same":
+            raise _unsupported("avg_pool2d counting 'same' padding (Keras' AveragePooling2D leaves it out)")
+        return keras.layers.AveragePooling2D(tuple(layer.pool_size), strides=tuple(layer.strides),
+                                             padding=layer.padding, dtype=dtype)
+    if isinstance(layer, spec.GlobalAvgPool2D):
+        return keras.layers.GlobalAveragePooling2D(dtype=dtype)
+    if isinstance(layer, spec.Flatten):
+        return keras.layers.Flatten(dtype=dtype)
+    if isinstance(layer, spec.Reshape):
+        return keras.layers.Reshape(tuple(layer.shape), dtype=dtype)
+    if isinstance(layer, spec.ActivationLayer):
+        return keras.layers.Activation(_activation(layer.activation), dtype=dtype)
+    raise _unsupported(f"layer type '{layer.kind}'")
+
+
+def _chain(model: spec.Model) -> list:
+    """The nodes, if they form a chain from the input to the output; else UnsupportedFeature."""
     previous = INPUT
     for node, layer in zip(model.nodes, model.layers):
         if node.layer is not layer or node.inputs != (previous,):
             raise _unsupported("a graph model (layer inputs other than the previous layer)")
-        if not isinstance(layer, (spec.Dense, spec.ActivationLayer)):
-            raise _unsupported(f"layer type '{layer.kind}'")
         previous = layer.name
-    return list(model.layers)
+    return list(model.nodes)
 
 
 class KerasTutorialTrainer(Trainer):
@@ -142,25 +211,20 @@ class KerasTutorialTrainer(Trainer):
 
         if dtype not in ("float32", "float64"):
             raise _unsupported(f"dtype '{dtype}'")
-        chain = _chain(experiment.model)
+        nodes = _chain(experiment.model)
         self.device = devices.resolve(device)
         self.dtype = dtype
         with tf.device(self.device), devices.floatx(dtype):
-            self.dense = {}
-            layers = [keras.Input(shape=(experiment.model.inputs,), dtype=dtype)]
-            for layer in chain:
-                if isinstance(layer, spec.Dense):
-                    keras_layer = keras.layers.Dense(layer.units, activation=_activation(layer.activation),
-                                                     use_bias=layer.use_bias, kernel_initializer="zeros",
-                                                     bias_initializer="zeros", dtype=dtype)
-                    self.dense[layer.name] = keras_layer
-                else:
-                    keras_layer = keras.layers.Activation(_activation(layer.activation), dtype=dtype)
-                layers.append(keras_layer)
+            #: the keras layers holding weights, with their canonical parameter names in Keras' order
+            self.weighted = []
+            layers = [keras.Input(shape=experiment.model.input_shape, dtype=dtype)]
+            for node in nodes:
+                layers.append(_keras_layer(node.layer, dtype))
+                if node.params:
+                    self.weighted.append((layers[-1], [f"{node.name}/{p.name}" for p in node.params]))
             self.model = keras.Sequential(layers)
-            for name, keras_layer in self.dense.items():
-                weights = [params[f"{name}/kernel"]] + ([params[f"{name}/bias"]] if keras_layer.use_bias else [])
-                keras_layer.set_weights([np.asarray(w, dtype=dtype) for w in weights])
+            for keras_layer, names in self.weighted:
+                keras_layer.set_weights([np.asarray(params[name], dtype=dtype) for name in names])
             self.loss_fn = _loss(experiment.loss)
             self.optimizer = _optimizer(experiment.optimizer)
             self.optimizer.build(self.model.trainable_weights)
@@ -206,12 +270,8 @@ class KerasTutorialTrainer(Trainer):
             return tf.stack(losses).numpy().astype(np.float64)
 
     def parameters(self):
-        out = {}
-        for name, layer in self.dense.items():
-            out[f"{name}/kernel"] = np.array(layer.kernel.numpy(), copy=True)
-            if layer.use_bias:
-                out[f"{name}/bias"] = np.array(layer.bias.numpy(), copy=True)
-        return out
+        return {name: np.array(value, copy=True) for layer, names in self.weighted
+                for name, value in zip(names, layer.get_weights())}
 
     def predict(self, x):
         with tf.device(self.device):
@@ -222,6 +282,6 @@ class KerasTutorialTrainer(Trainer):
 
     def describe(self):
         return (f"Keras tutorial loop: keras.Sequential, keras.losses.{type(self.loss_fn).__name__}, "
-                f"keras.optimizers.{type(self.optimizer).__name__}, @tf.function GradientTape train_step, "
+                f"{type(self.optimizer).__name__} (a keras optimizer), @tf.function GradientTape train_step, "
                 f"batches gathered {'in the graph' if self.feed == 'graph' else 'eagerly'} on {self.device} "
                 f"(TensorFlow {tf.__version__})")

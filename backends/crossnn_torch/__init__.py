@@ -1,18 +1,21 @@
-"""crossnn's PyTorch backend: the experiment as an nn.Module of nn.Linear and torch's activation
-modules, torch's loss modules and torch.optim, trained with the tutorial's loop ("eager"), the same
-loop under torch.compile ("compile"), or the NumPy backend's hand-written passes on torch tensors
-("xp", the fast mode on a GPU; "onednn", the same with oneDNN's float32 products, the fast mode on
-the CPU).
+"""crossnn's PyTorch backend: the experiment as an nn.Module of torch's layers (nn.Linear, nn.Conv2d,
+nn.MaxPool2d, ...) and activation modules, torch's loss modules and torch.optim, trained with the
+tutorial's loop ("eager"), the same loop under torch.compile ("compile"), or the NumPy backend's pure
+training step on torch tensors ("xp", the fast mode on a GPU; "onednn", the same with oneDNN's float32
+products, the fast mode on the CPU).
 
-Sections, as in every backend package: layers (the nn.Module), losses, optimizers, step (the
-training step, its modes and the trainer), device; plus xp (NumPy's array namespace mapped onto
-torch), tutorial (the hand-written reference loop, sharing no code with the rest), checkpoint
-(training state in canonical form, and torch.save'd model/optimizer state_dicts), facts (measured
-defaults and formulas of the installed torch) and script (a standalone PyTorch script of an
-experiment). torch is imported only when a backend method needs it.
+Files, as in every backend package: ops (the lowering registry: one entry per activation, layer,
+loss and optimizer rule, each describing its torch modules once, for training and for scripts),
+optimizers (the optimizer chain: clip, weight decay, the torch.optim rule, learning rate), step (the
+training step, its modes and the trainer), script (a standalone PyTorch script of an experiment),
+checkpoint (training state in canonical form, torch.save'd state_dicts, nn.Sequential import),
+device, facts (measured defaults and formulas of the installed torch), tutorial (the hand-written
+reference loop, sharing no code with the rest); plus xp (NumPy's array namespace mapped onto torch).
+torch computes images as (N, C, H, W); crossnn's layout is channels-last, converted at the boundary
+(crossnn_torch.ops). torch is imported only when a backend method needs it.
 
-User code adds a layer or an optimizer without editing crossnn: crossnn_torch.layers.register and
-crossnn_torch.optimizers.register (beside crossnn_numpy's, which the reference needs).
+User code adds a layer, activation, loss or optimizer without editing crossnn:
+crossnn_torch.ops.OPS.register(SpecClass) (beside crossnn_numpy.ops.OPS, which the reference needs).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from crossnn.backends import Backend
 
 class TorchBackend(Backend):
     name = "torch"
+    title = "PyTorch"
     requires = ("torch",)
     distributions = ("torch",)
     install_hint = "pip install 'crossnn[torch]'"
@@ -42,8 +46,9 @@ class TorchBackend(Backend):
     }
     import_order = 10
     native_entries = {
-        "default-init": "nn.Linear's own initialisation (kaiming_uniform_(a=√5): U(±1/√fan_in) for weight and bias) "
-                        "after torch.manual_seed(seed), ignoring the spec's initial parameters",
+        "default-init": "nn.Linear's and nn.Conv2d's own initialisation (kaiming_uniform_(a=√5): U(±1/√fan_in) for "
+                        "weight and bias, fan_in = in·kh·kw for a convolution) after torch.manual_seed(seed), "
+                        "ignoring the spec's initial parameters",
         "weight-decay": "torch.optim's weight_decay, which is L2 added to the gradient, whatever the spec's kind "
                         "(AdamW keeps its decoupled decay)",
         "bce-clamp": "nn.BCELoss, which clamps log p and log(1 - p) at -100, whatever the spec's log_min",
@@ -68,6 +73,17 @@ class TorchBackend(Backend):
         from crossnn_torch import device
 
         device.configure()
+
+    def threads(self):
+        import torch
+
+        return torch.get_num_threads()
+
+    def set_threads(self, n):
+        """torch.set_num_threads: the intra-op threads of torch's CPU kernels."""
+        import torch
+
+        torch.set_num_threads(n)
 
     def mode_unavailable(self, mode):
         """The onednn mode needs the oneDNN inner product inside this torch build."""
@@ -126,20 +142,23 @@ class TorchBackend(Backend):
 
     def tutorial(self, experiment, params, data, *, dtype, device):
         """The loop of PyTorch's tutorials, written by hand (crossnn_torch.tutorial): nn.Sequential of
-        nn.Linear and activations, a torch loss module, torch.optim, zero_grad / backward / step."""
+        nn.Conv2d, pooling, flatten, nn.Linear and activations, a torch loss module, torch.optim,
+        zero_grad / backward / step."""
         from crossnn_torch import device as devices
         from crossnn_torch.tutorial import tutorial
 
         self.prepare()
         return tutorial(experiment, params, data, dtype=dtype, device=str(devices.resolve(device)))
 
-    def import_model(self, model):
-        """An nn.Sequential of nn.Linear and activations as (spec Model, canonical parameters)."""
+    def import_model(self, model, inputs=None):
+        """An nn.Sequential of nn.Linear, nn.Conv2d, pooling, nn.Flatten, nn.Dropout and activations as
+        (spec Model, canonical parameters); inputs: the input shape ([H, W, C]), needed when the model
+        starts with a convolution (crossnn_torch.checkpoint.import_sequential)."""
         if not any(cls.__module__.split(".")[0] == "torch" for cls in type(model).__mro__):
             return None
-        from crossnn_torch.layers import import_sequential
+        from crossnn_torch.checkpoint import import_sequential
 
-        return import_sequential(model)
+        return import_sequential(model, inputs)
 
     def build(self, experiment, params, data, *, dtype, device, mode, native=frozenset()):
         """A TorchTrainer (crossnn_torch.step); `native` entries (see native_entries) are lowered with
@@ -170,8 +189,8 @@ class TorchBackend(Backend):
 
         return facts()
 
-    def script(self, experiment, params, data):
+    def script(self, experiment, params, data, side_file=None):
         """A standalone PyTorch script of the experiment (crossnn_torch.script)."""
         from crossnn_torch.script import script
 
-        return script(experiment, params, data)
+        return script(experiment, params, data, side_file)

@@ -1,11 +1,14 @@
-"""Training state in canonical form (crossnn.checkpoint.TrainingState) and torch's own checkpoint
-format, converted at this boundary only.
+"""Training state in canonical form (crossnn.checkpoint.TrainingState), torch's own checkpoint format,
+and a user's nn.Sequential read back into a spec: the conversions between torch's layout and the
+canonical one, at this boundary only.
 
-torch keeps optimizer state per parameter in optimizer.state[p] under the names crossnn's
-checkpoints use (momentum_buffer, exp_avg, exp_avg_sq, square_avg, grad_avg, sum, and the counter
-"step" as a 0-d tensor), in the parameter's own layout: an nn.Linear weight and its buffers are
-(out, in), the canonical kernel (in, out). Loading goes through optimizer.load_state_dict, as torch
-users restore an optimizer.
+Every parameter's torch layout is its slot's (crossnn_torch.ops.Slot): an nn.Linear weight is
+(out, in) against the canonical (in, out) kernel, an nn.Conv2d weight (out, in, kh, kw) against
+(kh, kw, in, out). torch keeps optimizer state per parameter in optimizer.state[p] under the names
+crossnn's checkpoints use (momentum_buffer, exp_avg, exp_avg_sq, square_avg, grad_avg, sum, and the
+counter "step" as a 0-d tensor), in the parameter's own layout, so the buffers follow their
+parameter's conversion. Loading goes through optimizer.load_state_dict, as torch users restore an
+optimizer.
 
 The native file is what PyTorch tutorials save (e.g. "Saving and loading" in seed 004):
 
@@ -20,25 +23,39 @@ Files that hold a datetime (as the seed's code writes them) are read too.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import io
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from crossnn import spec
 from crossnn.checkpoint import CheckpointError, TrainingState
+from crossnn.errors import BackendError, UnsupportedFeature
 from crossnn.files import write_bytes_atomic
 from crossnn.spec import Experiment
+from crossnn.spec.layers import window_geometry
 
-from crossnn_torch import layers, optimizers
+from crossnn_torch import ops
+from crossnn_torch.optimizers import Chain
 
 
-def canonical(tensor: torch.Tensor, transposed: bool) -> np.ndarray:
-    """A C-ordered NumPy copy in canonical layout."""
-    value = tensor.detach().cpu()
-    return np.array((value.T if transposed else value).numpy(), order="C", copy=True)
+def canonical(tensor: torch.Tensor) -> np.ndarray:
+    """A C-ordered NumPy copy of a tensor already in canonical layout."""
+    return np.array(tensor.detach().cpu().numpy(), order="C", copy=True)
+
+
+def check_shapes(experiment: Experiment, params: dict[str, np.ndarray]) -> None:
+    """A BackendError unless `params` holds every parameter of the model in its canonical shape."""
+    for name, init in experiment.model.parameter_inits().items():
+        if name not in params:
+            raise BackendError(f"no initial value for parameter '{name}'")
+        if tuple(np.shape(params[name])) != tuple(init.shape):
+            raise BackendError(f"parameter '{name}' has shape {np.shape(params[name])}, the model expects "
+                               f"{tuple(init.shape)}")
 
 
 def _ordered(optimizer: torch.optim.Optimizer) -> dict:
@@ -46,36 +63,40 @@ def _ordered(optimizer: torch.optim.Optimizer) -> dict:
     return {p: i for i, p in enumerate(p for group in optimizer.param_groups for p in group["params"])}
 
 
-def training_state(step: int, slots: dict[str, layers.Slot], optimizer: torch.optim.Optimizer,
+def training_state(step: int, slots: dict[str, ops.Slot], optimizer: torch.optim.Optimizer,
                    s: spec.Optimizer) -> TrainingState:
     """The canonical state of a model's parameters (`slots`) and `optimizer`, after `step` steps."""
-    params = {name: canonical(slot.parameter, slot.transposed) for name, slot in slots.items()}
+    params = {name: canonical(slot.layout.canonical(slot.parameter)) for name, slot in slots.items()}
     buffers: dict[str, dict[str, np.ndarray]] = {}
     counters: dict[str, int] = {name: 0 for name in s.state_counters()}
     for name, slot in slots.items():
         held = optimizer.state.get(slot.parameter, {})
         for key in s.state_slots():
             if held.get(key) is not None:
-                buffers.setdefault(key, {})[name] = canonical(held[key], slot.transposed)
+                buffers.setdefault(key, {})[name] = canonical(slot.layout.canonical(held[key]))
         for key in s.state_counters():
             if key in held:
                 counters[key] = int(float(held[key]))
     return TrainingState(int(step), params, buffers, counters)
 
 
-def load_parameters(slots: dict[str, layers.Slot], params: dict[str, np.ndarray]) -> None:
-    """Copy canonical parameters into the model, transposing kernels to nn.Linear's (out, in)."""
+def _native(slot: ops.Slot, value) -> torch.Tensor:
+    """A canonical array in the slot's torch layout, as a new tensor."""
+    return slot.layout.native(torch.as_tensor(np.asarray(value))).clone()
+
+
+def load_parameters(slots: dict[str, ops.Slot], params: dict[str, np.ndarray]) -> None:
+    """Copy canonical parameters into the model, in each slot's torch layout."""
     with torch.no_grad():
         for name, slot in slots.items():
-            value, shape = np.asarray(params[name]), tuple(slot.parameter.shape)
-            canonical_shape = shape[::-1] if slot.transposed else shape
-            if value.shape != canonical_shape:
-                raise CheckpointError(f"parameter '{name}' has shape {value.shape}, the model expects "
-                                      f"{canonical_shape}")
-            slot.parameter.copy_(torch.as_tensor(value.T if slot.transposed else value))
+            value = np.asarray(params[name])
+            expected = tuple(slot.layout.canonical(slot.parameter.detach()).shape)
+            if value.shape != expected:
+                raise CheckpointError(f"parameter '{name}' has shape {value.shape}, the model expects {expected}")
+            slot.parameter.copy_(_native(slot, value))
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, slots: dict[str, layers.Slot], s: spec.Optimizer,
+def load_optimizer_state(optimizer: torch.optim.Optimizer, slots: dict[str, ops.Slot], s: spec.Optimizer,
                          state: TrainingState, step_dtype=torch.float32) -> None:
     """Put the canonical optimizer state into `optimizer` through its load_state_dict. A parameter
     gets an entry when its buffers are complete (a momentum buffer or Adam's moments exist only
@@ -86,8 +107,8 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, slots: dict[str, laye
     required = s.state_slots()
     for name, slot in slots.items():
         # copies: torch updates its state in place, and the caller's arrays must stay as they are
-        entry = {key: torch.tensor(np.asarray(values[name]).T if slot.transposed else np.asarray(values[name]))
-                 for key, values in state.slots.items() if name in values and key in required}
+        entry = {key: _native(slot, values[name]) for key, values in state.slots.items()
+                 if name in values and key in required}
         if not required or len(entry) < len(required):
             if state.step > 0 and required:
                 missing = [key for key in required if key not in entry]
@@ -104,11 +125,10 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, slots: dict[str, laye
 # ---- torch's own checkpoint file ------------------------------------------------------------------
 
 
-def _lowering(experiment: Experiment):
+def _lowering(experiment: Experiment) -> tuple[ops.Built, Chain]:
     """A float64 CPU model and optimizer for `experiment`, as the trainer builds them."""
-    built = layers.build_model(experiment.model, dtype=torch.float64, device=torch.device("cpu"))
-    update = optimizers.Update(experiment.optimizer, built.module.parameters())
-    return built, update
+    built = ops.build_model(experiment.model, dtype=torch.float64, device=torch.device("cpu"))
+    return built, Chain(experiment.optimizer, built.module.parameters())
 
 
 def _next_lr(experiment: Experiment, step: int) -> float:
@@ -125,16 +145,16 @@ def _next_lr(experiment: Experiment, step: int) -> float:
 def export_native(experiment: Experiment, state: TrainingState, path) -> None:
     """Write `state` as torch.save({"info", "date", "model", "optimizer", "step"}), completely or not
     at all. The param groups hold the learning rate of the next step."""
-    built, update = _lowering(experiment)
+    built, chain = _lowering(experiment)
     load_parameters(built.slots, state.params)
-    load_optimizer_state(update.optimizer, built.slots, experiment.optimizer, state)
-    update.set_lr(_next_lr(experiment, state.step))
+    load_optimizer_state(chain.optimizer, built.slots, experiment.optimizer, state)
+    chain.lr.apply(chain.optimizer, chain.params, _next_lr(experiment, state.step))
     payload = {
         "info": f"crossnn experiment '{experiment.name}': {type(built.module).__name__} state_dict and "
-                f"torch.optim.{type(update.optimizer).__name__} state_dict after {state.step} steps",
+                f"torch.optim.{type(chain.optimizer).__name__} state_dict after {state.step} steps",
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "model": built.module.state_dict(),
-        "optimizer": update.optimizer.state_dict(),
+        "optimizer": chain.optimizer.state_dict(),
         "step": int(state.step),
     }
     buffer = io.BytesIO()
@@ -165,7 +185,8 @@ def import_native(experiment: Experiment, path) -> TrainingState:
     the same structure) back into a canonical training state."""
     path = Path(path)
     payload = _read(path)
-    built, update = _lowering(experiment)
+    built, chain = _lowering(experiment)
+    optimizer = chain.optimizer
     model_state, expected = payload["model"], built.module.state_dict()
     if not isinstance(model_state, dict):
         raise CheckpointError(f"{path}: 'model' is a {type(model_state).__name__}, expected a state_dict")
@@ -182,7 +203,7 @@ def import_native(experiment: Experiment, path) -> TrainingState:
                                   f"needs {tuple(value.shape)}")
     built.module.load_state_dict(model_state)
     opt_state = payload["optimizer"]
-    ours = update.optimizer.state_dict()
+    ours = optimizer.state_dict()
     if (not isinstance(opt_state, dict) or not isinstance(opt_state.get("param_groups"), list)
             or not isinstance(opt_state.get("state"), dict)):
         raise CheckpointError(f"{path}: 'optimizer' is not a torch.optim state_dict")
@@ -190,8 +211,8 @@ def import_native(experiment: Experiment, path) -> TrainingState:
     if theirs != [sorted(k for k in g if k != "params") for g in ours["param_groups"]] or \
             [len(g["params"]) for g in opt_state["param_groups"]] != [len(g["params"]) for g in ours["param_groups"]]:
         raise CheckpointError(f"{path}: 'optimizer' is not the state of torch.optim."
-                              f"{type(update.optimizer).__name__} over this model's parameters")
-    shapes = [tuple(p.shape) for g in update.optimizer.param_groups for p in g["params"]]
+                              f"{type(optimizer).__name__} over this model's parameters")
+    shapes = [tuple(p.shape) for g in optimizer.param_groups for p in g["params"]]
     for i, entry in opt_state["state"].items():
         for key, value in entry.items():
             if key not in experiment.optimizer.state_counters() and isinstance(value, torch.Tensor) \
@@ -199,7 +220,7 @@ def import_native(experiment: Experiment, path) -> TrainingState:
                 raise CheckpointError(f"{path}: optimizer state {key} of parameter {i} has shape "
                                       f"{tuple(value.shape)}, the parameter is {shapes[i]}")
     try:
-        update.optimizer.load_state_dict(opt_state)
+        optimizer.load_state_dict(opt_state)
     except (ValueError, KeyError, IndexError, TypeError) as err:
         raise CheckpointError(f"{path}: 'optimizer' does not load ({type(err).__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else ''})") from None
@@ -208,7 +229,7 @@ def import_native(experiment: Experiment, path) -> TrainingState:
         step = int(step.item())
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise CheckpointError(f"{path}: 'step' must be a non-negative integer, got {step!r}")
-    state = training_state(step, built.slots, update.optimizer, experiment.optimizer)
+    state = training_state(step, built.slots, optimizer, experiment.optimizer)
     if step > 0:
         for key in experiment.optimizer.state_slots():
             absent = [name for name in built.slots if name not in state.slots.get(key, {})]
@@ -216,3 +237,209 @@ def import_native(experiment: Experiment, path) -> TrainingState:
                 raise CheckpointError(f"{path}: the optimizer state has no '{key}' for '{absent[0]}' after "
                                       f"{step} steps")
     return state
+
+
+# ---- a user's nn.Sequential as a spec -------------------------------------------------------------------
+
+
+def _pair(value) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    return np.array(tensor.detach().cpu().double().numpy(), order="C", copy=True)
+
+
+class SequentialReader:
+    """Reads an nn.Sequential child by child, keeping the canonical shape of the value so far and what
+    the torch tensor holds beyond it: a flatten of an NCHW image whose (C, H, W) order the next
+    nn.Linear's weight columns must be reordered from (`flattened`), the (N, C, 1, 1) tensor of a
+    global average pool that an nn.Flatten must follow (`pooled`), an nn.ZeroPad2d that the next
+    nn.Conv2d must turn into 'same' padding (`pad`). Activations after a layer without one become
+    its activation. The initializers recorded are torch's defaults (fan_in_uniform, kaiming_uniform
+    with a = √5); the starting values are the module's, returned as the parameters."""
+
+    def __init__(self, inputs):
+        self.shape = tuple(inputs) if isinstance(inputs, (tuple, list)) else ((inputs,) if inputs else None)
+        self.layers: list[spec.Layer] = []
+        self.params: dict[str, np.ndarray] = {}
+        self.flattened: tuple[int, int, int] | None = None
+        self.pooled = False
+        self.pad: tuple[int, int, int, int] | None = None
+        self.readers = {nn.Linear: self.linear, nn.Conv2d: self.conv, nn.MaxPool2d: self.max_pool,
+                        nn.AvgPool2d: self.avg_pool, nn.AdaptiveAvgPool2d: self.global_pool, nn.Flatten: self.flatten,
+                        nn.Dropout: self.dropout, nn.ZeroPad2d: self.zero_pad}
+
+    def refuse(self, name: str, child, why: str) -> UnsupportedFeature:
+        return UnsupportedFeature("torch", f"importing module {name} ({type(child).__name__}): {why}")
+
+    def read(self, module: nn.Sequential) -> tuple[spec.Model, dict[str, np.ndarray]]:
+        children = list(module.named_children())
+        first = next((child for _, child in children if isinstance(child, (nn.Linear, nn.Conv2d))), None)
+        if self.shape is None:
+            if not isinstance(first, nn.Linear):
+                raise UnsupportedFeature("torch", "importing an nn.Sequential that does not start with nn.Linear "
+                                                  "without its input shape (inputs=[H, W, C])")
+            self.shape = (first.in_features,)
+        inputs = self.shape
+        for name, child in children:
+            if self.pooled and not isinstance(child, nn.Flatten):
+                raise self.refuse(name, child, "an nn.AdaptiveAvgPool2d(1) must be followed by nn.Flatten")
+            if self.pad is not None and not isinstance(child, nn.Conv2d):
+                raise self.refuse(name, child, "an nn.ZeroPad2d must be followed by the nn.Conv2d it pads")
+            reader = self.readers.get(type(child))
+            if reader is not None:
+                reader(name, child)
+            else:
+                self.activation(name, child)
+        last = children[-1] if children else ("", module)
+        if self.flattened is not None or self.pooled or self.pad is not None:
+            raise self.refuse(*last, "the model ends before the layer that its flatten, pool or pad feeds")
+        if not self.layers:
+            raise UnsupportedFeature("torch", "importing an nn.Sequential without layers")
+        return spec.Model(inputs=inputs[0] if len(inputs) == 1 else list(inputs), layers=tuple(self.layers)), \
+            self.params
+
+    def add(self, layer: spec.Layer) -> None:
+        shape = layer.output_shape((self.shape,))
+        self.layers.append(layer)
+        self.shape = tuple(shape)
+
+    def linear(self, name, child: nn.Linear):
+        if ops.image(self.shape):
+            raise self.refuse(name, child, "nn.Linear on an (N, C, H, W) tensor acts on the width; flatten first")
+        if self.shape[-1] != child.in_features:
+            raise self.refuse(name, child, f"takes {child.in_features} features, the input has {self.shape[-1]}")
+        weight = child.weight.detach()
+        if self.flattened is not None:  # the columns follow nn.Flatten's (C, H, W) order; crossnn's is (H, W, C)
+            c, h, w = self.flattened
+            kernel = weight.reshape(child.out_features, c, h, w).permute(2, 3, 1, 0).reshape(h * w * c, -1)
+            self.flattened = None
+        else:
+            kernel = ops.LINEAR_WEIGHT.canonical(weight)
+        self.add(spec.Dense(name=name, units=child.out_features, use_bias=child.bias is not None,
+                            kernel_init=spec.FanInUniform(), bias_init=spec.FanInUniform()))
+        self.params[f"{name}/kernel"] = _numpy(kernel)
+        if child.bias is not None:
+            self.params[f"{name}/bias"] = _numpy(child.bias)
+
+    def _padding(self, name, child, layer, padding, pads=None) -> str:
+        """'valid' or 'same' for torch's padding (with an nn.ZeroPad2d's (left, right, top, bottom) pads
+        before it), when it is crossnn's rule for `layer` (the spec layer, 'same' padded); else
+        UnsupportedFeature."""
+        if isinstance(padding, str):
+            if padding == "valid" or (padding == "same" and all(s == 1 for s in layer.strides)):
+                return padding  # torch's 'same' (stride 1) puts an odd extra pixel after, as crossnn's rule does
+            padding = (0, 0)
+        ph, pw = _pair(padding)
+        if pads is None and (ph, pw) == (0, 0):
+            return "valid"
+        if pads is not None and (ph, pw) != (0, 0):
+            raise self.refuse(name, child, "padded twice (nn.ZeroPad2d and its own padding)")
+        wanted = (pads[2], pads[3], pads[0], pads[1]) if pads is not None else (ph, ph, pw, pw)
+        g = window_geometry(layer, self.shape)
+        if (g.top, g.bottom, g.left, g.right) != wanted:
+            raise self.refuse(name, child, f"padding (top, bottom, left, right) {wanted} on a {list(self.shape[:2])} "
+                                           f"input is neither 'valid' nor crossnn's 'same' "
+                                           f"({(g.top, g.bottom, g.left, g.right)})")
+        return "same"
+
+    def _check_window(self, name, child) -> None:
+        if not ops.image(self.shape):
+            raise self.refuse(name, child, f"needs an image input, got shape {list(self.shape)}")
+        if getattr(child, "ceil_mode", False):
+            raise self.refuse(name, child, "ceil_mode=True has no crossnn equivalent")
+
+    def conv(self, name, child: nn.Conv2d):
+        self._check_window(name, child)
+        if child.groups != 1 or child.padding_mode != "zeros" or child.in_channels != self.shape[2]:
+            raise self.refuse(name, child, f"needs groups=1, padding_mode='zeros' and {self.shape[2]} input channels")
+        layer = spec.Conv2D(name=name, filters=child.out_channels, kernel_size=_pair(child.kernel_size),
+                            strides=_pair(child.stride), padding="same", dilation=_pair(child.dilation),
+                            use_bias=child.bias is not None, kernel_init=spec.FanInUniform(),
+                            bias_init=spec.FanInUniform())
+        padding = self._padding(name, child, layer, child.padding, self.pad)
+        self.pad = None
+        self.add(dataclasses.replace(layer, padding=padding))
+        self.params[f"{name}/kernel"] = _numpy(ops.CONV_WEIGHT.canonical(child.weight.detach()))
+        if child.bias is not None:
+            self.params[f"{name}/bias"] = _numpy(child.bias)
+
+    def _pool(self, name, child, cls, **fields):
+        """The spec pooling layer of an nn.MaxPool2d or nn.AvgPool2d."""
+        self._check_window(name, child)
+        stride = child.stride if child.stride is not None else child.kernel_size
+        layer = cls(name=name, pool_size=_pair(child.kernel_size), strides=_pair(stride), padding="same", **fields)
+        self.add(dataclasses.replace(layer, padding=self._padding(name, child, layer, child.padding)))
+
+    def max_pool(self, name, child: nn.MaxPool2d):
+        if _pair(child.dilation) != (1, 1) or child.return_indices:
+            raise self.refuse(name, child, "dilation and return_indices have no crossnn equivalent")
+        self._pool(name, child, spec.MaxPool2D)
+
+    def avg_pool(self, name, child: nn.AvgPool2d):
+        if child.divisor_override is not None:
+            raise self.refuse(name, child, "divisor_override has no crossnn equivalent")
+        self._pool(name, child, spec.AvgPool2D, count_padding=bool(child.count_include_pad))
+
+    def global_pool(self, name, child: nn.AdaptiveAvgPool2d):
+        if _pair(child.output_size) != (1, 1) or not ops.image(self.shape):
+            raise self.refuse(name, child, "only an output size of 1 on an image is a global average pool")
+        self.add(spec.GlobalAvgPool2D(name=name))
+        self.pooled = True
+
+    def flatten(self, name, child: nn.Flatten):
+        if (child.start_dim, child.end_dim) != (1, -1):
+            raise self.refuse(name, child, "only start_dim=1, end_dim=-1")
+        if self.pooled:  # (N, C, 1, 1) -> (N, C): crossnn's global pool already gave (C,)
+            self.pooled = False
+            return
+        if ops.image(self.shape):
+            h, w, c = self.shape
+            self.flattened = (c, h, w)
+        self.add(spec.Flatten(name=name))
+
+    def dropout(self, name, child: nn.Dropout):
+        self.add(spec.Dropout(name=name, rate=float(child.p)))  # trained with crossnn's masks, not torch's RNG
+
+    def zero_pad(self, name, child: nn.ZeroPad2d):
+        self.pad = tuple(child.padding)
+
+    def activation(self, name, child):
+        act = _imported_activation(child, ops.channel_dim(self.shape), len(self.shape) + 1)
+        if act is None:
+            raise self.refuse(name, child, "no crossnn equivalent")
+        last = self.layers[-1] if self.layers else None
+        if isinstance(last, (spec.Dense, spec.Conv2D)) and type(last.activation) is spec.Linear:
+            self.layers[-1] = dataclasses.replace(last, activation=act)
+        else:
+            self.add(spec.ActivationLayer(name=name, activation=act))
+
+
+def _imported_activation(module: nn.Module, dim: int, rank: int) -> spec.Activation | None:
+    """The spec activation of a torch activation module (softmax: over the canonical last axis, torch
+    axis `dim` of a rank-`rank` tensor), or None."""
+    simple = {nn.Sigmoid: spec.Sigmoid, nn.Tanh: spec.Tanh, nn.ReLU: spec.ReLU, nn.Identity: spec.Linear,
+              ops.Softplus: spec.Softplus}
+    if type(module) in simple:
+        return simple[type(module)]()
+    if isinstance(module, nn.LeakyReLU):
+        return spec.LeakyReLU(negative_slope=module.negative_slope)
+    if isinstance(module, nn.GELU):
+        return spec.GELU(approximate=module.approximate)
+    if isinstance(module, nn.Softmax) and module.dim is not None and module.dim % rank == dim % rank:
+        return spec.Softmax()
+    return None
+
+
+def import_sequential(module: nn.Module, inputs=None) -> tuple[spec.Model, dict[str, np.ndarray]]:
+    """(spec Model, canonical float64 parameters) for an nn.Sequential of nn.Linear, nn.Conv2d (after
+    an optional nn.ZeroPad2d), nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d(1), nn.Flatten,
+    nn.Dropout and activation modules. Layers keep the Sequential's child names ("0", "1", ...).
+    inputs: the canonical input shape ([H, W, C] for images; for a model that starts with nn.Linear,
+    its in_features by default). The spec computes the module's function: an nn.Linear after the
+    flatten of an image gets its weight columns reordered to crossnn's (H, W, C) order."""
+    if not isinstance(module, nn.Sequential):
+        raise UnsupportedFeature("torch", f"importing a {type(module).__name__} (only an nn.Sequential of layers "
+                                          "and activation modules)")
+    return SequentialReader(inputs).read(module)

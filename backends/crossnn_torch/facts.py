@@ -73,6 +73,62 @@ def _tf32() -> dict[str, object]:
         return {"matmul": None, "cudnn": None, "error": f"{type(err).__name__}: {err}"}
 
 
+def _conv_init() -> dict[str, object]:
+    """nn.Conv2d(8, 16, (3, 3))'s default draw (seed 0) against 1/√(in·kh·kw)."""
+    conv = nn.Conv2d(8, 16, (3, 3))
+    return {"weight_max_abs": conv.weight.abs().max().item(), "bias_max_abs": conv.bias.abs().max().item(),
+            "bound": 1.0 / math.sqrt(8 * 3 * 3), "bias_all_zero": bool(torch.all(conv.bias == 0).item())}
+
+
+def _raises(make) -> dict[str, object]:
+    try:
+        make()
+    except Exception as err:  # whatever torch raises is the fact
+        return {"raised": type(err).__name__, "message": str(err)}
+    return {"raised": None, "message": ""}
+
+
+def _window_rows(conv: nn.Conv2d, x: torch.Tensor) -> list[float]:
+    """The row each window of a (k, 1) convolution whose weight picks its first row starts at, on an
+    input whose rows hold their index + 1 (so a padded row reads -1)."""
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 0, 0] = 1.0
+        return [v - 1.0 for v in conv(x).flatten().tolist()]
+
+
+def _same_padding_stride2() -> dict[str, object]:
+    """H = 8, k = 3, stride 2: torch's usual symmetric padding=1 against crossnn's (TensorFlow's)
+    'same', which pads one row after only (nn.ZeroPad2d((0, 0, 0, 1)) then padding 0)."""
+    x = (torch.arange(8, dtype=F64) + 1.0).reshape(1, 1, 8, 1)
+    symmetric = nn.Conv2d(1, 1, (3, 1), stride=(2, 1), padding=(1, 0), bias=False, dtype=F64)
+    same = nn.Conv2d(1, 1, (3, 1), stride=(2, 1), bias=False, dtype=F64)
+    return {"torch_padding_1": _window_rows(symmetric, x),
+            "same": _window_rows(same, nn.functional.pad(x, (0, 0, 0, 1)))}
+
+
+def _same_even_kernel() -> list[float]:
+    """torch's padding='same' (stride 1) with a kernel of 2 rows on 4 rows: where the windows start
+    (0 first: the extra padded row goes after, as in crossnn's rule)."""
+    x = (torch.arange(4, dtype=F64) + 1.0).reshape(1, 1, 4, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "padding='same' with even kernel lengths ... may require a copy"
+        return _window_rows(nn.Conv2d(1, 1, (2, 1), padding="same", bias=False, dtype=F64), x)
+
+
+def _flatten_order() -> dict[str, list[float]]:
+    """nn.Flatten of an NCHW arange (C=3, H=2, W=2) against crossnn's (H, W, C) order of the same image."""
+    x = torch.arange(12, dtype=F64).reshape(1, 3, 2, 2)
+    return {"nn_flatten": nn.Flatten()(x)[0].tolist(), "channels_last": x.permute(0, 2, 3, 1).flatten(1)[0].tolist()}
+
+
+def _max_pool_tie() -> list[list[float]]:
+    """The gradient of nn.MaxPool2d(2) on a 2×2 window of equal values: which element gets it."""
+    x = torch.ones(1, 1, 2, 2, dtype=F64, requires_grad=True)
+    nn.MaxPool2d(2)(x).sum().backward()
+    return x.grad[0, 0].tolist()
+
+
 def facts() -> dict[str, object]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -82,6 +138,8 @@ def facts() -> dict[str, object]:
                        "bound": 1.0 / math.sqrt(100), "bias_all_zero": bool(torch.all(linear.bias == 0).item())}
         torch.manual_seed(0)
         random_seed0 = torch.rand(3, dtype=F64).tolist()
+        torch.manual_seed(0)
+        conv_init = _conv_init()
 
     adam_w, _ = _one_step(torch.optim.Adam, 1.0, 0.0, lr=0.1, weight_decay=0.1)
     adamw_w, _ = _one_step(torch.optim.AdamW, 1.0, 0.0, lr=0.1, weight_decay=0.1)
@@ -124,4 +182,12 @@ def facts() -> dict[str, object]:
         "tf32": _tf32(),
         "random_seed0": random_seed0,
         "clip_at_max_norm": gradient.grad.tolist(),
+        "conv_weight_shape": list(nn.Conv2d(2, 3, (4, 5)).weight.shape),
+        "conv_init": conv_init,
+        "conv_same_stride2": _raises(lambda: nn.Conv2d(2, 3, 3, stride=2, padding="same")),
+        "same_padding_stride2": _same_padding_stride2(),
+        "conv_same_even_kernel": _same_even_kernel(),
+        "avgpool_count_include_pad": _default(nn.AvgPool2d, "count_include_pad"),
+        "flatten_order": _flatten_order(),
+        "max_pool_tie_gradient": _max_pool_tie(),
     }

@@ -1,12 +1,12 @@
 """A standalone PyTorch script for an experiment, written the way PyTorch's tutorials write one: an
-nn.Sequential of nn.Linear and activation modules (or an nn.Module whose forward() follows a model
-graph), a loss module, a torch.optim optimizer and the zero_grad / backward / step loop over the
-batches. The data, initial parameters, batch order, learning-rate schedule and dropout masks are
-crossnn's (crossnn.codegen), so the script ends where crossnn's torch run ends.
-
-Where torch has no built-in for a spec formula (softplus without nn.Softplus' threshold, BCE with a
-log clamp other than -100, cross-entropy on probabilities, dropout with crossnn's masks), the script
-carries the same small module the backend uses, so a reader sees exactly what differs.
+nn.Sequential of torch's modules (or an nn.Module whose forward() follows a model graph), a loss
+module, a torch.optim optimizer and the zero_grad / backward / step loop over the batches. Every
+module call is the `code()` of the Mod its registry entry describes (crossnn_torch.ops), the loop
+stages are the optimizer chain's (crossnn_torch.optimizers), and crossnn's own small modules
+(softplus without a threshold, dropout with crossnn's masks, the channels-last permutation, ...) are
+copied in as source, so a reader sees exactly what differs from torch's built-ins. The data, initial
+parameters, batch order, schedule and dropout masks are crossnn's (crossnn.codegen), so the script
+ends where crossnn's torch run ends.
 """
 
 from __future__ import annotations
@@ -19,38 +19,15 @@ import textwrap
 import numpy as np
 from torch import nn
 
-from crossnn import codegen, spec
+from crossnn import codegen
 from crossnn.data import Dataset
 from crossnn.errors import UnsupportedFeature
 from crossnn.spec import INPUT, Experiment
 
-from crossnn_torch import layers, losses
+from crossnn_torch import ops
+from crossnn_torch.optimizers import Chain
 
-COMMAND = "crossnn code {name} --backend torch"
-
-IMPORTS = "import torch\nfrom torch import nn\n"
-
-DROPOUT_CLASS = '''class Dropout(nn.Module):
-    """Inverted dropout with crossnn's masks: x * mask while training (the mask, 0 or 1/(1 - rate)
-    per element, is set before every step), x itself in eval mode. nn.Dropout would draw its own
-    masks from torch's RNG; these come from the seed, so every framework drops the same units."""
-
-    def __init__(self):
-        super().__init__()
-        self.mask = None
-
-    def forward(self, x):
-        return x * self.mask if self.training and self.mask is not None else x
-'''
-
-
-def _source(obj) -> str:
-    return textwrap.dedent(inspect.getsource(obj))
-
-
-# ---- names ------------------------------------------------------------------------------------------
-
-RESERVED = {"x", "self", "torch", "nn", "np", "softplus"}
+RESERVED = {"x", "self", "torch", "nn", "np", "model", "optimizer", "loss_fn"}
 
 
 def _identifier(name: str, taken: set[str]) -> str:
@@ -64,103 +41,71 @@ def _identifier(name: str, taken: set[str]) -> str:
     return ident
 
 
-# ---- model ------------------------------------------------------------------------------------------
-
-MODULES = {
-    spec.Sigmoid: lambda a: "nn.Sigmoid()",
-    spec.Tanh: lambda a: "nn.Tanh()",
-    spec.ReLU: lambda a: "nn.ReLU()",
-    spec.LeakyReLU: lambda a: f"nn.LeakyReLU(negative_slope={a.negative_slope!r})",
-    spec.Softmax: lambda a: "nn.Softmax(dim=-1)",
-    spec.GELU: lambda a: f"nn.GELU(approximate={a.approximate!r})",
-    spec.Softplus: lambda a: "Softplus()",
-}
-
-FUNCTIONS = {
-    spec.Sigmoid: lambda a, z: f"torch.sigmoid({z})",
-    spec.Tanh: lambda a, z: f"torch.tanh({z})",
-    spec.ReLU: lambda a, z: f"torch.relu({z})",
-    spec.LeakyReLU: lambda a, z: f"nn.functional.leaky_relu({z}, negative_slope={a.negative_slope!r})",
-    spec.Softmax: lambda a, z: f"torch.softmax({z}, dim=-1)",
-    spec.GELU: lambda a, z: f"nn.functional.gelu({z}, approximate={a.approximate!r})",
-    spec.Softplus: lambda a, z: f"softplus({z})",
-}
+def _line(mod: ops.Mod, indent: str, end: str = ",") -> str:
+    return f"{indent}{mod.code()}{end}" + (f"  # {mod.note}" if mod.note else "")
 
 
-def _check_activation(a: spec.Activation, where: str) -> None:
-    if type(a) is not spec.Linear and type(a) not in MODULES:
-        raise UnsupportedFeature("torch", f"activation '{a.kind}' of layer '{where}' in a script")
-
-
-def _linear(node) -> str:
-    layer = node.layer
-    bias = "" if layer.use_bias else ", bias=False"
-    return f"nn.Linear({node.input_sizes[0]}, {layer.units}{bias})"
+def _helpers(mods: list[ops.Mod]) -> str:
+    """The source of crossnn's own module classes the mods use (and what they need), each once."""
+    classes: list[type] = []
+    for mod in mods:
+        if mod.cls.__module__ == ops.__name__:
+            for cls in (*ops.SCRIPT_NEEDS.get(mod.cls, ()), mod.cls):
+                if cls not in classes:
+                    classes.append(cls)
+    return "\n\n".join(textwrap.dedent(inspect.getsource(cls)) for cls in classes)
 
 
 class Model:
-    """The model's source, and how the rest of the script reaches its parts."""
+    """The model's source, and the expression of every layer's modules in it."""
 
     def __init__(self, experiment: Experiment):
-        self.experiment = experiment
-        self.linears: dict[str, str] = {}  # dense layer name -> expression of its nn.Linear
-        self.dropouts: dict[str, tuple[str, int, float]] = {}  # dropout layer -> (module, size, rate)
-        self.uses_softplus = False
-        for node in experiment.model.nodes:
-            if type(node.layer) not in (spec.Dense, spec.ActivationLayer, spec.Concatenate, spec.Dropout):
-                raise UnsupportedFeature("torch", f"layer type '{node.layer.kind}' in a script")
-            act = getattr(node.layer, "activation", None)
-            if act is not None:
-                _check_activation(act, node.name)
-                self.uses_softplus |= isinstance(act, spec.Softplus)
-        self.code = self._sequential() if layers.is_chain(experiment.model) else self._graph()
+        self.model = experiment.model
+        self.layers = ops.layer_mods(self.model)
+        for node, mods, _ in self.layers:
+            for mod in mods:
+                if not mod.cls.__module__.startswith("torch.nn") and mod.cls.__module__ != ops.__name__:
+                    raise UnsupportedFeature("torch", f"layer '{node.layer.kind}' in a script (its module "
+                                                      f"{mod.cls.__qualname__} is defined outside crossnn)")
+        self.image_output = ops.image(self.model.output_shape)
+        self.module_of: dict[str, list[str]] = {}  # layer name -> expression of each of its modules
+        self.code = self._sequential() if ops.is_chain(self.model) else self._graph()
+
+    @property
+    def mods(self) -> list[ops.Mod]:
+        return [m for _, mods, _ in self.layers for m in mods] + ([ops.Mod(ops.ChannelsLast)] if self.image_output
+                                                                   else [])
 
     def _sequential(self) -> str:
         lines, index = [], 0
-        for node in self.experiment.model.nodes:
-            layer = node.layer
-            entries = []
-            if isinstance(layer, spec.Dense):
-                self.linears[node.name] = f"model[{index}]"
-                entries.append((_linear(node), f"{node.name}: {node.input_sizes[0]} -> {layer.units}"))
-            elif isinstance(layer, spec.Dropout):
-                self.dropouts[node.name] = (f"model[{index}]", node.size, layer.rate)
-                entries.append(("Dropout()", f"{node.name}: rate {layer.rate!r}, crossnn's masks"))
-            act = getattr(layer, "activation", None)
-            if act is not None and type(act) is not spec.Linear:
-                entries.append((MODULES[type(act)](act), f"{node.name}: activation" if isinstance(
-                    layer, spec.ActivationLayer) else ""))
-            for code, note in entries:
-                lines.append(f"    {code},{'  # ' + note if note else ''}")
-                index += 1
+        for node, mods, _ in self.layers:
+            self.module_of[node.name] = [f"model[{index + k}]" for k in range(len(mods))]
+            lines += [_line(mod, "    ") for mod in mods]
+            index += len(mods)
+        if self.image_output:
+            lines.append(_line(ops.Mod(ops.ChannelsLast, note="the output channels-last, as crossnn's targets"),
+                               "    "))
         return ("# ---- the model: a chain of layers, so an nn.Sequential ----\n"
                 "model = nn.Sequential(\n" + "\n".join(lines) + "\n)\n")
 
     def _graph(self) -> str:
         taken: set[str] = set()
-        names = {node.name: _identifier(node.name, taken) for node in self.experiment.model.nodes}
+        names = {node.name: _identifier(node.name, taken) for node, _, _ in self.layers}
         names[INPUT] = "x"
         init, forward = [], []
-        for node in self.experiment.model.nodes:
-            layer, ident = node.layer, names[node.name]
-            args = [names[i] for i in node.inputs]
-            if isinstance(layer, spec.Dense):
-                init.append(f"        self.{ident} = {_linear(node)}")
-                self.linears[node.name] = f"model.{ident}"
-                value = f"self.{ident}({args[0]})"
-                if type(layer.activation) is not spec.Linear:
-                    value = FUNCTIONS[type(layer.activation)](layer.activation, value)
-            elif isinstance(layer, spec.ActivationLayer):
-                value = FUNCTIONS[type(layer.activation)](layer.activation, args[0]) if type(
-                    layer.activation) is not spec.Linear else args[0]
-            elif isinstance(layer, spec.Concatenate):
-                value = f"torch.cat([{', '.join(args)}], dim=1)"
-            else:  # Dropout
-                init.append(f"        self.{ident} = Dropout()  # rate {layer.rate!r}, crossnn's masks")
-                self.dropouts[node.name] = (f"model.{ident}", node.size, layer.rate)
-                value = f"self.{ident}({args[0]})"
-            forward.append(f"        {ident} = {value}")
-        output = names[self.experiment.model.layers[-1].name]
+        for node, mods, _ in self.layers:
+            ident = names[node.name]
+            if len(mods) == 1:
+                init.append(_line(mods[0], f"        self.{ident} = ", ""))
+                self.module_of[node.name] = [f"model.{ident}"]
+            else:
+                init += [f"        self.{ident} = nn.Sequential(", *(_line(m, "            ") for m in mods),
+                         "        )"]
+                self.module_of[node.name] = [f"model.{ident}[{k}]" for k in range(len(mods))]
+            forward.append(f"        {ident} = self.{ident}({', '.join(names[i] for i in node.inputs)})")
+        output = names[self.model.layers[-1].name]
+        if self.image_output:
+            output += ".permute(0, 2, 3, 1)  # channels-last, as crossnn's targets"
         return ("# ---- the model: a graph of layers, so an nn.Module whose forward() wires them ----\n"
                 "class Net(nn.Module):\n"
                 "    def __init__(self):\n"
@@ -170,61 +115,14 @@ class Model:
                 + "\n".join(forward) + f"\n        return {output}\n\n\n"
                 "model = Net()\n")
 
-
-# ---- loss and optimizer ---------------------------------------------------------------------------
-
-
-def _loss(s: spec.Loss) -> tuple[str, str]:
-    """(definitions the loss needs, the line creating loss_fn)."""
-    if isinstance(s, spec.MSE):
-        return "", "loss_fn = nn.MSELoss()"
-    if isinstance(s, spec.MAE):
-        return "", "loss_fn = nn.L1Loss()"
-    if isinstance(s, spec.Huber):
-        return "", f"loss_fn = nn.HuberLoss(delta={s.delta!r})"
-    if isinstance(s, spec.BCELogits):
-        return "", "loss_fn = nn.BCEWithLogitsLoss()  # sigmoid and BCE in one, on the logits"
-    if isinstance(s, spec.BCE):
-        if s.log_min == losses.TORCH_BCE_LOG_MIN:
-            return "", "loss_fn = nn.BCELoss()  # clamps log p and log(1 - p) at -100"
-        code = (f"# nn.BCELoss clamps the logs at -100; this spec clamps them at {s.log_min!r}\n"
-                f"BCE_GRAD_FLOOR = {losses.BCE_GRAD_FLOOR!r}\n\n\n"
-                + _source(losses.ClampedBCEFunction) + "\n\n" + _source(losses.ClampedBCELoss))
-        return code, f"loss_fn = ClampedBCELoss(log_min={s.log_min!r})"
-    if isinstance(s, spec.CrossEntropy):
-        if s.from_logits:
-            return "", "loss_fn = nn.CrossEntropyLoss()  # log-softmax and NLL in one, on the logits"
-        code = ("# nn.CrossEntropyLoss wants logits; the model outputs probabilities, so the loss is -log p\n"
-                + _source(losses.ProbabilityCrossEntropyFunction) + "\n\n"
-                + _source(losses.ProbabilityCrossEntropyLoss))
-        return code, f"loss_fn = ProbabilityCrossEntropyLoss(log_min={s.log_min!r})"
-    raise UnsupportedFeature("torch", f"loss '{s.kind}' in a script")
-
-
-def _optimizer(s: spec.Optimizer) -> tuple[str, float]:
-    """(the line creating `optimizer`, the decoupled decay the loop applies by hand)."""
-    decoupled = s.weight_decay_kind == "decoupled"
-    wd = s.weight_decay
-    if isinstance(s, spec.AdamW):
-        return (f"optimizer = torch.optim.AdamW(model.parameters(), lr={s.lr!r}, betas=({s.beta1!r}, {s.beta2!r}), "
-                f"eps={s.eps!r}, weight_decay={wd!r})"), 0.0
-    if isinstance(s, spec.Adam):
-        extra = ", decoupled_weight_decay=True" if decoupled else ""
-        return (f"optimizer = torch.optim.Adam(model.parameters(), lr={s.lr!r}, betas=({s.beta1!r}, {s.beta2!r}), "
-                f"eps={s.eps!r}, weight_decay={wd!r}{extra})"), 0.0
-    l2 = 0.0 if decoupled else wd
-    if isinstance(s, spec.SGD):
-        line = (f"optimizer = torch.optim.SGD(model.parameters(), lr={s.lr!r}, momentum={s.momentum!r}, "
-                f"nesterov={s.nesterov!r}, weight_decay={l2!r})")
-    elif isinstance(s, spec.RMSprop):
-        line = (f"optimizer = torch.optim.RMSprop(model.parameters(), lr={s.lr!r}, alpha={s.alpha!r}, eps={s.eps!r}, "
-                f"momentum={s.momentum!r}, centered={s.centered!r}, weight_decay={l2!r})")
-    elif isinstance(s, spec.Adagrad):
-        line = (f"optimizer = torch.optim.Adagrad(model.parameters(), lr={s.lr!r}, "
-                f"initial_accumulator_value={s.initial_accumulator!r}, eps={s.eps!r}, weight_decay={l2!r})")
-    else:
-        raise UnsupportedFeature("torch", f"optimizer '{s.kind}' in a script")
-    return line, (wd if decoupled else 0.0)
+    def parameters(self) -> list[tuple[str, str, ops.Permuted]]:
+        """(canonical name, the model's tensor, its layout) of every parameter, in canonical order."""
+        where = {}
+        for node, _, params in self.layers:
+            for short, place in params.items():
+                where[f"{node.name}/{short}"] = (f"{self.module_of[node.name][place.module]}.{place.attribute}",
+                                                 place.layout)
+        return [(name, *where[name]) for name in self.model.parameter_inits()]
 
 
 def _wrap(line: str, width: int = 100) -> str:
@@ -245,105 +143,76 @@ def _wrap(line: str, width: int = 100) -> str:
     return "\n".join(out)
 
 
-# ---- the script -----------------------------------------------------------------------------------
-
-
-def script(experiment: Experiment, params: dict[str, np.ndarray], data: Dataset) -> str:
+def script(experiment: Experiment, params: dict[str, np.ndarray], data: Dataset, side_file: str | None = None) -> str:
     model = Model(experiment)
-    loss_defs, loss_line = _loss(experiment.loss)
-    optimizer_line, decay = _optimizer(experiment.optimizer)
-    opt = experiment.optimizer
+    lowered = ops.loss(experiment.loss, frozenset(), experiment.model.output_shape)
+    chain = Chain(experiment.optimizer)
+    optimizer_line, stage_lines = chain.code()
     loss = experiment.loss
-    classes = experiment.model.output_size
+    images = ops.image(experiment.model.input_shape)
+    dropouts = codegen.dropout_layers(experiment)
+    needs_lr = chain.needs_lr()
 
-    big = max(np.asarray(data.x).size, np.asarray(data.y).size,
-              *(np.asarray(v).size for v in params.values())) > codegen.LITERAL_LIMIT
-    parts = [codegen.header(experiment, "PyTorch", COMMAND.format(name=experiment.name)),
-             codegen.COMMON_IMPORTS + IMPORTS,
+    parts = [codegen.header(experiment, "PyTorch", f"crossnn code {experiment.name} --backend torch"),
+             codegen.imports(*codegen.script_imports(experiment, data, params, side_file), "numpy as np", "torch",
+                             "torch:nn"),
              "# float64 everywhere: crossnn's parity runs are float64, and so is every tensor below\n"
              "torch.set_default_dtype(torch.float64)\n"]
-    if big:
-        parts.append(codegen.UNPACK)
-    counts_steps = opt.schedule is not None or bool(decay) or bool(model.dropouts)
-    parts += [codegen.data_code(data, experiment), codegen.params_code(params), codegen.plan_code(experiment, data.n)]
-    if opt.schedule is not None or decay:
-        parts.append(codegen.lr_code(experiment))
-    dropout = codegen.dropout_code(experiment)
-    if dropout:
-        parts += [dropout, DROPOUT_CLASS]
-    if model.uses_softplus:
-        parts.append("# the spec's softplus: nn.Softplus() returns z itself above z = 20 (its threshold);\n"
-                     "# this one keeps log(1 + exp(z)), with the gradient sigmoid(z)\n"
-                     + _source(layers.SoftplusFunction) + "\n\n" + _source(layers.Softplus) + "\n\n"
-                     + "softplus = SoftplusFunction.apply\n")
-    if loss_defs:
-        parts.append(loss_defs)
+    helpers = _helpers(model.mods + [lowered.mod])
+    if helpers:
+        parts.append("# crossnn's own modules, where torch has no built-in for the spec's formula or layout\n"
+                     + helpers)
     parts.append(model.code)
+    parts.append("# ---- loss and optimizer ----\n" + _line(lowered.mod, "loss_fn = ", "") + "\n"
+                 + _wrap(optimizer_line) + "\n")
+    parts += [codegen.plan_code(experiment, data.n), codegen.lr_code(experiment) if needs_lr else "",
+              codegen.dropout_code(experiment)]
 
-    linears = "".join(f"    {name!r}: {expr},\n" for name, expr in model.linears.items())
-    parts.append(
-        "# the nn.Linear of every dense layer, by its name in the spec\n"
-        f"linears = {{\n{linears}}}\n\n"
-        "# start from crossnn's initial parameters; nn.Linear keeps its weight as (out, in), the\n"
-        "# transpose of crossnn's (in, out) kernel\n"
-        "with torch.no_grad():\n"
-        "    for name, linear in linears.items():\n"
-        "        linear.weight.copy_(torch.from_numpy(INIT[name + \"/kernel\"]).T)\n"
-        "        if linear.bias is not None:\n"
-        "            linear.bias.copy_(torch.from_numpy(INIT[name + \"/bias\"]))\n")
-
-    if loss.sparse_targets and isinstance(loss, spec.CrossEntropy) and loss.from_logits:
-        targets = "Y = torch.from_numpy(Y)  # class indices (int64), what nn.CrossEntropyLoss takes\n"
-    elif loss.sparse_targets:
-        targets = (f"Y = nn.functional.one_hot(torch.from_numpy(Y), {classes}).to(torch.float64)"
-                   "  # class indices as one-hot rows\n")
+    main = ["def main():", f"    {codegen.LOAD}"]
+    if images:
+        main.append("    X = torch.from_numpy(X).permute(0, 3, 1, 2).contiguous()  # images as torch's (N, C, H, W)")
     else:
-        targets = "Y = torch.from_numpy(Y)\n"
-    setup = ["# ---- loss, optimizer, tensors ----", loss_line, _wrap(optimizer_line)]
-    if decay:
-        setup.append(f"WEIGHT_DECAY = {decay!r}  # decoupled: torch.optim.{type(opt).__name__} has no such option, "
-                     "so the loop shrinks the weights itself")
-    parts.append("\n".join(setup) + "\nX = torch.from_numpy(X)\n" + targets)
-
-    loop = ["# ---- training: the tutorial's loop, one optimizer step per batch ----"]
-    if counts_steps:
-        loop.append("step = 0  # the global step number: the learning rate and dropout masks depend on it")
-    loop += ["for epoch in range(EPOCHS):",
-            "    for rows in batches(epoch):",
-            "        rows = torch.from_numpy(rows)",
-            "        xb, yb = X[rows], Y[rows]"]
-    if opt.schedule is not None or decay:
-        loop.append("        lr = lr_at(epoch, step)")
-    if opt.schedule is not None:
-        loop += ["        for group in optimizer.param_groups:  # the schedule, written by hand",
-                 "            group[\"lr\"] = lr"]
-    for name, (expr, size, rate) in model.dropouts.items():
-        loop.append(f"        {expr}.mask = torch.from_numpy("
-                    f"dropout_mask({name!r}, step, len(rows), {size}, {rate!r}))")
-    loop += ["        optimizer.zero_grad()               # forget the previous step's gradients",
-             "        loss = loss_fn(model(xb), yb)       # forward pass and loss",
-             "        loss.backward()                     # gradients of every parameter"]
-    if opt.clip_norm is not None:
-        loop.append(f"        nn.utils.clip_grad_norm_(model.parameters(), max_norm={opt.clip_norm!r})"
-                    "  # one norm for all")
-    if decay:
-        loop += ["        with torch.no_grad():               # decoupled weight decay, before the update",
-                 "            for p in model.parameters():",
-                 "                p.mul_(1.0 - lr * WEIGHT_DECAY)"]
-    loop.append("        optimizer.step()                    # the update")
-    if counts_steps:
-        loop.append("        step += 1")
-    loop += [
-             "    if epoch % max(1, EPOCHS // 10) == 0 or epoch == EPOCHS - 1:",
-             "        print(f\"epoch {epoch:5d}  loss {loss.item():.6f}\")"]
-    parts.append("\n".join(loop) + "\n")
-
-    parts.append(
-        "# kernels back to crossnn's (in, out) layout\n"
-        "final = {}\n"
-        "for name, linear in linears.items():\n"
-        "    final[name + \"/kernel\"] = linear.weight.detach().T\n"
-        "    if linear.bias is not None:\n"
-        "        final[name + \"/bias\"] = linear.bias.detach()\n"
-        + codegen.footer_code("final"))
-    return "\n\n".join(part.rstrip("\n") + "\n" for part in parts if part)
+        main.append("    X = torch.from_numpy(X)")
+    if loss.sparse_targets and lowered.class_indices:
+        main.append("    Y = torch.from_numpy(Y)  # class indices (int64), what nn.CrossEntropyLoss takes")
+    elif loss.sparse_targets:
+        main.append(f"    Y = nn.functional.one_hot(torch.from_numpy(Y), {experiment.model.output_units})"
+                    ".to(torch.float64)  # class indices as one-hot rows")
+    else:
+        main.append("    Y = torch.from_numpy(Y)")
+    main += ["    # start from crossnn's initial parameters (canonical layout: a dense kernel is (in, out),",
+             "    # nn.Linear keeps (out, in); a conv kernel is (kh, kw, in, out), nn.Conv2d keeps (out, in, kh, kw))",
+             "    with torch.no_grad():"]
+    main += [f"        {where}.copy_({layout.native_code(f'torch.from_numpy(INIT[{name!r}])')})"
+             for name, where, layout in model.parameters()]
+    if not model.parameters():
+        main.append("        pass")
+    main += ["    # ---- training: the tutorial's loop, one optimizer step per batch ----",
+             "    step = 0  # the global step number: the learning rate and dropout masks depend on it",
+             "    for epoch in range(EPOCHS):",
+             "        for rows in batches(epoch):"]
+    body = ["rows = torch.from_numpy(rows)", "xb, yb = X[rows], Y[rows]"]
+    if needs_lr:
+        body.append("lr = lr_at(epoch, step)")
+    for name, shape, rate in dropouts:
+        (module,) = model.module_of[name]
+        mask = f"torch.from_numpy(dropout_mask({name!r}, step, len(rows), {shape}, {rate!r}))"
+        body.append(f"{module}.mask = {mask}" + (".permute(0, 3, 1, 2)  # as the (N, C, H, W) tensor"
+                                                  if ops.image(shape) else ""))
+    body += ["optimizer.zero_grad()               # forget the previous step's gradients",
+             "loss = loss_fn(model(xb), yb)       # forward pass and loss",
+             "loss.backward()                     # gradients of every parameter",
+             *stage_lines,
+             "optimizer.step()                    # the update",
+             "step += 1"]
+    main += [f"            {line}" for line in body]
+    main += ["        if epoch % max(1, EPOCHS // 10) == 0 or epoch == EPOCHS - 1:",
+             '            print(f"epoch {epoch:5d}  loss {loss.item():.6f}")',
+             "    # back to crossnn's canonical layout",
+             "    final = {"]
+    main += [f"        {name!r}: {layout.canonical_code(where + '.detach()')},"
+             for name, where, layout in model.parameters()]
+    main.append("    }")
+    parts.append("\n".join(main) + "\n" + codegen.footer_code("final"))
+    parts += [codegen.data_code(experiment, data, params, side_file), codegen.MAIN_GUARD]
+    return codegen.join(parts)

@@ -1,21 +1,22 @@
 """The training step and the trainer the harness drives.
 
-A mode is a class that, given the trainer (model, loss module, optimizer, parameter slots), is a
-callable step(x, y, lr, masks) -> the loss before the update as a 0-d device tensor (lr: the step's
-learning rate, masks: its dropout masks as device tensors); it also says what the steps run inside
-(context()), where the parameters are (parameters()), how to predict, how to export and import its
-training state, and whether it wants sparse labels as one-hot rows. EagerStep has the defaults.
+A mode is a class that, given the trainer, is a callable step(x, y, lr, masks) -> the loss before the
+update as a 0-d device tensor (lr: the step's learning rate, masks: its dropout masks as device
+tensors in the mode's layout); it also says what the steps run inside (context()), where the
+parameters are (parameters()), how to predict, how to export and import its training state, whether
+it computes images channels-first (module modes) and whether it wants sparse labels as one-hot rows.
 Adding a mode adds its class to MODES and its name to TorchBackend.modes (with a line in
 TorchBackend.mode_notes), and nothing else. The trainer counts its steps: the step number fixes the
 learning rate and the dropout masks (crossnn.schedule.StepClock), so a run can stop and resume. The
 modes:
 
-eager    the tutorial's loop: optimizer.zero_grad(); loss_fn(model(x), y).backward(); clipping and
-         the decay torch.optim does not do (crossnn_torch.optimizers.Update); optimizer.step()
+eager    the tutorial's loop on the nn.Module of crossnn_torch.ops: optimizer.zero_grad();
+         loss_fn(model(x), y).backward(); the chain's loop stages (crossnn_torch.optimizers.Chain);
+         optimizer.step()
 compile  the same loop on torch.compile(model), with the optimizer step compiled too (PyTorch's recipe)
-xp       no autograd, no nn.Module: the NumPy backend's hand-written forward pass, backward pass, loss
-         gradient and optimizer update (crossnn_numpy.step.TrainStep) run on torch tensors through
-         the namespace adapter crossnn_torch.xp, under torch.inference_mode()
+xp       no autograd, no nn.Module: the NumPy backend's pure training step (crossnn_numpy.step.TrainStep:
+         hand-written forward and backward passes, loss gradient, optimizer chain) on torch tensors in
+         crossnn's canonical layout, through the namespace crossnn_torch.xp, under torch.inference_mode()
 onednn   the xp step with float32 matrix products (all but small ones) through PyTorch's bundled
          oneDNN instead of MKL (crossnn_torch.xp.onednn_namespace); CPU only
 """
@@ -37,18 +38,25 @@ from crossnn.schedule import StepClock
 from crossnn.spec import Experiment
 
 from crossnn_numpy.step import TrainStep, contiguous_slices
-from crossnn_torch import checkpoint
+from crossnn_torch import checkpoint, ops
 from crossnn_torch import device as devices
-from crossnn_torch import layers, losses, optimizers
+from crossnn_torch.optimizers import Chain
 from crossnn_torch.xp import onednn_namespace, onednn_unavailable, torch_namespace
+
+
+def to_channels_first(x: np.ndarray) -> np.ndarray:
+    """A canonical (N, H, W, C) batch of images as torch's contiguous (N, C, H, W); other ranks as they are."""
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if x.ndim == 4 else x
 
 
 class EagerStep:
     """The tutorial's step: optimizer.zero_grad(); loss = loss_fn(model(x), y); loss.backward();
-    then the step's learning rate, clipping and decay (crossnn_torch.optimizers.Update.before_step)
-    and optimizer.step(). Dropout modules get the step's masks before the forward pass."""
+    then the chain's loop stages (learning rate, clipping, decay) and optimizer.step(). Dropout
+    modules get the step's masks before the forward pass."""
 
     description = "eager autograd, zero_grad / backward / optimizer.step"
+    #: images as torch's (N, C, H, W) (x and dropout masks), converted once at the boundary
+    channels_first = True
     #: sparse class labels as one-hot rows (the hand-written losses want them) instead of indices
     one_hot_targets = False
     #: dtype of torch's per-parameter "step" counters when a state is loaded (torch's own default)
@@ -56,25 +64,33 @@ class EagerStep:
 
     def __init__(self, trainer: TorchTrainer):
         self.trainer = trainer
-        self.model, self.loss_fn, self.update = trainer.model, trainer.loss_fn, trainer.update
-        self.optimizer = self.update.optimizer
-        self.dropouts = trainer.dropouts
+        experiment, native = trainer.experiment, trainer.native
+        if "default-init" in native:  # torch's own init (nn.Linear, nn.Conv2d), seeded the way torch scripts seed it
+            cuda = [trainer.device] if trainer.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda):
+                torch.manual_seed(experiment.seed)
+                built = ops.build_model(experiment.model, dtype=trainer.dtype, device=trainer.device, native=native)
+        else:
+            built = ops.build_model(experiment.model, dtype=trainer.dtype, device=trainer.device, native=native)
+            checkpoint.load_parameters(built.slots, trainer.initial)
+        self.model, self.slots, self.dropouts = built
+        lowered = ops.loss(experiment.loss, native, experiment.model.output_shape)
+        self.loss_fn = lowered.mod.build(trainer.dtype, trainer.device)
+        self.class_indices = lowered.class_indices
+        self.chain = Chain(experiment.optimizer, self.model.parameters(), native)
+        self.optimizer = self.chain.optimizer
 
     def context(self):
         """What the steps run inside (entered once per run of steps)."""
         return contextlib.nullcontext()
 
-    def set_masks(self, masks: dict[str, torch.Tensor]) -> None:
-        for name, module in self.dropouts.items():
-            module.mask = masks[name]
-
     def __call__(self, x, y, lr, masks):
-        if masks:
-            self.set_masks(masks)
+        for name, module in self.dropouts.items():
+            module.mask = masks.get(name)
         self.optimizer.zero_grad()
         loss = self.loss_fn(self.model(x), y)
         loss.backward()
-        self.update.before_step(lr)
+        self.chain.before_step(lr)
         self.optimizer_step()
         return loss.detach()
 
@@ -82,9 +98,8 @@ class EagerStep:
         self.optimizer.step()
 
     def parameters(self) -> dict[str, torch.Tensor]:
-        """The current parameters, canonical names and layout (views, possibly transposed)."""
-        return {name: slot.parameter.detach().T if slot.transposed else slot.parameter.detach()
-                for name, slot in self.trainer.slots.items()}
+        """The current parameters, canonical names and layout (views)."""
+        return {name: slot.layout.canonical(slot.parameter.detach()) for name, slot in self.slots.items()}
 
     def predict(self, x):
         """The model in eval mode (dropout is the identity), without grad."""
@@ -96,11 +111,11 @@ class EagerStep:
             self.model.train()
 
     def export_state(self, steps: int) -> TrainingState:
-        return checkpoint.training_state(steps, self.trainer.slots, self.optimizer, self.trainer.experiment.optimizer)
+        return checkpoint.training_state(steps, self.slots, self.optimizer, self.trainer.experiment.optimizer)
 
     def import_state(self, state: TrainingState) -> None:
-        checkpoint.load_parameters(self.trainer.slots, state.params)
-        checkpoint.load_optimizer_state(self.optimizer, self.trainer.slots, self.trainer.experiment.optimizer, state,
+        checkpoint.load_parameters(self.slots, state.params)
+        checkpoint.load_optimizer_state(self.optimizer, self.slots, self.trainer.experiment.optimizer, state,
                                         self.step_dtype)
 
 
@@ -151,14 +166,15 @@ class CompiledStep(EagerStep):
         if hasattr(config, "accumulated_recompile_limit"):
             config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 4 * self.RECOMPILE_LIMIT)
         _quiet_profiler_note()
-        self.model = torch.compile(trainer.model)
+        self.eager_model = self.model
+        self.model = torch.compile(self.eager_model)
         self.dtype = trainer.dtype
         self.step_dtype = trainer.dtype
         for state in self.optimizer.state.values():  # Adagrad creates its state, "step" included, up front
             if isinstance(state.get("step"), torch.Tensor):
                 state["step"] = state["step"].to(self.step_dtype)
-        if self.update.scheduled:
-            self.update.use_tensor_lr(trainer.dtype)
+        if trainer.experiment.optimizer.schedule is not None:
+            self.chain.lr.use_tensor_lr(self.optimizer, trainer.dtype, trainer.device)
         optimizer = self.optimizer
 
         @torch.compile(fullgraph=False)
@@ -177,7 +193,7 @@ class CompiledStep(EagerStep):
             torch.set_default_dtype(default)
 
     def predict(self, x):
-        model = self.trainer.model
+        model = self.eager_model
         model.eval()
         try:
             with torch.no_grad():
@@ -186,63 +202,66 @@ class CompiledStep(EagerStep):
             model.train()
 
 
-class XpStep(EagerStep):
-    """The NumPy backend's training step (crossnn_numpy.step.TrainStep: hand-written forward and
-    backward passes, the loss and its gradient, the optimizer update in place) on torch tensors through
-    crossnn_torch.xp, under torch.inference_mode(). It keeps its own parameters in canonical layout
-    (kernels (in, out), contiguous), starting from the model's; the nn.Module is left as built."""
+class XpStep:
+    """The NumPy backend's pure training step (crossnn_numpy.step.TrainStep) on torch tensors through
+    crossnn_torch.xp, under torch.inference_mode(), in crossnn's canonical layout: no nn.Module, no
+    permutations. The parameters are one flat tensor in canonical order, the optimizer state the
+    chain's; each step returns new ones."""
 
     description = ("the NumPy backend's hand-written forward/backward/optimizer on torch tensors "
                    "(crossnn_torch.xp), inference_mode, no autograd")
+    channels_first = False
     one_hot_targets = True
     namespace = torch_namespace
 
     def __init__(self, trainer: TorchTrainer):
-        super().__init__(trainer)
-        names = list(trainer.slots)
-        values = list(super().parameters().values())  # copied into the step's flat parameter array
-        self.names = names
-        self.train_step = TrainStep(trainer.experiment, names, values, self.namespace)
+        if trainer.native:
+            raise UnsupportedFeature("torch", f"the native flavour in the {trainer.mode} mode (it runs the NumPy "
+                                              "backend's formulas); use eager or compile")
+        self.trainer = trainer
+        self.train_step = TrainStep(trainer.experiment, self.namespace)
+        with torch.inference_mode():
+            variables = {name: trainer.tensor(value) for name, value in trainer.initial.items()}
+            self.flat = self.train_step.flatten(variables)
+            self.state = self.train_step.init(self.flat, variables)
 
     def context(self):
         return torch.inference_mode()
 
     def __call__(self, x, y, lr, masks):
-        return self.train_step(x, y, lr, masks)
+        loss, self.flat, self.state = self.train_step(self.flat, self.state, x, y, lr, masks)
+        return loss
 
     def parameters(self):
-        return dict(zip(self.names, self.train_step.values))
+        """Every variable (parameters, and the layers' state), canonical layout."""
+        return self.train_step.variables(self.flat, self.state)
 
     def predict(self, x):
         with torch.inference_mode():
-            output, _ = self.train_step.program.forward(self.train_step.values, x)
-        return output
+            return self.train_step.predict(self.flat, self.state, x)
 
     def export_state(self, steps: int) -> TrainingState:
-        slots, counters = self.train_step.export_state(self.names)
-        host = {slot: {name: checkpoint.canonical(v, False) for name, v in per.items()} for slot, per in slots.items()}
-        params = {name: checkpoint.canonical(v, False) for name, v in self.parameters().items()}
+        slots, counters = self.train_step.export_state(self.state)
+        host = {slot: {name: checkpoint.canonical(v) for name, v in per.items()} for slot, per in slots.items()}
+        params = {name: checkpoint.canonical(v) for name, v in self.parameters().items()}
         return TrainingState(steps, params, host, {name: int(v) for name, v in counters.items()})
 
     def import_state(self, state: TrainingState) -> None:
-        trainer = self.trainer
-
-        def to_device(array):
-            return torch.as_tensor(np.asarray(array), dtype=trainer.dtype, device=trainer.device)
-
         with torch.inference_mode():
-            for name, value in zip(self.names, self.train_step.values):
-                value.copy_(to_device(state.params[name]))
-            self.train_step.import_state(self.names, state.slots, state.counters, to_device)
+            self.flat = self.train_step.flatten({name: self.trainer.tensor(state.params[name])
+                                                 for name in self.train_step.names})
+            self.state = self.train_step.import_state(self.flat, state.params, state.slots, state.counters,
+                                                      self.trainer.tensor)
 
 
 class OneDnnStep(XpStep):
-    """XpStep whose float32 matrix products (forward x·W, backward xᵀ·dz and dz·Wᵀ) run on oneDNN's
-    inner-product kernels inside PyTorch rather than MKL's sgemm (crossnn_torch.xp.onednn_namespace),
-    all but products under crossnn_torch.xp.SMALL_PRODUCT multiply-adds: on a net as small as the
-    circle's, every product stays torch.matmul and the step is the xp mode's. Same formulas, same order
-    of operations elsewhere; oneDNN's products round differently, within the float32 tolerance.
-    Float64 products stay torch.matmul, so float64 results equal the xp mode's."""
+    """XpStep whose float32 matrix products (forward x·W, backward xᵀ·dz and dz·Wᵀ, the convolutions'
+    im2col products) run on oneDNN's inner-product kernels inside PyTorch rather than MKL's sgemm
+    (crossnn_torch.xp.onednn_namespace), all but products under crossnn_torch.xp.SMALL_PRODUCT
+    multiply-adds: on a net as small as the circle's, every product stays torch.matmul and the step is
+    the xp mode's. Same formulas, same order of operations elsewhere; oneDNN's products round
+    differently, within the float32 tolerance. Float64 products stay torch.matmul, so float64 results
+    equal the xp mode's."""
 
     description = ("the xp step with float32 matmuls through PyTorch's bundled oneDNN "
                    "(torch.ops.mkldnn._linear_pointwise) instead of MKL, small ones left to torch.matmul")
@@ -262,59 +281,63 @@ MODES = {"eager": EagerStep, "xp": XpStep, "compile": CompiledStep, "onednn": On
 
 
 class TorchTrainer(Trainer):
-    """An experiment lowered to an nn.Module, a loss module and a torch.optim optimizer. The data is
-    on the device from the start; a batch selects rows of it."""
+    """An experiment trained by one of the MODES. The data is on the device from the start (images
+    permuted to (N, C, H, W) once for the module modes); a batch selects rows of it."""
 
     def __init__(self, experiment: Experiment, params: dict[str, np.ndarray], data: Dataset, *,
                  dtype: str, device: str, mode: str, native: frozenset[str] = frozenset()):
         if mode not in MODES:
             raise BackendError(f"backend 'torch' has no mode '{mode}'; it has {', '.join(MODES)}")
-        native = frozenset(native)
-        if native and issubclass(MODES[mode], XpStep):
-            raise UnsupportedFeature("torch", f"the native flavour in the {mode} mode (it runs the NumPy backend's "
-                                              "formulas); use eager or compile")
-        self.experiment, self.native = experiment, native
+        self.experiment, self.native, self.mode = experiment, frozenset(native), mode
         self.device = devices.resolve(device)
         self.dtype = getattr(torch, dtype)
-        if "default-init" in native:  # torch's own nn.Linear init, seeded the way torch scripts seed it
-            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                torch.manual_seed(experiment.seed)
-                built = layers.build_model(experiment.model, dtype=self.dtype, device=self.device, native=native)
-        else:
-            built = layers.build_model(experiment.model, dtype=self.dtype, device=self.device, native=native)
-        self.model, self.slots, self.dropouts = built
-        if "default-init" not in native:
-            self._load(params)
-        self.loss_fn = losses.loss(experiment.loss, native)
-        self.update = optimizers.Update(experiment.optimizer, self.model.parameters(), native)
-        self.optimizer = self.update.optimizer
-        self.x = torch.as_tensor(data.x, dtype=self.dtype, device=self.device)
-        self.y = losses.targets(experiment.loss, data.y, experiment.model.output_size, dtype=self.dtype,
-                                device=self.device, one_hot=MODES[mode].one_hot_targets, native=native)
+        checkpoint.check_shapes(experiment, params)
+        self.initial = params
+        self.train_step = MODES[mode](self)
         self.clock = StepClock(experiment, data.n)
         self.steps_done = 0
-        self.train_step = MODES[mode](self)
+        self.x = self.tensor(self._layout(data.x))
+        self.y = self._targets(data.y)
 
-    def _load(self, params: dict[str, np.ndarray]) -> None:
-        """Copy canonical parameters in, transposing kernels to nn.Linear's (out, in)."""
-        for name, slot in self.slots.items():
-            shape = tuple(slot.parameter.shape)
-            canonical = shape[::-1] if slot.transposed else shape
-            if params[name].shape != canonical:
-                raise BackendError(f"parameter '{name}' has shape {params[name].shape}, the model expects {canonical}")
-        checkpoint.load_parameters(self.slots, params)
+    def tensor(self, array) -> torch.Tensor:
+        """A float array as a tensor of the run's dtype on its device (it may share the array's memory:
+        nothing writes into it)."""
+        return torch.as_tensor(np.asarray(array), dtype=self.dtype, device=self.device)
+
+    def _layout(self, array: np.ndarray) -> np.ndarray:
+        return to_channels_first(array) if self.train_step.channels_first else array
+
+    def _targets(self, y: np.ndarray) -> torch.Tensor:
+        """The targets as the loss wants them: class indices (int64) for nn.CrossEntropyLoss with
+        sparse labels, one-hot rows for every other loss of sparse labels, else the values."""
+        if not self.experiment.loss.sparse_targets:
+            return self.tensor(y)
+        labels = torch.as_tensor(y, dtype=torch.int64, device=self.device)
+        if getattr(self.train_step, "class_indices", False):
+            return labels
+        return torch.nn.functional.one_hot(labels, self.experiment.model.output_units).to(self.dtype)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The nn.Module (module modes: eager, compile)."""
+        return self.train_step.model
+
+    @property
+    def loss_fn(self) -> torch.nn.Module:
+        return self.train_step.loss_fn
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.train_step.optimizer
 
     def _masks(self, step: int, rows: int) -> dict[str, torch.Tensor]:
-        """The dropout masks of a step, drawn by crossnn in NumPy, on the device in the run's dtype."""
-        if not self.dropouts:
-            return {}
-        return {name: torch.as_tensor(mask, dtype=self.dtype, device=self.device)
-                for name, mask in self.clock.masks(step, rows).items()}
+        """The dropout masks of a step, drawn by crossnn in NumPy, on the device in the run's dtype and
+        the mode's layout."""
+        return {name: self.tensor(self._layout(mask)) for name, mask in self.clock.masks(step, rows).items()}
 
     def parameters(self):
-        """Canonical names and layout: kernels transposed back to (in, out), as C-ordered copies."""
-        return {name: np.array(value.cpu().numpy(), order="C", copy=True)
-                for name, value in self.train_step.parameters().items()}
+        """Canonical names and layout, as C-ordered NumPy copies."""
+        return {name: checkpoint.canonical(value) for name, value in self.train_step.parameters().items()}
 
     def _selections(self, batches: Sequence[np.ndarray]) -> list:
         """What selects each batch's rows: a slice (a view, like the tutorial's X[i:i + bs]) when
@@ -331,11 +354,13 @@ class TorchTrainer(Trainer):
     def run(self, batches: Sequence[np.ndarray]) -> np.ndarray:
         """The losses stay on the device, in one tensor copied to the host once at the end."""
         step, x, y, clock = self.train_step, self.x, self.y, self.clock
+        dropout = bool(clock.dropout)
         losses = []
         with step.context():
             for batch, rows in zip(batches, self._selections(batches)):
                 number = self.steps_done
-                losses.append(step(x[rows], y[rows], clock.lr(number), self._masks(number, len(batch))))
+                masks = self._masks(number, len(batch)) if dropout else {}
+                losses.append(step(x[rows], y[rows], clock.lr(number), masks))
                 self.steps_done = number + 1
             out = torch.stack(losses) if losses else torch.zeros(0, dtype=self.dtype)
         return out.cpu().numpy().astype(np.float64)
@@ -350,7 +375,8 @@ class TorchTrainer(Trainer):
         self.steps_done = int(state.step)
 
     def predict(self, x):
-        output = self.train_step.predict(torch.as_tensor(x, dtype=self.dtype, device=self.device))
+        """The model output for canonical x, in canonical layout."""
+        output = self.train_step.predict(self.tensor(self._layout(np.asarray(x))))
         return output.cpu().numpy()
 
     def synchronize(self):
@@ -359,6 +385,9 @@ class TorchTrainer(Trainer):
     def describe(self):
         if isinstance(self.train_step, XpStep):
             return f"torch {torch.__version__} on {self.device}: {self.train_step.description}"
-        return (f"torch {torch.__version__} on {self.device}: {type(self.model).__name__} of nn.Linear, "
+        model = getattr(self.train_step, "eager_model", self.model)
+        kinds = sorted({type(m).__name__ for m in model.modules() if any(True for _ in m.parameters(recurse=False))})
+        return (f"torch {torch.__version__} on {self.device}: {type(model).__name__} of "
+                f"{', '.join(kinds) or 'modules without parameters'}, "
                 f"{type(self.loss_fn).__name__}, torch.optim.{type(self.optimizer).__name__}; "
                 f"{self.train_step.description}")

@@ -1,18 +1,19 @@
 """The array namespace of crossnn_numpy.xp on torch tensors: NumPy's names mapped to torch functions.
 
-With it, the NumPy backend's hand-written forward pass, backward pass, losses and optimizer updates
-(crossnn_numpy.layers / losses / optimizers / step.Program) run unchanged on torch tensors, on the
-CPU or a GPU; that is the torch backend's "xp" mode. Most names mean the same in torch (which also
-accepts NumPy's `axis` and `keepdims` keywords); the differences are:
+With it, the NumPy backend's pure training step (crossnn_numpy.step.TrainStep: ops, windows, losses,
+optimizer chain) runs unchanged on torch tensors, on the CPU or a GPU, in crossnn's canonical
+(channels-last) layout; that is the torch backend's "xp" mode. The differences from NumPy's names:
 
-    maximum(x, c)   torch.maximum wants two tensors; torch.clamp_min takes the Python float
-    amax            torch.max(x, dim) returns (values, indices); torch.amax the values
-    erf             torch.special.erf (NumPy has none; crossnn_numpy.xp brings its own)
-    sigmoid         torch.sigmoid: one kernel where 1 / (1 + exp(-x)) takes four (it may differ from
-                    that formula in the last bit)
-    concat          torch.cat
-    copy            torch.clone
-    subtract_scaled w.sub_(d, alpha=c): one pass, no temporary (w -= c * d makes a parameter-sized one)
+    maximum(x, c)  minimum(x, c)   torch.clamp_min / clamp_max (torch.maximum wants two tensors)
+    sum mean amax argmax           dim= and keepdim= for NumPy's axis= and keepdims= (a tuple of axes too)
+    erf                            torch.special.erf (NumPy has none; crossnn_numpy.xp brings its own)
+    sigmoid                        torch.sigmoid: one kernel where 1 / (1 + exp(-x)) takes four (it may
+                                   differ from that formula in the last bit)
+    concat  stack                  torch.cat / torch.stack with dim=
+    pad(x, widths, constant_values)  torch.nn.functional.pad, whose flat widths run from the last axis
+                                   to the first: ((b0, a0), (b1, a1)) -> (b1, a1, b0, a0)
+    as_index                       x.to(torch.int64)
+    scatter_add(a, ids, rows)      a.index_add(0, ids, rows) (out of place)
 
 The functions must be called under torch.no_grad() or torch.inference_mode(): the gradients are the
 hand-written ones, autograd has nothing to record.
@@ -34,8 +35,45 @@ from types import SimpleNamespace
 import torch
 
 
-def _subtract_scaled(w, c, d):
-    w.sub_(d, alpha=c)
+def _sum(x, axis=None, keepdims=False):
+    return torch.sum(x) if axis is None else torch.sum(x, dim=axis, keepdim=keepdims)
+
+
+def _mean(x, axis=None):
+    return torch.mean(x) if axis is None else torch.mean(x, dim=axis)
+
+
+def _amax(x, axis, keepdims=False):
+    return torch.amax(x, dim=axis, keepdim=keepdims)
+
+
+def _argmax(x, axis):
+    return torch.argmax(x, dim=axis)  # the first largest, as NumPy's
+
+
+def _pad(x, widths, constant_values=0.0):
+    """Constant padding; the axes at the front that stay unpadded are left out of torch's widths."""
+    widths = [tuple(w) for w in widths]
+    while widths and widths[0] == (0, 0):
+        widths.pop(0)
+    flat = [n for before_after in reversed(widths) for n in before_after]
+    return torch.nn.functional.pad(x, flat, value=constant_values) if flat else x
+
+
+def _concat(arrays, axis):
+    return torch.cat(list(arrays), dim=axis)
+
+
+def _stack(arrays, axis):
+    return torch.stack(list(arrays), dim=axis)
+
+
+def _as_index(x):
+    return x.to(torch.int64)
+
+
+def _scatter_add(a, ids, rows):
+    return a.index_add(0, ids, rows)
 
 
 @functools.cache
@@ -60,34 +98,23 @@ def onednn_unavailable() -> str | None:
 # products; from about 128³ on, oneDNN is faster (half MKL's time from 256³ on, measured here).
 SMALL_PRODUCT = 1 << 21
 
-# Products written into an existing array (the weight gradient, xᵀ·dz, into the gradient buffer) are
-# computed this many output elements (1 MiB of float32) at a time, each piece copied while it is still
-# in cache. On FCN-R's 2048x4096 layer, one 32 MiB product ran at half the speed of its 1 MiB pieces.
-CHUNK_ELEMENTS = 1 << 18
 
-
-def _onednn_matmul(a, b, out=None):
+def _onednn_matmul(a, b):
     """a @ b. float32 on the CPU: oneDNN's inner product, which computes x @ wᵀ for x (n, k) and
     w (m, k), called with x = a made contiguous (a copy only for the weight gradient's xᵀ, batch-sized:
-    a strided x costs oneDNN up to half its speed) and w = bᵀ (a view, no copy); with `out`, in pieces
-    of CHUNK_ELEMENTS rows' worth. Otherwise (other dtypes and devices, products under SMALL_PRODUCT)
-    torch.matmul."""
+    a strided x costs oneDNN up to half its speed) and w = bᵀ (a view, no copy). Otherwise (other
+    dtypes and devices, products under SMALL_PRODUCT) torch.matmul."""
     if a.dtype != torch.float32 or a.device.type != "cpu" or a.shape[0] * a.shape[1] * b.shape[1] < SMALL_PRODUCT:
-        return torch.matmul(a, b, out=out)
-    a, w = a.contiguous(), b.t()
-    if out is None:
-        return linear_operator()(a, w, None, "none", [], "")
-    rows = max(1, CHUNK_ELEMENTS // w.shape[0])
-    for start in range(0, a.shape[0], rows):
-        out[start:start + rows].copy_(linear_operator()(a[start:start + rows], w, None, "none", [], ""))
-    return out
+        return torch.matmul(a, b)
+    return linear_operator()(a.contiguous(), b.t(), None, "none", [], "")
 
 
 torch_namespace = SimpleNamespace(
     exp=torch.exp, log=torch.log, log1p=torch.log1p, tanh=torch.tanh, sqrt=torch.sqrt, abs=torch.abs,
-    sign=torch.sign, erf=torch.special.erf, sigmoid=torch.sigmoid, maximum=torch.clamp_min, clip=torch.clip,
-    where=torch.where, matmul=torch.matmul, sum=torch.sum, mean=torch.mean, amax=torch.amax, concat=torch.cat,
-    zeros_like=torch.zeros_like, copy=torch.clone, subtract_scaled=_subtract_scaled, name="torch",
+    sign=torch.sign, erf=torch.special.erf, sigmoid=torch.sigmoid, maximum=torch.clamp_min, minimum=torch.clamp_max,
+    clip=torch.clip, where=torch.where, matmul=torch.matmul, sum=_sum, mean=_mean, amax=_amax, argmax=_argmax,
+    concat=_concat, stack=_stack, pad=_pad, zeros_like=torch.zeros_like, ones_like=torch.ones_like, as_index=_as_index,
+    scatter_add=_scatter_add, name="torch",
 )
 
 onednn_namespace = SimpleNamespace(**{**vars(torch_namespace), "matmul": _onednn_matmul, "name": "torch-onednn"})

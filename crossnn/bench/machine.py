@@ -64,12 +64,30 @@ def blas_threads() -> dict[str, int]:
 
 def describe() -> dict:
     return {
-        "cpu": cpu_model(), "logical_cores": os.cpu_count(), "memory_gib": memory_gib(),
+        "host": platform.node(), "cpu": cpu_model(), "logical_cores": os.cpu_count(), "memory_gib": memory_gib(),
         "gpus": gpus(), "platform": platform.platform(), "python": platform.python_version(),
         "numpy": np.__version__, "numpy_blas_threads": blas_threads(),
         "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                            "OPENBLAS_CORETYPE", "TF_ENABLE_ONEDNN_OPTS") if k in os.environ},
     }
+
+
+def kind(info: dict) -> str:
+    """The kind of machine a description is of, in words: CPU model, logical cores, memory and GPUs.
+    Benchmarks from machines of one kind are comparable; reports group rows by it."""
+    gpus = info.get("gpus") or []
+    memory = f", {info['memory_gib']:.0f} GiB" if info.get("memory_gib") else ""
+    return (f"{info.get('cpu', '?')}, {info.get('logical_cores', '?')} logical cores{memory}, "
+            + (f"GPU {', '.join(gpus)}" if gpus else "no GPU"))
+
+
+def same_machine(a: dict, b: dict) -> bool:
+    """Whether two descriptions are of the same machine: the same kind and operating system, and the
+    same host where both name one. What a process loaded (its BLAS thread pools, library versions,
+    environment) does not make it another machine."""
+    if kind(a) != kind(b) or a.get("platform") != b.get("platform"):
+        return False
+    return not (a.get("host") and b.get("host") and a["host"] != b["host"])
 
 
 def numpy_matmul_gflops(dtype: str, n: int = 2048, repeats: int = 10) -> float:

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from crossnn.bench.runner import BenchResult
+from crossnn.bench import machine, steadiness
+from crossnn.bench.runner import ABOVE_PEAK_SHORT, BenchResult, percent_text
 from crossnn.console import table
-
-
-#: a row whose IQR exceeds this fraction of its median was disturbed while it was timed
-NOISY_IQR = 0.25
 
 
 def without_tutorial(rows: Iterable[Mapping]) -> list[tuple[str, str, str]]:
@@ -26,29 +23,42 @@ def _us(seconds: float) -> str:
 
 
 def bench_table(result: BenchResult) -> str:
-    m = result.machine
-    lines = [f"machine: {m['cpu']}, {m['logical_cores']} logical cores, "
-             f"{m['memory_gib']:.0f} GiB" + (f", GPU {', '.join(m['gpus'])}" if m["gpus"] else ", no GPU"),
-             "matmul peak (GFLOP/s, best framework): " + ", ".join(f"{k} {v:.0f}" for k, v in result.peaks.items()), ""]
-    rows, noisy = [], 0
+    machines = result.machines or {machine.kind(result.machine): result.machine}
+    lines = [f"machine: {kind}" for kind in machines]
+    lines += ["matmul peak (GFLOP/s, best framework, measured in turn with the cases): "
+              + ", ".join(f"{k} {v:.0f}" for k, v in result.peaks.items()), ""]
+    several_workers = len({r.worker for r in result.rows}) > 1
+    rows, busy = [], 0
     for r in result.rows:
-        flag = " !" if r.iqr_seconds > NOISY_IQR * r.seconds_per_step else ""
-        noisy += bool(flag)
-        rows.append((f"{r.suite}/{r.case}", r.backend, r.device, r.mode, r.dtype, r.batch_size, _us(r.seconds_per_step),
-                     _us(r.iqr_seconds) + flag, f"{r.samples_per_second:,.0f}", f"{r.gflops:.2f}",
-                     "-" if r.percent_of_peak is None else f"{r.percent_of_peak:.1f}",
-                     "-" if r.percent_of_own_peak is None else f"{r.percent_of_own_peak:.1f}",
+        flag = " !" if r.busy else ""
+        busy += bool(flag)
+        rows.append((f"{r.suite}/{r.case}", r.backend, r.device, r.mode, r.dtype, r.batch_size,
+                     _us(r.seconds_per_step) + flag, _us(r.iqr_seconds), f"{r.samples_per_second:,.0f}",
+                     f"{r.gflops:.2f}",
+                     percent_text(r.percent_of_peak, r.above_peak, short=True),
+                     percent_text(r.percent_of_own_peak, r.above_own_peak, short=True),
                      "-" if r.ratio_to_tutorial is None else f"{r.ratio_to_tutorial:.3f}",
-                     f"{r.first_step_seconds:.3f}"))
-    lines.append(table(("case", "backend", "device", "mode", "dtype", "batch", "us/step", "IQR us", "samples/s",
-                        "GFLOP/s", "% peak", "% own", "x tutorial", "first step s"), rows, indent=""))
+                     f"{r.first_step_seconds:.3f}") + ((r.worker,) if several_workers else ()))
+    headers = ("case", "backend", "device", "mode", "dtype", "batch", "us/step", "IQR us", "samples/s", "GFLOP/s",
+               "% peak", "% own", "x tutorial", "first step s") + (("worker",) if several_workers else ())
+    lines.append(table(headers, rows, indent=""))
     untutored = [f"{suite}/{case} ({backend})" for suite, case, backend in without_tutorial(map(vars, result.rows))]
     if untutored:
         lines.append("x tutorial '-': no hand-written loop to compare with for " + ", ".join(untutored)
                      + " (the tutorial loops cover chains of dense layers)")
-    if noisy:
-        lines.append(f"! {noisy} row(s) with an IQR above {NOISY_IQR:.0%} of the median: the machine was busy while "
-                     "they were timed; rerun them on a quiet machine before trusting them")
+    if any(r.above_peak or r.above_own_peak for r in result.rows):
+        lines.append(f"{ABOVE_PEAK_SHORT}: the row ran faster than the matmul peak measured in turn with it, so that "
+                     "peak was measured low (at a busier moment) and gives no percentage")
+    if busy:
+        lines.append(f"! {busy} row(s) timed while the machine was busy, marked by "
+                     + steadiness.summary(map(vars, result.rows)) + " (bounds: calibration kernel "
+                     f"+{steadiness.CALIBRATION_BOUND:.0%}, other processes {steadiness.OTHERS_BOUND:.0%} of the "
+                     f"cores' time, steal {steadiness.STEAL_BOUND:.0%}, IQR {steadiness.NOISY_IQR:.0%} of the median); "
+                     "rerun them on a quiet machine before trusting them")
+    retried = [r for r in result.rows if r.attempt > 1]
+    if retried:
+        lines.append(f"{len(retried)} row(s) retried after the worker running them died: "
+                     + ", ".join(sorted({f"{r.suite}/{r.case} {r.backend}" for r in retried})))
     for s in result.skipped:
         lines.append(f"skipped: {s.backend} {s.device} {s.mode}: {s.reason}")
     for f in result.failures:

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -31,6 +32,14 @@ class Timing:
     @property
     def iqr(self) -> float:
         return median_iqr(self.per_step)[1]
+
+    @property
+    def quartiles(self) -> tuple[float, float] | None:
+        """First and third quartile of the per-step times (None for fewer than 2 repeats)."""
+        if len(self.per_step) < 2:
+            return None
+        q = statistics.quantiles(self.per_step, n=4, method="inclusive")
+        return q[0], q[2]
 
 
 def _timed(trainer: Trainer, batches: Sequence[np.ndarray]) -> float:
@@ -70,16 +79,21 @@ class Timer:
         self.timing.per_step.append(_timed(self.trainer, self._take(steps)) / steps)
 
 
-def interleave(timers: dict, repeats: int) -> dict[object, Exception]:
+def interleave(timers: dict, repeats: int, between: Callable[[], None] | None = None) -> dict[object, Exception]:
     """Repeat round-robin: one repeat of every timer, `repeats` times over, so that whatever else
-    the machine does during the measurement falls on all of them alike and their ratios hold. A
-    timer whose trainer raises is dropped; returns those errors by key."""
+    the machine does during the measurement falls on all of them alike and their ratios hold.
+    `between` (e.g. a calibration kernel) runs before every round and after the last. A timer whose
+    trainer raises is dropped; returns those errors by key."""
     errors = {}
     for _ in range(repeats):
+        if between:
+            between()
         for key, timer in list(timers.items()):
             try:
                 timer.repeat()
             except Exception as err:  # one failing trainer must not stop the others
                 errors[key] = err
                 del timers[key]
+    if between:
+        between()
     return errors

@@ -1,5 +1,6 @@
-"""Measuring differences: the installed frameworks' facts, and runs of a spec with chosen catalog
-entries lowered the framework's own way ("native") against the NumPy float64 reference."""
+"""Measuring differences: the installed frameworks' facts, runs of a spec with chosen catalog entries
+lowered the framework's own way ("native") against the NumPy float64 reference, and the reference's
+own runs and predictions of two specs that differ as two frameworks do."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from functools import cached_property
 import numpy as np
 
 from crossnn import backends
+from crossnn.data import load_dataset
 from crossnn.harness import RunRecord, RunResult, RunSpec, train
 from crossnn.parity import compare
 from crossnn.spec import Experiment
@@ -94,3 +96,37 @@ class Lab:
         divergence = Divergence(label, parity.max_rel, final, over, parity.curve, record, result)
         self.history.append(divergence)
         return divergence
+
+    def reference(self, experiment: Experiment) -> RunRecord:
+        """`experiment` trained on the reference (NumPy float64) alone; not kept in `history`."""
+        return train(experiment, []).reference
+
+    def apart(self, first: Experiment, second: Experiment, caption: str) -> Divergence:
+        """Train two specs whose variables have the same names and shapes (so the same start, from
+        the same seed) on the reference (NumPy float64) and measure how far the second drifts from
+        the first at every step. As for `run`, result.reference is the baseline (the first spec's
+        run) and record the run compared (the second's); kept in `history` under `caption`."""
+        result, other = (train(e, [], snapshot_every=1) for e in (first, second))
+        base, record = result.reference, other.reference
+        parity = compare(base, record)
+        last = max(record.snapshots)
+        final = max(_relative(record.snapshots[last][k], base.snapshots[last][k]) for k in base.snapshots[last])
+        over = next((step for step, rel in parity.curve if rel > 1e-9), None)
+        divergence = Divergence(caption, parity.max_rel, final, over, parity.curve, record, result)
+        self.history.append(divergence)
+        return divergence
+
+    def predict(self, experiment: Experiment, variables: dict[str, np.ndarray], x=None) -> np.ndarray:
+        """The reference model's output (inference mode) for x (default: the spec's data) with these
+        variables (parameters and layer state, by name)."""
+        reference = backends.reference()
+        dataset = load_dataset(experiment)
+        model = reference.build(experiment, {k: np.asarray(v, dtype=np.float64) for k, v in variables.items()},
+                                dataset, dtype="float64", device="cpu", mode=reference.modes[0])
+        return np.asarray(model.predict(dataset.x if x is None else np.asarray(x, dtype=np.float64)))
+
+
+def _relative(got: np.ndarray, ref: np.ndarray) -> float:
+    """max |got - ref| / max |ref| (0 where both are all zero)."""
+    diff, scale = float(np.max(np.abs(got - ref))), float(np.max(np.abs(ref)))
+    return diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))

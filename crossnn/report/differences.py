@@ -6,17 +6,24 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from crossnn.differences import ENTRIES, Lab, Unavailable
+from crossnn.differences import Lab, Unavailable, entries, side_titles
 from crossnn.files import replace_directory
 from crossnn.report import check_replaceable, figures, with_manifest
+from crossnn.spec.presets import show
 
 
-def _page(entry, findings, picture: str | None, error: str | None) -> str:
-    lines = [f"# {entry.title} (`{entry.id}`)", "", entry.what, "",
-             "| | |", "| --- | --- |", f"| PyTorch | {entry.torch} |", f"| Keras / TensorFlow | {entry.keras} |",
-             f"| crossnn's spec | {entry.crossnn} |", "", "Sources: " + "; ".join(f"`{s}`" if not s.startswith("http")
-                                                                                 else f"<{s}>" for s in entry.sources),
-             "", "## Measured here", ""]
+def _page(entry, titles, findings, picture: str | None, error: str | None) -> str:
+    lines = [f"# {entry.title} (`{entry.id}`)", "", entry.what, "", "| | |", "| --- | --- |",
+             *(f"| {titles[name]} | {side} |" for name, side in entry.sides.items()),
+             f"| crossnn's spec | {entry.spec} |"]
+    if entry.defaults:
+        lines += ["", "Presets (`defaults = ...` in a spec) fill in:", ""]
+        for default in entry.defaults:
+            values = ", ".join(f"`{preset}`: {show(value)}" for preset, value in default.values.items())
+            lines.append(f"- `{default.label}`: {values}")
+            lines += [f"  - `{preset}`: {note}." for preset, note in default.notes.items()]
+    lines += ["", "Sources: " + "; ".join(f"`{s}`" if not s.startswith("http") else f"<{s}>" for s in entry.sources),
+              "", "## Measured here", ""]
     if error:
         lines.append(f"Not measured: {error}")
     for f in findings:
@@ -29,7 +36,9 @@ def _page(entry, findings, picture: str | None, error: str | None) -> str:
 def write_differences_report(root: Path = Path("reports"), name: str = "differences") -> Path:
     lab = Lab()
     pages, pictures, index = {}, {}, []
-    for entry in ENTRIES:
+    catalog = entries()
+    titles = side_titles(catalog)
+    for entry in catalog:
         lab.history.clear()
         findings, error = [], None
         try:
@@ -45,7 +54,7 @@ def write_differences_report(root: Path = Path("reports"), name: str = "differen
         if png:
             picture = f"{entry.id}.png"
             pictures[picture] = png
-        pages[f"{entry.id}.md"] = _page(entry, findings, picture, error)
+        pages[f"{entry.id}.md"] = _page(entry, titles, findings, picture, error)
         verdict = "not measured" if error else ("as documented" if all(f.holds for f in findings) else "DIFFERS")
         index.append(f"| [{entry.title}]({entry.id}.md) | `{entry.id}` | {verdict} |")
 

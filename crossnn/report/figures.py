@@ -36,7 +36,7 @@ def _title(text: str, width: int = 70) -> str:
 
 def _png(fig) -> bytes:
     for ax in fig.axes:
-        ax.set_title(_title(ax.get_title()))
+        ax.title.set_text(_title(ax.title.get_text()))  # wrapped in place: the title keeps its padding
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=110)
@@ -112,17 +112,30 @@ def parity_curves(title: str, curves: dict[str, list[tuple[int, float]]], tolera
     return _png(fig)
 
 
-def _series(rows: list[dict], x_key: str) -> dict[str, list[tuple[float, float]]]:
-    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
+def _series(rows: list[dict], x_key: str, by_machine: bool = False) -> dict[str, list[tuple[float, ...]]]:
+    """(x, median, lower, upper) per line: the lower and upper ends of the bar are the first and third
+    quartile of the repeats, or median ± IQR/2 for rows that did not record their quartiles."""
+    series: dict[str, list[tuple[float, ...]]] = defaultdict(list)
     for r in rows:
-        series[f"{r['backend']} {r['device']} {r['mode']} {r['dtype']}"].append((r[x_key], r["seconds_per_step"]))
+        median, iqr = r["seconds_per_step"], r.get("iqr_seconds") or 0.0
+        low, high = r.get("q1_seconds"), r.get("q3_seconds")
+        if low is None or high is None:
+            low, high = median - iqr / 2, median + iqr / 2
+        where = f" [{r.get('machine') or r.get('device_name', '')}]" if by_machine else ""
+        series[f"{r['backend']} {r['device']} {r['mode']} {r['dtype']}{where}"].append((r[x_key], median, low, high))
     return {k: sorted(v) for k, v in sorted(series.items())}
 
 
 def step_time(title: str, rows: list[dict], x_key: str, x_label: str) -> bytes | None:
+    fig = step_time_figure(title, rows, x_key, x_label)
+    return None if fig is None else _png(fig)
+
+
+def step_time_figure(title: str, rows: list[dict], x_key: str, x_label: str):
     """Seconds per training step against `x_key` (parameter count or batch size), log-log, one line per
-    backend × device × mode × dtype; hand-written tutorial loops dashed."""
-    series = _series(rows, x_key)
+    backend × device × mode × dtype (and machine, when rows come from several), hand-written tutorial
+    loops dashed; a bar at every point spans the interquartile range of the repeats."""
+    series = _series(rows, x_key, by_machine=len({r.get("machine") for r in rows}) > 1)
     if not series or all(len(points) < 2 for points in series.values()):
         return None
     plt = _pyplot()
@@ -131,34 +144,48 @@ def step_time(title: str, rows: list[dict], x_key: str, x_label: str) -> bytes |
     backends = list(dict.fromkeys(label.split()[0] for label in series))
     markers = {name: "so^Dv<>p"[i % 8] for i, name in enumerate(backends)}  # one marker per backend
     for i, (label, points) in enumerate(series.items()):
-        xs, ys = zip(*points)
-        ax.plot(xs, np.array(ys) * 1e3, "--" if " tutorial " in f" {label} " else "-", color=colors[i % len(colors)],
-                marker=markers[label.split()[0]], ms=4, label=label)
+        xs, medians, lows, highs = (np.array(v, dtype=float) for v in zip(*points))
+        ax.errorbar(xs, medians * 1e3, yerr=[(medians - lows) * 1e3, (highs - medians) * 1e3], capsize=2.5,
+                    fmt="--" if " tutorial " in f" {label} " else "-", color=colors[i % len(colors)],
+                    marker=markers[label.split()[0]], ms=4, label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(x_label)
-    ax.set_ylabel("milliseconds per training step (median)")
+    ax.set_ylabel("milliseconds per training step\n(median; bars: interquartile range of the repeats)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: no line hidden under it
-    return _png(fig)
+    return fig
+
+
+def crossover_lines(rows: list[dict], x_key: str) -> dict[str, list[tuple[float, float]]]:
+    """CPU time / GPU time against `x_key`, one line per pair of a CPU (the machine kind of its rows)
+    and a GPU, and per backend × mode × dtype that both ran at two or more shared x values."""
+    by_side: dict[tuple[str, str, str, str, str], dict[float, float]] = defaultdict(dict)
+    for r in rows:
+        kind = "cpu" if r["device"] == "cpu" else "gpu"
+        side = (r.get("machine") or r.get("device_name", "")) if kind == "cpu" else r.get("device_name") or r["device"]
+        by_side[(kind, side, r["backend"], r["mode"], r["dtype"])][r[x_key]] = r["seconds_per_step"]
+    lines = {}
+    for (kind, cpu, backend, mode, dtype), cpu_times in sorted(by_side.items()):
+        if kind != "cpu":
+            continue
+        for (other, gpu, b, m, d), gpu_times in sorted(by_side.items()):
+            if other != "gpu" or (b, m, d) != (backend, mode, dtype):
+                continue
+            shared = sorted(set(cpu_times) & set(gpu_times))
+            if len(shared) >= 2:
+                lines[f"{gpu} vs {cpu}: {backend} {mode} {dtype}"] = [(x, cpu_times[x] / gpu_times[x]) for x in shared]
+    return lines
 
 
 def crossover(title: str, rows: list[dict], x_key: str, x_label: str) -> bytes | None:
-    """CPU time / GPU time per backend and mode against `x_key`: above 1 the GPU wins."""
-    by_target: dict[tuple[str, str, str], dict[str, dict[float, float]]] = defaultdict(lambda: defaultdict(dict))
-    for r in rows:
-        kind = "cpu" if r["device"] == "cpu" else "gpu"
-        by_target[(r["backend"], r["mode"], r["dtype"])][kind][r[x_key]] = r["seconds_per_step"]
-    lines = {}
-    for (backend, mode, dtype), kinds in sorted(by_target.items()):
-        shared = sorted(set(kinds.get("cpu", {})) & set(kinds.get("gpu", {})))
-        if len(shared) >= 2:
-            lines[f"{backend} {mode} {dtype}"] = [(x, kinds["cpu"][x] / kinds["gpu"][x]) for x in shared]
+    """CPU time / GPU time per CPU/GPU pair, backend and mode against `x_key`: above 1 the GPU wins."""
+    lines = crossover_lines(rows, x_key)
     if not lines:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.5 + 0.12 * len(lines)))
     for label, points in lines.items():
         xs, ys = zip(*points)
         ax.plot(xs, ys, marker="o", label=label)
@@ -169,31 +196,49 @@ def crossover(title: str, rows: list[dict], x_key: str, x_label: str) -> bytes |
     ax.set_ylabel("CPU time / GPU time (>1: GPU faster)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     return _png(fig)
 
 
+#: the overhead figure's colours: (upper bound of the ratio, colour, legend text), first match wins
+OVERHEAD_COLOURS = (
+    (1.0, "tab:green", "green: ratio ≤ 1.00 (as fast as the hand-written loop, or faster)"),
+    (1.1, "tab:orange", "orange: 1.00 < ratio ≤ 1.10 (slower by at most 10%)"),
+    (float("inf"), "tab:red", "red: ratio > 1.10 (slower by more than 10%)"),
+)
+
+
 def overhead(rows: list[dict]) -> bytes | None:
-    """Each lowered mode's step time divided by its framework's hand-written loop, per case."""
+    fig = overhead_figure(rows)
+    return None if fig is None else _png(fig)
+
+
+def overhead_figure(rows: list[dict]):
+    """Each lowered mode's step time divided by its framework's hand-written loop, per case; the
+    colour rule (OVERHEAD_COLOURS) spelt out in the legend."""
     bars = [(f"{r['suite']}/{r['case']}  {r['backend']} {r['mode']} {r['device']} {r['dtype']}", r["ratio_to_tutorial"])
             for r in rows if r.get("ratio_to_tutorial") is not None]
     if not bars:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8.5, 0.28 * len(bars) + 1.4))
+    from matplotlib.patches import Patch
+
+    fig, ax = plt.subplots(figsize=(8.5, 0.28 * len(bars) + 2.6))
     labels, ratios = zip(*bars)
-    colors = ["tab:green" if r <= 1.0 else ("tab:orange" if r <= 1.1 else "tab:red") for r in ratios]
+    colors = [next(color for bound, color, _ in OVERHEAD_COLOURS if r <= bound) for r in ratios]
     ax.barh(range(len(bars)), ratios, color=colors)
     ax.set_yticks(range(len(bars)), labels, fontsize=7)
     ax.invert_yaxis()
     ax.axvline(1.0, color="black", lw=1)
     ax.axvline(1.1, color="grey", ls="--", lw=1)
     ax.set_xscale("log")
-    ax.set_xlabel("step time / hand-written tutorial loop of the same framework (log; <1 is faster)")
-    ax.set_title("crossnn's lowerings against hand-written loops, same run\n"
-                 "(green: faster; orange: within 10%; red: slower)")
+    ax.set_xlabel("ratio = step time / hand-written tutorial loop of the same framework (log; <1 is faster)")
+    # the colour rule between the title and the bars (its three lines take about 40 points)
+    ax.legend(handles=[Patch(color=color, label=text) for _, color, text in OVERHEAD_COLOURS], fontsize=7,
+              loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=1, frameon=False)
+    ax.set_title("crossnn's lowerings against hand-written loops, same run", pad=44)
     ax.grid(True, axis="x", which="both", alpha=0.3)
-    return _png(fig)
+    return fig
 
 
 def values_bar(title: str, values: dict[str, float]) -> bytes | None:
@@ -217,23 +262,55 @@ def values_bar(title: str, values: dict[str, float]) -> bytes | None:
     return _png(fig)
 
 
+#: metric curves closer than this fraction of the panel's value range are drawn as one line
+SAME_CURVE = 1e-3
+
+
 def metric_curves(title: str, histories: dict[str, dict[str, list[float]]]) -> bytes | None:
-    """Per-epoch metrics of every run (training solid, validation dashed), one panel per metric."""
+    fig = metric_curves_figure(title, histories)
+    return None if fig is None else _png(fig)
+
+
+def _same_curve_groups(curves: dict[str, list[float]], tolerance: float) -> list[tuple[list[str], list[float]]]:
+    """Curves grouped with the first earlier curve they agree with everywhere (within `tolerance`)."""
+    groups: list[tuple[list[str], list[float]]] = []
+    for label, values in curves.items():
+        for labels, first in groups:
+            if len(first) == len(values) and np.allclose(first, values, rtol=0.0, atol=tolerance, equal_nan=True):
+                labels.append(label)
+                break
+        else:
+            groups.append(([label], values))
+    return groups
+
+
+def metric_curves_figure(title: str, histories: dict[str, dict[str, list[float]]]):
+    """Per-epoch metrics of every run (training solid, validation dashed), one panel per metric. Runs
+    whose curves agree within SAME_CURVE of the panel's range share one line, labelled with all of them."""
     metrics = sorted({name.removeprefix("val_") for h in histories.values() for name in h})
     if not metrics:
         return None
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.2), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
-        for i, (label, history) in enumerate(histories.items()):
-            for key, style in ((metric, "-"), (f"val_{metric}", "--")):
-                if key in history:
-                    epochs = range(1, len(history[key]) + 1)
-                    ax.plot(epochs, history[key], style, lw=2.0 - 0.3 * (i % 4), alpha=0.85,
-                            label=f"{label} ({'validation' if key.startswith('val_') else 'training'})")
+        for key, style, part in ((metric, "-", "training"), (f"val_{metric}", "--", "validation")):
+            curves = {label: [float(v) for v in h[key]] for label, h in histories.items() if key in h}
+            values = [v for c in curves.values() for v in c if np.isfinite(v)]
+            span = (max(values) - min(values)) if values else 0.0
+            for i, (labels, curve) in enumerate(_same_curve_groups(curves, SAME_CURVE * max(span, 1e-12))):
+                runs = labels[0] if len(labels) == 1 else f"{len(labels)} runs: {', '.join(labels)}"
+                ax.plot(range(1, len(curve) + 1), curve, style, lw=2.0 - 0.3 * (i % 4), alpha=0.85,
+                        label=textwrap_label(f"{runs} ({part})"))
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
-        ax.set_title(f"{title}: {metric} per epoch")
+        ax.set_title(f"{title}: {metric} per epoch\n(curves within {SAME_CURVE:.1%} of the range drawn once)")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
-    return _png(fig)
+    return fig
+
+
+def textwrap_label(text: str, width: int = 60) -> str:
+    """A legend label wrapped to `width` characters a line."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width)) or text

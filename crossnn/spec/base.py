@@ -29,7 +29,13 @@ from crossnn.errors import SpecError
 
 
 class Array(tuple):
-    """Field type for inline numeric data: a rectangular nested tuple of numbers (rank 1 or 2)."""
+    """Field type for inline numeric data: a rectangular nested tuple of numbers, of any rank. A NumPy
+    array is taken as its nested lists (ndarray.tolist: Python floats and ints), so a spec built from
+    arrays equals, hashes and saves like one read from a file."""
+
+
+class Pair(tuple):
+    """Field type for a (height, width) pair of positive integers; one integer n means (n, n)."""
 
 
 class Spec:
@@ -177,6 +183,8 @@ def convert(value: Any, annotation: Any) -> Any:
         return tuple(out)
     if annotation is Array:
         return _convert_array(value)
+    if annotation is Pair:
+        return _convert_pair(value)
     if annotation is bool:
         if not _is_bool(value):
             raise SpecError(f"expected true or false, got {_describe(value)}")
@@ -204,19 +212,43 @@ def _is_bool(value: Any) -> bool:
 
 
 def _convert_array(value: Any) -> Array:
-    if isinstance(value, np.ndarray):  # its rows as lists
+    if isinstance(value, np.ndarray):
         value = value.tolist()
     if not isinstance(value, (list, tuple)) or not value:
         raise SpecError(f"expected a non-empty list of numbers or of rows, got {_describe(value)}")
-    if all(isinstance(v, (list, tuple)) for v in value):
-        width = len(value[0])
-        rows = []
-        for i, row in enumerate(value):
-            if len(row) != width or width == 0:
-                raise SpecError(f"row {i} has {len(row)} values, row 0 has {width}")
-            rows.append(tuple(_number(v, f"[{i}][{j}]") for j, v in enumerate(row)))
-        return Array(rows)
-    return Array(_number(v, f"[{i}]") for i, v in enumerate(value))
+    return Array(_rectangular(value, ""))
+
+
+def _rectangular(value: Any, where: str) -> tuple:
+    """A nested list of numbers as nested tuples, checked to be rectangular (every row of a level
+    has the length and depth of the level's first row)."""
+    if not all(isinstance(v, (list, tuple)) for v in value):
+        return tuple(_number(v, f"{where}[{i}]") for i, v in enumerate(value))
+    rows = []
+    for i, row in enumerate(value):
+        if len(row) != len(value[0]) or len(row) == 0:
+            raise SpecError(f"row {where}[{i}] has {len(row)} values, row {where}[0] has {len(value[0])}")
+        rows.append(_rectangular(row, f"{where}[{i}]"))
+    depth = _depth(rows[0])
+    for i, row in enumerate(rows):
+        if _depth(row) != depth:
+            raise SpecError(f"row {where}[{i}] is nested {_depth(row)} deep, row {where}[0] {depth} deep")
+    return tuple(rows)
+
+
+def _depth(value: Any) -> int:
+    return 1 + _depth(value[0]) if isinstance(value, tuple) else 0
+
+
+def _convert_pair(value: Any) -> Pair:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    if (not isinstance(value, (list, tuple)) or len(value) != 2
+            or any(isinstance(v, bool) or not isinstance(v, int) for v in value)):
+        raise SpecError(f"expected an integer or a list of two integers [height, width], got {_describe(value)}")
+    if min(value) <= 0:
+        raise SpecError(f"must be positive, got {list(value)}")
+    return Pair(value)
 
 
 def _number(value: Any, where: str) -> int | float:
@@ -271,7 +303,8 @@ def _describe(value: Any) -> str:
         return "a table"
     if isinstance(value, (list, tuple)):
         return "a list"
-    return f"{type(value).__name__} {value!r}"
+    text = " ".join(repr(value).split())  # one line, however the value prints itself
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
 
 
 def _suggest(word: str, known) -> str:

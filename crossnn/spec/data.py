@@ -1,9 +1,10 @@
 """Data sources: inline arrays, named generators and .npz / .csv files.
 
 In a spec file the [data] table holds x and y, or `generator = "<name>"` with that generator's
-parameters, or `path = "<file>"` (relative to the spec file). Every source yields x (N, inputs) and
-y (N, outputs) — or class indices (N,) for sparse cross-entropy — as NumPy arrays; generators draw
-from the experiment's "data" random stream, so a seed fixes the data set.
+parameters, or `path = "<file>"` (relative to the spec file). Every source yields x (N, *inputs)
+(channels last: images are (N, H, W, C)) and y (N, *outputs) — or class indices (N,) for sparse
+cross-entropy — as NumPy arrays; generators draw from the experiment's "data" random stream, so a
+seed fixes the data set.
 """
 
 from __future__ import annotations
@@ -249,38 +250,105 @@ def _reason(err: Exception) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class TeacherClasses(DataSource, kind="teacher_classes"):
-    """A learnable classification set shaped like flattened images: x ~ U[0, 1)^(n × inputs) and the
-    class index y = argmax(x @ T + c) of a random linear teacher T ~ N(0, 1), c ~ N(0, 1), drawn from
-    the same stream (the synthetic MNIST-shaped data of benchmark studies: inputs = 784, classes = 10)."""
+    """A learnable classification set shaped like images: x ~ U[0, 1)^(n × inputs) (inputs a feature
+    count, or a shape such as [32, 32, 3]) and the class index y = argmax(flat(x - 0.5) @ T + c) of a
+    random linear teacher T ~ N(0, 1), c ~ N(0, 1), drawn from the same stream (the synthetic MNIST-
+    and CIFAR-shaped data of benchmark studies: inputs = 784 or [32, 32, 3], classes = 10)."""
 
     n: int = 1024
-    inputs: int = 784
+    inputs: int | tuple[int, ...] = 784
     classes: int = 10
 
     def validate(self):
-        positive(self, "n", "inputs")
+        positive(self, "n")
+        shape = (self.inputs,) if isinstance(self.inputs, int) else self.inputs
+        require(len(shape) > 0 and all(k > 0 for k in shape), "inputs",
+                f"must be a positive feature count or a list of positive sizes, got {self.inputs}")
         require(self.classes >= 2, "classes", f"must be >= 2, got {self.classes}")
 
     def array_shapes(self):
         return [(self.n, self.inputs), (self.inputs, self.classes), (self.n, self.classes)]
 
     def arrays(self, rng, base_dir):
-        x = rng.uniform(0.0, 1.0, size=(self.n, self.inputs))
-        teacher = rng.standard_normal((self.inputs, self.classes))
+        shape = (self.inputs,) if isinstance(self.inputs, int) else tuple(self.inputs)
+        x = rng.uniform(0.0, 1.0, size=(self.n, *shape))
+        features = int(np.prod(shape))
+        teacher = rng.standard_normal((features, self.classes))
         offset = rng.standard_normal(self.classes)
-        return x, np.argmax((x - 0.5) @ teacher + offset, axis=1)
+        return x, np.argmax((x.reshape(self.n, features) - 0.5) @ teacher + offset, axis=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Textures(DataSource, kind="textures"):
+    """Images of oriented stripes, one orientation per class, for convolutional networks:
+
+        θ_k = π k / classes,  x[n, i, j, c] = gain[n, c] · sin(2π f_n (i cos θ_y + j sin θ_y) + φ_n)
+                                              + noise · ε[n, i, j, c]
+
+    with y ~ U{0..classes-1}, f_n = frequency · U(0.8, 1.2), φ_n ~ U(0, 2π), gain ~ U(0.5, 1.5) per
+    sample and channel and ε ~ N(0, 1), all from the data stream. x is (n, size, size, channels) and
+    y the class index. A stripe's orientation is visible anywhere in the image, so a CNN learns it
+    and a linear model of the pixels does not (the phase moves the stripes)."""
+
+    n: int = 512
+    size: int = 16
+    channels: int = 3
+    classes: int = 4
+    frequency: float = 0.15
+    noise: float = 0.5
+
+    def validate(self):
+        positive(self, "n", "size", "channels", "frequency")
+        require(self.classes >= 2, "classes", f"must be >= 2, got {self.classes}")
+        finite(self, "frequency", "noise")
+        require(self.noise >= 0, "noise", f"must be >= 0, got {self.noise}")
+
+    def arrays(self, rng, base_dir):
+        y = rng.integers(0, self.classes, size=self.n)
+        freq = self.frequency * rng.uniform(0.8, 1.2, size=self.n)
+        phase = rng.uniform(0.0, 2.0 * np.pi, size=self.n)
+        gain = rng.uniform(0.5, 1.5, size=(self.n, self.channels))
+        theta = np.pi * y / self.classes
+        i, j = np.meshgrid(np.arange(self.size), np.arange(self.size), indexing="ij")
+        along = i[None] * np.cos(theta)[:, None, None] + j[None] * np.sin(theta)[:, None, None]
+        wave = np.sin(2.0 * np.pi * freq[:, None, None] * along + phase[:, None, None])
+        x = wave[..., None] * gain[:, None, None, :]
+        x += self.noise * rng.standard_normal(x.shape)
+        return x, y.astype(np.int64)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenSums(DataSource, kind="token_sums"):
+    """Sequences of integer ids for embeddings and recurrent layers: x ~ U{0..vocab-1}^(n × length), each
+    id k worth k - (vocab - 1)/2, and the class index y = 1 when a sequence's worth sums above 0, else
+    0. The answer needs the whole sequence (every id counts), so a recurrent model must carry a sum
+    through time."""
+
+    n: int = 1000
+    length: int = 12
+    vocab: int = 10
+
+    def validate(self):
+        positive(self, "n", "length")
+        require(self.vocab >= 2, "vocab", f"must be >= 2, got {self.vocab}")
+
+    def arrays(self, rng, base_dir):
+        ids = rng.integers(0, self.vocab, size=(self.n, self.length))
+        worth = (ids - (self.vocab - 1) / 2.0).sum(axis=1)
+        return ids.astype(np.float64), (worth > 0).astype(np.int64)
 
 
 @dataclass(frozen=True, kw_only=True)
 class Digits(DataSource, kind="digits"):
     """scikit-learn's handwritten digits (1797 images of 8×8 pixels, classes 0-9), shipped inside
-    scikit-learn, so nothing is downloaded: x = pixels · scale (values 0..16), y = class index. With
-    shuffle the samples are permuted once from the seed's data stream (scikit-learn keeps them in
-    the order they were written, so its last ones come from the last writers); a validation split
-    then takes the last ones of that order."""
+    scikit-learn, so nothing is downloaded: x = pixels · scale (values 0..16), y = class index; x is
+    (N, 64) rows, or (N, 8, 8, 1) images with images = true. With shuffle the samples are permuted
+    once from the seed's data stream (scikit-learn keeps them in the order they were written, so its
+    last ones come from the last writers); a validation split then takes the last ones of that order."""
 
     scale: float = 1.0 / 16.0
     shuffle: bool = True
+    images: bool = False
 
     def validate(self):
         finite(self, "scale")
@@ -294,4 +362,5 @@ class Digits(DataSource, kind="digits"):
                             "(pip install 'crossnn[digits]')") from None
         digits = load_digits()
         order = rng.permutation(len(digits.target)) if self.shuffle else np.arange(len(digits.target))
-        return digits.data[order].astype(np.float64) * self.scale, digits.target[order].astype(np.int64)
+        x = digits.data[order].astype(np.float64) * self.scale
+        return (x.reshape(-1, 8, 8, 1) if self.images else x), digits.target[order].astype(np.int64)

@@ -57,8 +57,8 @@ class Experiment(Spec):
         require(self.name.strip() != "", "name", "must not be empty")
         require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
         if self.loss.sparse_targets:
-            require(self.model.output_size >= 2, "loss",
-                    f"sparse cross-entropy needs >= 2 output units, the model has {self.model.output_size}")
+            require(self.model.output_units >= 2, "loss",
+                    f"sparse cross-entropy needs >= 2 output units, the model has {self.model.output_units}")
         # a metric that cannot be read from this loss's output is an error, not a silent omission
         require("accuracy" not in self.train.metrics or self.loss.outputs != "value", "train.metrics",
                 f"accuracy needs a classification loss (bce, bce_logits or cross_entropy), not {self.loss.kind}")

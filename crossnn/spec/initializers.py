@@ -19,7 +19,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from crossnn.spec.base import Spec, finite, positive, require
+from crossnn.spec.base import Spec, SpecError, finite, positive, require
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,6 +28,11 @@ class Initializer(Spec, family="initializer"):
 
     def sample(self, rng: np.random.Generator, shape: tuple[int, ...], fan_in: int, fan_out: int) -> np.ndarray:
         raise NotImplementedError
+
+    def for_units(self, units: int) -> Initializer:
+        """This initializer for a layer whose output (hidden state) has `units` units; only initializers
+        defined by the units differ (units_uniform)."""
+        return self
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -196,3 +201,39 @@ def _truncated_normal(rng: np.random.Generator, mean: float, stddev: float, shap
         out[bad] = rng.normal(0.0, 1.0, size=int(bad.sum()))
         bad = np.abs(out) > 2.0
     return mean + stddev * out
+
+
+@dataclass(frozen=True, kw_only=True)
+class Orthogonal(Initializer, kind="orthogonal"):
+    """w = gain · Q, Q an orthogonal matrix from the QR decomposition of a standard normal matrix of the
+    parameter's 2-D shape (rows = all axes but the last), signs fixed by R's diagonal: Keras' Orthogonal
+    and torch's orthogonal_ (Keras' default recurrent_initializer)."""
+
+    gain: float = 1.0
+
+    def validate(self):
+        finite(self, "gain")
+        positive(self, "gain")
+
+    def sample(self, rng, shape, fan_in, fan_out):
+        rows, cols = math.prod(shape[:-1]) if len(shape) > 1 else 1, shape[-1]
+        a = rng.standard_normal((max(rows, cols), min(rows, cols)))
+        q, r = np.linalg.qr(a)
+        q = q * np.sign(np.diag(r))
+        if rows < cols:
+            q = q.T
+        return self.gain * q.reshape(shape)
+
+
+@dataclass(frozen=True, kw_only=True)
+class UnitsUniform(Initializer, kind="units_uniform"):
+    """w ~ U(±1/√units), units the width of the layer's output (the hidden state of a recurrent layer):
+    PyTorch's default for every weight and bias of nn.RNN, nn.LSTM and nn.GRU, whose input kernels'
+    fans would give other bounds. The layers that know their units bind it (Initializer.for_units)."""
+
+    def for_units(self, units):
+        bound = 1.0 / math.sqrt(units)
+        return Uniform(low=-bound, high=bound)
+
+    def sample(self, rng, shape, fan_in, fan_out):
+        raise SpecError("units_uniform applies to layers with units (dense, conv2d, the recurrent layers)")

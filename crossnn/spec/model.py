@@ -1,5 +1,5 @@
-"""The model: a feature count for its input and a list of layers forming a graph (a chain when no
-layer names its inputs). The last layer listed is the output."""
+"""The model: the shape of its input and a list of layers forming a graph (a chain when no layer names
+its inputs). The last layer listed is the output."""
 
 from __future__ import annotations
 
@@ -7,20 +7,22 @@ import dataclasses
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from crossnn.spec.base import Spec, SpecError, positive, require
-from crossnn.spec.layers import Layer, ParamInit
+from crossnn.spec.base import Spec, SpecError, require
+from crossnn.spec.layers import Layer, ParamInit, Shape
 
 INPUT = "input"
 
 
 class Node(NamedTuple):
-    """A layer placed in the graph: its inputs resolved to names, its feature counts known."""
+    """A layer placed in the graph: its inputs resolved to names, the shapes of its inputs and output
+    known (batch excluded, channels last)."""
 
     layer: Layer
     inputs: tuple[str, ...]
-    input_sizes: tuple[int, ...]
-    size: int
+    input_shapes: tuple[Shape, ...]
+    shape: Shape
     params: tuple[ParamInit, ...]
+    state: tuple[ParamInit, ...] = ()
 
     @property
     def name(self) -> str:
@@ -29,18 +31,25 @@ class Node(NamedTuple):
 
 @dataclass(frozen=True, kw_only=True)
 class Model(Spec):
-    """inputs: feature count of the model input; layers: the graph, output last."""
+    """inputs: the shape of one input sample, channels last: a feature count (3), or a list
+    ([8, 8, 1] is height, width, channels; [T, F] a sequence); layers: the graph, output last."""
 
-    inputs: int
+    inputs: int | tuple[int, ...]
     layers: tuple[Layer, ...]
 
     def validate(self):
-        positive(self, "inputs")
+        require(len(self.input_shape) > 0 and all(n > 0 for n in self.input_shape), "inputs",
+                f"must be a positive feature count or a list of positive sizes, got {self.inputs}")
         require(len(self.layers) > 0, "layers", "a model needs at least one layer")
         named = _with_names(self.layers)
         if named != self.layers:
             object.__setattr__(self, "layers", named)
-        object.__setattr__(self, "_nodes", _resolve(self.inputs, named))
+        object.__setattr__(self, "_nodes", _resolve(self.input_shape, named))
+
+    @property
+    def input_shape(self) -> Shape:
+        """The shape of one input sample: (inputs,) for a feature count."""
+        return (self.inputs,) if isinstance(self.inputs, int) else tuple(self.inputs)
 
     @property
     def nodes(self) -> tuple[Node, ...]:
@@ -48,13 +57,32 @@ class Model(Spec):
         return self._nodes  # type: ignore[attr-defined]
 
     @property
-    def output_size(self) -> int:
-        return next(n.size for n in self.nodes if n.name == self.layers[-1].name)
+    def output_shape(self) -> Shape:
+        """The shape of one output sample."""
+        return next(n.shape for n in self.nodes if n.name == self.layers[-1].name)
+
+    @property
+    def output_units(self) -> int:
+        """The size of the output's last axis (the classes of a classifier)."""
+        return self.output_shape[-1]
 
     def parameter_inits(self) -> dict[str, ParamInit]:
-        """Every parameter by canonical name "<layer>/<param>", in layer order."""
+        """Every trained parameter by canonical name "<layer>/<param>", in layer order."""
         by_name = {node.name: node for node in self.nodes}
         return {f"{layer.name}/{p.name}": p for layer in self.layers for p in by_name[layer.name].params}
+
+    def state_inits(self) -> dict[str, ParamInit]:
+        """Every layer state the optimizer does not train (BatchNorm's moving statistics), by canonical
+        name "<layer>/<state>", in layer order."""
+        by_name = {node.name: node for node in self.nodes}
+        return {f"{layer.name}/{p.name}": p for layer in self.layers for p in by_name[layer.name].state}
+
+    def variable_inits(self) -> dict[str, ParamInit]:
+        """Parameters and state together, in layer order (each layer's parameters, then its state): what
+        initial values, snapshots, parity and checkpoints cover."""
+        by_name = {node.name: node for node in self.nodes}
+        return {f"{layer.name}/{p.name}": p for layer in self.layers
+                for p in (*by_name[layer.name].params, *by_name[layer.name].state)}
 
     def parameter_count(self) -> int:
         total = 0
@@ -86,7 +114,7 @@ def _with_names(layers: tuple[Layer, ...]) -> tuple[Layer, ...]:
     return tuple(named)
 
 
-def _resolve(model_inputs: int, layers: tuple[Layer, ...]) -> tuple[Node, ...]:
+def _resolve(input_shape: Shape, layers: tuple[Layer, ...]) -> tuple[Node, ...]:
     index = {}
     for i, layer in enumerate(layers):
         if layer.name in index:
@@ -103,9 +131,12 @@ def _resolve(model_inputs: int, layers: tuple[Layer, ...]) -> tuple[Node, ...]:
                                 (f"layers[{i}]", "inputs"))
             if name == layer.name:
                 raise SpecError(f"layer '{name}' names itself as an input", (f"layers[{i}]", "inputs"))
+            if layer.reads_ids and name != INPUT:
+                raise SpecError(f"a {layer.kind} layer reads the model input (integer ids), not '{name}'",
+                                (f"layers[{i}]", "inputs"))
         wanted[layer.name] = names
 
-    sizes = {INPUT: model_inputs}
+    shapes = {INPUT: input_shape}
     nodes: dict[str, Node] = {}
     state: dict[str, str] = {}
 
@@ -121,14 +152,14 @@ def _resolve(model_inputs: int, layers: tuple[Layer, ...]) -> tuple[Node, ...]:
             if dep != INPUT:
                 place(dep, trail + (name,))
         layer = layers[index[name]]
-        in_sizes = tuple(sizes[d] for d in wanted[name])
+        in_shapes = tuple(shapes[d] for d in wanted[name])
         try:
-            size = layer.output_size(in_sizes)
-            params = layer.parameters(in_sizes)
+            shape = tuple(layer.output_shape(in_shapes))
+            params, owned = layer.parameters(in_shapes), layer.state(in_shapes)
         except SpecError as err:
             raise err.within(f"layers[{index[name]}]") from None
-        sizes[name] = size
-        nodes[name] = Node(layer, wanted[name], in_sizes, size, params)
+        shapes[name] = shape
+        nodes[name] = Node(layer, wanted[name], in_shapes, shape, params, owned)
         state[name] = "done"
 
     output = layers[-1].name

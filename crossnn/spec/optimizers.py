@@ -16,7 +16,7 @@ Keras computes something else the TensorFlow backend still implements these. Eve
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from crossnn.spec.base import Spec, SpecError, finite, positive, require
@@ -66,7 +66,9 @@ class ExponentialDecay(Schedule, kind="exponential"):
 
 @dataclass(frozen=True, kw_only=True)
 class Optimizer(Spec, family="optimizer"):
-    """An update rule. `lr` has no default anywhere: the frameworks' defaults differ.
+    """An update rule. `lr` has no default here: the frameworks' defaults differ. A spec's preset
+    (`defaults = "torch" | "keras"`, crossnn.spec.presets) fills its framework's, as it does every
+    field below said to have no default; the values live in the differences catalog.
     weight_decay_kind must be given whenever weight_decay > 0: "weight decay" means L2 in torch's
     optimizers and decoupled decay in Keras'."""
 
@@ -186,7 +188,7 @@ class AdamW(Adam, kind="adamw"):
     w ← w · (1 - lr_t · weight_decay), then the Adam update. weight_decay has no default (torch 0.01,
     Keras 0.004) and weight_decay_kind, if given, must be "decoupled"."""
 
-    weight_decay: float
+    weight_decay: float = field()  # required: a bare annotation would inherit Optimizer's 0.0 as its default
 
     def validate(self):
         if self.weight_decay_kind is None:

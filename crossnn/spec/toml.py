@@ -1,13 +1,22 @@
-"""Spec files: TOML read with the standard library, written by a small writer that keeps every
-value exact (floats are written with repr, which round-trips), so spec -> file -> spec is lossless."""
+"""Spec files: TOML read with the standard library's tomllib (Python 3.11+; on 3.10 its original, the
+tomli package, which the install pulls in there), written by a small writer that keeps every
+value exact (floats are written with repr, which round-trips), so spec -> file -> spec is lossless.
+
+A file may start with `defaults = "torch"` (or "keras"): the fields it leaves out take that
+framework's defaults (crossnn.spec.presets). What is written is always the resolved form: every
+value in place and no `defaults` key."""
 
 from __future__ import annotations
 
 import math
 import re
-import tomllib
 from pathlib import Path
 from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, before it joined the standard library
+    import tomli as tomllib
 
 from crossnn.errors import SpecError
 from crossnn.spec.data import DataSource
@@ -15,18 +24,33 @@ from crossnn.spec.experiment import Experiment, Train
 from crossnn.spec.losses import Loss
 from crossnn.spec.model import Model
 from crossnn.spec.optimizers import Optimizer
+from crossnn.spec.presets import FILE_HINT, Fill, Resolver
 
 _SECTIONS = {"data": DataSource, "model": Model, "loss": Loss, "optimizer": Optimizer, "train": Train}
 _TOP_KEYS = ("name", "seed")
+PRESET_KEY = "defaults"
 
 
-def experiment_from_dict(table: dict[str, Any], source: str | None = None) -> Experiment:
-    """Build an Experiment from the parsed file, reporting the first problem by key path."""
+def experiment_from_dict(table: dict[str, Any], source: str | None = None, defaults: str | None = None,
+                         hint: str = FILE_HINT) -> Experiment:
+    """Build an Experiment from the parsed file, reporting the first problem by key path. Fields the
+    table leaves out come from the preset its `defaults` key names, else from `defaults`
+    (crossnn.spec.presets)."""
+    return read_table(table, source, defaults, hint)[0]
+
+
+def read_table(table: dict[str, Any], source: str | None = None, defaults: str | None = None,
+               hint: str = FILE_HINT) -> tuple[Experiment, tuple[Fill, ...]]:
+    """experiment_from_dict, and the values the preset filled in."""
     try:
-        known = set(_TOP_KEYS) | set(_SECTIONS)
+        known = {*_TOP_KEYS, *_SECTIONS, PRESET_KEY}
         for key in table:
             if key not in known:
                 raise SpecError(f"unknown top-level key '{key}'; expected: {', '.join(sorted(known))}")
+        preset = table.get(PRESET_KEY, defaults)
+        if PRESET_KEY in table and defaults is not None and table[PRESET_KEY] != defaults:
+            raise SpecError(f"the spec says '{table[PRESET_KEY]}', the caller '{defaults}'", (PRESET_KEY,))
+        resolver = Resolver(preset, hint)
         for key in (*_TOP_KEYS, *_SECTIONS):
             if key not in table:
                 raise SpecError(f"missing key '{key}'")
@@ -35,17 +59,18 @@ def experiment_from_dict(table: dict[str, Any], source: str | None = None) -> Ex
             value = table[key]
             if not isinstance(value, dict):
                 raise SpecError(f"expected a table [{key}], got {type(value).__name__}", (key,))
+            value = resolver.value(value, family, (key,), None)
             try:
                 fields[key] = family.from_value(value) if family.family else family.from_fields(value)
             except SpecError as err:
                 raise err.within(key) from None
-        return Experiment(**fields)
+        return Experiment(**fields), tuple(resolver.fills)
     except SpecError as err:
         raise (err.in_file(source) if source else err) from None
 
 
 def experiment_to_dict(experiment: Experiment) -> dict[str, Any]:
-    """The file form: every field written out, defaults included."""
+    """The file form: every field written out, defaults included, no preset (the resolved form)."""
     out: dict[str, Any] = {"name": experiment.name, "seed": experiment.seed}
     for key in _SECTIONS:
         spec = getattr(experiment, key)
@@ -54,17 +79,24 @@ def experiment_to_dict(experiment: Experiment) -> dict[str, Any]:
     return out
 
 
-def loads(text: str, source: str | None = None) -> Experiment:
+def loads(text: str, source: str | None = None, defaults: str | None = None) -> Experiment:
+    """A spec from TOML text; `defaults` is the preset for a text without a `defaults` key."""
+    return read(text, source, defaults)[0]
+
+
+def read(text: str, source: str | None = None, defaults: str | None = None) -> tuple[Experiment, tuple[Fill, ...]]:
+    """loads, and the values its preset filled in."""
     try:
         table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise SpecError(f"not valid TOML: {err}", source=source) from None
     except RecursionError:  # tomllib parses nested arrays and tables by recursion
         raise SpecError("not usable TOML: arrays or tables nested too deeply", source=source) from None
-    return experiment_from_dict(table, source)
+    return read_table(table, source, defaults)
 
 
-def load(path: str | Path) -> Experiment:
+def read_file(path: str | Path, defaults: str | None = None) -> tuple[Experiment, tuple[Fill, ...]]:
+    """load, and the values its preset filled in."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -72,10 +104,15 @@ def load(path: str | Path) -> Experiment:
         raise SpecError(f"cannot read spec file: {err.strerror or err}", source=str(path)) from None
     except UnicodeDecodeError as err:
         raise SpecError(f"not a TOML text file: byte {err.start} is not UTF-8", source=str(path)) from None
-    return loads(text, str(path))
+    return read(text, str(path), defaults)
+
+
+def load(path: str | Path, defaults: str | None = None) -> Experiment:
+    return read_file(path, defaults)[0]
 
 
 def dumps(experiment: Experiment) -> str:
+    """The resolved file form: every value written out, no `defaults` key."""
     return write_toml(experiment_to_dict(experiment))
 
 

@@ -427,3 +427,31 @@ def test_the_jax_preset_is_what_jax_and_optax_default_to(monkeypatch):
     ours = dense.kernel_init.sample(np.random.default_rng(0), (400, 500), 400, 500)
     flax = np.asarray(jax.nn.initializers.lecun_normal()(jax.random.key(0), (400, 500)))
     assert abs(ours.std() - flax.std()) < 2e-3 and abs(np.abs(ours).max() - np.abs(flax).max()) < 2e-3
+
+
+@pytest.mark.parametrize("strides, pads, dilation, shape, kernel", [
+    ((2, 2), ((1, 2), (1, 2)), (1, 1), (2, 9, 10, 3), (3, 4)),
+    ((1, 2), ((0, 0), (0, 0)), (2, 1), (2, 11, 9, 2), (2, 3)),
+    ((3, 1), ((2, 2), (0, 1)), (1, 2), (3, 8, 7, 2), (5, 2))])
+def test_scan_modes_convolution_has_autodiffs_gradients(strides, pads, dilation, shape, kernel):
+    """loop_conv2d (the scan mode's convolution: its gradients written as canonical NHWC/HWIO
+    convolutions, which XLA's CPU compiler runs fast inside loops) against autodiff of
+    lax.conv_general_dilated, for strides, asymmetric padding and dilations."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    from crossnn_jax.ops import NHWC, loop_conv2d
+
+    x, w = RNG.standard_normal(shape), RNG.standard_normal((*kernel, shape[3], 4))
+    with jax.enable_x64(True):
+        def plain(x, w):
+            return jnp.sum(jnp.tanh(lax.conv_general_dilated(x, w, strides, pads, rhs_dilation=dilation,
+                                                             dimension_numbers=NHWC)))
+
+        def looped(x, w):
+            return jnp.sum(jnp.tanh(loop_conv2d(x, w, strides, pads, dilation)))
+
+        expected, got = jax.grad(plain, (0, 1))(x, w), jax.grad(looped, (0, 1))(x, w)
+        for a, b in zip(got, expected):
+            assert a.shape == b.shape and _rel(np.asarray(a), np.asarray(b)) <= 1e-13

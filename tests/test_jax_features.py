@@ -9,6 +9,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -24,6 +25,9 @@ from crossnn.harness import RunSpec, train
 from crossnn.params import initial_parameters
 from crossnn.parity import compare
 from crossnn.plan import BatchPlan
+from crossnn.spec import ParamInit
+from crossnn_numpy import ops as numpy_ops
+from crossnn_numpy.optimizers import Rule as NumpyRule
 
 pytestmark = pytest.mark.skipif("jax" not in backends.available(), reason="the jax backend is unavailable")
 
@@ -252,3 +256,70 @@ def test_native_flavour_runs_optax_defaults_and_drifts_where_they_differ():
     with pytest.raises(UnsupportedFeature, match="native flavour in the xp mode"):
         backends.get("jax").build(e, initial_parameters(e), load_dataset(e), dtype="float64", device="cpu",
                                   mode="xp", native=frozenset({"rmsprop"}))
+
+
+# ---- a user's own layer and optimizer, registered from user code --------------------------------------
+
+@dataclass(frozen=True, kw_only=True)
+class Scale(S.Layer, kind="scale_jax_test"):
+    """y = x ⊙ gain + shift over the last axis; gain and shift (features,) start at 1 and 0."""
+
+    def output_shape(self, input_shapes):
+        return input_shapes[0]
+
+    def parameters(self, input_shapes):
+        n = input_shapes[0][-1]
+        return (ParamInit("gain", (n,), S.Ones(), n, n), ParamInit("shift", (n,), S.Zeros(), n, n))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SignSGD(S.Optimizer, kind="sign_sgd_jax_test"):
+    """w ← w - lr · sign(g) (no state)."""
+
+
+@numpy_ops.OPS.register(Scale)
+class NumpyScale(numpy_ops.Op):
+    def forward(self, p, inputs, mask=None):
+        return inputs[0] * p["gain"] + p["shift"], inputs[0]
+
+    def backward(self, p, x, dy, need):
+        return (dy * p["gain"] if need[0] else None,), {"gain": self.xp.sum(dy * x, axis=0),
+                                                        "shift": self.xp.sum(dy, axis=0)}
+
+
+@numpy_ops.OPS.register(SignSGD)
+class NumpySignSGD(NumpyRule):
+    def update(self, u, state, params):
+        return [self.xp.sign(g) for g in u], state
+
+
+def _jax_extensions():
+    """The jax entries: a layer with its script line, a rule as an optax stage (optax has its sign)."""
+    import optax
+
+    from crossnn_jax import ops as jax_ops
+    from crossnn_jax.optimizers import Stage
+
+    @jax_ops.OPS.register(Scale)
+    class JaxScale(jax_ops.Layer):
+        def __call__(self, p, inputs, mask=None):
+            return inputs[0] * p["gain"] + p["shift"]
+
+        def code(self, ins, out):
+            return [f'{out} = {ins[0]} * params["{self.node.name}/gain"] + params["{self.node.name}/shift"]']
+
+    @jax_ops.OPS.register(SignSGD)
+    def sign_sgd(s, native):
+        return [Stage(optax.scale_by_sign, {})]
+
+
+def test_a_users_layer_and_optimizer_lower_through_the_registry_in_every_mode():
+    _jax_extensions()
+    e = dataclasses.replace(RESUME, optimizer=SignSGD(lr=0.01), model=S.Model(inputs=3, layers=(
+        S.Dense(name="h", units=4, activation=S.Tanh(), **DENSE), Scale(name="scale"),
+        S.Dense(name="out", units=2, **DENSE))))
+    result = train(e, [RunSpec("jax", "float64", "cpu", mode) for mode in MODES])
+    for record in result.records:
+        assert record.ok and compare(result.reference, record).passed, record.spec.label
+    code = backends.get("jax").script(e, initial_parameters(e), load_dataset(e))
+    assert 'v_scale = v_h * params["scale/gain"] + params["scale/shift"]' in code and "optax.scale_by_sign()" in code

@@ -191,6 +191,42 @@ def gru(x, kernel, recurrent, bias, act, rec, return_sequences, reset_after):
     return jnp.swapaxes(hs, 0, 1) if return_sequences else h
 
 
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def loop_conv2d(x, kernel, strides, pads, dilation):
+    """lax.conv_general_dilated on NHWC images and HWIO kernels, whose gradients (loop_conv2d_bwd) are
+    written as convolutions in that same canonical form, with explicit transposes: the form XLA gives
+    autodiff's transposed convolutions itself, except inside a device loop, where its CPU compiler
+    leaves them non-canonical and runs them 7 to 25 times slower (measured on jax 0.10). The scan
+    mode's convolutions use it; the math is autodiff's."""
+    return lax.conv_general_dilated(x, kernel, strides, pads, rhs_dilation=dilation, dimension_numbers=NHWC)
+
+
+def loop_conv2d_fwd(x, kernel, strides, pads, dilation):
+    return loop_conv2d(x, kernel, strides, pads, dilation), (x, kernel)
+
+
+def loop_conv2d_bwd(strides, pads, dilation, residuals, dz):
+    x, kernel = residuals
+    (kh, kw), (height, width), (ho, wo) = kernel.shape[:2], x.shape[1:3], dz.shape[1:3]
+    (sh, sw), (dh, dw), ((top, bottom), (left, right)) = strides, dilation, pads
+    # dx: dz spread by the strides, against the kernel flipped in space with in and out swapped
+    flipped = jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))
+    dx_pads = (((kh - 1) * dh - top, height - (ho - 1) * sh - 1 + top),
+               ((kw - 1) * dw - left, width - (wo - 1) * sw - 1 + left))
+    dx = lax.conv_general_dilated(dz, flipped, (1, 1), dx_pads, lhs_dilation=strides, rhs_dilation=dilation,
+                                  dimension_numbers=NHWC)
+    # dkernel: x's channels as the batch and its batch as the features, dz as the kernel
+    dk = lax.conv_general_dilated(jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(dz, (1, 2, 0, 3)), dilation,
+                                  ((top, bottom), (left, right)), rhs_dilation=strides, dimension_numbers=NHWC)
+    return dx, jnp.transpose(dk[:, :kh, :kw, :], (1, 2, 0, 3))
+
+
+loop_conv2d.defvjp(loop_conv2d_fwd, loop_conv2d_bwd)
+
+
 def _source(*objects, tail: str = "") -> str:
     return "\n\n".join(textwrap.dedent(inspect.getsource(o)) for o in objects) + tail
 
@@ -263,6 +299,9 @@ class Layer:
     #: a layer with state (crossnn.spec.Layer.state) also has train(p, inputs, mask) -> (output, {short
     #: name: new state}) for training steps; calling it predicts (p holds its state beside its parameters)
     stateful = False
+    #: set when the layer runs inside a loop on the device (the scan mode): an entry may then compute
+    #: the same math in a form XLA compiles better there
+    loops = False
 
     def __init__(self, node, native=frozenset()):
         self.node, self.native = node, native
@@ -387,7 +426,8 @@ class _Window:
 @OPS.register(spec.Conv2D)
 class Conv2D(_Activated):
     """a = f(conv(x, kernel) + bias): lax.conv_general_dilated on NHWC images and HWIO kernels with
-    the explicit padding of window_geometry (TF's 'same': the extra row/column after)."""
+    the explicit padding of window_geometry (TF's 'same': the extra row/column after); loop_conv2d
+    (the same, with its gradients in canonical form) when the layer runs inside a device loop."""
 
     def __init__(self, node, native=frozenset()):
         super().__init__(node, native)
@@ -396,8 +436,11 @@ class Conv2D(_Activated):
 
     def __call__(self, p, inputs, mask=None):
         g = self.geometry
-        z = lax.conv_general_dilated(inputs[0], p["kernel"], window_strides=g.strides, padding=g.pads,
-                                     rhs_dilation=self.dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        if self.loops:
+            z = loop_conv2d(inputs[0], p["kernel"], g.strides, g.pads, self.dilation)
+        else:
+            z = lax.conv_general_dilated(inputs[0], p["kernel"], window_strides=g.strides, padding=g.pads,
+                                         rhs_dilation=self.dilation, dimension_numbers=NHWC)
         if "bias" in p:
             z = z + p["bias"]
         return self.act.fn(z)

@@ -1,10 +1,11 @@
 """The training step, its modes, and the trainer the harness drives.
 
-The step is the JAX documentation's: a pure function of the parameters (a dict pytree, canonical
-names and layout), the optax state, the data and the batch's indices, the step's learning rate and its
-dropout masks, returning (the loss before the update, new parameters, new optax state):
+The step is the JAX documentation's: a pure function of the carry (the parameters, a dict pytree in
+canonical names and layout; the layers' state, e.g. BatchNorm's moving statistics; the optax state),
+the data and the batch's indices, the step's learning rate and its dropout masks, returning (the loss
+before the update, the new carry):
 
-    loss, grads = jax.value_and_grad(loss_fn)(params, x, y, masks)
+    (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, state, x, y, masks)
     d, opt_state = optimizer.update(grads, opt_state, params)    # clip, decay, rule (optax.chain)
     params = optax.apply_updates(params, -lr · d)                # the learning rate
 
@@ -50,8 +51,8 @@ from crossnn.errors import BackendError, UnsupportedFeature
 from crossnn.schedule import StepClock
 from crossnn.spec import INPUT, Experiment
 
+from crossnn_jax import checkpoint, ops
 from crossnn_jax import device as devices
-from crossnn_jax import ops
 from crossnn_jax.optimizers import Chain
 
 #: steps per call of the scan mode (a span's segments are cut into chunks this long, the last padded)
@@ -62,10 +63,12 @@ class Network:
     """The model as functions of its variables (a dict {canonical name: array}: the parameters and the
     layers' state, e.g. BatchNorm's moving statistics): the layers' entries called in graph order."""
 
-    def __init__(self, experiment: Experiment, native=frozenset()):
+    def __init__(self, experiment: Experiment, native=frozenset(), loops: bool = False):
         self.layers = [(node.name, ops.layer(node, native), node.inputs,
                         {p.name: f"{node.name}/{p.name}" for p in (*node.params, *node.state)})
                        for node in experiment.model.nodes]
+        for _, op, _, _ in self.layers:
+            op.loops = loops  # the entries run inside a device loop (see crossnn_jax.ops.Layer.loops)
         self.output = experiment.model.layers[-1].name
 
     def _run(self, variables, x, masks, training):
@@ -164,8 +167,7 @@ class ChainMode:
         t = self.trainer
         params = {name: t.array(state.params[name]) for name in t.names}
         layer_state = {name: t.array(state.params[name]) for name in t.state_names}
-        self.carry = t.committed((params, layer_state, self.chain.restore(self.chain.init(params), state.slots,
-                                                                          state.counters, t.array)))
+        self.carry = t.committed((params, layer_state, checkpoint.optax_state(self.chain, params, state, t.array)))
 
     def synchronize(self):
         jax.block_until_ready(self.carry)
@@ -183,7 +185,7 @@ class ScanMode(ChainMode):
 
     def __init__(self, trainer: JaxTrainer):
         super().__init__(trainer)
-        step = make_step(self.network, self.loss, self.chain)
+        step = make_step(Network(trainer.experiment, trainer.native, loops=True), self.loss, self.chain)
 
         def span(carry, X, Y, idx, lrs, masks, count):
             """Steps 0 .. count-1 of the chunk (rows of idx, lrs and masks), in order; their losses

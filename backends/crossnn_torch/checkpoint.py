@@ -2,13 +2,16 @@
 and a user's nn.Sequential read back into a spec: the conversions between torch's layout and the
 canonical one, at this boundary only.
 
-Every parameter's torch layout is its slot's (crossnn_torch.ops.Slot): an nn.Linear weight is
+Every variable's torch layout is its slot's (crossnn_torch.ops.Slot): an nn.Linear weight is
 (out, in) against the canonical (in, out) kernel, an nn.Conv2d weight (out, in, kh, kw) against
-(kh, kw, in, out). torch keeps optimizer state per parameter in optimizer.state[p] under the names
-crossnn's checkpoints use (momentum_buffer, exp_avg, exp_avg_sq, square_avg, grad_avg, sum, and the
-counter "step" as a 0-d tensor), in the parameter's own layout, so the buffers follow their
-parameter's conversion. Loading goes through optimizer.load_state_dict, as torch users restore an
-optimizer.
+(kh, kw, in, out), an nn.GRU weight_ih_l0 (3u, in) with gates r, z, n against the (in, 3u) kernel
+with gates z, r, h, a recurrent bias two tensors (bias_ih_l0, bias_hh_l0) against one. Layer state
+(BatchNorm's moving statistics) is the modules' buffers (running_mean, running_var), part of the
+training state's params like the parameters. torch keeps optimizer state per parameter in
+optimizer.state[p] under the names crossnn's checkpoints use (momentum_buffer, exp_avg, exp_avg_sq,
+square_avg, grad_avg, sum, and the counter "step" as a 0-d tensor), in the parameter's own layout, so
+the buffers follow their parameter's conversion (a frozen part, the held-at-zero bias_hh_l0 of an
+LSTM, has none). Loading goes through optimizer.load_state_dict, as torch users restore an optimizer.
 
 The native file is what PyTorch tutorials save (e.g. "Saving and loading" in seed 004):
 
@@ -63,37 +66,43 @@ def _ordered(optimizer: torch.optim.Optimizer) -> dict:
     return {p: i for i, p in enumerate(p for group in optimizer.param_groups for p in group["params"])}
 
 
-def training_state(step: int, slots: dict[str, ops.Slot], optimizer: torch.optim.Optimizer,
-                   s: spec.Optimizer) -> TrainingState:
-    """The canonical state of a model's parameters (`slots`) and `optimizer`, after `step` steps."""
-    params = {name: canonical(slot.layout.canonical(slot.parameter)) for name, slot in slots.items()}
+def training_state(step: int, built: ops.Built, optimizer: torch.optim.Optimizer, s: spec.Optimizer) -> TrainingState:
+    """The canonical state of a model's variables (parameters and layer state) and `optimizer`, after
+    `step` steps."""
+    params = {name: canonical(slot.canonical()) for name, slot in built.variables.items()}
     buffers: dict[str, dict[str, np.ndarray]] = {}
     counters: dict[str, int] = {name: 0 for name in s.state_counters()}
-    for name, slot in slots.items():
-        held = optimizer.state.get(slot.parameter, {})
+    for name, slot in built.slots.items():
+        held = [optimizer.state.get(t, {}) if trains else {} for t, trains in zip(slot.tensors, slot.trains)]
         for key in s.state_slots():
-            if held.get(key) is not None:
-                buffers.setdefault(key, {})[name] = canonical(slot.layout.canonical(held[key]))
+            if all(entry.get(key) is not None for entry, trains in zip(held, slot.trains) if trains):
+                buffers.setdefault(key, {})[name] = canonical(slot.canonical([entry.get(key) for entry in held]))
         for key in s.state_counters():
-            if key in held:
-                counters[key] = int(float(held[key]))
+            for entry in held:
+                if key in entry:
+                    counters[key] = int(float(entry[key]))
     return TrainingState(int(step), params, buffers, counters)
 
 
-def _native(slot: ops.Slot, value) -> torch.Tensor:
-    """A canonical array in the slot's torch layout, as a new tensor."""
-    return slot.layout.native(torch.as_tensor(np.asarray(value))).clone()
+def _native(slot: ops.Slot, value) -> tuple[torch.Tensor, ...]:
+    """A canonical array in the slot's torch layout, as new tensors (one per part)."""
+    return tuple(t.clone() for t in slot.native(torch.as_tensor(np.asarray(value))))
 
 
-def load_parameters(slots: dict[str, ops.Slot], params: dict[str, np.ndarray]) -> None:
-    """Copy canonical parameters into the model, in each slot's torch layout."""
+def load_variables(built: ops.Built, params: dict[str, np.ndarray], step: int = 0) -> None:
+    """Copy canonical parameters and layer state into the model, in each slot's torch layout; the
+    BatchNorm modules' num_batches_tracked becomes `step` (one training forward pass per step)."""
     with torch.no_grad():
-        for name, slot in slots.items():
+        for name, slot in built.variables.items():
             value = np.asarray(params[name])
-            expected = tuple(slot.layout.canonical(slot.parameter.detach()).shape)
+            expected = tuple(slot.canonical().shape)
             if value.shape != expected:
-                raise CheckpointError(f"parameter '{name}' has shape {value.shape}, the model expects {expected}")
-            slot.parameter.copy_(_native(slot, value))
+                raise CheckpointError(f"variable '{name}' has shape {value.shape}, the model expects {expected}")
+            for tensor, part in zip(slot.tensors, _native(slot, value)):
+                tensor.copy_(part)
+        for module in built.module.modules():
+            if isinstance(getattr(module, "num_batches_tracked", None), torch.Tensor):
+                module.num_batches_tracked.fill_(int(step))
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, slots: dict[str, ops.Slot], s: spec.Optimizer,
@@ -107,17 +116,21 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, slots: dict[str, ops.
     required = s.state_slots()
     for name, slot in slots.items():
         # copies: torch updates its state in place, and the caller's arrays must stay as they are
-        entry = {key: _native(slot, values[name]) for key, values in state.slots.items()
-                 if name in values and key in required}
-        if not required or len(entry) < len(required):
+        per_part = {key: _native(slot, values[name]) for key, values in state.slots.items()
+                    if name in values and key in required}
+        if not required or len(per_part) < len(required):
             if state.step > 0 and required:
-                missing = [key for key in required if key not in entry]
+                missing = [key for key in required if key not in per_part]
                 raise CheckpointError(f"the training state has no optimizer slot '{missing[0]}' for '{name}' "
                                       f"after {state.step} steps")
             continue
-        for key in s.state_counters():
-            entry[key] = torch.tensor(float(state.counters.get(key, 0)), dtype=step_dtype)
-        entries[index[slot.parameter]] = entry
+        for k, (tensor, trains) in enumerate(zip(slot.tensors, slot.trains)):
+            if not trains:
+                continue
+            entry = {key: values[k] for key, values in per_part.items()}
+            for key in s.state_counters():
+                entry[key] = torch.tensor(float(state.counters.get(key, 0)), dtype=step_dtype)
+            entries[index[tensor]] = entry
     saved["state"] = entries
     optimizer.load_state_dict(saved)
 
@@ -146,7 +159,7 @@ def export_native(experiment: Experiment, state: TrainingState, path) -> None:
     """Write `state` as torch.save({"info", "date", "model", "optimizer", "step"}), completely or not
     at all. The param groups hold the learning rate of the next step."""
     built, chain = _lowering(experiment)
-    load_parameters(built.slots, state.params)
+    load_variables(built, state.params, state.step)
     load_optimizer_state(chain.optimizer, built.slots, experiment.optimizer, state)
     chain.lr.apply(chain.optimizer, chain.params, _next_lr(experiment, state.step))
     payload = {
@@ -229,7 +242,11 @@ def import_native(experiment: Experiment, path) -> TrainingState:
         step = int(step.item())
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise CheckpointError(f"{path}: 'step' must be a non-negative integer, got {step!r}")
-    state = training_state(step, built.slots, optimizer, experiment.optimizer)
+    frozen = [t for slot in built.slots.values() for t, trains in zip(slot.tensors, slot.trains) if not trains]
+    if any(optimizer.state.get(t) for t in frozen):
+        raise CheckpointError(f"{path}: the optimizer state trains a bias crossnn holds at 0 (an RNN's bias_hh_l0: "
+                              "crossnn's one bias is bias_ih_l0 + bias_hh_l0, trained as bias_ih_l0)")
+    state = training_state(step, built, optimizer, experiment.optimizer)
     if step > 0:
         for key in experiment.optimizer.state_slots():
             absent = [name for name in built.slots if name not in state.slots.get(key, {})]

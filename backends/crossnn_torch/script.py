@@ -48,7 +48,7 @@ def _line(mod: ops.Mod, indent: str, end: str = ",") -> str:
 def _helpers(mods: list[ops.Mod]) -> str:
     """The source of crossnn's own module classes the mods use (and what they need), each once."""
     classes: list[type] = []
-    for mod in mods:
+    for mod in (m for top in mods for m in top.nested()):
         if mod.cls.__module__ == ops.__name__:
             for cls in (*ops.SCRIPT_NEEDS.get(mod.cls, ()), mod.cls):
                 if cls not in classes:
@@ -62,8 +62,8 @@ class Model:
     def __init__(self, experiment: Experiment):
         self.model = experiment.model
         self.layers = ops.layer_mods(self.model)
-        for node, mods, _ in self.layers:
-            for mod in mods:
+        for node, mods, _, _ in self.layers:
+            for mod in (m for top in mods for m in top.nested()):
                 if not mod.cls.__module__.startswith("torch.nn") and mod.cls.__module__ != ops.__name__:
                     raise UnsupportedFeature("torch", f"layer '{node.layer.kind}' in a script (its module "
                                                       f"{mod.cls.__qualname__} is defined outside crossnn)")
@@ -73,12 +73,12 @@ class Model:
 
     @property
     def mods(self) -> list[ops.Mod]:
-        return [m for _, mods, _ in self.layers for m in mods] + ([ops.Mod(ops.ChannelsLast)] if self.image_output
+        return [m for _, mods, _, _ in self.layers for m in mods] + ([ops.Mod(ops.ChannelsLast)] if self.image_output
                                                                    else [])
 
     def _sequential(self) -> str:
         lines, index = [], 0
-        for node, mods, _ in self.layers:
+        for node, mods, _, _ in self.layers:
             self.module_of[node.name] = [f"model[{index + k}]" for k in range(len(mods))]
             lines += [_line(mod, "    ") for mod in mods]
             index += len(mods)
@@ -90,10 +90,10 @@ class Model:
 
     def _graph(self) -> str:
         taken: set[str] = set()
-        names = {node.name: _identifier(node.name, taken) for node, _, _ in self.layers}
+        names = {node.name: _identifier(node.name, taken) for node, _, _, _ in self.layers}
         names[INPUT] = "x"
         init, forward = [], []
-        for node, mods, _ in self.layers:
+        for node, mods, _, _ in self.layers:
             ident = names[node.name]
             if len(mods) == 1:
                 init.append(_line(mods[0], f"        self.{ident} = ", ""))
@@ -115,14 +115,15 @@ class Model:
                 + "\n".join(forward) + f"\n        return {output}\n\n\n"
                 "model = Net()\n")
 
-    def parameters(self) -> list[tuple[str, str, ops.Permuted]]:
-        """(canonical name, the model's tensor, its layout) of every parameter, in canonical order."""
+    def variables(self) -> list[tuple[str, tuple[str, ...], object]]:
+        """(canonical name, the model's tensors holding it, their layout) of every parameter and layer
+        state, in canonical order."""
         where = {}
-        for node, _, params in self.layers:
-            for short, place in params.items():
-                where[f"{node.name}/{short}"] = (f"{self.module_of[node.name][place.module]}.{place.attribute}",
-                                                 place.layout)
-        return [(name, *where[name]) for name in self.model.parameter_inits()]
+        for node, _, params, state in self.layers:
+            for short, place in {**params, **state}.items():
+                module = self.module_of[node.name][place.module]
+                where[f"{node.name}/{short}"] = (tuple(f"{module}.{a}" for a in place.attributes), place.layout)
+        return [(name, *where[name]) for name in self.model.variable_inits()]
 
 
 def _wrap(line: str, width: int = 100) -> str:
@@ -149,16 +150,17 @@ def script(experiment: Experiment, params: dict[str, np.ndarray], data: Dataset,
     chain = Chain(experiment.optimizer)
     optimizer_line, stage_lines = chain.code()
     loss = experiment.loss
-    images = ops.image(experiment.model.input_shape)
+    ids = ops.ids_input(experiment.model)
+    images = ops.image(experiment.model.input_shape) and not ids
     dropouts = codegen.dropout_layers(experiment)
     needs_lr = chain.needs_lr()
 
+    helpers = _helpers(model.mods + [lowered.mod])
     parts = [codegen.header(experiment, "PyTorch", f"crossnn code {experiment.name} --backend torch"),
-             codegen.imports(*codegen.script_imports(experiment, data, params, side_file), "numpy as np", "torch",
-                             "torch:nn"),
+             codegen.imports(*codegen.script_imports(experiment, data, params, side_file),
+                             *(["math"] if "math." in helpers else []), "numpy as np", "torch", "torch:nn"),
              "# float64 everywhere: crossnn's parity runs are float64, and so is every tensor below\n"
              "torch.set_default_dtype(torch.float64)\n"]
-    helpers = _helpers(model.mods + [lowered.mod])
     if helpers:
         parts.append("# crossnn's own modules, where torch has no built-in for the spec's formula or layout\n"
                      + helpers)
@@ -169,7 +171,9 @@ def script(experiment: Experiment, params: dict[str, np.ndarray], data: Dataset,
               codegen.dropout_code(experiment)]
 
     main = ["def main():", f"    {codegen.LOAD}"]
-    if images:
+    if ids:
+        main.append("    X = torch.from_numpy(X).long()  # ids (stored as numbers): nn.Embedding wants int64")
+    elif images:
         main.append("    X = torch.from_numpy(X).permute(0, 3, 1, 2).contiguous()  # images as torch's (N, C, H, W)")
     else:
         main.append("    X = torch.from_numpy(X)")
@@ -181,11 +185,20 @@ def script(experiment: Experiment, params: dict[str, np.ndarray], data: Dataset,
     else:
         main.append("    Y = torch.from_numpy(Y)")
     main += ["    # start from crossnn's initial parameters (canonical layout: a dense kernel is (in, out),",
-             "    # nn.Linear keeps (out, in); a conv kernel is (kh, kw, in, out), nn.Conv2d keeps (out, in, kh, kw))",
-             "    with torch.no_grad():"]
-    main += [f"        {where}.copy_({layout.native_code(f'torch.from_numpy(INIT[{name!r}])')})"
-             for name, where, layout in model.parameters()]
-    if not model.parameters():
+             "    # nn.Linear keeps (out, in); a conv kernel is (kh, kw, in, out), nn.Conv2d keeps (out, in, kh, kw))"]
+    variables = model.variables()
+    if any(isinstance(layout, ops.Gates) for _, _, layout in variables):
+        main += ["    # recurrent layers: a kernel (in, G·u) is weight_ih_l0 (G·u, in) transposed, GRU gates z, r, h",
+                 "    # are torch's r, z, n (blocks reordered), and one bias is bias_ih_l0 + bias_hh_l0"]
+    main.append("    with torch.no_grad():")
+    for name, wheres, layout in variables:
+        natives = ops.parts(layout.native_code(f"torch.from_numpy(INIT[{name!r}])"))
+        frozen = getattr(layout, "frozen", (False,) * len(wheres))
+        main += [f"        {where}.copy_({code})" if code is not None else f"        {where}.zero_()"
+                 for where, code in zip(wheres, natives)]
+        main += [f"        {where}.requires_grad_(False)  # held at 0: crossnn's one bias is bias_ih + bias_hh"
+                 for where, held in zip(wheres, frozen) if held]
+    if not variables:
         main.append("        pass")
     main += ["    # ---- training: the tutorial's loop, one optimizer step per batch ----",
              "    step = 0  # the global step number: the learning rate and dropout masks depend on it",
@@ -210,8 +223,9 @@ def script(experiment: Experiment, params: dict[str, np.ndarray], data: Dataset,
              '            print(f"epoch {epoch:5d}  loss {loss.item():.6f}")',
              "    # back to crossnn's canonical layout",
              "    final = {"]
-    main += [f"        {name!r}: {layout.canonical_code(where + '.detach()')},"
-             for name, where, layout in model.parameters()]
+    for name, wheres, layout in variables:
+        detached = tuple(f"{where}.detach()" for where in wheres)
+        main.append(f"        {name!r}: {layout.canonical_code(detached[0] if len(detached) == 1 else detached)},")
     main.append("    }")
     parts.append("\n".join(main) + "\n" + codegen.footer_code("final"))
     parts += [codegen.data_code(experiment, data, params, side_file), codegen.MAIN_GUARD]

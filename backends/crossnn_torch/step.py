@@ -72,8 +72,10 @@ class EagerStep:
                 built = ops.build_model(experiment.model, dtype=trainer.dtype, device=trainer.device, native=native)
         else:
             built = ops.build_model(experiment.model, dtype=trainer.dtype, device=trainer.device, native=native)
-            checkpoint.load_parameters(built.slots, trainer.initial)
-        self.model, self.slots, self.dropouts = built
+            checkpoint.load_variables(built, trainer.initial)
+        self.built = built
+        self.model, self.slots, self.dropouts = built.module, built.slots, built.dropouts
+        self.ids = ops.ids_input(experiment.model)
         lowered = ops.loss(experiment.loss, native, experiment.model.output_shape)
         self.loss_fn = lowered.mod.build(trainer.dtype, trainer.device)
         self.class_indices = lowered.class_indices
@@ -98,11 +100,12 @@ class EagerStep:
         self.optimizer.step()
 
     def parameters(self) -> dict[str, torch.Tensor]:
-        """The current parameters, canonical names and layout (views)."""
-        return {name: slot.layout.canonical(slot.parameter.detach()) for name, slot in self.slots.items()}
+        """The current parameters and layer state, canonical names and layout."""
+        return {name: slot.canonical() for name, slot in self.built.variables.items()}
 
     def predict(self, x):
-        """The model in eval mode (dropout is the identity), without grad."""
+        """The model in eval mode (dropout is the identity, BatchNorm uses its running statistics),
+        without grad."""
         self.model.eval()
         try:
             with torch.no_grad():
@@ -111,10 +114,10 @@ class EagerStep:
             self.model.train()
 
     def export_state(self, steps: int) -> TrainingState:
-        return checkpoint.training_state(steps, self.slots, self.optimizer, self.trainer.experiment.optimizer)
+        return checkpoint.training_state(steps, self.built, self.optimizer, self.trainer.experiment.optimizer)
 
     def import_state(self, state: TrainingState) -> None:
-        checkpoint.load_parameters(self.slots, state.params)
+        checkpoint.load_variables(self.built, state.params, state.step)
         checkpoint.load_optimizer_state(self.optimizer, self.slots, self.trainer.experiment.optimizer, state,
                                         self.step_dtype)
 
@@ -212,6 +215,8 @@ class XpStep:
                    "(crossnn_torch.xp), inference_mode, no autograd")
     channels_first = False
     one_hot_targets = True
+    #: the model input stays floats (the reference's embedding takes the ids as whole numbers)
+    ids = False
     namespace = torch_namespace
 
     def __init__(self, trainer: TorchTrainer):
@@ -296,7 +301,7 @@ class TorchTrainer(Trainer):
         self.train_step = MODES[mode](self)
         self.clock = StepClock(experiment, data.n)
         self.steps_done = 0
-        self.x = self.tensor(self._layout(data.x))
+        self.x = self._inputs(data.x)
         self.y = self._targets(data.y)
 
     def tensor(self, array) -> torch.Tensor:
@@ -306,6 +311,13 @@ class TorchTrainer(Trainer):
 
     def _layout(self, array: np.ndarray) -> np.ndarray:
         return to_channels_first(array) if self.train_step.channels_first else array
+
+    def _inputs(self, x: np.ndarray) -> torch.Tensor:
+        """Model inputs on the device: int64 ids for a mode whose model reads ids (embedding), else
+        values of the run's dtype in the mode's layout."""
+        if self.train_step.ids:
+            return torch.as_tensor(np.asarray(x), dtype=torch.int64, device=self.device)
+        return self.tensor(self._layout(np.asarray(x)))
 
     def _targets(self, y: np.ndarray) -> torch.Tensor:
         """The targets as the loss wants them: class indices (int64) for nn.CrossEntropyLoss with
@@ -376,7 +388,7 @@ class TorchTrainer(Trainer):
 
     def predict(self, x):
         """The model output for canonical x, in canonical layout."""
-        output = self.train_step.predict(self.tensor(self._layout(np.asarray(x))))
+        output = self.train_step.predict(self._inputs(x))
         return output.cpu().numpy()
 
     def synchronize(self):

@@ -71,8 +71,9 @@ _NOUNS = {"n": "samples", "inputs": "input features", "outputs": "outputs", "cla
 
 
 def check_parameters(experiment) -> None:
-    """The model's variables (parameters and state, one float64 copy), before they are drawn; the layer with the most is
-    named, by its `units` when that is its largest dimension, else by the model input feeding it."""
+    """The model's variables (parameters and layer state, one float64 copy), before they are drawn;
+    the layer with the most is named, by its `units` when that is its largest dimension, else by the
+    model input feeding it."""
     model = experiment.model
     per_node = {node.name: sum(elements(p.shape) for p in (*node.params, *node.state)) for node in model.nodes}
     nbytes = sum(per_node.values()) * FLOAT64

@@ -41,12 +41,12 @@ def parse_tolerance(text: str, option: str) -> float | None:
     return check_tolerance(value, option)
 
 
-def check_count(value, option: str, minimum: int = 1) -> int | None:
-    """None or an integer >= `minimum` (snapshot intervals, step counts, repeats, widths)."""
+def check_count(value, option: str) -> int | None:
+    """None or an integer >= 1 (snapshot intervals, stop steps, threads, repeats, runs, workers)."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise SpecError(f"{option}: must be an integer >= {minimum}, got {_shown(value)}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise SpecError(f"{option}: must be an integer >= 1, got {_shown(value)}")
     return int(value)
 
 

@@ -1,8 +1,9 @@
 """A user-defined layer and optimizer, registered from user code without editing crossnn.
 
 Seed 004 writes its own Linear layer (My_Linear: weight and bias drawn from U(±1/√out_features))
-and its own momentum SGD. Here they are as crossnn extensions: a spec class for each, then one
-lowering per backend, registered with the backends' `register` decorators. Run it:
+and its own momentum SGD. Here they are as crossnn extensions: a spec class for each, then one entry
+per backend in that backend's lowering registry (`crossnn_<backend>.ops.OPS.register`), holding the
+code that trains it and, optionally, the text an emitted script uses. Run it:
 
     python examples/custom_layer.py
 
@@ -42,14 +43,14 @@ class SeedLinear(S.Layer, kind="seed_linear"):
 
     units: int
 
-    def output_size(self, input_sizes):
-        return self.units
+    def output_shape(self, input_shapes):
+        return (self.units,)
 
-    def matmul_flops(self, input_sizes):
-        return 2 * input_sizes[0] * self.units
+    def matmul_flops(self, input_shapes):
+        return 2 * input_shapes[0][-1] * self.units
 
-    def parameters(self, input_sizes):
-        (fan_in,) = input_sizes
+    def parameters(self, input_shapes):
+        fan_in = input_shapes[0][-1]
         init = SeedLinearInit()
         return (S.ParamInit("kernel", (fan_in, self.units), init, fan_in, self.units),
                 S.ParamInit("bias", (self.units,), init, fan_in, self.units))
@@ -65,62 +66,80 @@ class SeedSGD(S.Optimizer, kind="seed_sgd"):
         return ("momentum_buffer",)
 
 
-# ---- 2. one lowering per backend ---------------------------------------------------------------------
+# ---- 2. one entry per backend ----------------------------------------------------------------------
 
-import numpy as np  # noqa: E402
-from crossnn_numpy import layers as numpy_layers  # noqa: E402
-from crossnn_numpy import optimizers as numpy_optimizers  # noqa: E402
+from crossnn_numpy import ops as numpy_ops  # noqa: E402
+from crossnn_numpy.optimizers import Rule as NumpyRule  # noqa: E402
 
 
-@numpy_layers.register(SeedLinear)
-class NumpySeedLinear:
-    """Forward x @ W + b; backward dW = xᵀ dy, db = Σ dy, dx = dy Wᵀ."""
+@numpy_ops.OPS.register(SeedLinear)
+class NumpySeedLinear(numpy_ops.Op):
+    """The reference: forward x @ W + b; backward dW = xᵀ dy, db = Σ dy, dx = dy Wᵀ (pure: new arrays
+    out, nothing handed in is written to), and the lines an emitted NumPy script uses."""
 
-    def __init__(self, node, index, xp):
-        self.kernel, self.bias, self.xp = index[f"{node.name}/kernel"], index[f"{node.name}/bias"], xp
-
-    def forward(self, values, inputs):
+    def forward(self, p, inputs, mask=None):
         x = inputs[0]
-        return x @ values[self.kernel] + values[self.bias], x
+        return self.xp.matmul(x, p["kernel"]) + p["bias"], x
 
-    def backward(self, values, x, dy, grads, need_input_grads):
-        self.xp.matmul(x.T, dy, out=grads[self.kernel])
-        self.xp.sum(dy, axis=0, out=grads[self.bias])
-        return (dy @ values[self.kernel].T,) if need_input_grads else (None,)
+    def backward(self, p, x, dy, need):
+        grads = {"kernel": self.xp.matmul(x.T, dy), "bias": self.xp.sum(dy, axis=0)}
+        return (self.xp.matmul(dy, p["kernel"].T) if need[0] else None,), grads
+
+    @staticmethod
+    def forward_code(node, ins, out):
+        return [f'{out} = {ins[0]} @ P["{node.name}/kernel"] + P["{node.name}/bias"]',
+                f"c[{node.name!r}] = {ins[0]}"]
+
+    @staticmethod
+    def backward_code(node, d):
+        grads = [f'g["{node.name}/kernel"] = c[{node.name!r}].T @ {d}', f'g["{node.name}/bias"] = np.sum({d}, axis=0)']
+        return grads, [f'{d} @ P["{node.name}/kernel"].T']
 
 
-@numpy_optimizers.register(SeedSGD)
-class NumpySeedSGD(numpy_optimizers.Rule):
-    def apply(self, i, w, g, state, lr):
-        buffers = state["momentum_buffer"]
-        if buffers[i] is None:
-            buffers[i] = self.xp.copy(g)
-        else:
-            buffers[i] *= self.s.momentum
-            buffers[i] += g
-        self.xp.subtract_scaled(w, lr, buffers[i])
+@numpy_ops.OPS.register(SeedSGD)
+class NumpySeedSGD(NumpyRule):
+    """The rule's direction d (the chain then applies w ← w - lr · d); the buffer starts at zero, so
+    the first step's momentum · 0 + g is exactly g."""
+
+    def update(self, u, state, params):
+        buffers = [self.s.momentum * b + g for b, g in zip(state["momentum_buffer"], u)]
+        return buffers, {**state, "momentum_buffer": buffers}
+
+    def code(self):
+        return [f'u = state["momentum_buffer"][name] = {self.s.momentum!r} * state["momentum_buffer"][name] + u']
 
 
 if importlib.util.find_spec("torch"):
     import torch
+    from crossnn_torch.ops import LINEAR_WEIGHT, OPS as TORCH_OPS, LayerOp, Mod, Param
+    from crossnn_torch.optimizers import Rule as TorchRule
     from torch import nn
-    from crossnn_torch import layers as torch_layers
-    from crossnn_torch import optimizers as torch_optimizers
 
-    @torch_layers.register(SeedLinear, params={"kernel": "weight.T", "bias": "bias"})
     class My_Linear(nn.Module):  # noqa: N801  (seed 004's name)
         """Seed 004's layer: x @ weightᵀ + bias with weight (out, in); crossnn copies the spec's
         initial values in, transposing the kernel."""
 
         def __init__(self, node, dtype=None, device=None):
             super().__init__()
-            (in_f,) = node.input_sizes
-            out_f = node.layer.units
+            in_f, out_f = node.input_shapes[0][-1], node.layer.units
             self.weight = nn.Parameter(torch.empty(out_f, in_f, dtype=dtype, device=device))
             self.bias = nn.Parameter(torch.empty(out_f, dtype=dtype, device=device))
 
         def forward(self, x):
             return x @ self.weight.t() + self.bias
+
+    @TORCH_OPS.register(SeedLinear)
+    class TorchSeedLinear(LayerOp):
+        """The module (built with the run's dtype and device) and where each canonical parameter lives:
+        the kernel is My_Linear's weight, transposed."""
+
+        @staticmethod
+        def modules(node, native):
+            return [Mod(My_Linear, (node,), factory=True)]
+
+        @staticmethod
+        def params(node):
+            return {"kernel": Param(0, "weight", LINEAR_WEIGHT), "bias": Param(0, "bias")}
 
     class SeedTorchSGD(torch.optim.Optimizer):
         """Seed 004's optimizer, as it writes it (momentum buffer cloned from the first gradient)."""
@@ -142,38 +161,54 @@ if importlib.util.find_spec("torch"):
                         buf.mul_(group["momentum"]).add_(p.grad)
                     p.add_(buf, alpha=-group["lr"])
 
-    @torch_optimizers.register(SeedSGD)
-    def seed_sgd(s, params):
-        return SeedTorchSGD(params, lr=s.lr, momentum=s.momentum)
+    TORCH_OPS.register(SeedSGD)(lambda s, native: TorchRule(SeedTorchSGD, {"lr": s.lr, "momentum": s.momentum}))
 
 
 if importlib.util.find_spec("tensorflow"):
     from crossnn_tensorflow.device import import_tensorflow
 
     tf = import_tensorflow()  # `import tensorflow as tf`, with TF's C++ start-up notices kept off the terminal
-    from crossnn_tensorflow import layers as tf_layers
-    from crossnn_tensorflow import optimizers as tf_optimizers
+    from crossnn_tensorflow.ops import OPS as TF_OPS
+    from crossnn_tensorflow.ops import Op as TfOp
+    from crossnn_tensorflow.optimizers import Rule as TfRule
 
-    @tf_layers.register(SeedLinear)
-    class TfSeedLinear(tf.Module):
-        def __init__(self, node, variables):
-            super().__init__()
-            self.w, self.b = variables[f"{node.name}/kernel"], variables[f"{node.name}/bias"]
+    @TF_OPS.register(SeedLinear)
+    class TfSeedLinear(TfOp):
+        """A TF op on the layer's tf.Variables (self.params: short name -> variable, canonical layout);
+        tf.GradientTape differentiates it."""
 
-        def __call__(self, inputs):
-            return tf.matmul(inputs[0], self.w) + self.b
+        def __call__(self, inputs, mask=None):
+            return tf.matmul(inputs[0], self.params["kernel"]) + self.params["bias"]
 
-    @tf_optimizers.register(SeedSGD)
-    class TfSeedSGD(tf_optimizers.Rule):
-        """The buffer starts at zero, so the first step's momentum · 0 + g is exactly g."""
+    @TF_OPS.register(SeedSGD)
+    class TfSeedSGD(TfRule):
+        """The direction d (the chain then does w ← w - lr · d), the buffer a slot variable."""
 
-        def create(self, variables):
-            self.buffers = self.slot("momentum_buffer", variables)
+        def direction(self, i, w, g, scalars):
+            b = self.slot_variables["momentum_buffer"][i]
+            b_t = self.s.momentum * b + g
+            b.assign(b_t)
+            return b_t
 
-        def update(self, i, w, g, lr):
-            b = self.buffers[i]
-            b.assign(self.s.momentum * b + g)
-            w.assign_sub(tf.cast(lr, w.dtype) * b)
+
+if importlib.util.find_spec("jax"):
+    import optax
+    from crossnn_jax import ops as jax_ops
+    from crossnn_jax.optimizers import Stage
+
+    @jax_ops.OPS.register(SeedLinear)
+    class JaxSeedLinear(jax_ops.Layer):
+        """jax.numpy forward code (jax.grad differentiates it) and its script line."""
+
+        def __call__(self, p, inputs, mask=None):
+            return inputs[0] @ p["kernel"] + p["bias"]
+
+        def code(self, ins, out):
+            return [f'{out} = {ins[0]} @ params["{self.node.name}/kernel"] + params["{self.node.name}/bias"]']
+
+    # optax's trace is this momentum rule; its state field `trace` is crossnn's momentum_buffer
+    jax_ops.OPS.register(SeedSGD)(lambda s, native: [Stage(optax.trace, {"decay": s.momentum},
+                                                          slots=(("momentum_buffer", "trace"),))])
 
 
 # ---- 3. use them like built-ins ---------------------------------------------------------------------
@@ -192,4 +227,4 @@ if __name__ == "__main__":
     result = assert_parity(experiment(), dtypes=["float64"])  # raises ParityError if any backend disagrees
     for record in result.records:
         print(f"{record.spec.label:<32} accuracy {record.metrics['accuracy']:.4f}  parity ok")
-    print("final fc2/bias:", np.round(result.reference.final_params["fc2/bias"], 8))
+    print("final fc2/bias:", [round(float(v), 8) for v in result.reference.final_params["fc2/bias"]])

@@ -42,18 +42,9 @@ def _worst(got: dict, expected: dict) -> float:
 
 
 def _example(name: str) -> S.Experiment:
-    """An example cut to one epoch (the reference trains the whole plan even when the runs stop early),
-    with digits-bn's convolutions before batch_norm without bias: a bias that batch_norm subtracts again
-    has a zero gradient, so it moves by rounding noise alone (~1e-17 / eps per Adam step) and no two
-    implementations can agree on it (nor on the moving mean that carries it)."""
+    """An example cut to one epoch (the reference trains the whole plan even when the runs stop early)."""
     e = crossnn.example(name)
-    e = dataclasses.replace(e, train=dataclasses.replace(e.train, epochs=1))
-    if name != "digits-bn":
-        return e
-    feeds_norm = {node.inputs[0] for node in e.model.nodes if isinstance(node.layer, S.BatchNorm)}
-    layers = tuple(dataclasses.replace(layer, use_bias=False) if layer.name in feeds_norm else layer
-                   for layer in e.model.layers)
-    return dataclasses.replace(e, model=dataclasses.replace(e.model, layers=layers))
+    return dataclasses.replace(e, train=dataclasses.replace(e.train, epochs=1))
 
 
 @pytest.mark.parametrize("name", examples.names())

@@ -647,7 +647,9 @@ FACT_KEYS = {"linear_weight_shape", "linear_init", "default_lr", "adam_eps", "rm
              "bce_logit_input", "ce_on_probabilities", "ce_on_logits", "mse_sum", "mse_mean", "mse_broadcast",
              "leaky_relu_default", "gelu_default", "softplus_25", "batchnorm", "tf32", "random_seed0",
              "clip_at_max_norm", "conv_weight_shape", "conv_init", "conv_same_stride2", "same_padding_stride2",
-             "conv_same_even_kernel", "avgpool_count_include_pad", "flatten_order", "max_pool_tie_gradient"}
+             "conv_same_even_kernel", "avgpool_count_include_pad", "flatten_order", "max_pool_tie_gradient",
+             "batchnorm2d_defaults", "batchnorm_running_var", "layernorm_eps", "embedding_init", "lstm_init",
+             "lstm_gate_order", "gru_gate_order", "gru_reset_after"}  # the last row: test_torch_sequences
 
 
 def test_facts_are_measured_and_json_serialisable():
@@ -706,7 +708,8 @@ def test_facts_are_measured_and_json_serialisable():
 
 def _shortened(name):
     e = crossnn.example(name)
-    epochs = {"circle": 60, "adder": 5, "digits": 3, "digits-cnn": 1, "resnet-mini": 1}.get(name, e.train.epochs)
+    epochs = {"circle": 60, "adder": 5, "digits": 3, "digits-cnn": 1, "resnet-mini": 1, "digits-bn": 1,
+              "token-sums": 2}.get(name, e.train.epochs)
     return dataclasses.replace(e, train=dataclasses.replace(e.train, epochs=epochs))
 
 

@@ -81,6 +81,24 @@ class JaxBackend(Backend):
         import jax  # noqa: F401
         import optax  # noqa: F401
 
+    def threads(self):
+        """XLA's CPU thread pool: intra_op_parallelism_threads from XLA_FLAGS, else one thread per CPU
+        this process may use (XLA's default)."""
+        from crossnn_jax.device import cpu_threads
+
+        return cpu_threads()
+
+    def set_threads(self, n):
+        """Accepted when XLA already uses n threads; refused otherwise: XLA sizes its CPU thread pool
+        once, when jax starts, from XLA_FLAGS (changing that variable here would also reach TensorFlow's
+        XLA)."""
+        from crossnn.errors import BackendError
+
+        if n == self.threads():
+            return
+        raise BackendError(f"backend 'jax' cannot change its thread count in a running process; start it with "
+                           f"XLA_FLAGS='--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={n}'")
+
     def runtime(self):
         """Versions, jax's platform and devices, and the process-wide numerics flags (which crossnn leaves
         as they are; its runs set x64 and "highest" matmul precision in a scope)."""
@@ -100,6 +118,7 @@ class JaxBackend(Backend):
             "jax_default_matmul_precision (process)": jax.config.jax_default_matmul_precision,
             "run scope": "jax.enable_x64(dtype == 'float64'), jax.default_matmul_precision('highest')",
             "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+            "cpu threads": self.threads(),
         }
 
     def matmul_gflops(self, n, dtype, device):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import re
 from pathlib import Path
 
@@ -55,6 +56,18 @@ def guess() -> tuple[str, ...]:
     except OSError:
         count = 0
     return ("cpu",) + tuple(f"cuda:{i}" for i in range(count))
+
+
+def cpu_threads() -> int:
+    """The threads of XLA's CPU pool: intra_op_parallelism_threads from XLA_FLAGS, 1 with
+    --xla_cpu_multi_thread_eigen=false alone, else the CPUs this process may run on."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    match = re.search(r"intra_op_parallelism_threads=(\d+)", flags)
+    if match:
+        return int(match.group(1))
+    if re.search(r"--xla_cpu_multi_thread_eigen=(false|0)", flags):
+        return 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def gpus() -> list:

@@ -65,22 +65,30 @@ CATALOG_SIDES = {
     "leaky-relu-slope": "jax.nn.leaky_relu: negative_slope 0.01; where(x >= 0, ...), so its gradient at 0 is 1",
     "gelu-approximation": "jax.nn.gelu: approximate=True (the tanh form) by default",
     "softplus-threshold": "jax.nn.softplus = logaddexp(x, 0): no threshold, the exact formula",
-    "batchnorm": "flax.linen.BatchNorm: momentum 0.99 (Keras' convention), epsilon 1e-5, biased variance "
-                 "(use_fast_variance: E[x²] − E[x]²)",
+    "batchnorm": "flax.linen.BatchNorm: momentum 0.99 (Keras' convention: the old average's weight), epsilon 1e-5, "
+                 "biased variance (use_fast_variance: E[x²] − E[x]²)",
     "tf32": "jax_default_matmul_precision unset ('default'): float32 matmuls and convolutions on NVIDIA GPUs may run "
             "in TF32; jax.default_matmul_precision('highest') (or precision=lax.Precision.HIGHEST) for full float32",
     "random-streams": "jax.random: explicit keys (jax.random.key(seed), split for each use); the same key gives the "
                       "same numbers and there is no global seed",
     "clip-norm": "optax.clip_by_global_norm: g unchanged while ‖g‖ < max_norm, else g·max_norm/‖g‖; no 1e-6 (as TF)",
-    # convolution entries (ids as issue 14 names them; adjust to the catalog's)
-    "same-padding": "lax 'SAME' padding (conv_general_dilated, reduce_window): TensorFlow's rule, the extra "
-                    "row/column after, at any stride",
+    "same-padding": "lax 'SAME' (conv_general_dilated, reduce_window): TensorFlow's rule at any stride, the extra "
+                    "row/column after",
+    "torch-same-stride": "lax's 'SAME' pads at any stride, as TensorFlow; explicit (before, after) pairs take any "
+                         "padding",
     "flatten-order": "no flatten layer in JAX: x.reshape(n, -1) of NHWC arrays (Flax's layout) is channel-fastest, "
                      "as Keras",
     "avg-pool-padding": "flax.linen.avg_pool: count_include_pad=True by default (divides by the window size, as "
                         "PyTorch); lax.reduce_window gives the sums only",
     "conv-kernel-layout": "lax.conv_general_dilated reads the layout from dimension_numbers (default NCHW / OIHW, as "
                           "PyTorch); flax.linen.Conv keeps (kh, kw, in, out) on NHWC inputs, as Keras",
+    "layernorm-epsilon": "flax.linen.LayerNorm: epsilon 1e-6, under the square root of the biased variance",
+    "embedding-init": "flax.linen.Embed: N(0, 1/features) (variance_scaling(1, 'fan_in', 'normal', out_axis=0))",
+    "recurrent-init": "flax.linen.LSTMCell / GRUCell: input kernels lecun_normal, recurrent kernels orthogonal, "
+                      "biases zeros (one Dense per gate)",
+    "lstm-forget-bias": "flax.linen.LSTMCell: every bias starts at 0 (no forget-gate offset)",
+    "gru-gates": "flax.linen.GRUCell: one Dense per gate (r, z, n), n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn)): "
+                 "PyTorch's reset-after form",
     # proposed new entries
     "float64-default": "(new) jax_enable_x64 is off by default: jnp.array(1.0) is float32 and a float64 NumPy "
                        "array becomes float32 silently; jax.enable_x64() switches float64 on (crossnn scopes it to "
@@ -107,6 +115,9 @@ CATALOG_DEFAULTS = {
     "leaky-relu-slope": (Default(S.LeakyReLU, "negative_slope", {"jax": 0.01}, notes={
         "jax": "jax.nn.leaky_relu's gradient at 0 is 1, not the slope"}),),
     "gelu-approximation": (Default(S.GELU, "approximate", {"jax": "tanh"}),),
+    # flax.linen.Embed's variance_scaling(1, "fan_in", "normal", out_axis=0): variance 1/features
+    "embedding-init": (Default(S.Embedding, "embeddings_init", {"jax": S.VarianceScaling(
+        scale=1.0, mode="fan_out", distribution="normal")}),),
 }
 
 

@@ -27,6 +27,10 @@ layer       a class: Layer(node, native) is callable as (p, inputs, mask) -> out
             step's dropout mask (None when predicting); code(ins, out) -> script lines computing
             `out` from the variables `ins` (params["<layer>/<param>"], masks["<dropout layer>"]);
             helpers; native_init(key, dtype) -> {short name: array} for the "default-init" flavour.
+            A layer with state (stateful = True, BatchNorm) finds its state in p too, and has
+            train(p, inputs, mask) -> (output, {short name: new state}) for training steps (its script
+            lines branch on `training` and write state["<layer>/<name>"]). `loops` is set when the
+            layer runs inside a device loop (the scan mode; see loop_conv2d).
 loss        a class: Loss(s, native) is callable as (output, targets) -> the mean loss; class_indices:
             sparse targets stay class indices (int32, the output's shape without its last axis)
             instead of one-hot rows; code -> the body of the script's loss(out, y); helpers.

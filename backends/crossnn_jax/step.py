@@ -143,12 +143,13 @@ class ChainMode:
         self.step = jax.jit(step, donate_argnums=0) if self.compiled else step
         self.forward = jax.jit(self.network) if self.compiled else self.network
 
-    def run(self, rows: Sequence[np.ndarray], lrs: Sequence[float], masks: Sequence[dict]):
-        """One call of the step per batch; the losses as one device array."""
+    def run(self, first: int, rows: Sequence[np.ndarray]):
+        """Steps first, first + 1, ... on the batches `rows`, one call of the step each; the losses as
+        one device array."""
         t = self.trainer
         losses = []
-        for idx, lr, mask in zip(rows, lrs, masks):
-            loss, self.carry = self.step(self.carry, t.X, t.Y, idx, lr, mask)
+        for k, idx in enumerate(rows):
+            loss, self.carry = self.step(self.carry, t.X, t.Y, idx, t.clock.lr(first + k), t.masks(first + k, len(idx)))
             losses.append(loss)
         return jnp.stack(losses)
 
@@ -213,16 +214,19 @@ class ScanMode(ChainMode):
             start = stop
         return out
 
-    def run(self, rows, lrs, masks):
+    def run(self, first, rows):
+        """The steps chunk by chunk: each chunk's indices, learning rates and masks stacked (the masks
+        drawn for that chunk only) and padded to CHUNK rows."""
         t = self.trainer
         out = []
         for a, b in self.chunks([len(r) for r in rows]):
             pad = CHUNK - (b - a)
             idx = np.concatenate([np.stack(rows[a:b]), np.zeros((pad, len(rows[a])), np.int32)])
-            rates = np.concatenate([np.asarray(lrs[a:b], t.np_dtype), np.zeros(pad, t.np_dtype)])
+            rates = np.array([t.clock.lr(first + k) for k in range(a, b)] + [0.0] * pad, t.np_dtype)
+            drawn = [t.masks(first + k, len(rows[a])) for k in range(a, b)]
             stacked = {}
-            for name in masks[a]:
-                shown = np.stack([m[name] for m in masks[a:b]])
+            for name in drawn[0]:
+                shown = np.stack([m[name] for m in drawn])
                 stacked[name] = np.concatenate([shown, np.zeros((pad, *shown.shape[1:]), t.np_dtype)])
             loss, self.carry = self.span(self.carry, t.X, t.Y, idx, rates, stacked, b - a)
             out.append((loss, b - a))
@@ -329,17 +333,18 @@ class JaxTrainer(Trainer):
         return self.array(np.eye(model.output_units)[labels])
 
     def run(self, batches: Sequence[np.ndarray]) -> np.ndarray:
-        clock, first = self.clock, self.steps_done
-        rows = [np.asarray(b, dtype=np.int32) for b in batches]
-        lrs = [clock.lr(first + k) for k in range(len(rows))]
-        masks = [{name: m.astype(self.np_dtype) for name, m in clock.masks(first + k, len(r)).items()}
-                 for k, r in enumerate(rows)] if clock.dropout else [{} for _ in rows]
-        if not rows:
+        if not len(batches):
             return np.zeros(0)
+        first = self.steps_done
         with self.scope():
-            losses = np.asarray(self.mode.run(rows, lrs, masks), dtype=np.float64)
-        self.steps_done = first + len(rows)
+            losses = np.asarray(self.mode.run(first, [np.asarray(b, dtype=np.int32) for b in batches]),
+                                dtype=np.float64)
+        self.steps_done = first + len(batches)
         return losses
+
+    def masks(self, step: int, rows: int) -> dict[str, np.ndarray]:
+        """crossnn's dropout masks of a step ({} without dropout), in the run's dtype."""
+        return {name: m.astype(self.np_dtype) for name, m in self.clock.masks(step, rows).items()}
 
     def step(self, batch):
         return float(self.run([batch])[0])

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 
 from crossnn import spec
+from crossnn.errors import UnsupportedFeature
 from crossnn.lowering import Registry
 from crossnn.spec.layers import merge_axis, window_geometry
 
@@ -200,6 +201,14 @@ class Op:
     def helpers(node) -> frozenset[str]:
         act = getattr(node.layer, "activation", None)
         return activation(act, None).helpers if act is not None else frozenset()
+
+    @staticmethod
+    def forward_code(node, ins, out):
+        raise UnsupportedFeature("numpy", f"layer '{node.layer.kind}' in a script (its entry has no script text)")
+
+    @staticmethod
+    def backward_code(node, d):
+        raise UnsupportedFeature("numpy", f"layer '{node.layer.kind}' in a script (its entry has no script text)")
 
 
 def _act_code(node) -> tuple[str, str]:

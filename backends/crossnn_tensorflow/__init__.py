@@ -21,9 +21,11 @@ from crossnn.backends import Backend
 
 #: catalog entries (crossnn.differences) the native flavour lowers TF/Keras' own way, and how
 NATIVE_ENTRIES = {
-    "default-init": "keras.layers.Dense's and Conv2D's defaults (glorot_uniform kernel, with receptive-field fans "
-                    "for a conv kernel, zero bias), seeded with keras.utils.set_random_seed(seed), instead of the "
-                    "given initial parameters",
+    "default-init": "the Keras layers' own initializers, seeded with keras.utils.set_random_seed(seed), instead of "
+                    "the given initial parameters: Dense and Conv2D glorot_uniform kernel (receptive-field fans for "
+                    "a conv kernel), zero bias; BatchNormalization and LayerNormalization gamma ones, beta zeros "
+                    "(moving mean zeros, variance ones); Embedding U(±0.05); SimpleRNN, LSTM and GRU glorot_uniform "
+                    "kernel, orthogonal recurrent kernel, zero bias, LSTM's forget gate at 1 (unit_forget_bias)",
     "momentum-sgd": "keras.optimizers.SGD: velocity v <- momentum*v - lr*g, w <- w + v (lr inside the buffer)",
     "adam-epsilon": "keras.optimizers.Adam with epsilon = the spec's eps, added to the uncorrected sqrt(v)",
     "weight-decay": "keras optimizers' weight_decay: always decoupled, w <- w - w*wd*lr, whatever the spec's kind",
@@ -107,7 +109,8 @@ class TensorflowBackend(Backend):
 
     def tutorial(self, experiment, params, data, *, dtype, device):
         """The Keras tutorials' custom training loop (crossnn_tensorflow.tutorial), sharing no code
-        with the lowering; chains of Dense, Conv2D, pooling, Flatten and Activation layers."""
+        with the lowering; chains of Dense, Conv2D, pooling, Flatten, Activation, normalization,
+        Embedding and recurrent (keras.layers.LSTM, GRU, SimpleRNN) layers."""
         from crossnn_tensorflow.tutorial import KerasTutorialTrainer
 
         self.prepare()
@@ -115,7 +118,8 @@ class TensorflowBackend(Backend):
 
     def import_model(self, model):
         """A Keras Sequential or functional model (Dense, Conv2D, pooling, Flatten, Reshape,
-        Activation, Dropout, Add and Concatenate layers) as (spec Model, canonical parameters)."""
+        Activation, Dropout, Add, Concatenate, BatchNormalization, LayerNormalization, Embedding,
+        SimpleRNN, LSTM and GRU layers) as (spec Model, canonical parameters and moving statistics)."""
         roots = ("keras", "tf_keras", "tensorflow")
         if not any(cls.__module__.split(".")[0] in roots for cls in type(model).__mro__):
             return None
@@ -130,8 +134,9 @@ class TensorflowBackend(Backend):
         ce_on_logits_as_probabilities, ce_on_logits, mse_sum, mse_mean, mse_broadcast,
         leaky_relu_default, leaky_relu_float64, gelu_default, gelu_float64_error, softplus_25,
         batchnorm, tf32, random_seed0, clip_at_max_norm, conv_kernel_shape, conv_init,
-        same_stride2_window_starts, avg_pool_same_divisors, flatten_order (see
-        crossnn_tensorflow.facts.facts). tf32, random_seed0, dense_init and conv_init are measured in a
+        same_stride2_window_starts, avg_pool_same_divisors, flatten_order, layernorm_epsilon,
+        embedding_init, recurrent_init, lstm_unit_forget_bias, gru (see crossnn_tensorflow.facts.facts).
+        tf32, random_seed0, dense_init, conv_init, embedding_init and recurrent_init are measured in a
         fresh Python process (global state)."""
         self.prepare()
         from crossnn_tensorflow.facts import facts
@@ -147,16 +152,18 @@ class TensorflowBackend(Backend):
         return script(experiment, params, data, side_file)
 
     def export_native(self, experiment, state, path):
-        """The state's parameters as a Keras .weights.h5 (path must end in '.weights.h5') of a keras
-        model mirroring the spec: keras.Sequential of the layers' Keras counterparts (Dense, Conv2D,
-        pooling, ...) named like the spec's layers, or a functional keras.Model for graphs. Loads into a user's
-        keras model of the same architecture with model.load_weights(path). Weights only: the step
-        and the optimizer state are not in a .weights.h5."""
+        """The state's parameters and moving statistics as a Keras .weights.h5 (path must end in
+        '.weights.h5') of a keras model mirroring the spec: keras.Sequential of the layers' Keras
+        counterparts (Dense, Conv2D, pooling, BatchNormalization, LSTM, ...) named like the spec's
+        layers, or a functional keras.Model for graphs. Loads into a user's keras model of the same
+        architecture with model.load_weights(path). Weights only: the step and the optimizer state
+        are not in a .weights.h5."""
         self.prepare()
         from crossnn_tensorflow.checkpoint import export_weights
 
         export_weights(experiment, state, path)
-        return "a Keras .weights.h5: the parameters only; the step and the optimizer state are not kept"
+        return ("a Keras .weights.h5: the parameters (and moving statistics) only; the step and the optimizer state "
+                "are not kept")
 
     def import_native(self, experiment, path):
         """A Keras .weights.h5 of the spec's model as a TrainingState: the parameters, at step 0, with

@@ -63,20 +63,26 @@ def _node(experiment: Experiment, name: str):
     return next(n for n in experiment.model.nodes if n.name == name)
 
 
+def _weights(node) -> tuple:
+    """A node's variables in its Keras layer's weight order: the parameters, then the state (Keras
+    keeps a BatchNormalization's moving statistics after gamma and beta)."""
+    return (*node.params, *node.state)
+
+
 def set_weights(experiment: Experiment, made: dict, params, dtype: str) -> None:
     for name, layer in made.items():
         if layer.weights:
             node = _node(experiment, name)
-            layer.set_weights([np.asarray(params[f"{name}/{p.name}"], dtype=dtype) for p in node.params])
+            layer.set_weights([np.asarray(params[f"{name}/{p.name}"], dtype=dtype) for p in _weights(node)])
 
 
 def get_weights(experiment: Experiment, made: dict) -> dict[str, np.ndarray]:
-    """Canonical float64 parameters of the keras layers, in the spec's parameter order."""
+    """Canonical float64 variables (parameters and state) of the keras layers, in the spec's order."""
     values = {name: layer.get_weights() for name, layer in made.items()}
     out = {}
-    for name in experiment.model.parameter_inits():
+    for name in experiment.model.variable_inits():
         layer, param = name.split("/", 1)
-        shorts = [p.name for p in _node(experiment, layer).params]
+        shorts = [p.name for p in _weights(_node(experiment, layer))]
         out[name] = np.array(values[layer][shorts.index(param)], dtype=np.float64)
     return out
 
@@ -87,18 +93,21 @@ def get_weights(experiment: Experiment, made: dict) -> dict[str, np.ndarray]:
 def keras_initial_parameters(experiment: Experiment, params, dtype: str):
     """The given parameters with every layer that has a Keras counterpart replaced by that layer's
     defaults (Dense and Conv2D: kernel glorot_uniform, whose fans count the receptive field for a
-    conv kernel, and zero bias), drawn after keras.utils.set_random_seed(experiment.seed) (which
-    also seeds Python's `random`, NumPy's global generator and TF's global seed, as it does in a
-    user's program). Layers are built in the model's order, as a Keras model builds them."""
+    conv kernel, and zero bias; BatchNormalization and LayerNormalization: gamma ones, beta zeros,
+    moving mean zeros, moving variance ones; Embedding U(±0.05); SimpleRNN, LSTM and GRU: kernel
+    glorot_uniform, recurrent kernel orthogonal, bias zeros, LSTM's forget gate's 1), drawn after
+    keras.utils.set_random_seed(experiment.seed) (which also seeds Python's `random`, NumPy's global
+    generator and TF's global seed, as it does in a user's program). Layers are built in the model's
+    order, as a Keras model builds them."""
     import keras
 
     keras.utils.set_random_seed(experiment.seed)
     out = dict(params)
     for node in experiment.model.nodes:
-        if node.params:
+        if node.params or node.state:
             layer = keras_layer(node, dtype, "with Keras' initializers")
             layer.build((None, *node.input_shapes[0]))
-            for p, value in zip(node.params, layer.get_weights()):
+            for p, value in zip(_weights(node), layer.get_weights()):
                 out[f"{node.name}/{p.name}"] = value
     return out
 
@@ -116,13 +125,13 @@ def _quiet_save(model, path) -> None:
 
 
 def export_weights(experiment: Experiment, state: TrainingState, path) -> None:
-    """Write the state's parameters as a Keras .weights.h5 of the keras model mirroring the spec
-    (float64 weights), completely or not at all. A .weights.h5 holds weights only: the step and the
-    optimizer state are not written."""
+    """Write the state's parameters and layer state (a BatchNormalization's moving statistics) as a
+    Keras .weights.h5 of the keras model mirroring the spec (float64 weights), completely or not at
+    all. A .weights.h5 holds weights only: the step and the optimizer state are not written."""
     path = Path(path)
     if not path.name.endswith(SUFFIX):
         raise CheckpointError(f"{path}: a Keras weights file must end in '{SUFFIX}'")
-    missing = [name for name in experiment.model.parameter_inits() if name not in state.params]
+    missing = [name for name in experiment.model.variable_inits() if name not in state.params]
     if missing:
         raise CheckpointError(f"{path}: the training state has no parameter '{missing[0]}'")
     model, made = keras_model(experiment, "float64")
@@ -194,6 +203,7 @@ KERAS_INITIALIZERS = {
     "RandomUniform": lambda c: spec.Uniform(low=c["minval"], high=c["maxval"]),
     "RandomNormal": lambda c: spec.Normal(mean=c["mean"], stddev=c["stddev"]),
     "TruncatedNormal": lambda c: spec.TruncatedNormal(mean=c["mean"], stddev=c["stddev"]),
+    "Orthogonal": lambda c: spec.Orthogonal(gain=float(c.get("gain", 1.0))),
     "GlorotNormal": lambda c: spec.VarianceScaling(scale=1.0, mode="fan_avg", distribution="truncated_normal"),
     "HeNormal": lambda c: spec.VarianceScaling(scale=2.0, mode="fan_in", distribution="truncated_normal"),
     "LecunNormal": lambda c: spec.VarianceScaling(scale=1.0, mode="fan_in", distribution="truncated_normal"),
@@ -247,8 +257,10 @@ def import_keras(model):
     """(spec Model, canonical float64 parameters) for a built Keras Sequential or functional model
     with one input, of the layers the registry entries read (Dense, Conv2D, MaxPooling2D,
     AveragePooling2D (count_padding = false: Keras leaves the padding out of the mean),
-    GlobalAveragePooling2D, Flatten, Reshape, Activation, Dropout, Add, Concatenate). Layer names,
-    initializers and the starting values are the model's."""
+    GlobalAveragePooling2D, Flatten, Reshape, Activation, Dropout, Add, Concatenate,
+    BatchNormalization (running_variance = "biased": Keras' moving variance), LayerNormalization,
+    Embedding, SimpleRNN, LSTM, GRU). Layer names, initializers and the starting values (the moving
+    statistics included) are the model's."""
     config = model.get_config()
     entries = [entry for entry in config["layers"] if entry["class_name"] != "InputLayer"]
     input_names = [entry["config"]["name"] for entry in config["layers"] if entry["class_name"] == "InputLayer"]
@@ -272,8 +284,9 @@ def import_keras(model):
     params = {}
     for node in imported.nodes:
         weights = by_name[node.name].get_weights()
-        if [tuple(w.shape) for w in weights] != [tuple(p.shape) for p in node.params]:
+        if [tuple(w.shape) for w in weights] != [tuple(p.shape) for p in _weights(node)]:
             raise UnsupportedFeature("tensorflow", f"importing layer {node.name}: weights of shapes "
                                                    f"{[list(w.shape) for w in weights]}")
-        params.update({f"{node.name}/{p.name}": np.asarray(w, dtype=np.float64) for p, w in zip(node.params, weights)})
-    return imported, {name: params[name] for name in imported.parameter_inits()}
+        params.update({f"{node.name}/{p.name}": np.asarray(w, dtype=np.float64) for p, w in zip(_weights(node),
+                                                                                                  weights)})
+    return imported, {name: params[name] for name in imported.variable_inits()}

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 _FRESH = r"""
 import json, math, os, sys
+import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import tensorflow as tf
 import keras
@@ -31,6 +32,15 @@ out["conv_init"] = {"kernel_max_abs": float(abs(conv.kernel.numpy()).max()),
                     "glorot_limit": math.sqrt(6 / (3 * 3 * 8 + 3 * 3 * 16)),
                     "glorot_limit_without_receptive_field": math.sqrt(6 / (8 + 16)),
                     "bias_all_zero": bool((conv.bias.numpy() == 0).all())}
+embedding = keras.layers.Embedding(1000, 100, dtype="float64")
+embedding.build((None, 5))
+table = embedding.embeddings.numpy()
+out["embedding_init"] = {"std": float(table.std()), "max_abs": float(abs(table).max())}
+lstm = keras.layers.LSTM(16, dtype="float64")
+lstm.build((None, 5, 8))
+kernel, recurrent, _ = (w.numpy() for w in lstm.weights)
+out["recurrent_init"] = {"kernel_max_abs": float(abs(kernel).max()), "glorot_limit": math.sqrt(6 / (8 + 64)),
+                         "recurrent_orthogonality_error": float(abs(recurrent @ recurrent.T - np.eye(16)).max())}
 print(json.dumps(out))
 """
 
@@ -76,6 +86,45 @@ def _cnn_facts(keras) -> dict[str, object]:
     out["flatten_order"] = [int(v) for v in keras.layers.Flatten()(tf.reshape(tf.range(12.0), (1, 2, 3, 2)))
                             .numpy().ravel()]
     return out
+
+
+def _sequence_facts(keras) -> dict[str, object]:
+    """Keras' LayerNormalization epsilon, LSTM forget-gate bias and GRU form, measured on inputs that
+    show them (float64 layers)."""
+    import numpy as np
+
+    out: dict[str, object] = {}
+    # a row whose biased variance is 1e-4: y_0 = -0.01 / √(1e-4 + epsilon), so epsilon = (0.01 / y_0)² - 1e-4
+    y0 = float(keras.layers.LayerNormalization(dtype="float64")(tf.constant([[0.0, 0.02]], tf.float64))[0, 0])
+    out["layernorm_epsilon"] = float(f"{(0.01 / y0) ** 2 - 1e-4:.12g}")
+
+    lstm = keras.layers.LSTM(4, dtype="float64")
+    lstm.build((None, 3, 2))
+    out["lstm_unit_forget_bias"] = {"default": bool(lstm.get_config()["unit_forget_bias"]),
+                                    "bias_per_gate": lstm.weights[2].numpy().reshape(4, 4).mean(axis=1).tolist()}
+
+    gru = keras.layers.GRU(3, dtype="float64")
+    gru.build((None, 4, 2))
+    out["gru"] = {"reset_after_default": bool(gru.reset_after), "bias_shape": [int(d) for d in gru.weights[2].shape],
+                  "gate_order": _gru_gate_order(keras, np)}
+    return out
+
+
+def _gru_gate_order(keras, np) -> list[str]:
+    """keras.layers.GRU(1) from h = 0.5 on x = 0 with zero weights: z = r = 1/2 and h~ = 0 give
+    h' = 0.25; a saturated z keeps h (0.5), a saturated candidate gives 0.25 + 0.5 = 0.75, a saturated
+    r changes nothing (it multiplies h @ R_h + b_h = 0). Each bias block named by its effect."""
+    gru = keras.layers.GRU(1, dtype="float64")
+    gru.build((None, 1, 1))
+    names = []
+    for block in range(3):
+        bias = np.zeros((2, 3))
+        bias[0, block] = 30.0
+        gru.set_weights([np.zeros((1, 3)), np.zeros((1, 3)), bias])
+        state = [tf.fill((1, 1), tf.constant(0.5, tf.float64))]
+        h = float(gru(tf.zeros((1, 1, 1), tf.float64), initial_state=state)[0, 0])
+        names.append({0.5: "z", 0.75: "h", 0.25: "r"}.get(round(h, 6), f"? ({h})"))
+    return names
 
 
 def facts() -> dict[str, object]:
@@ -145,6 +194,9 @@ def facts() -> dict[str, object]:
 
     out.update(_cnn_facts(keras))
     out["conv_init"] = fresh["conv_init"]
+    out.update(_sequence_facts(keras))
+    out["embedding_init"] = fresh["embedding_init"]
+    out["recurrent_init"] = fresh["recurrent_init"]
 
     out["tf32"] = fresh["tf32"]
     out["random_seed0"] = fresh["random_seed0"]

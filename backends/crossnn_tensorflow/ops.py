@@ -20,12 +20,17 @@ activation  Act(s, native): __call__(z) -> a.  code(z) -> the script's expressio
 layer       Op(node, params, native): __call__(inputs, mask=None) -> the output tensor, where params
             maps the layer's parameter short names ("kernel", "bias") to its tf.Variables, inputs
             are the tensors of node.inputs and mask is the step's dropout mask (dropout layers;
-            None when predicting).
+            None when predicting). An entry with `stateful = True` (a layer with state,
+            crossnn.spec.Layer.state: batch_norm) is called as __call__(inputs, mask, training), params
+            holding its state's tf.Variables too ("moving_mean", ...); training, it assigns their new
+            values in the step.
             forward_code(node, ins) -> (lines, expression): the script's statements and the output's
             expression given the input expressions `ins` (p["<layer>/<param>"] are the parameters,
-            masks the dropout masks, `z` a free temporary); helpers(node) -> script helper names.
+            masks the dropout masks, `training` whether the step trains (models with state), `z` a
+            free temporary); helpers(node) -> script helper names.
             keras(node, dtype) -> the Keras layer mirroring it, Keras' default initializers (the
-            .weights.h5 export and the native "default-init"); the weights in node.params order.
+            .weights.h5 export and the native "default-init"); its weights are node.params then
+            node.state, in that order (Keras keeps a BatchNormalization's moving statistics last).
             An entry decorated @reads_keras("KerasClass") also reads that Keras layer back:
             from_keras(config, inputs, read) -> the spec layer, from the layer's get_config() and
             its input names; read.activation(name) and read.initializer(config) convert Keras'
@@ -38,7 +43,9 @@ loss        Loss(s, native, dtype): __call__(p, y) -> the scalar loss (targets: 
 from __future__ import annotations
 
 import functools
+import inspect
 import math
+import textwrap
 
 from crossnn import spec
 from crossnn.errors import UnsupportedFeature
@@ -299,7 +306,11 @@ def gelu_tanh(z):
 
 
 class Op:
-    """Defaults of a layer entry: no script helpers beyond its activation's; a layer without weights."""
+    """Defaults of a layer entry: no script helpers beyond its activation's; a layer without weights or
+    state."""
+
+    #: called with `training` and owns state it assigns while training (see the module docstring)
+    stateful = False
 
     def __init__(self, node, params, native=frozenset()):
         self.node, self.params = node, params
@@ -728,6 +739,382 @@ class Reshaping(Op):
             return spec.Reshape(name=config["name"], inputs=inputs, shape=tuple(config["target_shape"]))
         _window_fields(config, f"layer {config['name']}")
         return spec.Flatten(name=config["name"], inputs=inputs)
+
+
+# ---- normalization: batch_norm (with state) and layer_norm ------------------------------------------
+#
+# The functions below are the lowering's AND the emitted script's (their source is copied into it):
+# TF ops only, in the NumPy reference's order of operations (crossnn_numpy.normalization), gradients
+# by the tape.
+
+
+def normalize(x, gamma, beta, reduce, shape, epsilon):
+    """y = gamma · (x - μ) / √(σ² + epsilon) + beta with μ and the biased σ² over the axes `reduce`
+    (sums divided by the count, as the reference divides); gamma, beta: None or vectors reshaped to
+    `shape`. Returns (y, μ, σ², count); the tape differentiates the statistics too."""
+    count = tf.reduce_prod(tf.gather(tf.shape(x), reduce))
+    n = tf.cast(count, x.dtype)
+    mean = tf.reduce_sum(x, axis=reduce, keepdims=True) / n
+    centered = x - mean
+    var = tf.reduce_sum(centered * centered, axis=reduce, keepdims=True) / n
+    y = centered * (1.0 / tf.sqrt(var + epsilon))
+    if gamma is not None:
+        y = y * tf.reshape(gamma, shape)
+    return (y if beta is None else y + tf.reshape(beta, shape)), mean, var, count
+
+
+def move_statistics(moving_mean, moving_variance, mean, var, count, momentum, unbiased):
+    """BatchNorm's moving statistics (tf.Variables) after a training batch, in Keras' convention:
+    moving ← momentum · moving + (1 - momentum) · batch. unbiased: the batch variance is scaled by
+    count / (count - 1) first (PyTorch's running variance; Keras has no such option)."""
+    if unbiased:
+        var = var * tf.cast(tf.cast(count, tf.float64) / tf.cast(count - 1, tf.float64), var.dtype)
+    moving_mean.assign(momentum * moving_mean + (1.0 - momentum) * tf.reshape(mean, [-1]))
+    moving_variance.assign(momentum * moving_variance + (1.0 - momentum) * tf.reshape(var, [-1]))
+
+
+def normalize_moving(x, gamma, beta, moving_mean, moving_variance, shape, epsilon):
+    """BatchNorm when predicting: gamma · (x - moving_mean) / √(moving_variance + epsilon) + beta."""
+    y = (x - tf.reshape(moving_mean, shape)) / tf.sqrt(tf.reshape(moving_variance, shape) + epsilon)
+    if gamma is not None:
+        y = y * tf.reshape(gamma, shape)
+    return y if beta is None else y + tf.reshape(beta, shape)
+
+
+def _norm_geometry(node) -> tuple[list[int], list[int]]:
+    """(the axes a statistic is taken over, the shape a per-channel vector takes against x), batch axis
+    included: batch_norm reduces every axis but its own, layer_norm only its own."""
+    rank = len(node.shape) + 1
+    keep = merge_axis(node.layer.axis, len(node.shape)) + 1
+    shape = [node.shape[keep - 1] if i == keep else 1 for i in range(rank)]
+    if isinstance(node.layer, spec.LayerNorm):
+        return [keep], shape
+    return [i for i in range(rank) if i != keep], shape
+
+
+class _Normalization(Op):
+    def __init__(self, node, params, native=frozenset()):
+        super().__init__(node, params, native)
+        self.reduce, self.shape = _norm_geometry(node)
+        self.gamma, self.beta = params.get("gamma"), params.get("beta")
+
+    @staticmethod
+    def _scale_code(node) -> str:
+        layer = node.layer
+        return f"{_p(node, 'gamma') if layer.scale else 'None'}, {_p(node, 'beta') if layer.center else 'None'}"
+
+    @staticmethod
+    def _axis(config, where: str) -> int:
+        axis = config.get("axis", -1)
+        axis = axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis
+        if not isinstance(axis, int):
+            raise UnsupportedFeature("tensorflow", f"importing {where} normalizing over the axes {axis}")
+        return axis
+
+
+@OPS.register(spec.BatchNorm)
+@reads_keras("BatchNormalization")
+class BatchNorm(_Normalization):
+    """Training: normalize with the batch's statistics (normalize) and move the moving statistics,
+    non-trainable tf.Variables, in the step (move_statistics); predicting: normalize with the moving
+    statistics (normalize_moving). Written out rather than tf.nn.batch_normalization /
+    keras.layers.BatchNormalization: they compute x · inv + (beta - μ · inv), another rounding, and
+    Keras has no unbiased running variance."""
+
+    stateful = True
+
+    def __call__(self, inputs, mask=None, training=False):
+        layer, params = self.node.layer, self.params
+        if not training:
+            return normalize_moving(inputs[0], self.gamma, self.beta, params["moving_mean"], params["moving_variance"],
+                                    self.shape, layer.epsilon)
+        y, mean, var, count = normalize(inputs[0], self.gamma, self.beta, self.reduce, self.shape, layer.epsilon)
+        move_statistics(params["moving_mean"], params["moving_variance"], mean, var, count, layer.momentum,
+                        layer.running_variance == "unbiased")
+        return y
+
+    @staticmethod
+    def helpers(node):
+        return frozenset({"normalize", "move_statistics", "normalize_moving"})
+
+    @staticmethod
+    def forward_code(node, ins):
+        layer = node.layer
+        reduce, shape = _norm_geometry(node)
+        scale = _Normalization._scale_code(node)
+        moving = f"{_p(node, 'moving_mean')}, {_p(node, 'moving_variance')}"
+        return ["if training:  # the batch's statistics; the moving ones (tf.Variables, not trained) move",
+                f"    z, mean, var, count = normalize({ins[0]}, {scale}, {reduce}, {shape}, {layer.epsilon!r})",
+                f"    move_statistics({moving}, mean, var, count, {layer.momentum!r}, "
+                f"{layer.running_variance == 'unbiased'})",
+                "else:  # predicting: the moving statistics",
+                f"    z = normalize_moving({ins[0]}, {scale}, {moving}, {shape}, {layer.epsilon!r})"], "z"
+
+    @staticmethod
+    def keras(node, dtype):
+        """keras.layers.BatchNormalization; weights gamma, beta, moving_mean, moving_variance (those
+        the layer has), Keras' initializers ones/zeros/zeros/ones. Its moving variance is always the
+        biased one (running_variance = "biased")."""
+        layer = node.layer
+        return _keras().layers.BatchNormalization(axis=layer.axis, momentum=layer.momentum, epsilon=layer.epsilon,
+                                                  center=layer.center, scale=layer.scale, name=node.name,
+                                                  dtype=dtype)
+
+    @staticmethod
+    def from_keras(config, inputs, read):
+        where = f"layer {config['name']} (BatchNormalization)"
+        if config.get("renorm") or config.get("synchronized"):
+            raise UnsupportedFeature("tensorflow", f"importing {where} with renorm or synchronized")
+        return spec.BatchNorm(name=config["name"], inputs=inputs, axis=_Normalization._axis(config, where),
+                              momentum=config["momentum"], epsilon=config["epsilon"], running_variance="biased",
+                              center=config["center"], scale=config["scale"],
+                              gamma_init=read.initializer(config["gamma_initializer"]),
+                              beta_init=read.initializer(config["beta_initializer"]),
+                              moving_mean_init=read.initializer(config["moving_mean_initializer"]),
+                              moving_variance_init=read.initializer(config["moving_variance_initializer"]))
+
+
+@OPS.register(spec.LayerNorm)
+@reads_keras("LayerNormalization")
+class LayerNorm(_Normalization):
+    """Each sample normalized over its axis (normalize), in training and predicting alike."""
+
+    def __call__(self, inputs, mask=None):
+        return normalize(inputs[0], self.gamma, self.beta, self.reduce, self.shape, self.node.layer.epsilon)[0]
+
+    @staticmethod
+    def helpers(node):
+        return frozenset({"normalize"})
+
+    @staticmethod
+    def forward_code(node, ins):
+        reduce, shape = _norm_geometry(node)
+        return [], (f"normalize({ins[0]}, {_Normalization._scale_code(node)}, {reduce}, {shape}, "
+                    f"{node.layer.epsilon!r})[0]")
+
+    @staticmethod
+    def keras(node, dtype):
+        """keras.layers.LayerNormalization; weights gamma, beta (those the layer has)."""
+        layer = node.layer
+        return _keras().layers.LayerNormalization(axis=layer.axis, epsilon=layer.epsilon, center=layer.center,
+                                                  scale=layer.scale, name=node.name, dtype=dtype)
+
+    @staticmethod
+    def from_keras(config, inputs, read):
+        where = f"layer {config['name']} (LayerNormalization)"
+        if config.get("rms_scaling"):
+            raise UnsupportedFeature("tensorflow", f"importing {where} with rms_scaling")
+        return spec.LayerNorm(name=config["name"], inputs=inputs, axis=_Normalization._axis(config, where),
+                              epsilon=config["epsilon"], center=config["center"], scale=config["scale"],
+                              gamma_init=read.initializer(config["gamma_initializer"]),
+                              beta_init=read.initializer(config["beta_initializer"]))
+
+
+# ---- sequences: embedding and the recurrent layers ----------------------------------------------------
+#
+# The recurrent functions step through time with tf.scan (a tf.while_loop): the graph holds the cell
+# once, whatever the sequence length, and the tape differentiates through the loop (its gradient keeps
+# every step's activations in TensorLists). Unrolling the 32 steps of the lstm-r benchmark in Python
+# instead ran its graph-mode step no faster here (53 against 50 ms, best of 30, float32, batch 32)
+# but took 4 s to trace and over a minute for XLA to compile (the loop: 0.6 s and 7 s). As in the
+# reference, the input part x_t @ kernel + bias of every step is one matmul before the loop.
+
+
+def _input_part(x, kernel, bias):
+    """x @ kernel + bias for every step at once, time first: (N, T, F) -> (T, N, G·units)."""
+    steps, features = x.shape[1], x.shape[2]
+    xw = tf.reshape(tf.matmul(tf.reshape(x, [-1, features]), kernel), [-1, steps, kernel.shape[1]]) + bias
+    return tf.transpose(xw, [1, 0, 2])
+
+
+def _sequence(hs, return_sequences):
+    """The layer's output from every step's h (T, N, units): all of them (N, T, units) or the last."""
+    return tf.transpose(hs, [1, 0, 2]) if return_sequences else hs[-1]
+
+
+def simple_rnn(x, kernel, recurrent, bias, act, return_sequences):
+    """h_t = act(x_t @ kernel + h_{t-1} @ recurrent + bias) from h_0 = 0 over the time axis of x
+    (N, T, F); every h_t (N, T, units) or the last (N, units)."""
+    h0 = tf.zeros([tf.shape(x)[0], recurrent.shape[0]], x.dtype)
+    hs = tf.scan(lambda h, xw_t: act(xw_t + tf.matmul(h, recurrent)), _input_part(x, kernel, bias), initializer=h0)
+    return _sequence(hs, return_sequences)
+
+
+def lstm(x, kernel, recurrent, bias, act, rec, return_sequences):
+    """Gates i, f, c, o of z = x_t @ kernel + h_{t-1} @ recurrent + bias: c_t = rec(z_f) c_{t-1} +
+    rec(z_i) act(z_c), h_t = rec(z_o) act(c_t), from zero states (keras.layers.LSTM's formula)."""
+
+    def cell(carry, xw_t):
+        h, c = carry
+        zi, zf, zg, zo = tf.split(xw_t + tf.matmul(h, recurrent), 4, axis=1)
+        c = rec(zf) * c + rec(zi) * act(zg)
+        return rec(zo) * act(c), c
+
+    zero = tf.zeros([tf.shape(x)[0], recurrent.shape[0]], x.dtype)
+    hs, _ = tf.scan(cell, _input_part(x, kernel, bias), initializer=(zero, zero))
+    return _sequence(hs, return_sequences)
+
+
+def gru(x, kernel, recurrent, bias, act, rec, return_sequences, reset_after):
+    """Gates z, r, h (crossnn.spec.GRU): h_t = z h_{t-1} + (1 - z) h~ from h_0 = 0.
+    reset_after: bias (2, 3u) = (input row, recurrent row), h~ = act(a_h + r ⊙ (h @ R_h + b_h));
+    else bias (3u,), h~ = act(a_h + (r ⊙ h) @ R_h) (keras.layers.GRU's two forms)."""
+    units = recurrent.shape[0]
+    x_bias, h_bias = (bias[0], bias[1]) if reset_after else (bias, None)
+    gates, candidate = recurrent[:, :2 * units], recurrent[:, 2 * units:]
+
+    def cell(h, a):
+        a_z, a_r, a_h = tf.split(a, 3, axis=1)
+        if reset_after:
+            b_z, b_r, b_h = tf.split(tf.matmul(h, recurrent) + h_bias, 3, axis=1)
+            z, r = rec(a_z + b_z), rec(a_r + b_r)
+            proposal = act(a_h + r * b_h)
+        else:
+            b_z, b_r = tf.split(tf.matmul(h, gates), 2, axis=1)
+            z, r = rec(a_z + b_z), rec(a_r + b_r)
+            proposal = act(a_h + tf.matmul(r * h, candidate))
+        return z * h + (1.0 - z) * proposal
+
+    h0 = tf.zeros([tf.shape(x)[0], units], x.dtype)
+    return _sequence(tf.scan(cell, _input_part(x, kernel, x_bias), initializer=h0), return_sequences)
+
+
+def _source(function) -> str:
+    return textwrap.dedent(inspect.getsource(function))
+
+
+#: the functions the emitted script copies: the script computes what the lowering computes
+SCRIPT_HELPERS.update({f.__name__: _source(f) for f in (normalize, move_statistics, normalize_moving, _input_part,
+                                                        _sequence, simple_rnn, lstm, gru)})
+
+
+@OPS.register(spec.Embedding)
+@reads_keras("Embedding")
+class Embedding(Op):
+    """y = tf.gather(embeddings, ids): the model input holds the ids as numbers of the run's dtype,
+    cast to int32 at the boundary (keras.layers.Embedding casts them too). The tape's gradient is a
+    tf.IndexedSlices of the rows read, which the step densifies (unsorted_segment_sum: each id's rows
+    summed) before the optimizer. tf.gather raises for an id outside the table on the CPU (crossnn's
+    data check refuses them first)."""
+
+    def __call__(self, inputs, mask=None):
+        return tf.gather(self.params["embeddings"], tf.cast(inputs[0], tf.int32))
+
+    @staticmethod
+    def forward_code(node, ins):
+        return [], f"tf.gather({_p(node, 'embeddings')}, tf.cast({ins[0]}, tf.int32))  # ids stored as numbers"
+
+    @staticmethod
+    def keras(node, dtype):
+        """keras.layers.Embedding, Keras' initializer U(±0.05)."""
+        layer = node.layer
+        return _keras().layers.Embedding(layer.input_dim, layer.output_dim, name=node.name, dtype=dtype)
+
+    @staticmethod
+    def from_keras(config, inputs, read):
+        if config.get("mask_zero"):
+            raise UnsupportedFeature("tensorflow", f"importing layer {config['name']} (Embedding with mask_zero)")
+        return spec.Embedding(name=config["name"], inputs=inputs, input_dim=config["input_dim"],
+                              output_dim=config["output_dim"],
+                              embeddings_init=read.initializer(config["embeddings_initializer"]))
+
+
+class _Recurrent(Op):
+    """A recurrent layer through its function above (simple_rnn, lstm, gru): the activations are the
+    registry's, the options the spec's."""
+
+    #: the function over time, the Keras layer class's name, the spec class (set by each entry)
+    function = None
+    keras_class = ""
+    spec_class = None
+
+    def __init__(self, node, params, native=frozenset()):
+        super().__init__(node, params, native)
+        layer = node.layer
+        self.acts = [activation(layer.activation, native)]
+        if hasattr(layer, "recurrent_activation"):
+            self.acts.append(activation(layer.recurrent_activation, native))
+
+    def __call__(self, inputs, mask=None):
+        p = self.params
+        return type(self).function(inputs[0], p["kernel"], p["recurrent_kernel"], p["bias"], *self.acts,
+                                   *self._options(self.node.layer))
+
+    @staticmethod
+    def _activations(layer) -> list:
+        return [layer.activation] + ([layer.recurrent_activation] if hasattr(layer, "recurrent_activation") else [])
+
+    @classmethod
+    def helpers(cls, node):
+        acts = cls._activations(node.layer)
+        return frozenset({cls.function.__name__, "_input_part", "_sequence"}).union(*(activation(a).helpers
+                                                                                      for a in acts))
+
+    @classmethod
+    def forward_code(cls, node, ins):
+        params = ", ".join(_p(node, name) for name in ("kernel", "recurrent_kernel", "bias"))
+        acts = ", ".join(f"lambda z: {activation(a).code('z')}" for a in cls._activations(node.layer))
+        options = ", ".join(map(str, cls._options(node.layer)))
+        return [], f"{cls.function.__name__}({ins[0]}, {params}, {acts}, {options})"
+
+    @staticmethod
+    def _options(layer) -> tuple:
+        """return_sequences, and GRU's reset_after."""
+        return (layer.return_sequences, layer.reset_after) if isinstance(layer, spec.GRU) else (layer.return_sequences,)
+
+    @classmethod
+    def keras(cls, node, dtype):
+        """The Keras layer with Keras' default initializers (glorot_uniform, orthogonal, zeros; LSTM's
+        unit_forget_bias=True, Keras' default, whatever the spec's flag: it only initializes)."""
+        layer = node.layer
+        options = {"reset_after": layer.reset_after} if isinstance(layer, spec.GRU) else {}
+        acts = dict(activation=activation(layer.activation).keras(layer.activation))
+        if hasattr(layer, "recurrent_activation"):
+            acts["recurrent_activation"] = activation(layer.recurrent_activation).keras(layer.recurrent_activation)
+        return getattr(_keras().layers, cls.keras_class)(layer.units, return_sequences=layer.return_sequences,
+                                                         name=node.name, dtype=dtype, **acts, **options)
+
+    @classmethod
+    def from_keras(cls, config, inputs, read):
+        where = f"layer {config['name']} ({cls.keras_class})"
+        refused = [key for key, plain in (("use_bias", True), ("return_state", False), ("go_backwards", False),
+                                          ("stateful", False), ("dropout", 0.0), ("recurrent_dropout", 0.0))
+                   if config.get(key, plain) != plain]
+        if refused:
+            raise UnsupportedFeature("tensorflow", f"importing {where} with {refused[0]} = {config[refused[0]]}")
+        fields = dict(name=config["name"], inputs=inputs, units=config["units"],
+                      return_sequences=config["return_sequences"], activation=read.activation(config["activation"]),
+                      kernel_init=read.initializer(config["kernel_initializer"]),
+                      recurrent_init=read.initializer(config["recurrent_initializer"]),
+                      bias_init=read.initializer(config["bias_initializer"]))
+        if "recurrent_activation" in config:
+            fields["recurrent_activation"] = read.activation(config["recurrent_activation"])
+        if cls.keras_class == "LSTM":
+            fields["unit_forget_bias"] = config["unit_forget_bias"]
+        if cls.keras_class == "GRU":
+            fields["reset_after"] = config["reset_after"]
+        return cls.spec_class(**fields)
+
+
+@OPS.register(spec.SimpleRNN)
+@reads_keras("SimpleRNN")
+class SimpleRNN(_Recurrent):
+    function = staticmethod(simple_rnn)
+    keras_class, spec_class = "SimpleRNN", spec.SimpleRNN
+
+
+@OPS.register(spec.LSTM)
+@reads_keras("LSTM")
+class LSTM(_Recurrent):
+    function = staticmethod(lstm)
+    keras_class, spec_class = "LSTM", spec.LSTM
+
+
+@OPS.register(spec.GRU)
+@reads_keras("GRU")
+class GRU(_Recurrent):
+    function = staticmethod(gru)
+    keras_class, spec_class = "GRU", spec.GRU
 
 
 # ---- losses: loss(p, y) -> the scalar mean ----------------------------------------------------------

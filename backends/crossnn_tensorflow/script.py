@@ -59,7 +59,8 @@ def _identifier(name: str, taken: set[str]) -> str:
 
 
 def _model_code(model: S.Model, dropout: bool) -> tuple[str, set[str]]:
-    """The Model class, and the script helpers its layers call."""
+    """The Model class, and the script helpers its layers call. A model with state (batch_norm) is
+    called with `training`."""
     taken: set[str] = set()
     names = {INPUT: "x"}
     lines, summary, helpers = [], [], set()
@@ -82,6 +83,10 @@ def _model_code(model: S.Model, dropout: bool) -> tuple[str, set[str]]:
     if dropout:
         masks_doc = ("\n\n        masks: {dropout layer: its mask} while training (inverted dropout with crossnn's\n"
                      "        masks, which tf.nn.dropout cannot take: it draws its own); None to predict.")
+    stateful = bool(model.state_inits())
+    training_doc = ("\n\n        training: batch_norm uses the batch's statistics and moves its moving statistics\n"
+                    "        (tf.Variables the optimizer does not train); predicting, it uses the moving ones."
+                    if stateful else "")
     body = "\n".join(f"        {line}" for line in lines)
     return f'''# ---- the model: a tf.Module holding one tf.Variable per parameter ----
 class Model(tf.Module):
@@ -90,14 +95,15 @@ class Model(tf.Module):
 
     def __init__(self, init):
         super().__init__()
-        # one tf.Variable per parameter, under crossnn's canonical name, in crossnn's order
+        # one tf.Variable per {"parameter and moving statistic" if stateful else "parameter"}, under crossnn's
+        # canonical name, in crossnn's order
         self.params = {{name: tf.Variable(value) for name, value in init.items()}}
 
-    def __call__(self, x, masks=None):
+    def __call__(self, x, masks=None{", training=False" if stateful else ""}):
         """The model's output for the rows x. Layer by layer (input shapes -> output shape, batch
         excluded):
 
-{doc}{masks_doc}"""
+{doc}{masks_doc}{training_doc}"""
         p = self.params
 {body}
         return {names[model.layers[-1].name]}
@@ -119,16 +125,27 @@ def script(experiment: S.Experiment, params, data, side_file: str | None = None)
     parts = [codegen.header(experiment, "TensorFlow", COMMAND.format(name=experiment.name)),
              codegen.imports(*used, "numpy as np"), IMPORT_TF]
     if helpers:
-        parts.append("# ---- activations written with TF ops where TF's own differ from the spec ----\n"
+        parts.append("# ---- helpers in TF ops: activations where TF's own differ from the spec, normalization, "
+                     "recurrent layers ----\n"
                      + "\n\n".join(ops.SCRIPT_HELPERS[name] for name in ops.SCRIPT_HELPERS if name in helpers))
     parts += [model_code, loss_code, optimizer_code, codegen.plan_code(experiment, data.n),
               codegen.lr_code(experiment), codegen.dropout_code(experiment)]
 
     masks_arg = ", masks" if dropout else ""
+    stateful = bool(model.state_inits())
+    call = f"model(x{masks_arg}{', training=True' if stateful else ''})"
+    if stateful:
+        trained = ("    variables = [model.params[name] for name in "
+                   f"{list(model.parameter_inits())!r}]  # the trained parameters, crossnn's order (the moving "
+                   "statistics are not trained)")
+    else:
+        trained = ("    variables = list(model.params.values())  # the order the optimizer walks: crossnn's "
+                   "parameter order")
+    sparse_rows = any(isinstance(node.layer, S.Embedding) for node in model.nodes)
     main = ["def main():", f"    {codegen.LOAD}",
             "    # ---- training: the tutorial's loop, one GradientTape step per batch ----",
             "    model = Model(INIT)",
-            "    variables = list(model.params.values())  # the order the optimizer walks: crossnn's parameter order",
+            trained,
             "    optimizer = Optimizer(variables)",
             "    X, Y = tf.constant(X), tf.constant(Y)" + ("  # class indices (int64), as the sparse cross-entropy "
                                                           "takes them" if experiment.loss.sparse_targets else ""),
@@ -140,8 +157,11 @@ def script(experiment: S.Experiment, params, data, side_file: str | None = None)
             '        value does not retrace the function."""',
             "        x, y = tf.gather(X, rows), tf.gather(Y, rows)",
             "        with tf.GradientTape() as tape:",
-            f"            loss = loss_fn(model(x{masks_arg}), y)",
+            f"            loss = loss_fn({call}, y)",
             "        grads = tape.gradient(loss, variables)",
+            *(["        # an embedding's gradient is a tf.IndexedSlices of the rows read: dense (each id's rows",
+               "        # summed), as the update takes it",
+               "        grads = [tf.convert_to_tensor(g) for g in grads]"] if sparse_rows else []),
             "        optimizer.apply(grads, variables, lr)",
             "        return loss",
             "",

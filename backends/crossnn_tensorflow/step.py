@@ -1,7 +1,9 @@
 """The training step and the trainer the harness drives.
 
 The step is the TF tutorials' loop body: gather the batch, run the model under a tf.GradientTape,
-take the gradients, apply the optimizer; it returns the loss before the update. The data lives on the
+take the gradients, apply the optimizer; it returns the loss before the update. Layer state
+(batch_norm's moving statistics) lives in non-trainable tf.Variables that the model assigns in the
+same step (training=True), so every mode, the loops included, moves it step by step in order. The data lives on the
 device in non-trainable tf.Variables (inputs to the graph, not constants baked into it); a step
 receives the indices of its batch, its learning rate (a float64 scalar) and one dropout mask per
 dropout layer ([batch, *shape] of the run's dtype, channels last). The trainer counts its steps: the step number fixes
@@ -239,29 +241,43 @@ class XlaLoopSpan(LoopSpan):
 
 
 class Model(tf.Module):
-    """The spec's layer graph: one tf.Variable per parameter (`variables_by_name`, canonical names in
-    the spec's parameter order; `trainable` lists them in that order, the order the optimizer walks)
-    and one registry entry (crossnn_tensorflow.ops) per layer, called in graph order."""
+    """The spec's layer graph: one tf.Variable per variable (`variables_by_name`, canonical names:
+    the parameters, then layer state such as BatchNorm's moving statistics, non-trainable), the
+    parameters in the spec's order in `trainable` (the order the optimizer walks), and one registry
+    entry (crossnn_tensorflow.ops) per layer, called in graph order."""
 
     def __init__(self, experiment: Experiment, params: dict[str, np.ndarray], dtype, native=frozenset()):
         super().__init__()
-        self.variables_by_name = {name: tf.Variable(tf.constant(value, dtype), name=_variable_name(name))
-                                  for name, value in params.items()}
-        self.trainable = list(self.variables_by_name.values())
+        trained = list(experiment.model.parameter_inits())
+        names = trained + list(experiment.model.state_inits())
+        self.variables_by_name = {name: tf.Variable(tf.constant(params[name], dtype), name=_variable_name(name),
+                                                    trainable=name in trained)
+                                  for name in names}
+        self.trainable = [self.variables_by_name[name] for name in trained]
         self.layers = []
         for node in experiment.model.nodes:
-            own = {p.name: self.variables_by_name[f"{node.name}/{p.name}"] for p in node.params}
-            self.layers.append((node.name, node.inputs, ops.layer(node, own, native)))
+            own = {p.name: self.variables_by_name[f"{node.name}/{p.name}"] for p in (*node.params, *node.state)}
+            op = ops.layer(node, own, native)
+            self.layers.append((node.name, node.inputs, op, getattr(op, "stateful", False)))
         self.output = experiment.model.layers[-1].name
         #: (layer, shape) of the dropout layers, in graph order: the order their masks are fed in
         self.dropout = [(name, shape) for name, shape, _ in codegen.dropout_layers(experiment)]
 
-    def __call__(self, x, masks=None):
-        """The model output; masks: {dropout layer: its mask} for a training step, None to predict."""
+    def __call__(self, x, masks=None, training=False):
+        """The model output; masks: {dropout layer: its mask} for a training step, None to predict;
+        training: stateful layers (batch_norm) use the batch's statistics and move their state, else
+        they use their state."""
         values = {INPUT: x}
-        for name, inputs, op in self.layers:
-            values[name] = op([values[i] for i in inputs], masks.get(name) if masks else None)
+        for name, inputs, op, stateful in self.layers:
+            args = ([values[i] for i in inputs], masks.get(name) if masks else None)
+            values[name] = op(*args, training) if stateful else op(*args)
         return values[self.output]
+
+
+def dense(gradient):
+    """A gradient as a dense tensor: the tape gives an embedding's as tf.IndexedSlices (the rows read),
+    which the optimizer's arithmetic does not take; converting sums each id's rows."""
+    return tf.convert_to_tensor(gradient) if isinstance(gradient, tf.IndexedSlices) else gradient
 
 
 def _variable_name(name: str) -> str:
@@ -293,6 +309,8 @@ class TensorflowTrainer(Trainer):
 
             params = keras_initial_parameters(experiment, params, dtype)
         self.loss_fn = ops.loss(experiment.loss, self.native, dtype)
+        #: the trained parameters' canonical names, in the order of the optimizer's slots
+        self.parameter_names = list(experiment.model.parameter_inits())
         with tf.device(self.device):
             self.model = Model(experiment, params, self.dtype, self.native)
             self.optimizer = optimizers.optimizer(experiment.optimizer, self.model.trainable, self.native, dtype)
@@ -321,8 +339,8 @@ class TensorflowTrainer(Trainer):
             y = tf.gather(self.y, batch)
             feed = {name: mask for (name, _), mask in zip(self.dropout, masks)}
             with tf.GradientTape() as tape:
-                loss = self.loss_fn(self.model(x, feed), y)
-            grads = tape.gradient(loss, self.model.trainable)
+                loss = self.loss_fn(self.model(x, feed, training=True), y)
+            grads = [dense(g) for g in tape.gradient(loss, self.model.trainable)]
             self.optimizer.apply(grads, self.model.trainable, lr)
             return loss
 
@@ -361,7 +379,7 @@ class TensorflowTrainer(Trainer):
         if isinstance(opt, optimizers.KerasOptimizer):
             raise BackendError("a native run's Keras optimizer keeps Keras' own state (e.g. SGD's velocity is "
                                "-lr * momentum_buffer): it has no canonical training state")
-        names = list(self.model.variables_by_name)
+        names = self.parameter_names
         slots = {} if self.steps_done == 0 else {
             slot: {name: np.array(v.numpy(), copy=True) for name, v in zip(names, buffers)}
             for slot, buffers in opt.slot_variables.items()}
@@ -375,8 +393,7 @@ class TensorflowTrainer(Trainer):
         opt = self.optimizer
         if isinstance(opt, optimizers.KerasOptimizer):
             opt.reset()  # raises: Keras' state is not canonical
-        names = list(self.model.variables_by_name)
-        missing = [name for name in names if name not in state.params]
+        missing = [name for name in self.model.variables_by_name if name not in state.params]
         if missing:
             raise BackendError(f"the training state has no parameter '{missing[0]}'")
         dtype = self.dtype.as_numpy_dtype
@@ -385,7 +402,7 @@ class TensorflowTrainer(Trainer):
         opt.reset()
         for slot, buffers in opt.slot_variables.items():
             if slot in state.slots:
-                for name, b in zip(names, buffers):
+                for name, b in zip(self.parameter_names, buffers):
                     b.assign(np.asarray(state.slots[slot][name], dtype=dtype))
         for name, var in opt.counter_variables.items():
             var.assign(int(state.counters.get(name, 0)))

@@ -3,9 +3,9 @@ custom training loop ("Writing a training loop from scratch"), the yardstick for
 
 It shares no code with the lowering (ops.py, optimizers.py, step.py): the model is a keras.Sequential
 of keras.layers (Conv2D, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, Flatten, Reshape,
-Dense, Activation), the loss a keras.losses object, the optimizer keras.optimizers.SGD or the
-spec's Adam written as a Keras optimizer (SpecAdam, after Keras' guide to custom optimizers), and
-the step
+Dense, Activation, BatchNormalization, LayerNormalization, Embedding, SimpleRNN, LSTM, GRU), the
+loss a keras.losses object, the optimizer keras.optimizers.SGD or the spec's Adam written as a Keras
+optimizer (SpecAdam, after Keras' guide to custom optimizers), and the step
 
     @tf.function
     def train_step(x, y):
@@ -37,9 +37,28 @@ uncorrected √v, so Adam is SpecAdam, the paper's (and torch's) formula. Other 
 In float64 Keras' float variables (the learning rate) are created in keras.config.floatx(), which is
 set to float64 while the model and optimizer are built, as a float64 Keras program would set it.
 
+The DLBench LSTM case (the lstm-r benchmark suite: embedding -> LSTM -> dense on token ids, softmax
+cross-entropy, SGD) is keras.layers.Embedding -> keras.layers.LSTM -> keras.layers.Dense here, as
+Keras' guides write it. keras.layers.LSTM and GRU compute the spec's formulas (gates i, f, c, o and
+z, r, h; GRU's two reset_after forms), one x_t @ kernel per step inside Keras' RNN loop (a
+tf.while_loop on the CPU), where the lowering takes x @ kernel for all steps in one product before its
+unrolled loop: the same sums, rounded in another order. Keras' Embedding hands the optimizer the
+rows' gradient as tf.IndexedSlices, which keras.optimizers.SGD applies sparsely (scatter_sub).
+
+The fast mode of Keras' recurrent layers is cuDNN: on a GPU, with activation tanh, recurrent
+activation sigmoid, use_bias, unroll=False (and reset_after=True for GRU), keras.layers.LSTM/GRU run
+the whole sequence as one fused kernel (tf.raw_ops.CudnnRNNV3; keras/src/backend/tensorflow/rnn.py)
+instead of the per-step loop. The model is the same; what changes is the arithmetic: cuDNN computes
+the gates in its own blocking and order (its bias is Keras' bias plus a zero input bias, cuDNN's
+two-bias form), and its float32 matrix products may use TF32 tensor-core math on Ampere and later
+GPUs (TF's tensor_float_32 setting, which crossnn turns off for parity; TF32 keeps 10 bits of the
+mantissa), so results move by rounding, or by TF32's much coarser rounding; on the CPU, or with any
+other activation, Keras uses the loop. There is no GPU in crossnn's CI, so crossnn measures the CPU path only.
+
 Covered: chains of conv2d, max/avg pooling (average pooling that counts padding only with 'valid'
 padding: Keras' AveragePooling2D leaves padding out), global average pooling, flatten, reshape,
-dense and activation layers; mse, mae, huber, bce, bce_logits, cross_entropy; sgd (momentum,
+dense, activation, batch_norm (running_variance "biased", Keras' only one), layer_norm, embedding,
+simple_rnn, lstm and gru layers; mse, mae, huber, bce, bce_logits, cross_entropy; sgd (momentum,
 Nesterov) and adam at a constant learning rate, without weight decay or gradient clipping;
 float32 and float64. Anything else raises UnsupportedFeature.
 """
@@ -121,6 +140,7 @@ def _spec_adam():
 
         def update_step(self, gradient, variable, learning_rate):
             ops = keras.ops
+            gradient = tf.convert_to_tensor(gradient)  # an Embedding's tf.IndexedSlices: dense moments need all rows
             lr = ops.cast(learning_rate, variable.dtype)
             t = ops.cast(self.iterations + 1, variable.dtype)
             index = self._get_variable_index(variable)
@@ -185,6 +205,26 @@ def _keras_layer(layer: spec.Layer, dtype: str):
         return keras.layers.Reshape(tuple(layer.shape), dtype=dtype)
     if isinstance(layer, spec.ActivationLayer):
         return keras.layers.Activation(_activation(layer.activation), dtype=dtype)
+    if isinstance(layer, spec.BatchNorm):
+        if layer.running_variance != "biased":
+            raise _unsupported("batch_norm with an unbiased running variance (Keras' BatchNormalization keeps the "
+                               "biased one)")
+        return keras.layers.BatchNormalization(axis=layer.axis, momentum=layer.momentum, epsilon=layer.epsilon,
+                                               center=layer.center, scale=layer.scale, dtype=dtype)
+    if isinstance(layer, spec.LayerNorm):
+        return keras.layers.LayerNormalization(axis=layer.axis, epsilon=layer.epsilon, center=layer.center,
+                                               scale=layer.scale, dtype=dtype)
+    if isinstance(layer, spec.Embedding):
+        return keras.layers.Embedding(layer.input_dim, layer.output_dim, embeddings_initializer="zeros", dtype=dtype)
+    recurrent = {spec.SimpleRNN: keras.layers.SimpleRNN, spec.LSTM: keras.layers.LSTM, spec.GRU: keras.layers.GRU}
+    if type(layer) in recurrent:
+        options = {"recurrent_activation": _activation(layer.recurrent_activation)} \
+            if hasattr(layer, "recurrent_activation") else {}
+        if isinstance(layer, spec.GRU):
+            options["reset_after"] = layer.reset_after
+        return recurrent[type(layer)](layer.units, activation=_activation(layer.activation),
+                                      return_sequences=layer.return_sequences, dtype=dtype,
+                                      recurrent_initializer="zeros", **zeros, **options)
     raise _unsupported(f"layer type '{layer.kind}'")
 
 
@@ -215,13 +255,14 @@ class KerasTutorialTrainer(Trainer):
         self.device = devices.resolve(device)
         self.dtype = dtype
         with tf.device(self.device), devices.floatx(dtype):
-            #: the keras layers holding weights, with their canonical parameter names in Keras' order
+            #: the keras layers holding weights, with their canonical names in Keras' order (the
+            #: parameters, then a BatchNormalization's moving statistics)
             self.weighted = []
             layers = [keras.Input(shape=experiment.model.input_shape, dtype=dtype)]
             for node in nodes:
                 layers.append(_keras_layer(node.layer, dtype))
-                if node.params:
-                    self.weighted.append((layers[-1], [f"{node.name}/{p.name}" for p in node.params]))
+                if node.params or node.state:
+                    self.weighted.append((layers[-1], [f"{node.name}/{p.name}" for p in (*node.params, *node.state)]))
             self.model = keras.Sequential(layers)
             for keras_layer, names in self.weighted:
                 keras_layer.set_weights([np.asarray(params[name], dtype=dtype) for name in names])

@@ -1,8 +1,9 @@
 """crossnn's PyTorch backend: the experiment as an nn.Module of torch's layers (nn.Linear, nn.Conv2d,
-nn.MaxPool2d, ...) and activation modules, torch's loss modules and torch.optim, trained with the
-tutorial's loop ("eager"), the same loop under torch.compile ("compile"), or the NumPy backend's pure
-training step on torch tensors ("xp", the fast mode on a GPU; "onednn", the same with oneDNN's float32
-products, the fast mode on the CPU).
+nn.MaxPool2d, nn.BatchNorm2d, nn.LayerNorm, nn.Embedding, nn.LSTM, ...) and activation modules,
+torch's loss modules and torch.optim, trained with the tutorial's loop ("eager"), the same loop
+under torch.compile ("compile"), or the NumPy backend's pure training step on torch tensors ("xp",
+the fast mode on a GPU; "onednn", the same with oneDNN's float32 products, the fast mode on the CPU;
+for recurrent models eager's fused nn.LSTM is the fast path).
 
 Files, as in every backend package: ops (the lowering registry: one entry per activation, layer,
 loss and optimizer rule, each describing its torch modules once, for training and for scripts),
@@ -34,9 +35,12 @@ class TorchBackend(Backend):
     mode_device_kinds = {"onednn": ("cpu",)}
     mode_notes = {
         "eager": "tutorial-style eager loop: nn.Module forward, torch loss module, autograd backward, "
-                 "torch.optim step (zero_grad / backward / step)",
+                 "torch.optim step (zero_grad / backward / step); recurrent layers are torch's fused nn.LSTM / "
+                 "nn.GRU / nn.RNN (one C++ loop over time; in float32 on the CPU oneDNN's LSTM kernel, on a GPU "
+                 "cuDNN's), the fast path for recurrent models",
         "xp": "the NumPy backend's hand-written forward, backward, loss gradient and optimizer update run "
-              "on torch tensors (crossnn_torch.xp adapter) under inference_mode: no autograd, no nn.Module",
+              "on torch tensors (crossnn_torch.xp adapter) under inference_mode: no autograd, no nn.Module; "
+              "recurrent layers step through time in Python (the reference's backpropagation through time)",
         "compile": "the eager loop on torch.compile(model) (inductor) with a torch.compile'd optimizer.step; "
                    "compiles during the first steps (timed with them)",
         "onednn": "the xp step with float32 matrix products through the oneDNN library inside PyTorch "
@@ -46,9 +50,12 @@ class TorchBackend(Backend):
     }
     import_order = 10
     native_entries = {
-        "default-init": "nn.Linear's and nn.Conv2d's own initialisation (kaiming_uniform_(a=√5): U(±1/√fan_in) for "
-                        "weight and bias, fan_in = in·kh·kw for a convolution) after torch.manual_seed(seed), "
-                        "ignoring the spec's initial parameters",
+        "default-init": "torch's own initialisation after torch.manual_seed(seed), ignoring the spec's initial "
+                        "parameters: nn.Linear and nn.Conv2d kaiming_uniform_(a=√5) (U(±1/√fan_in) for weight and "
+                        "bias, fan_in = in·kh·kw for a convolution), nn.BatchNorm and nn.LayerNorm ones and zeros "
+                        "(running statistics zeros and ones), nn.Embedding N(0, 1), nn.RNN/LSTM/GRU U(±1/√hidden) "
+                        "for every weight and both biases (bias_hh_l0 then stays at its draw, frozen: the "
+                        "canonical bias is the sum)",
         "weight-decay": "torch.optim's weight_decay, which is L2 added to the gradient, whatever the spec's kind "
                         "(AdamW keeps its decoupled decay)",
         "bce-clamp": "nn.BCELoss, which clamps log p and log(1 - p) at -100, whatever the spec's log_min",
@@ -151,9 +158,11 @@ class TorchBackend(Backend):
         return tutorial(experiment, params, data, dtype=dtype, device=str(devices.resolve(device)))
 
     def import_model(self, model, inputs=None):
-        """An nn.Sequential of nn.Linear, nn.Conv2d, pooling, nn.Flatten, nn.Dropout and activations as
-        (spec Model, canonical parameters); inputs: the input shape ([H, W, C]), needed when the model
-        starts with a convolution (crossnn_torch.checkpoint.import_sequential)."""
+        """An nn.Sequential of nn.Linear, nn.Conv2d, pooling, nn.Flatten, nn.Dropout, nn.BatchNorm1d/2d,
+        nn.LayerNorm, nn.Embedding, nn.RNN/LSTM/GRU (each followed by crossnn_torch.ops.RecurrentOutput)
+        and activations as (spec Model, canonical variables); inputs: the input shape ([H, W, C], [T]
+        for ids), needed when the model does not start with nn.Linear
+        (crossnn_torch.checkpoint.import_sequential)."""
         if not any(cls.__module__.split(".")[0] == "torch" for cls in type(model).__mro__):
             return None
         from crossnn_torch.checkpoint import import_sequential

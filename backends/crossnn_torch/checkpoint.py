@@ -30,6 +30,7 @@ import dataclasses
 import datetime
 import io
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ from crossnn.checkpoint import CheckpointError, TrainingState
 from crossnn.errors import BackendError, UnsupportedFeature
 from crossnn.files import write_bytes_atomic
 from crossnn.spec import Experiment
-from crossnn.spec.layers import window_geometry
+from crossnn.spec.layers import merge_axis, window_geometry
 
 from crossnn_torch import ops
 from crossnn_torch.optimizers import Chain
@@ -272,9 +273,12 @@ class SequentialReader:
     the torch tensor holds beyond it: a flatten of an NCHW image whose (C, H, W) order the next
     nn.Linear's weight columns must be reordered from (`flattened`), the (N, C, 1, 1) tensor of a
     global average pool that an nn.Flatten must follow (`pooled`), an nn.ZeroPad2d that the next
-    nn.Conv2d must turn into 'same' padding (`pad`). Activations after a layer without one become
-    its activation. The initializers recorded are torch's defaults (fan_in_uniform, kaiming_uniform
-    with a = √5); the starting values are the module's, returned as the parameters."""
+    nn.Conv2d must turn into 'same' padding (`pad`), a recurrent module whose (output, state) tuple
+    the next child, crossnn's RecurrentOutput, must reduce to a tensor (`recurrent`). Activations
+    after a layer without one become its activation. The initializers recorded are torch's defaults
+    (fan_in_uniform, kaiming_uniform with a = √5, N(0, 1) for nn.Embedding, units_uniform for the
+    recurrent modules); the starting values are the module's (BatchNorm's running statistics
+    among them), returned as the parameters."""
 
     def __init__(self, inputs):
         self.shape = tuple(inputs) if isinstance(inputs, (tuple, list)) else ((inputs,) if inputs else None)
@@ -283,9 +287,13 @@ class SequentialReader:
         self.flattened: tuple[int, int, int] | None = None
         self.pooled = False
         self.pad: tuple[int, int, int, int] | None = None
+        self.recurrent: tuple[str, nn.RNNBase] | None = None
         self.readers = {nn.Linear: self.linear, nn.Conv2d: self.conv, nn.MaxPool2d: self.max_pool,
                         nn.AvgPool2d: self.avg_pool, nn.AdaptiveAvgPool2d: self.global_pool, nn.Flatten: self.flatten,
-                        nn.Dropout: self.dropout, nn.ZeroPad2d: self.zero_pad}
+                        nn.Dropout: self.dropout, nn.ZeroPad2d: self.zero_pad, nn.BatchNorm1d: self.batch_norm,
+                        nn.BatchNorm2d: self.batch_norm, nn.LayerNorm: self.layer_norm, nn.Embedding: self.embedding,
+                        nn.RNN: self.recurrent_module, nn.LSTM: self.recurrent_module, nn.GRU: self.recurrent_module,
+                        ops.RecurrentOutput: self.recurrent_output}
 
     def refuse(self, name: str, child, why: str) -> UnsupportedFeature:
         return UnsupportedFeature("torch", f"importing module {name} ({type(child).__name__}): {why}")
@@ -294,12 +302,17 @@ class SequentialReader:
         children = list(module.named_children())
         first = next((child for _, child in children if isinstance(child, (nn.Linear, nn.Conv2d))), None)
         if self.shape is None:
-            if not isinstance(first, nn.Linear):
+            if not isinstance(first, nn.Linear) or (children and isinstance(children[0][1], nn.Embedding)):
                 raise UnsupportedFeature("torch", "importing an nn.Sequential that does not start with nn.Linear "
-                                                  "without its input shape (inputs=[H, W, C])")
+                                                  "without its input shape (inputs=[H, W, C]), or the shape of "
+                                                  "its ids ([T]) for an nn.Embedding")
             self.shape = (first.in_features,)
         inputs = self.shape
         for name, child in children:
+            if self.recurrent is not None and not isinstance(child, ops.RecurrentOutput):
+                raise self.refuse(*self.recurrent, RECURRENT_TUPLE)
+            if isinstance(child, nn.Embedding) and self.layers:
+                raise self.refuse(name, child, "an embedding reads the model input (ids): it must come first")
             if self.pooled and not isinstance(child, nn.Flatten):
                 raise self.refuse(name, child, "an nn.AdaptiveAvgPool2d(1) must be followed by nn.Flatten")
             if self.pad is not None and not isinstance(child, nn.Conv2d):
@@ -310,6 +323,8 @@ class SequentialReader:
             else:
                 self.activation(name, child)
         last = children[-1] if children else ("", module)
+        if self.recurrent is not None:
+            raise self.refuse(*self.recurrent, RECURRENT_TUPLE)
         if self.flattened is not None or self.pooled or self.pad is not None:
             raise self.refuse(*last, "the model ends before the layer that its flatten, pool or pad feeds")
         if not self.layers:
@@ -422,6 +437,91 @@ class SequentialReader:
     def zero_pad(self, name, child: nn.ZeroPad2d):
         self.pad = tuple(child.padding)
 
+    def _normalized(self, name, child) -> None:
+        if self.flattened is not None:
+            raise self.refuse(name, child, "normalizes features in nn.Flatten's (C, H, W) order; crossnn flattens "
+                                           "(H, W, C): put it before the flatten")
+
+    def batch_norm(self, name, child: nn.BatchNorm1d | nn.BatchNorm2d):
+        """dim 1 of torch's tensor: an image's channels (axis -1), the features of (N, F) (-1), the
+        first axis of (N, T, F) (axis 1). momentum 1 - torch's; torch's running variance is unbiased."""
+        self._normalized(name, child)
+        if child.momentum is None or not child.track_running_stats:
+            raise self.refuse(name, child, "momentum=None (a cumulative average) or track_running_stats=False has "
+                                           "no crossnn equivalent")
+        two_d = isinstance(child, nn.BatchNorm2d)
+        if two_d != ops.image(self.shape) or len(self.shape) > 2 + two_d:
+            raise self.refuse(name, child, f"does not take a tensor of canonical shape {list(self.shape)}")
+        axis = -1 if two_d or len(self.shape) == 1 else 1
+        channels = self.shape[merge_axis(axis, len(self.shape))]
+        if child.num_features != channels:
+            raise self.refuse(name, child, f"has {child.num_features} features, the input {channels}")
+        self.add(spec.BatchNorm(name=name, axis=axis, momentum=1.0 - child.momentum, epsilon=child.eps,
+                                running_variance="unbiased", center=child.bias is not None,
+                                scale=child.weight is not None))
+        self._affine(name, child)
+        self.params[f"{name}/moving_mean"] = _numpy(child.running_mean)
+        self.params[f"{name}/moving_variance"] = _numpy(child.running_var)
+
+    def _affine(self, name, child) -> None:
+        if child.weight is not None:
+            self.params[f"{name}/gamma"] = _numpy(child.weight)
+        if child.bias is not None:
+            self.params[f"{name}/beta"] = _numpy(child.bias)
+
+    def layer_norm(self, name, child: nn.LayerNorm):
+        """Over torch's last axis: an image's width (axis 2), else the canonical last axis."""
+        self._normalized(name, child)
+        size = self.shape[1] if ops.image(self.shape) else self.shape[-1]
+        if tuple(child.normalized_shape) != (size,):
+            raise self.refuse(name, child, f"normalizes over {list(child.normalized_shape)}; crossnn's layer_norm "
+                                           f"takes one axis, the last torch axis here ({size})")
+        self.add(spec.LayerNorm(name=name, axis=2 if ops.image(self.shape) else -1, epsilon=child.eps,
+                                center=child.bias is not None, scale=child.weight is not None))
+        self._affine(name, child)
+
+    def embedding(self, name, child: nn.Embedding):
+        if len(self.shape) != 1:
+            raise self.refuse(name, child, f"takes ids of shape [T]; got inputs {list(self.shape)}")
+        if child.padding_idx is not None or child.max_norm is not None or child.scale_grad_by_freq or child.sparse:
+            raise self.refuse(name, child, "padding_idx, max_norm, scale_grad_by_freq and sparse have no crossnn "
+                                           "equivalent")
+        self.add(spec.Embedding(name=name, input_dim=child.num_embeddings, output_dim=child.embedding_dim,
+                                embeddings_init=spec.Normal(mean=0.0, stddev=1.0)))
+        self.params[f"{name}/embeddings"] = _numpy(child.weight)
+
+    def recurrent_module(self, name, child: nn.RNNBase):
+        """Kept until the RecurrentOutput after it says whether the layer returns sequences."""
+        if len(self.shape) != 2 or child.input_size != self.shape[1]:
+            raise self.refuse(name, child, f"takes {child.input_size} features per step; the input is "
+                                           f"{list(self.shape)}")
+        if child.num_layers != 1 or child.bidirectional or not child.batch_first or not child.bias \
+                or getattr(child, "proj_size", 0):
+            raise self.refuse(name, child, "crossnn's recurrent layers are one layer, one direction, batch_first, "
+                                           "with biases and no projection")
+        self.recurrent = (name, child)
+
+    def recurrent_output(self, name, child: ops.RecurrentOutput):
+        if self.recurrent is None:
+            raise self.refuse(name, child, "must follow nn.RNN, nn.LSTM or nn.GRU")
+        layer_name, module = self.recurrent
+        self.recurrent = None
+        units = spec.UnitsUniform()
+        fields = dict(name=layer_name, units=module.hidden_size, return_sequences=bool(child.sequences),
+                      kernel_init=units, recurrent_init=units, bias_init=units)
+        if isinstance(module, nn.LSTM):
+            layer, entry = spec.LSTM(unit_forget_bias=False, **fields), ops.LSTMLayer  # torch has no such option
+        elif isinstance(module, nn.GRU):
+            layer, entry = spec.GRU(reset_after=True, **fields), ops.GRULayer
+        else:
+            act = {"tanh": spec.Tanh(), "relu": spec.ReLU()}[module.nonlinearity]
+            layer, entry = spec.SimpleRNN(activation=act, **fields), ops.SimpleRNNLayer
+        self.add(layer)
+        for short, place in entry.params(SimpleNamespace(layer=layer)).items():  # the lowering's own layouts
+            natives = [getattr(module, a).detach() for a in place.attributes]
+            self.params[f"{layer_name}/{short}"] = _numpy(place.layout.canonical(natives[0] if len(natives) == 1
+                                                                                 else tuple(natives)))
+
     def activation(self, name, child):
         act = _imported_activation(child, ops.channel_dim(self.shape), len(self.shape) + 1)
         if act is None:
@@ -449,10 +549,20 @@ def _imported_activation(module: nn.Module, dim: int, rank: int) -> spec.Activat
     return None
 
 
+RECURRENT_TUPLE = ("torch's recurrent modules return an (output, state) tuple, which the next child of an "
+                   "nn.Sequential cannot take: follow it with crossnn_torch.ops.RecurrentOutput(sequences=...), "
+                   "as crossnn's own models do")
+
+
 def import_sequential(module: nn.Module, inputs=None) -> tuple[spec.Model, dict[str, np.ndarray]]:
-    """(spec Model, canonical float64 parameters) for an nn.Sequential of nn.Linear, nn.Conv2d (after
+    """(spec Model, canonical float64 variables) for an nn.Sequential of nn.Linear, nn.Conv2d (after
     an optional nn.ZeroPad2d), nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d(1), nn.Flatten,
-    nn.Dropout and activation modules. Layers keep the Sequential's child names ("0", "1", ...).
+    nn.Dropout, nn.BatchNorm1d / 2d (their running statistics as the layer state), nn.LayerNorm (one
+    axis), nn.Embedding (first, on ids of shape [T]), nn.RNN / nn.LSTM / nn.GRU (one layer,
+    batch_first) each followed by crossnn_torch.ops.RecurrentOutput, and activation modules. A bare
+    recurrent module is refused: its (output, state) tuple does not run in an nn.Sequential, and what a
+    user's own module takes from it is code crossnn cannot read. Layers keep the Sequential's child
+    names ("0", "1", ...).
     inputs: the canonical input shape ([H, W, C] for images; for a model that starts with nn.Linear,
     its in_features by default). The spec computes the module's function: an nn.Linear after the
     flatten of an image gets its weight columns reordered to crossnn's (H, W, C) order."""

@@ -64,6 +64,108 @@ def _batchnorm() -> dict[str, object]:
             "running_var": bn.running_var.tolist()}
 
 
+def _batchnorm_running_var() -> dict[str, object]:
+    """nn.BatchNorm1d(1) after one training step on [1, 2, 4, 9] (from running_var 1): the running
+    variance against the batch's biased σ² and unbiased σ² m / (m - 1) moved by torch's momentum, and
+    which of the two normalized the output."""
+    bn = nn.BatchNorm1d(1, dtype=F64)
+    x = torch.tensor([[1.0], [2.0], [4.0], [9.0]], dtype=F64)
+    with torch.no_grad():
+        y = bn(x)[:, 0]
+    values = x[:, 0]
+    biased, unbiased = values.var(correction=0).item(), values.var(correction=1).item()
+    centered = values - values.mean()
+
+    def moved(var):
+        return (1.0 - bn.momentum) * 1.0 + bn.momentum * var
+
+    normalized = {name: float(torch.max(torch.abs(y - centered / torch.sqrt(torch.tensor(v + bn.eps, dtype=F64)))))
+                  for name, v in (("biased", biased), ("unbiased", unbiased))}
+    return {"running_var": bn.running_var.item(), "if_biased": moved(biased), "if_unbiased": moved(unbiased),
+            "batch_weight": bn.momentum, "running_mean": bn.running_mean.item(), "batch_mean": values.mean().item(),
+            "normalized_with": min(normalized, key=normalized.get)}
+
+
+def _embedding_init() -> dict[str, float]:
+    """Mean and standard deviation of nn.Embedding(1000, 100)'s default table (seed 0): N(0, 1)."""
+    table = nn.Embedding(1000, 100, dtype=F64).weight.detach()
+    return {"mean": table.mean().item(), "std": table.std().item(), "max_abs": table.abs().max().item()}
+
+
+def _lstm_init() -> dict[str, object]:
+    """nn.LSTM(8, 16)'s default parameters (seed 0): names and shapes (two biases), the largest |value|
+    against 1/√hidden, and the forget gate's bias (rows 16..31 of bias_ih_l0: drawn like the rest,
+    not set to 1)."""
+    lstm = nn.LSTM(8, 16)
+    params = dict(lstm.named_parameters())
+    forget = params["bias_ih_l0"][16:32].detach()
+    return {"parameters": {name: list(p.shape) for name, p in params.items()},
+            "max_abs": max(p.abs().max().item() for p in params.values()), "bound": 1.0 / math.sqrt(16),
+            "forget_bias_range": [forget.min().item(), forget.max().item()]}
+
+
+def _saturated(module, states, blocks: int) -> list[list[float]]:
+    """The state after one step of a recurrent module with one unit and zero weights, from `states`,
+    on x = 0, with each gate block's input bias in turn at +30 (that gate saturated)."""
+    out = []
+    for k in range(blocks):
+        with torch.no_grad():
+            for p in module.parameters():
+                p.zero_()
+            module.bias_ih_l0[k] = 30.0
+            _, state = module(torch.zeros(1, 1, 1, dtype=F64), states)
+        out.append([s.item() for s in (state if isinstance(state, tuple) else (state,))])
+    return out
+
+
+def _gru_gate_order() -> dict[str, object]:
+    """nn.GRU(1, 1) from h = 0.5 on x = 0 with zero weights: r = z = 1/2 and n = 0 give h' = 0.25;
+    a saturated z keeps h (0.5), a saturated n gives 0.5 + 0.25 = 0.75, a saturated r changes nothing
+    (its product b_hn is 0). The blocks named by the effect each one has."""
+    gru = nn.GRU(1, 1, dtype=F64)
+    h = _saturated(gru, torch.full((1, 1, 1), 0.5, dtype=F64), 3)
+    names = ["z" if abs(v - 0.5) < 1e-6 else "n" if abs(v - 0.75) < 1e-6 else "r" if abs(v - 0.25) < 1e-6 else "?"
+             for (v,) in h]
+    return {"blocks": names, "h_when_block_saturated": [v for (v,) in h]}
+
+
+def _lstm_gate_order() -> dict[str, object]:
+    """nn.LSTM(1, 1) from h = 0, c = 0.5 on x = 0 with zero weights: i = f = o = 1/2, g = 0 give c' =
+    0.25; a saturated f keeps c (0.5), a saturated g adds 0.5 (0.75), a saturated o leaves c' and makes
+    h' = tanh(0.25), a saturated i changes nothing (g = 0). The blocks named by their effect."""
+    lstm = nn.LSTM(1, 1, dtype=F64)
+    states = (torch.zeros(1, 1, 1, dtype=F64), torch.full((1, 1, 1), 0.5, dtype=F64))
+    hc = _saturated(lstm, states, 4)
+    base_h = 0.5 * math.tanh(0.25)
+
+    def name(h, c):
+        if abs(c - 0.5) < 1e-6:
+            return "f"
+        if abs(c - 0.75) < 1e-6:
+            return "g"
+        if abs(c - 0.25) < 1e-6:
+            return "o" if abs(h - math.tanh(0.25)) < 1e-6 else "i" if abs(h - base_h) < 1e-6 else "?"
+        return "?"
+
+    return {"blocks": [name(h, c) for h, c in hc], "h_c_when_block_saturated": hc}
+
+
+def _gru_reset_after() -> dict[str, float]:
+    """Where nn.GRU applies the reset gate r: one unit, h = 0.5, x = 0, W_hn = b_hn = 1, r = 1/2, z = 0
+    (its bias at -30): n = tanh(r (W_hn h + b_hn)) = tanh(0.75) after the product (Keras' reset_after,
+    cuDNN's form), tanh(W_hn (r h) + b_hn) = tanh(1.25) before it."""
+    order = _gru_gate_order()["blocks"]
+    gru = nn.GRU(1, 1, dtype=F64)
+    with torch.no_grad():
+        for p in gru.parameters():
+            p.zero_()
+        gru.bias_ih_l0[order.index("z")] = -30.0
+        gru.weight_hh_l0[order.index("n"), 0] = 1.0
+        gru.bias_hh_l0[order.index("n")] = 1.0
+        _, h = gru(torch.zeros(1, 1, 1, dtype=F64), torch.full((1, 1, 1), 0.5, dtype=F64))
+    return {"h": h.item(), "reset_after": math.tanh(0.75), "reset_before": math.tanh(1.25)}
+
+
 def _tf32() -> dict[str, object]:
     try:
         done = subprocess.run([sys.executable, "-c", TF32_PROBE], capture_output=True, text=True, timeout=120,
@@ -140,6 +242,10 @@ def facts() -> dict[str, object]:
         random_seed0 = torch.rand(3, dtype=F64).tolist()
         torch.manual_seed(0)
         conv_init = _conv_init()
+        torch.manual_seed(0)
+        embedding_init = _embedding_init()
+        torch.manual_seed(0)
+        lstm_init = _lstm_init()
 
     adam_w, _ = _one_step(torch.optim.Adam, 1.0, 0.0, lr=0.1, weight_decay=0.1)
     adamw_w, _ = _one_step(torch.optim.AdamW, 1.0, 0.0, lr=0.1, weight_decay=0.1)
@@ -190,4 +296,12 @@ def facts() -> dict[str, object]:
         "avgpool_count_include_pad": _default(nn.AvgPool2d, "count_include_pad"),
         "flatten_order": _flatten_order(),
         "max_pool_tie_gradient": _max_pool_tie(),
+        "batchnorm2d_defaults": {"momentum": nn.BatchNorm2d(1).momentum, "eps": nn.BatchNorm2d(1).eps},
+        "batchnorm_running_var": _batchnorm_running_var(),
+        "layernorm_eps": nn.LayerNorm(4).eps,
+        "embedding_init": embedding_init,
+        "lstm_init": lstm_init,
+        "lstm_gate_order": _lstm_gate_order(),
+        "gru_gate_order": _gru_gate_order(),
+        "gru_reset_after": _gru_reset_after(),
     }

@@ -69,10 +69,10 @@ def literal(value) -> str:
     """Python source for an argument (infinities and NaN have no literal)."""
     if isinstance(value, float) and not math.isfinite(value):
         return f'float("{value}")'
-    if isinstance(value, tuple):
-        return "(" + ", ".join(literal(v) for v in value) + ("," if len(value) == 1 else "") + ")"
     if isinstance(value, Mod):
         return value.code()
+    if isinstance(value, tuple):
+        return "(" + ", ".join(literal(v) for v in value) + ("," if len(value) == 1 else "") + ")"
     return repr(value)
 
 
@@ -1123,18 +1123,15 @@ def ids_input(model: spec.Model) -> bool:
 
 
 class Built(NamedTuple):
-    """A lowered model: the nn.Module, the slot of every canonical parameter and of every layer state
-    (canonical order) and the Dropout module of every dropout layer (by layer name)."""
+    """A lowered model: the nn.Module, the slot of every canonical parameter, of every layer state and
+    of both together (`variables`, each layer's parameters then its state), in canonical order, and the
+    Dropout module of every dropout layer (by layer name)."""
 
     module: nn.Module
     slots: dict[str, Slot]
     state: dict[str, Slot]
+    variables: dict[str, Slot]
     dropouts: dict[str, Dropout]
-
-    @property
-    def variables(self) -> dict[str, Slot]:
-        """Parameters and state together."""
-        return {**self.slots, **self.state}
 
 
 def _slot(node, short: str, where: Param, modules: list[nn.Module], is_state: bool) -> Slot:
@@ -1176,8 +1173,10 @@ def build_model(model: spec.Model, *, dtype, device, native=frozenset()) -> Buil
     else:
         net = GraphNet([(node.name, node.inputs, modules[0] if len(modules) == 1 else nn.Sequential(*modules))
                         for node, modules in per_layer], model.layers[-1].name, last)
+    every = {**slots, **state}
     return Built(net, {name: slots[name] for name in model.parameter_inits()},
-                 {name: state[name] for name in model.state_inits()}, dropouts)
+                 {name: state[name] for name in model.state_inits()},
+                 {name: every[name] for name in model.variable_inits()}, dropouts)
 
 
 from crossnn_torch import optimizers  # noqa: E402,F401  (registers the optimizer rules in OPS)

@@ -15,6 +15,20 @@ and the loop is
         optimizer.step()
         losses.append(loss.detach())   # kept on the device, stacked and copied to the host once per run
 
+Sequences are written as PyTorch's word-language-model example writes them: nn.Embedding on int64
+token ids, nn.LSTM (or nn.GRU, nn.RNN; batch_first, one layer) and LastOutput taking the last step's
+output of its (output, state) tuple (or every step's), then nn.Linear. crossnn's (Keras') one bias of
+a recurrent layer is loaded into bias_ih_l0 and bias_hh_l0 is zeroed and frozen, as a user porting
+such a model writes it; GRU's gate blocks z, r, h are reordered to torch's r, z, n. nn.BatchNorm1d /
+2d (momentum = 1 - the spec's) and nn.LayerNorm on the last axis where they compute the spec.
+
+torch's fused paths: on the CPU, nn.LSTM / nn.GRU / nn.RNN run one C++ loop over time (aten's
+recurrent layer, input products for all steps at once), and in float32 oneDNN's fused LSTM kernel
+(torch.backends.mkldnn, training included), which rounds differently than the step-by-step formula
+(within float32's tolerance; float64 has no oneDNN path). On a GPU the same modules call cuDNN's
+fused RNN; crossnn's prepare() keeps TF32 off, and cuDNN's RNN backward is deterministic for a fixed
+batch shape but not bitwise equal to the CPU's.
+
 Only what a tutorial would write is covered: a chain of those layers, and losses and optimizers that
 torch's built-ins compute exactly as the spec says. Anything else (graphs, softplus, clamped BCE other
 than torch's -100, cross-entropy on probabilities) raises UnsupportedFeature. Average pooling that
@@ -49,6 +63,18 @@ class Permute(nn.Module):
 
     def forward(self, x):
         return x.permute(*self.dims)
+
+
+class LastOutput(nn.Module):
+    """The output of nn.LSTM's (output, (h, c)) tuple: the last step's (N, hidden), or every step's."""
+
+    def __init__(self, sequences=False):
+        super().__init__()
+        self.sequences = sequences
+
+    def forward(self, result):
+        output, _ = result
+        return output if self.sequences else output[:, -1]
 
 
 class AvgPoolSame(nn.Module):
@@ -133,6 +159,25 @@ def _sequential(model: spec.Model, dtype, device):
                 modules += [*([nn.ZeroPad2d(pad)] if pad else []), pool]
         elif isinstance(layer, spec.Flatten):
             modules += [Permute(0, 2, 3, 1), nn.Flatten()] if len(shape) == 3 else [nn.Flatten()]
+        elif isinstance(layer, spec.ActivationLayer):
+            if isinstance(layer.activation, spec.Softmax) and len(shape) == 2:
+                raise _unsupported(f"softmax layer '{node.name}' on sequences")
+            modules += _activation(layer.activation)
+        elif isinstance(layer, spec.Embedding):
+            if len(shape) != 1:
+                raise _unsupported(f"embedding '{node.name}' of ids shaped {list(shape)}")
+            embedding = nn.Embedding(layer.input_dim, layer.output_dim, dtype=dtype, device=device)
+            modules.append(embedding)
+            params.append((f"{node.name}/embeddings", embedding.weight, None))
+        elif isinstance(layer, (spec.LSTM, spec.GRU, spec.SimpleRNN)):
+            modules += _recurrent(node, params, dtype, device)
+        elif isinstance(layer, spec.BatchNorm):
+            modules.append(_batch_norm(node, params, dtype, device))
+        elif isinstance(layer, spec.LayerNorm) and layer.center and layer.scale and layer.axis == -1 \
+                and len(shape) != 3:
+            norm = nn.LayerNorm(shape[-1], eps=layer.epsilon, dtype=dtype, device=device)
+            modules.append(norm)
+            params += [(f"{node.name}/gamma", norm.weight, None), (f"{node.name}/beta", norm.bias, None)]
         else:
             raise _unsupported(f"layer '{node.name}' of type '{layer.kind}'")
         previous, shape = node.name, node.shape
@@ -141,6 +186,71 @@ def _sequential(model: spec.Model, dtype, device):
     if len(shape) != 1:
         raise _unsupported(f"a model whose output has {len(shape)} axes")
     return nn.Sequential(*modules), params
+
+
+def _recurrent(node, params, dtype, device) -> list[nn.Module]:
+    """nn.LSTM / nn.GRU / nn.RNN (batch_first) and LastOutput, for the activations torch's modules have."""
+    layer, features = node.layer, node.input_shapes[0][1]
+    acts = (type(layer.activation), type(getattr(layer, "recurrent_activation", spec.Sigmoid())))
+    if isinstance(layer, spec.LSTM) and acts == (spec.Tanh, spec.Sigmoid):
+        rnn = nn.LSTM(features, layer.units, batch_first=True, dtype=dtype, device=device)
+    elif isinstance(layer, spec.GRU) and acts == (spec.Tanh, spec.Sigmoid) and layer.reset_after:
+        rnn = nn.GRU(features, layer.units, batch_first=True, dtype=dtype, device=device)
+    elif isinstance(layer, spec.SimpleRNN) and acts[0] in (spec.Tanh, spec.ReLU):
+        rnn = nn.RNN(features, layer.units, nonlinearity="tanh" if acts[0] is spec.Tanh else "relu", batch_first=True,
+                     dtype=dtype, device=device)
+    else:
+        raise _unsupported(f"{layer.kind} '{node.name}' as configured")
+    gru = "gru-" if isinstance(layer, spec.GRU) else ""
+    for short, weight in (("kernel", rnn.weight_ih_l0), ("recurrent_kernel", rnn.weight_hh_l0)):
+        params.append((f"{node.name}/{short}", weight, gru + "gates"))
+    params.append((f"{node.name}/bias", (rnn.bias_ih_l0, rnn.bias_hh_l0), gru + "bias"))
+    if not gru:  # Keras' one bias: torch's second held at zero
+        rnn.bias_hh_l0.requires_grad_(False)
+    return [rnn, LastOutput(layer.return_sequences)]
+
+
+def _batch_norm(node, params, dtype, device) -> nn.Module:
+    """nn.BatchNorm1d / 2d with torch's momentum = 1 - the spec's, where torch computes the spec."""
+    layer, shape = node.layer, node.input_shapes[0]
+    if layer.running_variance != "unbiased" or not (layer.center and layer.scale) or layer.axis != -1 \
+            or len(shape) == 2:
+        raise _unsupported(f"batch_norm '{node.name}' as configured")
+    cls = nn.BatchNorm2d if len(shape) == 3 else nn.BatchNorm1d
+    bn = cls(shape[-1], eps=layer.epsilon, momentum=1.0 - layer.momentum, dtype=dtype, device=device)
+    params += [(f"{node.name}/gamma", bn.weight, None), (f"{node.name}/beta", bn.bias, None),
+               (f"{node.name}/moving_mean", bn.running_mean, None), (f"{node.name}/moving_variance", bn.running_var,
+                                                                      None)]
+    return bn
+
+
+def _gru_order(w: torch.Tensor) -> torch.Tensor:
+    """Gate blocks z, r, h (Keras) <-> r, z, n (torch) along the last axis: swap the first two."""
+    u = w.shape[-1] // 3
+    return torch.cat([w[..., u:2 * u], w[..., :u], w[..., 2 * u:]], -1)
+
+
+def _to_torch(value: torch.Tensor, kind):
+    """A canonical value in torch's layout: permuted (kind: the axes), a recurrent kernel (gates
+    reordered for a GRU, transposed), or a recurrent bias as (bias_ih, bias_hh): Keras' one bias and
+    zeros, or a GRU's two rows."""
+    if kind in ("gates", "gru-gates"):
+        return (_gru_order(value) if kind == "gru-gates" else value).T
+    if kind == "gru-bias":
+        return _gru_order(value[0]), _gru_order(value[1])
+    if kind == "bias":
+        return value, torch.zeros_like(value)
+    return value.permute(kind) if kind else value
+
+
+def _to_canonical(value, kind) -> torch.Tensor:
+    if kind in ("gates", "gru-gates"):
+        return _gru_order(value.T) if kind == "gru-gates" else value.T
+    if kind == "gru-bias":
+        return torch.stack([_gru_order(value[0]), _gru_order(value[1])])
+    if kind == "bias":
+        return value[0] + value[1]
+    return value.permute(tuple(int(i) for i in np.argsort(kind))) if kind else value
 
 
 def _loss(s: spec.Loss) -> nn.Module:
@@ -181,12 +291,15 @@ class TutorialTrainer(Trainer):
         self.dtype = getattr(torch, dtype)
         self.model, self.params = _sequential(experiment.model, self.dtype, self.device)
         with torch.no_grad():
-            for name, parameter, dims in self.params:
-                value = torch.as_tensor(params[name])
-                parameter.copy_(value.permute(dims) if dims else value)
+            for name, tensors, kind in self.params:
+                native = _to_torch(torch.as_tensor(params[name]), kind)
+                for tensor, value in zip(tensors if isinstance(tensors, tuple) else (tensors,),
+                                         native if isinstance(native, tuple) else (native,)):
+                    tensor.copy_(value)
         self.loss_fn = _loss(experiment.loss)
         self.optimizer = _optimizer(experiment.optimizer, self.model.parameters())
-        self.X = torch.as_tensor(_nchw(data.x), dtype=self.dtype, device=self.device)
+        self.ids = isinstance(experiment.model.layers[0], spec.Embedding)
+        self.X = self._inputs(data.x)
         if experiment.loss.sparse_targets:  # class indices, what nn.CrossEntropyLoss takes
             self.Y = torch.as_tensor(data.y, dtype=torch.int64, device=self.device)
         else:
@@ -213,18 +326,27 @@ class TutorialTrainer(Trainer):
     def step(self, batch):
         return float(self.run([batch])[0])
 
+    def _inputs(self, x):
+        """Token ids as int64 (nn.Embedding's input), images as (N, C, H, W), else the values."""
+        if self.ids:
+            return torch.as_tensor(np.asarray(x), dtype=torch.int64, device=self.device)
+        return torch.as_tensor(_nchw(np.asarray(x)), dtype=self.dtype, device=self.device)
+
     def parameters(self):
         out = {}
-        for name, parameter, dims in self.params:
-            value = parameter.detach()
-            if dims:  # back to crossnn's layout: the inverse permutation
-                value = value.permute(tuple(int(i) for i in np.argsort(dims)))
+        for name, tensors, kind in self.params:  # back to crossnn's layout
+            detached = tuple(t.detach() for t in tensors) if isinstance(tensors, tuple) else tensors.detach()
+            value = _to_canonical(detached, kind)
             out[name] = np.array(value.cpu().numpy(), order="C", copy=True)
         return out
 
     def predict(self, x):
-        with torch.no_grad():
-            return self.model(torch.as_tensor(_nchw(np.asarray(x)), dtype=self.dtype, device=self.device)).cpu().numpy()
+        self.model.eval()  # batch normalization with its running statistics
+        try:
+            with torch.no_grad():
+                return self.model(self._inputs(x)).cpu().numpy()
+        finally:
+            self.model.train()
 
     def synchronize(self):
         if self.device.type == "cuda":

@@ -41,8 +41,8 @@ def read_spec(spec: str | os.PathLike):
     if not isinstance(spec, (str, os.PathLike)):
         raise TypeError(f"load_spec: expected a spec file path or an example name, got {type(spec).__name__}")
     text, path = os.fspath(spec), Path(spec)
-    if path.suffix == ".toml" or path.exists():
-        if not path.exists():
+    if path.suffix == ".toml" or os.path.lexists(path):  # lexists: a broken link or a link loop is read, and said
+        if not os.path.lexists(path):
             raise SpecError(f"no such spec file: {text}")
         return read_file(path)
     if text in examples.names():
@@ -174,7 +174,8 @@ def run(spec: Experiment | str | os.PathLike, *, backends: str | Sequence[str] |
     about 500 snapshots); progress prints progress lines on stderr. Bad input raises one
     crossnn.CrossnnError (a SpecError, BackendError or DataError) naming the argument or field."""
     from crossnn.console import Progress
-    from crossnn.selection import check_count, check_tolerance, select_runs, start
+    from crossnn.selection import select_runs, start
+    from crossnn.validate import check_count, check_tolerance
 
     experiment = spec if isinstance(spec, Experiment) else load_spec(spec)
     rtol, atol = check_tolerance(rtol, "rtol"), check_tolerance(atol, "atol")

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from crossnn.errors import CrossnnError
-from crossnn.files import write_npz_atomic
+from crossnn.files import open_npz, write_npz_atomic
 from crossnn.params import Params
 from crossnn.spec import Experiment, dumps, loads
 
@@ -74,19 +74,49 @@ def save_checkpoint(path: Path, experiment: Experiment, state: TrainingState) ->
     write_npz_atomic(Path(path), arrays)
 
 
+def _reason(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+#: what each key of a checkpoint holds: a NumPy dtype kind (U text, i/u integer, f float) and whether
+#: it is a single value
+_KINDS = {"format": ("U", True), "spec": ("U", True), "step": ("iu", True),
+          "param/": ("fiu", False), "slot/": ("fiu", False), "counter/": ("iu", True)}
+_KIND_NAMES = {"U": "text", "iu": "an integer", "fiu": "real numbers"}
+
+
+def _check_types(path: Path, contents: dict) -> None:
+    """Each key holds the kind of value the format says (see _KINDS)."""
+    for key, value in contents.items():
+        rule = next((r for prefix, r in _KINDS.items() if key == prefix or (prefix.endswith("/") and
+                                                                            key.startswith(prefix))), None)
+        if rule is None:
+            continue
+        kinds, single = rule
+        if not isinstance(value, np.ndarray) or value.dtype.kind not in kinds or (single and value.ndim != 0):
+            got = (f"{value.dtype} array of shape {value.shape}" if isinstance(value, np.ndarray)
+                   else type(value).__name__)
+            raise CheckpointError(f"{path}: {key} must hold {_KIND_NAMES[kinds]}{' (one value)' if single else ''}, "
+                                  f"got {got}")
+
+
 def load_checkpoint(path: Path, experiment: Experiment | None = None) -> tuple[Experiment, TrainingState]:
     """Read a checkpoint; with `experiment`, also check it belongs to that spec and fits its model."""
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        with open_npz(path) as archive:
             contents = {key: archive[key] for key in archive.files}
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint") from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read it ({err.strerror or err})") from None
+    except (ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_reason(err)})") from None
     for key in ("format", "spec", "step"):
         if key not in contents:
             raise CheckpointError(f"{path}: missing key '{key}' (not a crossnn checkpoint, or damaged)")
+    _check_types(path, contents)
     if str(contents["format"]) != FORMAT:
         raise CheckpointError(f"{path}: format '{contents['format']}', expected '{FORMAT}'")
     saved = loads(str(contents["spec"]), source=f"{path}:spec")

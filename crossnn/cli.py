@@ -1,4 +1,5 @@
-"""The `crossnn` command. Exit status: 0 parity passed, 1 parity failed, 2 bad input."""
+"""The `crossnn` command. Exit status: 0 parity passed, 1 parity failed, 2 bad input, 3 internal error,
+130 interrupted (Ctrl-C)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,9 @@ import textwrap
 import traceback
 from pathlib import Path
 
-from crossnn.api import load_data, load_spec, read_spec
 from crossnn.errors import CrossnnError, SpecError
 
-EXIT_OK, EXIT_PARITY_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+EXIT_OK, EXIT_PARITY_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-after", type=int, metavar="STEPS", help="stop after this many steps in all (with --save)")
     p.add_argument("--save", metavar="PATH", help="write the stopped run's training state to a checkpoint (.npz)")
     p.add_argument("--resume", metavar="PATH", help="continue the runs from a checkpoint of this spec")
+    p.add_argument("--force", action="store_true", help="replace an existing output file that crossnn did not write")
     p.set_defaults(handler=cmd_run)
 
     p = commands.add_parser("diff", help="the catalog entries that apply to a spec, and the divergence each causes")
@@ -98,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", help="with --side-by-side: comma-separated backends (default: every available one)")
     p.add_argument("--html", metavar="FILE", help="with --side-by-side: write an HTML page instead")
     p.add_argument("--width", type=int, help="with --side-by-side: total width in characters (default: the terminal's)")
+    p.add_argument("--force", action="store_true", help="replace an existing output file that crossnn did not write")
     p.set_defaults(handler=cmd_code)
 
     p = commands.add_parser("export", help="convert a checkpoint to a framework's own format")
@@ -105,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", required=True, help="torch (model and optimizer state_dict) or tensorflow "
                                                      "(Keras .weights.h5)")
     p.add_argument("--out", required=True, metavar="FILE")
+    p.add_argument("--force", action="store_true", help="replace an existing output file that crossnn did not write")
     p.set_defaults(handler=cmd_export)
 
     p = commands.add_parser("import", help="read a framework's own checkpoint into a crossnn checkpoint")
@@ -112,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", required=True, help="the framework that wrote FILE")
     p.add_argument("--spec", required=True, metavar="SPEC_OR_EXAMPLE", help="the spec the model was trained from")
     p.add_argument("--out", required=True, metavar="CHECKPOINT")
+    p.add_argument("--force", action="store_true", help="replace an existing output file that crossnn did not write")
     p.set_defaults(handler=cmd_import)
 
     p = commands.add_parser("bench", help="time training steps over backends, devices, modes, sizes and batch sizes")
@@ -140,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "reaches VALUE (e.g. accuracy=0.97), over --runs data orders (dtype default float64)")
     p.add_argument("--runs", type=int, default=5, help="with --to-metric: runs per backend x mode, each with its own "
                                                        "data order; the fastest and slowest are dropped (default 5)")
+    p.add_argument("--force", action="store_true", help="replace an existing output file that crossnn did not write")
     p.set_defaults(handler=cmd_bench)
 
     p = commands.add_parser("report", help="write reports/<name>/: parity runs, benchmarks, figures, raw JSON")
@@ -166,23 +171,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run one command; Ctrl-C at any point from here on (frameworks loading included) is one line
+    and exit status 130. Importing this module loads nothing heavy, so the window before is short."""
+    args = None
     try:
+        args = build_parser().parse_args(argv)
         return args.handler(args)
     except CrossnnError as err:
-        if args.debug:
+        if getattr(args, "debug", False):
             traceback.print_exc()
         print(f"crossnn: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("crossnn: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # the reader went away (`crossnn ... | head`): stop quietly, like a SIGPIPE
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + 13
     except Exception as err:  # a bug: say so in one line unless asked for the traceback
-        if args.debug:
+        if getattr(args, "debug", False):
             raise
         print(f"crossnn: internal error: {type(err).__name__}: {err} (rerun with --debug for the traceback)",
               file=sys.stderr)
@@ -190,6 +197,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ---- helpers ------------------------------------------------------------------------------------
+
+def load_spec(text: str):
+    """crossnn.api.load_spec, imported when first used (so that importing this module stays light)."""
+    from crossnn.api import load_spec
+
+    return load_spec(text)
+
+
+def read_spec(text: str):
+    from crossnn.api import read_spec
+
+    return read_spec(text)
+
+
+def load_data(experiment, where: str):
+    from crossnn.api import load_data
+
+    return load_data(experiment, where)
+
 
 #: names that stand for several examples
 SUITES = {"seeds": ("adder", "line", "linear-2x3", "two-tower", "circle")}
@@ -199,21 +225,11 @@ def _expand_suite(name: str) -> tuple[str, ...]:
     return SUITES.get(name, (name,))
 
 
-def _split(text: str | None) -> list[str]:
-    """Comma-separated names, each once, in the order given."""
-    return list(dict.fromkeys(part.strip() for part in (text or "").split(",") if part.strip()))
-
-
 def _devices(text: str) -> list[str]:
     """The --devices list, each name checked (cpu, cuda[:N] or gpu[:N])."""
-    from crossnn.bench.select import device_kind
-    from crossnn.errors import BackendError
+    from crossnn.validate import check_devices
 
-    devices = _split(text)
-    for device in devices:
-        if device_kind(device) is None:
-            raise BackendError(f"--devices: unknown device '{device}'; use cpu or cuda")
-    return devices
+    return check_devices(text, "--devices")
 
 
 def _chosen_backends(text: str | None) -> list[str]:
@@ -222,8 +238,9 @@ def _chosen_backends(text: str | None) -> list[str]:
     on stderr."""
     from crossnn import backends
     from crossnn.errors import BackendError
+    from crossnn.validate import name_list
 
-    requested = _split(text)
+    requested = name_list(text, "--backends")  # [] for None; '' and ',' name nothing and are refused
     names = requested or backends.available()
     failed = backends.prepare(names)  # unknown or uninstalled names raise BackendError here
     if requested and failed:
@@ -305,38 +322,47 @@ def _run(args, json_only: bool = False):
     from crossnn.api import Result, compare_all
     from crossnn.checkpoint import load_checkpoint
     from crossnn.console import Progress, table
-    from crossnn.harness import train
-    from crossnn.selection import check_count, check_tolerance, select_runs, start
+    from crossnn.harness import check_stop, train
+    from crossnn.plan import BatchPlan
+    from crossnn.selection import select_runs, start
+    from crossnn.validate import check_count, check_tolerance
 
     # everything the user typed is checked before any training starts
-    texts = [text for name in args.spec for text in _expand_suite(name)]
-    experiments = [load_spec(text) for text in texts]
-    datasets = [load_data(e, text) for e, text in zip(experiments, texts)]
     check_count(args.snapshot_every, "--snapshot-every")
+    check_count(args.stop_after, "--stop-after")
     check_count(args.threads, "--threads")
-    check_tolerance(args.rtol, "--rtol")
-    check_tolerance(args.atol, "--atol")
+    rtol, atol = check_tolerance(args.rtol, "--rtol"), check_tolerance(args.atol, "--atol")
+    _refuse_empty(args, resume="--resume")
     selection = select_runs(args.backends, args.dtype, args.device, args.mode, native=args.flavor == "native",
                             options=RUN_OPTIONS)  # names checked before any framework loads
-    _check_outputs(args, json="--json", save="--save")
+    texts = [text for name in args.spec for text in _expand_suite(name)]
+    experiments = [load_spec(text) for text in texts]
+    inputs = _spec_inputs(experiments)
+    if args.resume:
+        inputs[args.resume] = "the checkpoint this command resumes"
+    _check_outputs(args, inputs, json="--json", save="--save")
+    datasets = [load_data(e, text) for e, text in zip(experiments, texts)]
     _check_checkpoint_options(args, len(experiments), len(selection.runs))
+    resume = load_checkpoint(Path(args.resume), experiments[0])[1] if args.resume else None
+    if args.stop_after is not None:
+        plan = BatchPlan.for_experiment(experiments[0], datasets[0].n)
+        check_stop(args.stop_after, plan.steps, resume.step if resume else None, "--stop-after")
     selection = start(selection, RUN_OPTIONS["devices"])  # imports the frameworks
     for note in selection.notes:
         _stderr(f"crossnn: {note}")
 
-    resume = load_checkpoint(Path(args.resume), experiments[0])[1] if args.resume else None
     outcomes: list[Result] = []
     for experiment, dataset in zip(experiments, datasets):
         harness = train(experiment, selection.runs, snapshot_every=args.snapshot_every, dataset=dataset,
                         progress=Progress(enabled=not args.quiet), resume=resume, stop_after=args.stop_after,
                         threads=args.threads)
-        if args.save:
-            _save_stopped(args.save, experiment, harness.records[0])
-        result = Result(harness, compare_all(harness, args.rtol, args.atol), selection.notes)
+        result = Result(harness, compare_all(harness, rtol, atol), selection.notes)
         if len(experiments) > 1:
             print(f"==== {experiment.name} " + "=" * max(0, 70 - len(experiment.name)))
         print(result.table())
         print()
+        if args.save:
+            _save_stopped(args.save, experiment, harness.records[0])
         if args.flavor == "native":
             print(native_explanation(experiment, harness, result.parities,
                                      say=(lambda text: None) if args.quiet else _stderr))
@@ -363,7 +389,8 @@ def _run(args, json_only: bool = False):
 
         machine = describe()
         documents = [result.to_json(machine) for result in outcomes]
-        text = json_text(documents[0] if len(documents) == 1 else {"experiments": documents})
+        text = json_text(documents[0] if len(documents) == 1 else
+                         {"crossnn_version": documents[0]["crossnn_version"], "experiments": documents})
         if json_only:
             return code, text
         write_text_atomic(Path(args.json), text)
@@ -415,13 +442,17 @@ def cmd_diff(args) -> int:
     from crossnn import backends
     from crossnn.console import sci, table
     from crossnn.differences import Lab, Unavailable, applicable, measure
+    from crossnn.validate import check_dtypes
 
+    dtypes = check_dtypes(args.dtype, "--dtype")
+    if len(dtypes) > 1:
+        raise SpecError(f"--dtype: diff measures one dtype at a time, got {', '.join(dtypes)}")
     experiment = load_spec(args.spec)
     names = [n for n in _chosen_backends(args.backends) if backends.get(n).native_entries]
     lab = Lab()
-    effects = measure(experiment, names, lab, args.dtype, snapshot_every=None, say=_stderr)
+    effects = measure(experiment, names, lab, dtypes[0], snapshot_every=None, say=_stderr)
     print(f"{experiment.name}: catalog entries that apply, and the divergence each causes when one framework lowers "
-          f"it its own way (max relative parameter difference from the NumPy {args.dtype} reference)")
+          f"it its own way (max relative parameter difference from the NumPy {dtypes[0]} reference)")
     print(table(("entry", "backend", "max rel", "final rel", "first step > 1e-9"),
                 [(e.entry.id, e.backend, sci(e.divergence.max_rel), sci(e.divergence.final_rel),
                   "-" if e.divergence.first_step_over_1e9 is None else e.divergence.first_step_over_1e9)
@@ -480,13 +511,45 @@ def cmd_differences(args) -> int:
     return EXIT_OK
 
 
-def _check_outputs(args, **options: str) -> None:
-    """Check every output path the user gave (attribute -> option name) before any work starts."""
-    from crossnn.files import check_output_path
+def _check_outputs(args, inputs: dict[str, str] | None = None, **options: str) -> None:
+    """Check every output path the user gave (attribute -> option name) before any work starts: it
+    can be written, it is none of the command's `inputs` (path -> what it is), no two options name
+    one file, and an existing file there is crossnn's own output unless --force was given."""
+    from crossnn.errors import OutputError
+    from crossnn.files import STDOUT, check_output_path
 
+    taken: dict[str, str] = {}
     for attribute, option in options.items():
-        if getattr(args, attribute, None):
-            check_output_path(getattr(args, attribute), option, stdout=option == "--json")
+        path = getattr(args, attribute, None)
+        if path is None:
+            continue
+        check_output_path(path, option, stdout=option == "--json", inputs=inputs or {},
+                          force=getattr(args, "force", False))
+        if path != STDOUT:
+            key = os.path.realpath(path)
+            if key in taken:
+                raise OutputError(f"{option} {path}: {taken[key]} writes that file too; give each output its own")
+            taken[key] = option
+
+
+def _refuse_empty(args, **options: str) -> None:
+    """An input path option given as '' (attribute -> option name) is bad input, not left out."""
+    for attribute, option in options.items():
+        values = getattr(args, attribute, None)
+        for value in values if isinstance(values, list) else [values]:
+            if value is not None and not value.strip():
+                raise SpecError(f"{option}: the path is empty")
+
+
+def _spec_inputs(experiments) -> dict[str, str]:
+    """The files the experiments are read from: their spec files and data files, by what each is."""
+    inputs = {}
+    for experiment in experiments:
+        if experiment.source:
+            inputs[experiment.source] = "this command's spec file"
+        for path in experiment.data.files(experiment.base_dir):
+            inputs[str(path)] = "this command's data file"
+    return inputs
 
 
 def _check_checkpoint_options(args, n_specs: int, n_runs: int) -> None:
@@ -501,11 +564,13 @@ def _check_checkpoint_options(args, n_specs: int, n_runs: int) -> None:
 
 def _save_stopped(path: str, experiment, record) -> None:
     from crossnn.checkpoint import save_checkpoint
+    from crossnn.results import parameters_text
 
     if record.final_state is None:
         raise SpecError(f"--save: the {record.spec.label} run did not finish its steps ({record.message})")
     save_checkpoint(Path(path), experiment, record.final_state)
-    print(f"training state after step {record.final_state.step} of {record.spec.label} saved to {path}")
+    print(f"training state after step {record.final_state.step} of {record.spec.label} saved to {path}; "
+          "its parameters:\n" + parameters_text(record.final_state.params))
 
 
 def _side_file(script: str) -> Path:
@@ -527,11 +592,12 @@ def cmd_code(args) -> int:
                 raise SpecError(f"--{option} goes with --side-by-side")
     elif args.backend or args.out:
         raise SpecError("--side-by-side takes --backends (several) and --html, not --backend or --out")
-    _check_outputs(args, out="--out", html="--html")
+    experiment = load_spec(args.spec)
+    inputs = _spec_inputs([experiment])
+    _check_outputs(args, inputs, out="--out", html="--html")
     side = _side_file(args.out) if args.out else None
     if side is not None:
-        check_output_path(side, "--out (its data file)")
-    experiment = load_spec(args.spec)
+        check_output_path(side, "--out (its data file)", inputs=inputs, force=args.force)
     data, params = load_data(experiment, args.spec), initial_parameters(experiment)
     if not args.side_by_side:
         if not args.backend:
@@ -562,7 +628,7 @@ def cmd_export(args) -> int:
     from crossnn import backends
     from crossnn.checkpoint import load_checkpoint
 
-    _check_outputs(args, out="--out")
+    _check_outputs(args, {args.checkpoint: "the checkpoint this command exports"}, out="--out")
     experiment, state = load_checkpoint(Path(args.checkpoint))
     backends.prepare([args.backend])
     holds = backends.get(args.backend).export_native(experiment, state, Path(args.out))
@@ -574,8 +640,8 @@ def cmd_import(args) -> int:
     from crossnn import backends
     from crossnn.checkpoint import save_checkpoint
 
-    _check_outputs(args, out="--out")
     experiment = load_spec(args.spec)
+    _check_outputs(args, {**_spec_inputs([experiment]), args.native: "the file this command imports"}, out="--out")
     backends.prepare([args.backend])
     backend = backends.get(args.backend)
     state = backend.import_native(experiment, Path(args.native))
@@ -592,11 +658,10 @@ def cmd_bench(args) -> int:
     from crossnn.bench.suites import SUITES, cases_for
     from crossnn.errors import BackendError
     from crossnn.files import STDOUT, json_text, write_text_atomic, write_text_output
-    from crossnn.parity import TOLERANCES
+    from crossnn.validate import check_count, check_dtypes, name_list
 
     kind, address = parse_executor(args.executor)
-    if args.dask_workers < 1:
-        raise SpecError(f"--dask-workers: must be >= 1, got {args.dask_workers}")
+    check_count(args.dask_workers, "--dask-workers")
     if args.dask_workers != 1 and (kind != "dask" or address):
         raise SpecError("--dask-workers: goes with --executor dask (no address): it sizes the LocalCluster here")
     if kind == "dask" and args.in_process:
@@ -604,31 +669,29 @@ def cmd_bench(args) -> int:
     if args.to_metric is not None:
         return _bench_to_metric(args)
     cases = cases_for(args.spec or list(SUITES), args.quick)
-    names = _split(args.backends) or backends.available()
+    names = name_list(args.backends, "--backends") or backends.available()
     for name in names:
         backends.get(name)
-    dtypes = _split(args.dtype or "float32")
-    for dtype in dtypes:
-        if dtype not in TOLERANCES:
-            raise BackendError(f"--dtype: unknown dtype '{dtype}'; use float32 or float64")
+    dtypes = check_dtypes("float32" if args.dtype is None else args.dtype, "--dtype")
     devices = _devices(args.devices)
-    if args.repeats < 1:
-        raise SpecError(f"--repeats: must be >= 1, got {args.repeats}")
+    check_count(args.repeats, "--repeats")
     if args.runs != 5:
         raise SpecError("--runs: goes with --to-metric")
+    modes = name_list(args.modes, "--modes")
     known = {"tutorial", *(mode for name in names for mode in backends.get(name).modes)}
-    for mode in _split(args.modes):
+    for mode in modes:
         if mode not in known:
             raise BackendError(f"--modes: no chosen backend has mode '{mode}'; modes: {', '.join(sorted(known))}")
 
-    _check_outputs(args, json="--json")
+    _check_outputs(args, {text: "a spec file this command benchmarks" for text in args.spec if os.path.isfile(text)},
+                   json="--json")
     to_stdout = args.json == STDOUT
 
     def save(result):
         if args.json and not to_stdout:  # a file is rewritten after every case, so a long run keeps its rows
             write_text_atomic(Path(args.json), json_text(result.to_json()))
 
-    result = run_bench(cases, names, devices, dtypes, modes=_split(args.modes) or None, quick=args.quick,
+    result = run_bench(cases, names, devices, dtypes, modes=modes or None, quick=args.quick,
                        repeats=args.repeats, min_repeat_seconds=0.05 if args.quick else 0.2,
                        say=_stderr, after_case=save, isolate=not args.in_process, executor=args.executor,
                        dask_workers=args.dask_workers)
@@ -645,8 +708,8 @@ def _bench_to_metric(args) -> int:
     from crossnn import backends
     from crossnn.bench.suites import SUITES
     from crossnn.bench.to_metric import parse_target, time_to_metric, to_metric_table
-    from crossnn.errors import BackendError
     from crossnn.files import STDOUT, json_text, write_text_output
+    from crossnn.validate import check_count, check_dtypes, name_list
 
     if len(args.spec) != 1 or args.spec[0] in SUITES:
         raise SpecError("--to-metric: name one spec file or example (not a suite), e.g. "
@@ -656,23 +719,20 @@ def _bench_to_metric(args) -> int:
     for option, value, default in (("--quick", args.quick, False), ("--repeats", args.repeats, 5)):
         if value != default:
             raise SpecError(f"{option}: does not go with --to-metric (use --runs for the number of data orders)")
-    if args.runs < 1:
-        raise SpecError(f"--runs: must be >= 1, got {args.runs}")
+    check_count(args.runs, "--runs")
     experiment = load_spec(args.spec[0])
     target = parse_target(args.to_metric, experiment)
-    names = _split(args.backends) or backends.available()
+    names = name_list(args.backends, "--backends") or backends.available()
     for name in names:
         backends.get(name)
-    dtypes = _split(args.dtype or "float64")
-    for dtype in dtypes:
-        if dtype not in ("float32", "float64"):
-            raise BackendError(f"--dtype: unknown dtype '{dtype}'; use float32 or float64")
+    dtypes = check_dtypes("float64" if args.dtype is None else args.dtype, "--dtype")
     devices = _devices(args.devices)
     if len(devices) != 1:
         raise SpecError("--devices: --to-metric times one device at a time")
-    _check_outputs(args, json="--json")
+    _check_outputs(args, _spec_inputs([experiment]), json="--json")
     load_data(experiment, args.spec[0])  # a data error is bad input, named before any backend starts
-    result = time_to_metric(experiment, target, names, dtypes, modes=_split(args.modes) or None, runs=args.runs,
+    result = time_to_metric(experiment, target, names, dtypes, modes=name_list(args.modes, "--modes") or None,
+                            runs=args.runs,
                             device=devices[0], say=_stderr, isolate=not args.in_process)
     print(to_metric_table(result), file=sys.stderr if args.json == STDOUT else sys.stdout)
     if args.json:
@@ -685,6 +745,8 @@ def _read_json(path: str, what: str) -> dict:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError) as err:
         raise SpecError(f"{what}: cannot read {path}: {err}") from None
+    except RecursionError:
+        raise SpecError(f"{what}: cannot read {path}: arrays or objects nested too deeply") from None
 
 
 def _is_run_document(doc) -> bool:
@@ -725,7 +787,11 @@ def cmd_report(args) -> int:
     from crossnn.files import check_output_path
     from crossnn.report import ReportInputs, check_report_folder, write_report
     from crossnn.results import result_json
+    from crossnn.validate import check_dtypes, name_list
 
+    _refuse_empty(args, bench="--bench", pytest_benchmark="--pytest-benchmark", run_json="--run-json")
+    dtypes = check_dtypes(args.dtype, "--dtype")
+    suites = name_list(args.suites, "--suites")
     check_output_path(args.out, "--out", directory=True)
     if args.differences and args.name != "latest":
         raise SpecError("--name: --differences always writes <--out>/differences")
@@ -752,7 +818,7 @@ def cmd_report(args) -> int:
         if not (isinstance(documents, list) and all(_is_run_document(d) for d in documents)):
             raise SpecError(f"--run-json: {path} is not a `crossnn run --json` file")
         runs += documents
-    cases = cases_for(_split(args.suites), args.quick) if bench is None and not args.no_bench else []
+    cases = cases_for(suites, args.quick) if bench is None and not args.no_bench else []
     devices = _devices(args.devices) if cases else []
     names = _chosen_backends(args.backends) if experiments or cases else []
     command = "crossnn report " + _without_note(sys.argv[2:]) if sys.argv[1:2] == ["report"] else "crossnn report"
@@ -760,7 +826,7 @@ def cmd_report(args) -> int:
     machine = describe() if experiments else None
     for experiment in experiments:
         _stderr(f"parity run: {experiment.name}")
-        specs = [RunSpec(name, dtype) for dtype in _split(args.dtype) for name in names]
+        specs = [RunSpec(name, dtype) for dtype in dtypes for name in names]
         result = train(experiment, specs, progress=Progress())
         parities = {id(r): compare(result.reference, r) for r in result.records}
         runs.append(result_json(result, parities, machine))

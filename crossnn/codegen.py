@@ -74,8 +74,9 @@ def header(experiment: Experiment, framework: str, command: str) -> str:
 
 
 def side_arrays(data: Dataset, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """What the side .npz file of a script holds: X, Y and the initial parameters as param/<name>."""
-    return {"X": np.asarray(data.x), "Y": np.asarray(data.y),
+    """What the side .npz file of a script holds: X, Y and the initial parameters as param/<name>, and
+    a `format` naming it crossnn's (so that a later `crossnn code --out` may replace it)."""
+    return {"format": np.array("crossnn-script-data-1"), "X": np.asarray(data.x), "Y": np.asarray(data.y),
             **{f"param/{name}": np.asarray(value, dtype=np.float64) for name, value in params.items()}}
 
 

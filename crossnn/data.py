@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from crossnn.errors import DataError
+from crossnn.memory import check_data
 from crossnn.rng import stream
 from crossnn.spec import Experiment
 
@@ -28,6 +29,7 @@ class Dataset:
 def load_dataset(experiment: Experiment) -> Dataset:
     """Generate or read the data from the "data" stream of the seed, check it fits the model, and
     hold out the last `validation_split` of the samples (before any shuffling, as Keras does)."""
+    check_data(experiment)  # a generator's arrays must fit in memory before it draws them
     x, y = experiment.data.arrays(stream(experiment.seed, "data"), experiment.base_dir)
     full = check_dataset(experiment, np.asarray(x), np.asarray(y))
     split = experiment.train.validation_split
@@ -47,8 +49,8 @@ def check_dataset(experiment: Experiment, x: np.ndarray, y: np.ndarray) -> Datas
     want = model.input_shape
     if x.ndim == 1 and want == (1,):
         x = x.reshape(-1, 1)
-    if not np.issubdtype(x.dtype, np.number):
-        raise DataError(f"data.x: expected numbers, got dtype {x.dtype}")
+    if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
+        raise DataError(f"data.x: expected real numbers, got dtype {x.dtype}")
     if x.shape[1:] != want:
         described = (f"{x.shape[1]} feature column(s)" if x.ndim == 2 and len(want) == 1
                      else f"samples of shape {list(x.shape[1:])}")
@@ -67,8 +69,8 @@ def check_dataset(experiment: Experiment, x: np.ndarray, y: np.ndarray) -> Datas
         out = model.output_shape
         if y.ndim == 1 and out == (1,):
             y = y.reshape(-1, 1)
-        if not np.issubdtype(y.dtype, np.number):
-            raise DataError(f"data.y: expected numbers, got shape {y.shape} dtype {y.dtype}")
+        if not np.issubdtype(y.dtype, np.number) or np.iscomplexobj(y):
+            raise DataError(f"data.y: expected real numbers, got shape {y.shape} dtype {y.dtype}")
         if y.shape[1:] != out:
             described = (f"{y.shape[1]} column(s)" if y.ndim == 2 and len(out) == 1
                          else f"samples of shape {list(y.shape[1:])}")
@@ -103,6 +105,8 @@ def _class_indices(y: np.ndarray, classes: int) -> np.ndarray:
         y = y[:, 0]
     if y.ndim != 1:
         raise DataError(f"data.y: sparse cross-entropy wants class indices (N,) or (N, 1), got shape {y.shape}")
+    if not (np.issubdtype(y.dtype, np.number) or y.dtype == bool) or np.iscomplexobj(y):
+        raise DataError(f"data.y: sparse cross-entropy wants integer class indices, got dtype {y.dtype}")
     if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
         raise DataError("data.y: sparse cross-entropy wants integer class indices")
     labels = y.astype(np.int64)

@@ -7,18 +7,20 @@ from __future__ import annotations
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from crossnn import backends
 from crossnn.data import Dataset, load_dataset
-from crossnn.errors import BackendError, CrossnnError, DataError, SpecError
+from crossnn.errors import BackendError, CrossnnError, DataError
 from crossnn.checkpoint import TrainingState
+from crossnn.memory import check_parameters, check_training
 from crossnn.metrics import metric_values
 from crossnn.params import Params, cast, initial_parameters
 from crossnn.plan import BatchPlan, default_snapshot_every
 from crossnn.spec import Experiment
+from crossnn.validate import check_count
 
 Progress = Callable[["RunRecord", int, int], None]
 
@@ -111,30 +113,29 @@ def train(experiment: Experiment, runs: Sequence[RunSpec], *, snapshot_every: in
           initial_params: Params | None = None, reference: RunRecord | None = None,
           resume: TrainingState | None = None, stop_after: int | None = None,
           threads: int | None = None) -> RunResult:
-    """Run every RunSpec (plus the NumPy float64 reference, always, uninterrupted from step 0) and
-    return all records.
+    """Run every RunSpec (plus the NumPy float64 reference, always, from step 0) and return all records.
 
     initial_params replaces the spec's initializers (e.g. weights taken from a user's model);
     reference reuses a reference run made earlier with the same arguments; resume starts the
-    requested runs from a saved training state; stop_after ends them after that many steps in all
-    (their final state is kept in RunRecord.final_state); threads sets every framework's intra-op
-    threads (Backend.set_threads) before training. The runs of a backend whose framework fails to
-    import or start (backends.prepare) get an "error" record saying why; the others go on.
+    requested runs from a saved training state; stop_after ends every run, the reference included,
+    after that many steps in all (the requested runs' final state is kept in RunRecord.final_state);
+    threads sets every framework's intra-op threads (Backend.set_threads) before training. The runs
+    of a backend whose framework fails to import or start (backends.prepare) get an "error" record
+    saying why; the others go on. Counts are checked (crossnn.validate) and the run's arrays must fit
+    in memory (crossnn.memory) before anything is built.
     """
+    check_count(snapshot_every, "snapshot_every")
+    check_count(stop_after, "stop_after")
+    check_count(threads, "threads")
     dataset = dataset if dataset is not None else load_dataset(experiment)
+    plan = BatchPlan.for_experiment(experiment, dataset.n)
+    check_stop(stop_after, plan.steps, resume.step if resume is not None else None, "stop_after")
+    check_parameters(experiment)
+    check_training(experiment, plan.batch_size, (stop_after or plan.steps) - (resume.step if resume else 0))
     params0 = initial_parameters(experiment)
     if initial_params is not None:
         params0 = _checked_override(params0, initial_params)
-    plan = BatchPlan.for_experiment(experiment, dataset.n)
     every = snapshot_every or default_snapshot_every(plan.steps)
-    if resume is not None and not 0 <= resume.step <= plan.steps:
-        raise DataError(f"the checkpoint is at step {resume.step}, outside this plan's {plan.steps} steps")
-    if stop_after is not None and not 0 < stop_after <= plan.steps:
-        raise DataError(f"--stop-after: must be in 1..{plan.steps} (the plan's steps), got {stop_after}")
-    if stop_after is not None and resume is not None and stop_after <= resume.step:
-        raise DataError(f"--stop-after: must be > {resume.step}, the checkpoint's step, got {stop_after}")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise SpecError(f"threads: must be an integer >= 1, got {threads!r}")
 
     ref_spec = reference_spec()
     failed = backends.prepare({ref_spec.backend, *(spec.backend for spec in runs)})  # frameworks that fail to load
@@ -145,15 +146,26 @@ def train(experiment: Experiment, runs: Sequence[RunSpec], *, snapshot_every: in
         for name in sorted({ref_spec.backend, *(spec.backend for spec in resolved)} - set(failed)):
             backends.get(name).set_threads(threads)
 
-    # the reference also snapshots where the other runs start and stop, so parity sees those states
-    marks = frozenset(step for step in (resume.step if resume else None, stop_after) if step is not None)
-    ref_record = reference or run_one(experiment, ref_spec, params0, dataset, plan, every, progress, marks=marks)
-    interrupted = resume is not None or stop_after is not None
+    # the reference stops where the other runs stop, and snapshots where they start, so parity sees those states
+    marks = frozenset({resume.step} if resume is not None else ())
+    ref_record = reference or run_one(experiment, ref_spec, params0, dataset, plan, every, progress,
+                                      stop_after=stop_after, marks=marks)
     records = [_not_run(spec, failed[spec.backend]) if spec.backend in failed else
-               ref_record if spec == ref_spec and not interrupted else
+               ref_record if spec == ref_spec and resume is None else
                run_one(experiment, spec, params0, dataset, plan, every, progress, resume=resume, stop_after=stop_after)
                for spec in resolved]
     return RunResult(experiment, dataset, plan, params0, every, ref_record, records, threads)
+
+
+def check_stop(stop_after: int | None, steps: int, resume_step: int | None, option: str) -> None:
+    """A checkpoint's step lies in the plan, and a stop step in 1..steps after it; the error names
+    `option` (--stop-after on the command line, stop_after in Python)."""
+    if resume_step is not None and not 0 <= resume_step <= steps:
+        raise DataError(f"the checkpoint is at step {resume_step}, outside this plan's {steps} steps")
+    if stop_after is not None and not 0 < stop_after <= steps:
+        raise DataError(f"{option}: must be in 1..{steps} (the plan's steps), got {stop_after}")
+    if stop_after is not None and resume_step is not None and stop_after <= resume_step:
+        raise DataError(f"{option}: must be > {resume_step}, the checkpoint's step, got {stop_after}")
 
 
 def _not_run(spec: RunSpec, reason: str) -> RunRecord:
@@ -189,15 +201,22 @@ def _resolve(spec: RunSpec) -> RunSpec:
     return RunSpec(spec.backend, spec.dtype, spec.device, mode, native)
 
 
+#: the most steps handed to a trainer at once, so that the batch index arrays held at a time stay bounded
+MAX_STEPS_PER_CALL = 4096
+
+
 def _boundaries(plan: BatchPlan, start: int, stop: int, every: int, per_epoch: bool,
-                marks: frozenset[int]) -> list[tuple[int, int]]:
-    """Spans [a, b) from start to stop that end at every snapshot step (multiples of `every`, and
-    `marks`) and, with per_epoch, at every epoch end."""
-    ends = {s for s in [*range(every, stop, every), *marks] if start < s < stop} | {stop}
-    if per_epoch:
-        ends |= {s for s in range(plan.steps_per_epoch, stop, plan.steps_per_epoch) if s > start}
-    points = [start] + sorted(ends)
-    return list(zip(points[:-1], points[1:]))
+                marks: frozenset[int]) -> Iterator[tuple[int, int]]:
+    """Spans [a, b) from start to stop, in order, that end at every snapshot step (multiples of
+    `every`, and `marks`), with per_epoch at every epoch end, and at least every MAX_STEPS_PER_CALL
+    steps. Made one at a time: a plan of 10^12 steps costs nothing until it is trained."""
+    a = start
+    while a < stop:
+        b = min(stop, (a // every + 1) * every, a + MAX_STEPS_PER_CALL, *(m for m in marks if m > a))
+        if per_epoch:
+            b = min(b, (a // plan.steps_per_epoch + 1) * plan.steps_per_epoch)
+        yield a, b
+        a = b
 
 
 def run_one(experiment: Experiment, spec: RunSpec, params0: Params, dataset: Dataset, plan: BatchPlan,
@@ -248,7 +267,7 @@ def run_one(experiment: Experiment, spec: RunSpec, params0: Params, dataset: Dat
                     record.history.setdefault(name, []).append(value)
             if progress:
                 record.losses = np.concatenate(losses)
-                progress(record, stop, plan.steps)
+                progress(record, stop, stop_step)
         if record.ok:
             record.metrics.update(evaluate(experiment, trainer, dataset, spec.dtype, final=True))
             if stop_after is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from crossnn.memory import check_parameters
 from crossnn.rng import stream
 from crossnn.spec import Experiment
 
@@ -14,6 +15,7 @@ Params = dict[str, np.ndarray]
 def initial_parameters(experiment: Experiment) -> Params:
     """{"<layer>/<variable>": float64 array} in layer order (each layer's parameters, then its state), from
     the seed and the initializers."""
+    check_parameters(experiment)  # they must fit in memory before they are drawn
     out = {}
     for name, p in experiment.model.variable_inits().items():
         value = p.init.sample(stream(experiment.seed, "init", name), p.shape, p.fan_in, p.fan_out)

@@ -13,12 +13,20 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from crossnn.harness import RunRecord
+from crossnn.validate import check_tolerance
 
 
 @dataclass(frozen=True)
 class Tolerance:
+    """A snapshot passes when max|a - r| <= atol + rtol · max|r|; both finite and >= 0 (a NaN bound
+    would pass everything)."""
+
     rtol: float
     atol: float
+
+    def __post_init__(self):
+        for name in ("rtol", "atol"):
+            object.__setattr__(self, name, check_tolerance(getattr(self, name), name, required=True))
 
 
 #: float64 runs must agree to rounding. float32 runs drift by design (see the divergence plot): on the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from functools import lru_cache
 
 import numpy as np
@@ -14,7 +15,8 @@ from crossnn.spec import Experiment
 class BatchPlan:
     """Steps are numbered from 0. Epoch e visits arange(N), or a permutation drawn from the stream
     ("plan", e) when shuffling, cut into batches of batch_size (the short last one kept unless
-    drop_last)."""
+    drop_last). Nothing is materialised beyond one epoch's order: a step's batch is computed when
+    asked for, so a plan of 10^12 epochs costs no more than one of 1."""
 
     def __init__(self, n_samples: int, batch_size: int, epochs: int, shuffle: bool, drop_last: bool, seed: int):
         self.n_samples = n_samples
@@ -23,11 +25,11 @@ class BatchPlan:
         self.shuffle = shuffle
         self.seed = seed
         full, rest = divmod(n_samples, self.batch_size)
-        self.bounds = [(i * self.batch_size, (i + 1) * self.batch_size) for i in range(full)]
-        if rest and not drop_last:
-            self.bounds.append((full * self.batch_size, n_samples))
-        self.steps_per_epoch = len(self.bounds)
+        kept_rest = rest if rest and not drop_last else 0
+        self.steps_per_epoch = full + (1 if kept_rest else 0)
         self.steps = self.steps_per_epoch * epochs
+        #: the distinct batch sizes, largest first
+        self.batch_sizes = [self.batch_size] + ([kept_rest] if kept_rest else [])
 
     @classmethod
     def for_experiment(cls, experiment: Experiment, n_samples: int) -> BatchPlan:
@@ -42,16 +44,16 @@ class BatchPlan:
 
     def batch(self, step: int) -> np.ndarray:
         epoch, k = divmod(step, self.steps_per_epoch)
-        start, stop = self.bounds[k]
-        return self.epoch_order(epoch)[start:stop]
+        start = k * self.batch_size
+        return self.epoch_order(epoch)[start:start + self.batch_size]  # the last batch may be shorter
 
     def batches(self, start: int, stop: int) -> list[np.ndarray]:
         """Index arrays of steps [start, stop)."""
         return [self.batch(step) for step in range(start, stop)]
 
-    def spans(self, every: int) -> list[tuple[int, int]]:
-        """[start, stop) ranges of `every` steps covering the plan (the last may be shorter)."""
-        return [(s, min(s + every, self.steps)) for s in range(0, self.steps, every)]
+    def spans(self, every: int) -> Iterator[tuple[int, int]]:
+        """[start, stop) ranges of `every` steps covering the plan (the last may be shorter), made one at a time."""
+        return ((s, min(s + every, self.steps)) for s in range(0, self.steps, every))
 
 
 def default_snapshot_every(steps: int, snapshots: int = 500) -> int:

@@ -7,6 +7,9 @@ Settings (ini file or command line):
     crossnn_dtypes    / --crossnn-dtypes    comma-separated (default: float64)
     crossnn_rtol, crossnn_atol             override the per-dtype tolerances
 
+They are checked as the command line checks its options (crossnn.validate); a bad one, a spec that
+does not load and data that do not fit the model are each a one-line collection error of the file.
+
 The plugin is registered through the pytest11 entry point and imports nothing heavy until a
 matching file is collected.
 """
@@ -35,33 +38,48 @@ def pytest_collect_file(file_path, parent):
     return None
 
 
-def _setting(config, name: str) -> list[str]:
-    text = config.getoption(f"--crossnn-{name}") or config.getini(f"crossnn_{name}")
-    return [part.strip() for part in text.split(",") if part.strip()]
+def _settings(config) -> dict:
+    """The plugin's settings, checked as the command line checks its options (crossnn.validate):
+    backends (None: every installed one), dtypes, rtol and atol (None: the per-dtype default).
+    Raises a one-line CrossnnError naming the option (and the ini file it came from)."""
+    from crossnn.validate import check_dtypes, name_list, parse_tolerance
 
+    def source(name: str) -> tuple[str, str]:
+        """The value of setting `name` and how to name it: the command-line option, or the ini key."""
+        given = config.getoption(f"--crossnn-{name}", None) if name in ("backends", "dtypes") else None
+        if given is not None:
+            return given, f"--crossnn-{name}"
+        inifile = f" in {config.inipath.name}" if getattr(config, "inipath", None) else ""
+        return config.getini(f"crossnn_{name}"), f"crossnn_{name}{inifile}"
 
-def _float(config, name: str) -> float | None:
-    text = config.getini(name).strip()
-    return float(text) if text else None
+    backends_text, backends_option = source("backends")
+    return {"backends": name_list(backends_text, backends_option) if backends_text.strip() else None,
+            "dtypes": check_dtypes(*source("dtypes")),
+            "rtol": parse_tolerance(*source("rtol")), "atol": parse_tolerance(*source("atol"))}
 
 
 class SpecFileError(Exception):
-    """A spec file that cannot be read: reported as its one-line message."""
+    """A spec file that cannot be used (its spec or data, or a bad plugin setting): reported as its
+    one-line message."""
 
 
 class SpecFile(pytest.File):
     def collect(self):
         from crossnn import backends
+        from crossnn.data import load_dataset
         from crossnn.errors import CrossnnError
         from crossnn.spec import load
 
         try:
+            self.settings = _settings(self.config)
             self.experiment = load(self.path)
+            self.dataset = load_dataset(self.experiment)
         except CrossnnError as err:
-            raise SpecFileError(str(err)) from None
+            message = str(err)
+            raise SpecFileError(message if str(self.path) in message else f"{self.path}: {message}") from None
         self.result = None
-        names = _setting(self.config, "backends") or list(backends.discover())
-        for dtype in _setting(self.config, "dtypes"):
+        names = self.settings["backends"] or list(backends.discover())
+        for dtype in self.settings["dtypes"]:
             for name in names:
                 yield ParityItem.from_parent(self, name=f"{name}-{dtype}", backend=name, dtype=dtype)
 
@@ -75,7 +93,7 @@ class SpecFile(pytest.File):
         if self.result is None:
             from crossnn.harness import train
 
-            self.result = train(self.experiment, [])
+            self.result = train(self.experiment, [], dataset=self.dataset)
         return self.result
 
 
@@ -105,7 +123,7 @@ class ParityItem(pytest.Item):
                        dataset=ref.dataset)
         (record,) = result.records
         default = tolerance_for(self.dtype, record.spec.device)
-        rtol, atol = _float(self.config, "crossnn_rtol"), _float(self.config, "crossnn_atol")
+        rtol, atol = parent.settings["rtol"], parent.settings["atol"]
         tol = Tolerance(default.rtol if rtol is None else rtol, default.atol if atol is None else atol)
         parity = compare(result.reference, record, tol)
         if not parity.passed:

@@ -88,6 +88,13 @@ def run_text(result: RunResult, parities: Parities) -> str:
         f"final parameters ({result.reference.spec.label}"
         f"{'; tensors over ' + str(PRINTED_VALUES) + ' values shortened, all of them in --json' if elided else ''}):",
     ]
+    lines.append(parameters_text(params))
+    return "\n".join(lines)
+
+
+def parameters_text(params) -> str:
+    """One line per parameter, "  name (shape): values", a tensor over PRINTED_VALUES values shortened."""
+    lines = []
     for name, value in params.items():
         text = np.array2string(value.ravel(), precision=8, max_line_width=100, threshold=PRINTED_VALUES, edgeitems=3)
         lines.append(f"  {name} {tuple(value.shape)}: {text}")

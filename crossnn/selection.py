@@ -1,8 +1,9 @@
 """Which runs to make: backends, dtypes, devices and modes, given as lists or as comma-separated
 strings, checked (before any framework is imported), and turned into the harness's RunSpecs.
 
-The command line and the Python API share these checks. `options` names each argument the way the
-caller's user wrote it (`--dtype` on the command line, `dtypes` in Python), so an error names it.
+The command line and the Python API share these checks (crossnn.validate). `options` names each
+argument the way the caller's user wrote it (`--dtype` on the command line, `dtypes` in Python), so
+an error names it.
 
 Modes: without any, every backend runs its default mode. With a list, every backend runs each listed
 mode it has; a backend the user named that has none of them is an error, and so is a listed mode that
@@ -13,76 +14,15 @@ mode. The NumPy float64 reference runs in any case.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from crossnn import backends as registry
-from crossnn.errors import BackendError, SpecError
+from crossnn.errors import BackendError
 from crossnn.harness import RunSpec
-from crossnn.parity import TOLERANCES
+from crossnn.validate import check_devices, check_dtypes, name_list
 
 #: argument names in the Python API (the command line passes its option names instead)
 API_OPTIONS = {"backends": "backends", "dtypes": "dtypes", "devices": "devices", "modes": "modes"}
-
-
-def name_list(value: str | Iterable[str] | None, option: str) -> list[str]:
-    """Names as a list: a string is one name, or several separated by commas ("numpy,torch", as on
-    the command line); a list or tuple is taken name by name. Each name once, in the order given."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        parts = value.split(",")
-    else:
-        try:
-            parts = list(value)
-        except TypeError:
-            raise TypeError(f"{option}: expected a name, names separated by commas, or a list of names, "
-                            f"got {type(value).__name__} {value!r}") from None
-        for part in parts:
-            if not isinstance(part, str):
-                raise TypeError(f"{option}: expected names (strings), got {type(part).__name__} {part!r}")
-    return list(dict.fromkeys(part.strip() for part in parts if part.strip()))
-
-
-def check_dtypes(value, option: str = "dtypes") -> list[str]:
-    dtypes = name_list(value, option)
-    for dtype in dtypes:
-        if dtype not in TOLERANCES:
-            raise BackendError(f"{option}: unknown dtype '{dtype}'; use float32 or float64")
-    if not dtypes:
-        raise BackendError(f"{option}: name a dtype (float32 or float64)")
-    return dtypes
-
-
-def check_devices(value, option: str = "devices") -> list[str]:
-    from crossnn.bench.select import device_kind
-
-    devices = name_list(value, option)
-    for device in devices:
-        if device_kind(device) is None:
-            raise BackendError(f"{option}: unknown device '{device}'; use cpu or cuda[:N]")
-    if not devices:
-        raise BackendError(f"{option}: name a device (cpu or cuda[:N])")
-    return devices
-
-
-def check_tolerance(value: float | None, option: str) -> float | None:
-    """None (the per-dtype default) or a finite number >= 0."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
-        raise SpecError(f"{option}: must be a finite number >= 0, got {value}")
-    return float(value)
-
-
-def check_count(value: int | None, option: str) -> int | None:
-    """None or an integer >= 1 (thread counts, snapshot intervals)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SpecError(f"{option}: must be an integer >= 1, got {value!r}")
-    return value
 
 
 @dataclass

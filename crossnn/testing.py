@@ -23,8 +23,9 @@ from crossnn.api import compare_all, load_spec
 from crossnn.harness import RunRecord, RunResult, train
 from crossnn.parity import Parity
 from crossnn.errors import BackendError
-from crossnn.selection import API_OPTIONS, check_count, check_tolerance, select_runs
+from crossnn.selection import API_OPTIONS, select_runs
 from crossnn.spec import DataSource, Experiment, Loss, Model, Optimizer, Train
+from crossnn.validate import check_count, check_tolerance
 
 
 class ParityError(AssertionError):
@@ -107,6 +108,7 @@ def assert_params_match(spec: Experiment | str | Path, final_params: Mapping[str
                         atol: float = 1e-12) -> None:
     """Check parameters trained by the user's own loop (canonical names and layout) against the
     reference trained from the same spec and initial parameters."""
+    rtol, atol = check_tolerance(rtol, "rtol", required=True), check_tolerance(atol, "atol", required=True)
     experiment = _experiment(spec)
     result = train(experiment, [], initial_params=dict(initial_params) if initial_params is not None else None)
     reference = result.reference.final_params

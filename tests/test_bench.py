@@ -155,8 +155,8 @@ def test_quick_bench_and_report_on_numpy(tmp_path, capsys):
                  "--out", str(tmp_path / "reports")]) == 0
     folder = tmp_path / "reports" / "t"
     names = sorted(p.name for p in folder.iterdir())
-    assert names == ["README.md", "bench.json", "loss_linear-2x3.png", "overhead.png", "parity_linear-2x3.png",
-                     "run_linear-2x3.json"]
+    assert names == ["README.md", "bench.json", "crossnn-manifest.txt", "loss_linear-2x3.png", "overhead.png",
+                     "parity_linear-2x3.png", "run_linear-2x3.json"]
     readme = (folder / "README.md").read_text()
     assert "## Parity: linear-2x3" in readme and "### Checks" in readme and "GPU rows skipped, not faked" in readme
     assert 'so no "x tutorial": two-tower (numpy).' in readme  # the hand-written loops are chains only

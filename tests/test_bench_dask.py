@@ -36,7 +36,7 @@ def test_executor_option_is_checked():
 @pytest.mark.parametrize("argv, message", [
     (["--executor", "spark"], "--executor: use local, dask, dask=ADDRESS"),
     (["--dask-workers", "2"], "--dask-workers: goes with --executor dask (no address)"),
-    (["--executor", "dask", "--dask-workers", "0"], "--dask-workers: must be >= 1, got 0"),
+    (["--executor", "dask", "--dask-workers", "0"], "--dask-workers: must be an integer >= 1, got 0"),
     (["--executor", "dask", "--dask-workers", "64"], "--dask-workers: must be in 1..")])
 def test_bad_executor_options_are_one_line_exit_2(argv, message, capsys):
     assert main(["bench", "linear-2x3", "--backends", "numpy", *argv]) == 2

@@ -39,7 +39,7 @@ def test_a_target_needs_held_out_samples_and_a_regression_loss_takes_mae():
 
 @pytest.mark.parametrize("argv, message", [
     (["seeds"], "--to-metric: name one spec file or example (not a suite)"),
-    (["digits", "--runs", "0"], "--runs: must be >= 1, got 0"),
+    (["digits", "--runs", "0"], "--runs: must be an integer >= 1, got 0"),
     (["digits", "--quick"], "--quick: does not go with --to-metric"),
     (["digits", "--executor", "dask"], "--to-metric: runs on the local executor"),
     (["digits", "--dtype", "float16"], "--dtype: unknown dtype 'float16'")])

@@ -133,7 +133,7 @@ def _resumed(state):
 
 def test_stopping_at_or_before_the_checkpoint_is_refused(tmp_path, stopped, capsys):
     for stop in (10, 17):
-        with pytest.raises(crossnn.DataError, match=f"--stop-after: must be > 17, the checkpoint's step, got {stop}"):
+        with pytest.raises(crossnn.DataError, match=f"^stop_after: must be > 17, the checkpoint's step, got {stop}"):
             train(ADAM, [RunSpec("numpy")], resume=stopped, stop_after=stop)
     spec, ckpt, out = tmp_path / "adam.toml", tmp_path / "c17.npz", tmp_path / "c10.npz"
     S.save(ADAM, spec)

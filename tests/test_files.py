@@ -24,7 +24,7 @@ from crossnn.files import (
     write_text_atomic,
     write_text_output,
 )
-from crossnn.report import check_replaceable, check_report_folder
+from crossnn.report import MANIFEST, MANIFEST_HEADING, check_replaceable, check_report_folder, with_manifest
 
 ROOT = Path(__file__).parents[1]
 
@@ -122,7 +122,7 @@ def test_check_output_path_names_the_option_and_creates_nothing(tmp_path):
             check_output_path(path, "--json", **options)
         assert str(caught.value) == message
     check_output_path(tmp_path / "a" / "b" / "c.json", "--json")
-    check_output_path(good, "--json")
+    check_output_path(good, "--json", force=True)  # a file of the user's: replaced only when forced
     check_output_path(tmp_path / "reports", "--out", directory=True)
     check_output_path("-", "--json", stdout=True)
     assert [p.name for p in tmp_path.iterdir()] == ["good.toml"]
@@ -138,9 +138,11 @@ def test_check_output_path_refuses_a_folder_where_no_file_can_be_made(tmp_path):
 
 
 def _report(folder: Path, heading: str = "# crossnn report: r") -> None:
+    """A report folder as crossnn writes it: README.md, a run's JSON, and the manifest listing them."""
     folder.mkdir()
     (folder / "README.md").write_text(heading + "\n")
     (folder / "run_circle.json").write_text("{}")
+    (folder / MANIFEST).write_text(f"{MANIFEST_HEADING}\nREADME.md\nrun_circle.json\n")
 
 
 def test_replace_directory_swaps_a_report_in_with_the_umask_mode(tmp_path, umask_027):
@@ -171,25 +173,65 @@ def test_replace_directory_through_a_symlink_replaces_the_folder_it_names(tmp_pa
     assert not (tmp_path / "real" / "run_circle.json").exists()
 
 
-def test_only_folders_crossnn_wrote_may_be_replaced(tmp_path):
+def test_only_folders_crossnn_wrote_may_be_replaced_and_the_users_files_in_them_are_kept(tmp_path):
+    """A report folder may be replaced; check_replaceable names the entries that are not the report's
+    (by its manifest, or for a report from before manifests by its README's links) so they are kept.
+    A folder that is not a report at all stays."""
     for name in ("cpu-2core", "gpu-h100", "differences"):  # the committed reports can be regenerated
-        check_replaceable(ROOT / "reports" / name)
-    check_replaceable(tmp_path / "missing")
+        assert check_replaceable(ROOT / "reports" / name) == []
+    assert check_replaceable(tmp_path / "missing") == []
     (tmp_path / "empty").mkdir()
-    check_replaceable(tmp_path / "empty")
+    assert check_replaceable(tmp_path / "empty") == []
     _report(tmp_path / "report")
-    check_replaceable(tmp_path / "report")
+    assert check_replaceable(tmp_path / "report") == []
     (tmp_path / "report" / "notes.md").write_text("mine")
+    (tmp_path / "report" / "run_my_analysis.json").write_text("{}")
+    assert check_replaceable(tmp_path / "report") == ["notes.md", "run_my_analysis.json"]
+    legacy = tmp_path / "legacy"  # no manifest: the README's links say which run_*.json are the report's
+    legacy.mkdir()
+    (legacy / "README.md").write_text("# crossnn report: old\n![loss](loss_circle.png)\n")
+    for name in ("loss_circle.png", "run_circle.json", "run_my_analysis.json", "overhead.png"):
+        (legacy / name).write_text("x")
+    assert check_replaceable(legacy) == ["run_my_analysis.json"]
     _report(tmp_path / "no-readme")
+    (tmp_path / "no-readme" / MANIFEST).unlink()
     (tmp_path / "no-readme" / "README.md").write_text("# My data\n")
     _report(tmp_path / "differences", "# What differs between the frameworks, measured")
+    (tmp_path / "differences" / MANIFEST).unlink()
     (tmp_path / "differences" / "sub").mkdir()
+    assert check_replaceable(tmp_path / "differences") == ["run_circle.json", "sub"]
     (tmp_path / "file").write_text("x")
-    for name, why in (("report", "it holds notes.md"), ("no-readme", "no README.md of a crossnn report"),
-                      ("differences", "it holds run_circle.json, sub"), ("file", "is not a folder")):
+    for name, why in (("no-readme", "no crossnn-manifest.txt and no README.md of a crossnn report"),
+                      ("file", "is not a folder")):
         with pytest.raises(OutputError) as caught:
             check_replaceable(tmp_path / name)
         assert why in str(caught.value)
+
+
+def test_replacing_a_report_keeps_the_users_files_and_refuses_to_overwrite_one(tmp_path):
+    """Only the files the old report's manifest lists go; the user's file and folder come along into
+    the new report (same inode: linked, not copied); a user's file with a name the new report uses
+    stops the swap and everything stays as it was."""
+    target = tmp_path / "r"
+    _report(target)
+    (target / "run_my_analysis.json").write_text("mine")
+    (target / "sub").mkdir()
+    (target / "sub" / "a.txt").write_text("a")
+    inode = (target / "run_my_analysis.json").stat().st_ino
+    new_readme = with_manifest(lambda folder: (folder / "README.md").write_text("# crossnn report: r\nnew\n"))
+    replace_directory(target, new_readme, check_replaceable)
+    assert sorted(p.name for p in target.iterdir()) == ["README.md", MANIFEST, "run_my_analysis.json", "sub"]
+    assert (target / "run_my_analysis.json").stat().st_ino == inode and (target / "sub" / "a.txt").read_text() == "a"
+    assert (target / MANIFEST).read_text() == f"{MANIFEST_HEADING}\nREADME.md\n"
+
+    def clash(folder):
+        (folder / "run_my_analysis.json").write_text("the report's")
+        new_readme(folder)
+
+    with pytest.raises(OutputError, match="holds run_my_analysis.json, which crossnn did not write there"):
+        replace_directory(target, clash, check_replaceable)
+    assert (target / "run_my_analysis.json").read_text() == "mine" and "new" in (target / "README.md").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
 
 
 @pytest.mark.parametrize("name", ["", ".", "..", "../escape", "a/b"])
@@ -219,16 +261,16 @@ def test_json_text_is_strict_and_revive_floats_reads_it_back():
 
 
 def test_a_page_of_the_users_in_the_differences_report_is_kept(tmp_path):
-    """Only README.md and the catalog entries' pages and figures belong to the differences report."""
+    """Only README.md and the catalog entries' pages and figures belong to a differences report
+    written before manifests; a page of the user's is kept."""
     folder = tmp_path / "differences"
     folder.mkdir()
     (folder / "README.md").write_text("# What differs between the frameworks, measured\n")
     (folder / "adam-epsilon.md").write_text("page")
     (folder / "adam-epsilon.png").write_bytes(b"png")
-    check_replaceable(folder)
+    assert check_replaceable(folder) == []
     (folder / "my-notes.md").write_text("mine")
-    with pytest.raises(OutputError, match=r"is not a crossnn report \(it holds my-notes\.md\)"):
-        check_replaceable(folder)
+    assert check_replaceable(folder) == ["my-notes.md"]
 
 
 def test_a_long_file_name_that_passes_the_check_is_written(tmp_path):

@@ -324,8 +324,7 @@ class TensorflowTrainer(Trainer):
         #: how many times the step's Python code ran to build a graph (eager: once per step)
         self.traces = 0
         plan = BatchPlan.for_experiment(experiment, data.n)
-        sizes = sorted({stop - start for start, stop in plan.bounds}, reverse=True)
-        self.mode = MODES[mode](self._train_step, self.dtype, sizes, self.dropout)
+        self.mode = MODES[mode](self._train_step, self.dtype, plan.batch_sizes, self.dropout)
         start = time.perf_counter()
         with tf.device(self.device):
             self.mode.trace()

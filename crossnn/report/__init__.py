@@ -3,7 +3,8 @@
 The inputs are the JSON documents crossnn writes (`crossnn run --json`, `crossnn bench --json`) and
 pytest-benchmark's `--benchmark-json`, so a report can be rebuilt from files. The folder is built
 beside its final place and swapped in, so it appears complete or not at all; an existing folder is
-replaced only when it is a report crossnn wrote. File names made from spec names keep only safe
+replaced only when it is a report crossnn wrote, and then only the files its manifest lists go: any
+other file there (the user's) is carried into the new folder. File names made from spec names keep only safe
 characters, and the JSON is strict (non-finite floats spelt as strings, see crossnn.files.json_text).
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -24,12 +26,18 @@ from crossnn.report.markdown import readme, run_stems
 #: the cases the overhead figure shows (the benchmark issue's targets): the circle net and FCN-R at 256
 HEADLINE_CASES = {("seeds", "circle"), ("fcn-r", "batch 256")}
 
-#: the folders crossnn writes, by the first line of their README.md: the names of the files they hold
-REPORT_FILES = {
+#: the file in a report folder that lists the files the report wrote: replacing the report removes
+#: those and keeps every other file there (the user's)
+MANIFEST = "crossnn-manifest.txt"
+MANIFEST_HEADING = "# files crossnn wrote in this folder; a new report replaces these and keeps any other file"
+
+#: reports written before manifests: the first line of their README.md, and the names of the files
+#: they may hold (a name with a wildcard part counts as the report's only when its README links it)
+LEGACY_REPORT_FILES = {
     "# crossnn report: ": re.compile(r"README\.md|bench\.json|pytest_benchmark\.json|run_.+\.json"
                                      r"|(loss|parity|metrics)_.+\.png|step_time_vs_(size|batch)\.png"
                                      r"|crossover_(batch|size)\.png|overhead\.png"),
-    # the differences report: a page and a figure per catalog entry (a page of the user's stays)
+    # the differences report: a page and a figure per catalog entry
     "# What differs between the frameworks, measured": re.compile(
         r"README\.md|(" + "|".join(re.escape(e.id) for e in ENTRIES) + r")\.(md|png)"),
 }
@@ -92,32 +100,74 @@ def check_report_folder(root: Path, name: str) -> Path:
     return target
 
 
-def check_replaceable(folder: Path) -> None:
-    """Raise a one-line OutputError unless `folder` is missing, empty, or a report crossnn wrote (its
-    README.md under a report heading, and only the files such a report holds), so that replacing it
-    loses nothing of the user's."""
+def check_replaceable(folder: Path) -> list[str]:
+    """The entries of `folder` that a new report must keep: none when it is missing or empty; the
+    ones its manifest does not list when it is a report crossnn wrote (for a report from before
+    manifests, the ones that are not its README.md and the files it links). Raises a one-line
+    OutputError when `folder` is not a crossnn report at all."""
     if not os.path.lexists(folder):
-        return
+        return []
     if not folder.is_dir():
         raise OutputError(f"{folder} exists and is not a folder; not replacing it: choose another --name or --out")
-    entries = sorted(folder.iterdir())
+    entries = sorted(p.name for p in folder.iterdir())
     if not entries:
-        return
+        return []
+    own = _manifest(folder)
+    if own is None:
+        own = _legacy_report_files(folder, entries)
+    if own is None:
+        raise OutputError(f"{folder} exists and is not a crossnn report (no {MANIFEST} and no README.md of a "
+                          "crossnn report); not replacing it: choose another --name or --out, or remove it")
+    return [name for name in entries if name not in own]
+
+
+def _manifest(folder: Path) -> set[str] | None:
+    """The file names the manifest in `folder` lists (itself included), or None without one."""
+    path = folder / MANIFEST
+    if path.is_symlink() or not path.is_file():
+        return None
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    if not lines or lines[0] != MANIFEST_HEADING:
+        return None
+    return {MANIFEST, *(line for line in lines[1:] if line and "/" not in line)}
+
+
+def _legacy_report_files(folder: Path, entries: list[str]) -> set[str] | None:
+    """The files a report written before manifests holds of its own, or None when `folder` is not
+    one: README.md under a report heading, the fixed names, and the names with a wildcard part
+    (run_<stem>.json through its loss_<stem>.png) that its README links."""
     readme_file = folder / "README.md"
-    heading = ""
-    if readme_file.is_file() and not readme_file.is_symlink():
-        with readme_file.open(encoding="utf-8", errors="replace") as handle:
-            heading = handle.readline()
-    kind = next((names for start, names in REPORT_FILES.items() if heading.startswith(start)), None)
-    if kind is None:
-        why = "no README.md of a crossnn report"
-    else:
-        strays = [p.name for p in entries if p.is_symlink() or not p.is_file() or not kind.fullmatch(p.name)]
-        if not strays:
-            return
-        why = "it holds " + ", ".join(strays[:3]) + (" and more" if len(strays) > 3 else "")
-    raise OutputError(f"{folder} exists and is not a crossnn report ({why}); not replacing it: choose another "
-                      "--name or --out, or remove it")
+    if readme_file.is_symlink() or not readme_file.is_file():
+        return None
+    text = readme_file.read_text(encoding="utf-8", errors="replace")
+    heading = text.split("\n", 1)[0]
+    names = next((names for start, names in LEGACY_REPORT_FILES.items() if heading.startswith(start)), None)
+    if names is None:
+        return None
+    own = set()
+    for name in entries:
+        path = folder / name
+        if path.is_symlink() or not path.is_file() or not names.fullmatch(name):
+            continue
+        linked = f"({name})" in text or (name.startswith("run_") and f"(loss_{name[4:-5]}.png)" in text)
+        if linked or not _WILDCARD.fullmatch(name):
+            own.add(name)
+    return own
+
+
+#: names of a report's files made from a spec name (the rest are fixed)
+_WILDCARD = re.compile(r"run_.+\.json|(loss|parity|metrics)_.+\.png")
+
+
+def with_manifest(build: Callable[[Path], None]) -> Callable[[Path], None]:
+    """`build`, followed by writing the manifest of the files it made."""
+
+    def build_and_list(folder: Path) -> None:
+        build(folder)
+        names = sorted(p.name for p in folder.iterdir())
+        (folder / MANIFEST).write_text("\n".join([MANIFEST_HEADING, *names]) + "\n")
+
+    return build_and_list
 
 
 def write_report(inputs: ReportInputs, root: Path = Path("reports")) -> Path:
@@ -138,5 +188,5 @@ def write_report(inputs: ReportInputs, root: Path = Path("reports")) -> Path:
             (folder / "pytest_benchmark.json").write_text(json_text(inputs.pytest_benchmark))
         (folder / "README.md").write_text(readme(inputs, sorted(pictures)))
 
-    replace_directory(target, build, check_replaceable)
+    replace_directory(target, with_manifest(build), check_replaceable)
     return target

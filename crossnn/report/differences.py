@@ -8,7 +8,7 @@ from pathlib import Path
 
 from crossnn.differences import Lab, Unavailable, entries, side_titles
 from crossnn.files import replace_directory
-from crossnn.report import check_replaceable, figures
+from crossnn.report import check_replaceable, figures, with_manifest
 from crossnn.spec.presets import show
 
 
@@ -73,5 +73,5 @@ def write_differences_report(root: Path = Path("reports"), name: str = "differen
         (folder / "README.md").write_text("\n".join(readme) + "\n")
 
     target = root / name
-    replace_directory(target, build, check_replaceable)
+    replace_directory(target, with_manifest(build), check_replaceable)
     return target

@@ -8,7 +8,8 @@ A spec family (layers, activations, losses, ...) is a frozen dataclass base decl
         units: int
 
 Fields are converted and type-checked from their annotations on construction (so a spec built in
-Python and one read from TOML go through the same checks), then ``validate()`` checks values.
+Python and one read from TOML go through the same checks; NumPy scalars and arrays are taken where
+Python numbers and lists are, and stored as the Python values), then ``validate()`` checks values.
 Errors are `SpecError`s naming the field.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import numbers
 import types
 import typing
 from typing import Any, ClassVar, Literal, Union
@@ -184,24 +186,29 @@ def convert(value: Any, annotation: Any) -> Any:
     if annotation is Pair:
         return _convert_pair(value)
     if annotation is bool:
-        if not isinstance(value, bool):
+        if not _is_bool(value):
             raise SpecError(f"expected true or false, got {_describe(value)}")
-        return value
+        return bool(value)
     if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        if _is_bool(value) or not isinstance(value, numbers.Integral):
             raise SpecError(f"expected an integer, got {_describe(value)}")
-        return value
+        return int(value)
     if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if _is_bool(value) or not isinstance(value, numbers.Real):
             raise SpecError(f"expected a number, got {_describe(value)}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
             raise SpecError(f"expected a string, got {_describe(value)}")
-        return value
+        return str(value)
     if isinstance(annotation, type) and issubclass(annotation, Spec):
         return annotation.from_value(value)
     raise TypeError(f"spec field annotation {annotation!r} is not supported")
+
+
+def _is_bool(value: Any) -> bool:
+    """True and False, and NumPy's np.True_ and np.False_."""
+    return isinstance(value, (bool, np.bool_))
 
 
 def _convert_array(value: Any) -> Array:
@@ -245,8 +252,9 @@ def _convert_pair(value: Any) -> Pair:
 
 
 def _number(value: Any, where: str) -> int | float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if _is_bool(value) or not isinstance(value, numbers.Real):
         raise SpecError(f"expected a number, got {_describe(value)}", (where,))
+    value = int(value) if isinstance(value, numbers.Integral) else float(value)
     if isinstance(value, float) and not math.isfinite(value):
         raise SpecError(f"value is {value}: data must be finite", (where,))
     return value

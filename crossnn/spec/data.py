@@ -9,6 +9,7 @@ seed fixes the data set.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,15 @@ class DataSource(Spec, family="data"):
     def arrays(self, rng: np.random.Generator, base_dir: Path) -> tuple[np.ndarray, np.ndarray]:
         """x and y as float64 arrays (y may hold integer class indices)."""
         raise NotImplementedError
+
+    def array_shapes(self) -> list[tuple[int, ...]]:
+        """Shapes of the largest arrays `arrays` draws, known before drawing them (for the memory
+        check, crossnn.memory); empty when they are already in memory or read from a file."""
+        return []
+
+    def files(self, base_dir: Path) -> list[Path]:
+        """The files `arrays` reads."""
+        return []
 
     @classmethod
     def from_value(cls, value: Any) -> DataSource:
@@ -82,10 +92,15 @@ class NpzFile(DataSource):
     def to_value(self):
         return self.fields_dict()
 
+    def files(self, base_dir):
+        return [base_dir / self.path]
+
     def arrays(self, rng, base_dir):
+        from crossnn.files import open_npz
+
         path = base_dir / self.path
         try:
-            with np.load(path, allow_pickle=False) as archive:
+            with open_npz(path) as archive:
                 missing = [k for k in (self.x_key, self.y_key) if k not in archive.files]
                 if missing:
                     raise DataError(f"data.path: {self.path} has no array '{missing[0]}' "
@@ -114,15 +129,24 @@ class CsvFile(DataSource):
     def validate(self):
         positive(self, "y_columns")
 
+    def files(self, base_dir):
+        return [base_dir / self.path]
+
     def arrays(self, rng, base_dir):
         path = base_dir / self.path
         try:
-            table = np.loadtxt(path, delimiter=",", skiprows=1 if self.header else 0, ndmin=2)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # loadtxt warns on a file without rows: said below instead
+                with open(path, encoding="utf-8") as handle:  # open's own error, not loadtxt's "not found"
+                    table = np.loadtxt(handle, delimiter=",", skiprows=1 if self.header else 0, ndmin=2)
         except ValueError as err:  # text where numbers should be
             hint = "" if self.header else " (if the first line holds column names, set header = true)"
             raise DataError(f"data.path: cannot read {self.path}: {_reason(err)}{hint}") from None
         except Exception as err:
             raise DataError(f"data.path: cannot read {self.path}: {_reason(err)}") from None
+        if table.shape[0] == 0:
+            raise DataError(f"data.path: {self.path} has no rows of data"
+                            + (" after its header line" if self.header else ""))
         if table.shape[1] <= self.y_columns:
             raise DataError(f"data.y_columns: {self.path} has {table.shape[1]} columns, "
                             f"too few for {self.y_columns} y column(s) and at least one x column")
@@ -148,6 +172,9 @@ class Adder(DataSource, kind="adder"):
         finite(self, "low", "high")
         require(self.low < self.high, "high", f"must be greater than low ({self.low})")
 
+    def array_shapes(self):
+        return [(self.n, self.inputs), (self.n, 1)]
+
     def arrays(self, rng, base_dir):
         x = rng.uniform(self.low, self.high, size=(self.n, self.inputs))
         return x, x.sum(axis=1, keepdims=True)
@@ -169,6 +196,9 @@ class Line(DataSource, kind="line"):
         finite(self, "start", "stop", "slope", "intercept", "noise")
         require(self.noise >= 0, "noise", f"must be >= 0, got {self.noise}")
 
+    def array_shapes(self):
+        return [(self.n, 1), (self.n, 1)]
+
     def arrays(self, rng, base_dir):
         x = np.linspace(self.start, self.stop, self.n).reshape(-1, 1)
         return x, self.slope * x + self.intercept + self.noise * rng.standard_normal((self.n, 1))
@@ -186,6 +216,9 @@ class Circle(DataSource, kind="circle"):
         positive(self, "n", "radius_sq")
         finite(self, "center", "radius_sq")
 
+    def array_shapes(self):
+        return [(self.n, 2), (self.n, 1)]
+
     def arrays(self, rng, base_dir):
         x = rng.uniform(0.0, 1.0, size=(self.n, 2))
         inside = ((x - self.center) ** 2).sum(axis=1, keepdims=True) < self.radius_sq
@@ -202,6 +235,9 @@ class RandomNormal(DataSource, kind="random_normal"):
 
     def validate(self):
         positive(self, "n", "inputs", "outputs")
+
+    def array_shapes(self):
+        return [(self.n, self.inputs), (self.n, self.outputs)]
 
     def arrays(self, rng, base_dir):
         return rng.standard_normal((self.n, self.inputs)), rng.standard_normal((self.n, self.outputs))
@@ -229,6 +265,9 @@ class TeacherClasses(DataSource, kind="teacher_classes"):
         require(len(shape) > 0 and all(k > 0 for k in shape), "inputs",
                 f"must be a positive feature count or a list of positive sizes, got {self.inputs}")
         require(self.classes >= 2, "classes", f"must be >= 2, got {self.classes}")
+
+    def array_shapes(self):
+        return [(self.n, self.inputs), (self.inputs, self.classes), (self.n, self.classes)]
 
     def arrays(self, rng, base_dir):
         shape = (self.inputs,) if isinstance(self.inputs, int) else tuple(self.inputs)

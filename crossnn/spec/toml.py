@@ -90,6 +90,8 @@ def read(text: str, source: str | None = None, defaults: str | None = None) -> t
         table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise SpecError(f"not valid TOML: {err}", source=source) from None
+    except RecursionError:  # tomllib parses nested arrays and tables by recursion
+        raise SpecError("not usable TOML: arrays or tables nested too deeply", source=source) from None
     return read_table(table, source, defaults)
 
 

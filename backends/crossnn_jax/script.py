@@ -90,6 +90,8 @@ def script(experiment: S.Experiment, params, data, side_file: str | None = None)
     used = codegen.script_imports(experiment, data, params, side_file)
     if any("functools." in SCRIPT_HELPERS[name] for name in helpers):
         used.append("functools")
+    if any("math." in SCRIPT_HELPERS[name] for name in helpers):
+        used.append("math")
     if "count_steps" in helpers:
         used.append("typing:NamedTuple")
     used += ["numpy as np", "jax", "jax.numpy as jnp", "optax"]

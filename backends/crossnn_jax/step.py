@@ -316,10 +316,20 @@ class JaxTrainer(Trainer):
         return jax.device_put(np.asarray(value, dtype=self.np_dtype), self.device)
 
     def committed(self, tree):
-        """`tree` with every leaf on the run's device, committed (Python counters become int32 scalars):
-        optax creates its zero states uncommitted, and jit compiles a step again when an argument's
-        placement changes from one call to the next."""
-        return jax.tree.map(lambda leaf: jax.device_put(jnp.asarray(leaf), self.device), tree)
+        """`tree` with every leaf its own buffer on the run's device, committed (Python counters become
+        int32 scalars): optax creates its zero states uncommitted, and jit compiles a step again when an
+        argument's placement changes from one call to the next; a buffer in two leaves (one zeros tree
+        for two slots) could not be donated twice."""
+        seen = set()
+
+        def commit(leaf):
+            array = jax.device_put(jnp.asarray(leaf), self.device)
+            if array.unsafe_buffer_pointer() in seen:
+                array = jnp.array(array, copy=True)
+            seen.add(array.unsafe_buffer_pointer())
+            return array
+
+        return jax.tree.map(commit, tree)
 
     def _targets(self, y: np.ndarray) -> jax.Array:
         """Class indices (int32, the output's shape but its last axis) for a loss that wants them,

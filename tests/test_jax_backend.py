@@ -383,6 +383,7 @@ def test_facts_measure_optax_and_jax_defaults():
     assert adam["w"] == pytest.approx(adam["eps_on_corrected"], rel=1e-14)  # PyTorch's placement, not Keras'
     assert abs(adam["w"] - adam["eps_on_uncorrected"]) > 1e-3
     assert facts["adam_defaults"] == {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "eps_root": 0.0}
+    assert 1e-6 < facts["adam_float32_bias_correction"]["relative_error"] < 1e-4  # 0.999 rounded to float32
     for rule in ("rmsprop_step", "adagrad_step"):
         assert facts[rule]["w"] == pytest.approx(facts[rule]["eps_inside"], rel=1e-14)
         assert facts[rule]["w"] != pytest.approx(facts[rule]["eps_outside"], rel=1e-6)

@@ -90,6 +90,8 @@ CATALOG_SIDES = {
     "gru-gates": "flax.linen.GRUCell: one Dense per gate (r, z, n), n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn)): "
                  "PyTorch's reset-after form",
     # proposed new entries
+    "float32-bias-correction": "(new) optax.scale_by_adam in float32 takes 1 − βᵗ from β rounded to float32: "
+                               "1 − 0.999 is 1.3e-5 off at t = 1 (torch and NumPy take βᵗ in float64)",
     "float64-default": "(new) jax_enable_x64 is off by default: jnp.array(1.0) is float32 and a float64 NumPy "
                        "array becomes float32 silently; jax.enable_x64() switches float64 on (crossnn scopes it to "
                        "each JAX run)",
@@ -263,7 +265,11 @@ def facts() -> dict[str, object]:
                                                                                  jnp.array([0]))[0])
         broadcast = float(jnp.mean((jnp.array([[1.0], [2.0], [3.0]]) - jnp.array([1.0, 2.0, 3.0])) ** 2))
     randoms = _random()
+    # optax's bias correction in float32 (x64 off): 1 - b2^t with b2 = 0.999 rounded to float32
+    corrected = float(optax.tree.bias_correction(jnp.ones((), jnp.float32), 0.999, jnp.ones((), jnp.int32)))
     return {
+        "adam_float32_bias_correction": {"optax": 1.0 / corrected, "exact": 1.0 - 0.999,
+                                         "relative_error": abs(1.0 / corrected - (1.0 - 0.999)) / (1.0 - 0.999)},
         "adam_defaults": {name: _default(optax.adam, name) for name in ("b1", "b2", "eps", "eps_root")},
         "adam_eps": _default(optax.adam, "eps"),
         "adam_step": adam,

@@ -548,3 +548,12 @@ def test_embedding_gradient_sums_the_rows_each_id_reads():
     ids = np.array([[0.0, 3.0, 0.0], [4.0, 4.0, 4.0]])
     grads = _check_gradients(e, ids, RNG.standard_normal((2, 1)))
     np.testing.assert_array_equal(grads["emb/embeddings"][[1, 2]], 0.0)  # ids never read get no gradient
+
+
+@pytest.mark.parametrize("first", [S.Flatten(name="first"), S.LayerNorm(name="first", epsilon=1e-5, scale=False,
+                                                                        center=False)], ids=["flatten", "layer_norm"])
+def test_a_parameterless_layer_on_the_input_gets_no_gradient_and_needs_none(first):
+    """Nothing upstream of it has parameters, so the backward pass stops before it."""
+    e = _experiment([first, S.Flatten(name="flat"), S.Dense(name="o", units=1, kernel_init=S.Zeros(),
+                                                             bias_init=S.Zeros())], S.MSE(), inputs=[2, 3])
+    _check_gradients(e, RNG.standard_normal((4, 2, 3)), RNG.standard_normal((4, 1)))

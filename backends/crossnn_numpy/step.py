@@ -69,6 +69,8 @@ class Program:
         d_acts = [None] * (len(self.ops) + 1)
         d_acts[self.output] = d_output
         for (name, op, inputs, out, names, need), cache in zip(reversed(self.ops), reversed(caches)):
+            if d_acts[out] is None:  # nothing at or above this layer has parameters: no gradient reaches it
+                continue
             p = {short: values[full] for short, full in names.items()}
             d_inputs, d_params = op.backward(p, cache, d_acts[out], need)
             grads.update({names[short]: g for short, g in d_params.items()})

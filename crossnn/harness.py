@@ -130,6 +130,7 @@ def train(experiment: Experiment, runs: Sequence[RunSpec], *, snapshot_every: in
     dataset = dataset if dataset is not None else load_dataset(experiment)
     plan = BatchPlan.for_experiment(experiment, dataset.n)
     check_stop(stop_after, plan.steps, resume.step if resume is not None else None, "stop_after")
+    _check_batches(experiment, plan)
     check_parameters(experiment)
     check_training(experiment, plan.batch_size, (stop_after or plan.steps) - (resume.step if resume else 0))
     params0 = initial_parameters(experiment)
@@ -166,6 +167,17 @@ def check_stop(stop_after: int | None, steps: int, resume_step: int | None, opti
         raise DataError(f"{option}: must be in 1..{steps} (the plan's steps), got {stop_after}")
     if stop_after is not None and resume_step is not None and stop_after <= resume_step:
         raise DataError(f"{option}: must be > {resume_step}, the checkpoint's step, got {stop_after}")
+
+
+def _check_batches(experiment: Experiment, plan: BatchPlan) -> None:
+    """Every layer can train on the plan's smallest batch (batch_norm needs two values per channel)."""
+    rows = min(plan.batch_sizes)
+    for node in experiment.model.nodes:
+        problem = node.layer.batch_problem(node.input_shapes, rows)
+        if problem:
+            fix = "set drop_last = true or choose another batch_size" if rows < plan.batch_size else \
+                "choose a larger batch_size"
+            raise DataError(f"train.batch_size: {problem}; {fix}")
 
 
 def _not_run(spec: RunSpec, reason: str) -> RunRecord:

@@ -308,3 +308,63 @@ def trainable_conv_experiments(draw):
                           y=rng.standard_normal((n, 2)).tolist()),
         model=S.Model(inputs=(height, width, channels), layers=tuple(layers)), loss=S.MSE(), optimizer=optimizer,
         train=S.Train(epochs=2, batch_size=draw(st.integers(1, n)), shuffle=draw(st.booleans())))
+
+
+_GATES = st.sampled_from([S.Sigmoid(), S.Tanh()])
+_RECURRENT_INITS = dict(kernel_init=S.GlorotUniform(), recurrent_init=S.Orthogonal(),
+                        bias_init=S.Uniform(low=-0.1, high=0.1))
+
+
+@st.composite
+def trainable_state_and_sequence_experiments(draw):
+    """Models with the issue-15 layers and their options: batch_norm (momentum, epsilon, running
+    variance, center, scale, on vectors or images), layer_norm, or a sequence model (an optional
+    embedding, then simple_rnn / lstm / gru with their activations, unit_forget_bias, reset_after and
+    return_sequences)."""
+    kind = draw(st.sampled_from(["batch_norm", "layer_norm", "sequence"]))
+    n = draw(st.integers(3, 10))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32)))
+    dense = dict(kernel_init=S.GlorotUniform(), bias_init=S.Zeros())
+    if kind == "sequence":
+        steps, features = draw(st.integers(1, 5)), draw(st.integers(1, 3))
+        ids = draw(st.booleans())
+        layers = [S.Embedding(name="embed", input_dim=6, output_dim=features,
+                              embeddings_init=S.Normal(mean=0.0, stddev=0.5))] if ids else []
+        x = rng.integers(0, 6, size=(n, steps)).astype(float) if ids else rng.standard_normal((n, steps, features))
+        options = dict(name="rnn", units=draw(st.integers(1, 4)), return_sequences=draw(st.booleans()),
+                       activation=draw(st.sampled_from([S.Tanh(), S.ReLU(), S.Sigmoid()])), **_RECURRENT_INITS)
+        cell = draw(st.sampled_from(["simple_rnn", "lstm", "gru"]))
+        if cell == "simple_rnn":
+            layers.append(S.SimpleRNN(**options))
+        elif cell == "lstm":
+            layers.append(S.LSTM(recurrent_activation=draw(_GATES), unit_forget_bias=draw(st.booleans()), **options))
+        else:
+            layers.append(S.GRU(recurrent_activation=draw(_GATES), reset_after=draw(st.booleans()), **options))
+        if options["return_sequences"]:
+            layers.append(S.Flatten(name="flat"))
+        inputs = list(x.shape[1:])
+    else:
+        images = draw(st.booleans())
+        inputs = [draw(st.integers(2, 4)), draw(st.integers(2, 4)), 2] if images else [3]
+        x = rng.standard_normal((n, *inputs))
+        pre = S.Dense(name="pre", units=3, activation=S.Tanh(), use_bias=False, **dense)
+        if kind == "batch_norm":
+            norm = S.BatchNorm(name="norm", axis=draw(st.sampled_from([-1, 1])) if images else -1,
+                               momentum=draw(st.sampled_from([0.0, 0.5, 0.9, 0.99])),
+                               epsilon=draw(st.sampled_from([1e-5, 1e-3, 0.1])),
+                               running_variance=draw(st.sampled_from(["biased", "unbiased"])),
+                               center=draw(st.booleans()), scale=draw(st.booleans()),
+                               gamma_init=S.Uniform(low=0.5, high=1.5), beta_init=S.Uniform(low=-0.1, high=0.1))
+        else:
+            norm = S.LayerNorm(name="norm", epsilon=draw(st.sampled_from([1e-5, 1e-3, 0.1])),
+                               center=draw(st.booleans()), scale=draw(st.booleans()),
+                               gamma_init=S.Uniform(low=0.5, high=1.5), beta_init=S.Uniform(low=-0.1, high=0.1))
+        layers = [pre, norm] + ([S.Flatten(name="flat")] if images else [])
+    layers.append(S.Dense(name="out", units=2, **dense))
+    optimizer = draw(st.sampled_from([S.Adam(lr=0.01, eps=1e-8), S.SGD(lr=0.05, momentum=0.9)]))
+    return S.Experiment(
+        name="generated-state", seed=draw(st.integers(0, 10_000)),
+        data=S.InlineData(x=x.tolist(), y=rng.standard_normal((n, 2)).tolist()),
+        model=S.Model(inputs=inputs, layers=tuple(layers)), loss=S.MSE(), optimizer=optimizer,
+        train=S.Train(epochs=2, batch_size=draw(st.integers(2, n)), shuffle=draw(st.booleans()),
+                      drop_last=True))  # no short last batch of one sample (batch_norm needs two)

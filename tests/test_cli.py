@@ -83,7 +83,7 @@ BAD_INPUTS = [
     ("truncated npz", _bad_npz, [], "data.path: cannot read broken.npz"),
     ("npz without the key", _wrong_key_npz, [], "data.path: keys.npz has no array 'x'"),
     ("non-numeric csv", _text_csv, [], "data.path: cannot read words.csv"),
-    ("unknown backend", LINEAR, ["--backends", "numpy,jax"], "unknown backend 'jax'"),
+    ("unknown backend", LINEAR, ["--backends", "numpy,mxnet"], "unknown backend 'mxnet'"),
     ("unknown dtype", LINEAR, ["--dtype", "float16"], "--dtype: unknown dtype 'float16'"),
     ("invalid TOML", LINEAR + "\n[train\n", [], "not valid TOML"),
     ("unknown top-level key", "learning_rate = 0.1\n" + LINEAR, [], "unknown top-level key 'learning_rate'"),
@@ -99,6 +99,12 @@ BAD_INPUTS = [
     ("sparse labels out of range", _sparse_out_of_range, [], "data.y: class indices must lie in [0, 2]"),
     ("duplicate layer names", _edit(CIRCLE, 'name = "fc2"', 'name = "fc1"'), [], "duplicate layer name 'fc1'"),
     ("zero batch size", _edit(CIRCLE, "batch_size = 100", "batch_size = 0"), [], "train.batch_size: must be > 0"),
+    ("batch_norm on a one-sample last batch",  # 1200 rows = 11 x 109 + 1
+     _edit(_edit(_edit(CIRCLE, "batch_size = 100", "batch_size = 109"), "seed = 0", 'seed = 0\ndefaults = "torch"'),
+           '[[model.layers]]\ntype = "dense"\nname = "fc2"',
+           '[[model.layers]]\ntype = "batch_norm"\nname = "bn"\n\n[[model.layers]]\ntype = "dense"\nname = "fc2"'),
+     [], "train.batch_size: a batch of 1 sample(s) gives layer 'bn' (batch_norm) 1 value per channel; batch "
+         "statistics need at least 2 (PyTorch refuses training on one); set drop_last = true"),
     ("negative seed", _edit(CIRCLE, "seed = 0", "seed = -3"), [], "seed: must be >= 0, got -3"),
     ("unknown generator", _edit(CIRCLE, 'generator = "circle"', 'generator = "circles"'), [],
      "data.generator: unknown data generator 'circles' (did you mean 'circle'?)"),
@@ -603,13 +609,13 @@ def test_mode_takes_a_list_and_says_which_backend_ran_which(capsys):
 
 def test_unnamed_backends_without_a_listed_mode_are_left_out_with_a_line(capsys):
     pytest.importorskip("torch")
-    assert main(["run", "linear-2x3", "--mode", "xp", "--quiet", "--json", "-"]) == 0
+    assert main(["run", "linear-2x3", "--mode", "onednn", "--quiet", "--json", "-"]) == 0
     captured = capsys.readouterr()
     labels = [run["label"] for run in json.loads(captured.out)["runs"]]
-    assert labels == ["numpy float64 cpu default", "torch float64 cpu xp"]  # the reference runs in any case
+    assert labels == ["numpy float64 cpu default", "torch float64 cpu onednn"]  # the reference runs in any case
     err = captured.err.splitlines()
     assert "crossnn: backend 'numpy' left out: --mode names none of its modes (default)" in err
-    assert "crossnn: --mode xp: torch runs xp" in err
+    assert "crossnn: --mode onednn: torch runs onednn" in err
 
 
 def test_threads_set_every_framework_and_the_json_records_them(capsys, restore_threads):

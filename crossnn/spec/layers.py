@@ -92,6 +92,10 @@ class Layer(Spec, family="layer"):
         """Multiply-add FLOPs (2 per multiply-add) of the forward pass for one sample."""
         return 0
 
+    def batch_problem(self, input_shapes: tuple[Shape, ...], rows: int) -> str | None:
+        """Why a training batch of `rows` samples cannot go through this layer, or None."""
+        return None
+
 
 def _rank(shape: Shape, rank: int, what: str) -> None:
     if len(shape) != rank:
@@ -439,6 +443,16 @@ class BatchNorm(Layer, kind="batch_norm"):
     def output_shape(self, input_shapes):
         _norm_axis(self, input_shapes[0])
         return input_shapes[0]
+
+    def batch_problem(self, input_shapes, rows):
+        """The batch statistics need two values per channel: the variance of one value is 0 (and its
+        unbiased form divides by 0), and PyTorch refuses to train on one."""
+        shape = input_shapes[0]
+        values = rows * math.prod(shape) // shape[_norm_axis(self, shape)]
+        if values < 2:
+            return (f"a batch of {rows} sample(s) gives layer '{self.name}' (batch_norm) {values} value per channel; "
+                    "batch statistics need at least 2 (PyTorch refuses training on one)")
+        return None
 
     def parameters(self, input_shapes):
         channels = input_shapes[0][_norm_axis(self, input_shapes[0])]

@@ -434,7 +434,7 @@ def test_the_jax_preset_is_what_jax_and_optax_default_to(monkeypatch):
     from crossnn_jax import JaxBackend
     from crossnn_jax.facts import CATALOG_DEFAULTS, CATALOG_SIDES
 
-    monkeypatch.setattr(JaxBackend, "catalog_sides", CATALOG_SIDES)
+    assert JaxBackend.catalog_sides is CATALOG_SIDES  # the catalog's JAX column is wired in; the preset is opt-in
     monkeypatch.setattr(JaxBackend, "catalog_defaults", CATALOG_DEFAULTS)
 
     def default(fn, name):

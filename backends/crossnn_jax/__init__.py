@@ -25,6 +25,7 @@ crossnn_jax.ops.OPS.register(SpecClass) (beside crossnn_numpy.ops.OPS, which the
 from __future__ import annotations
 
 from crossnn.backends import Backend
+from crossnn_jax.facts import CATALOG_SIDES
 
 #: catalog entries (crossnn.differences) the native flavour lowers JAX's / optax's / Flax's own way, and how
 NATIVE_ENTRIES = {
@@ -63,6 +64,9 @@ class JaxBackend(Backend):
     }
     import_order = 30
     native_entries = NATIVE_ENTRIES
+    # the catalog's JAX column; the "(new)" lines are proposed entries the catalog lacks (not shown). The
+    # proposed preset crossnn_jax.facts.CATALOG_DEFAULTS is not enabled: see its docstring.
+    catalog_sides = CATALOG_SIDES
 
     def check_device(self, device):
         """device.resolve raises for a name this backend lacks or a GPU jax cannot see."""

@@ -101,8 +101,13 @@ def presets_section() -> str:
 
     known = presets()
     header = ["spec field", *(f'`defaults = "{name}"`' for name in known.names), "catalog entry"]
-    lines, notes = [_row(header), _row(["---"] * len(header))], []
+    lines, notes, written = [_row(header), _row(["---"] * len(header))], [], set()
     for entry_id, default in known.defaults:
+        row = (default.spec, default.field, default.within, default.when.text if default.when else None)
+        if row in written:  # another preset's Default of the same field (a backend's, merged in): one row
+            notes += [f"- `{name}`, `{default.label}`: {note}." for name, note in default.notes.items()]
+            continue
+        written.add(row)
         candidates = known.candidates(default.spec, default.field, default.within)
         values = []
         for name in known.names:

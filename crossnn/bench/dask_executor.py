@@ -202,6 +202,23 @@ def _run_jobs(client: Client, cases: Sequence[Case], names: Sequence[str], devic
 
     for job in jobs:
         submit(job, 1)
+    try:
+        _gather(futures, submitted, submit, dtypes, say, after_case, parts, len(jobs))
+    finally:  # a result kept on a worker would be recomputed elsewhere when that worker dies later
+        if futures.futures:
+            client.cancel(list(futures.futures), force=True)
+    result = merge(parts)
+    result.machine = parts[0].machine
+    workers_seen = sorted(str(w.get("name")) for w in info.get("workers", {}).values())
+    result.settings = {**result.settings, "isolated": True,
+                       "executor": {"kind": "dask", "scheduler": address, "workers": workers_seen}}
+    return result
+
+
+def _gather(futures: as_completed, submitted: dict, submit: Callable, dtypes: Sequence[str], say: Progress,
+            after_case: Callable[[BenchResult], None] | None, parts: list[BenchResult], jobs: int) -> None:
+    """Read each job's result as it finishes and release it on the cluster at once; a lost job is
+    submitted once more, and lost twice it becomes failure rows."""
     done = 0
     for future in futures:
         job, attempt = submitted[future.key]
@@ -214,16 +231,12 @@ def _run_jobs(client: Client, cases: Sequence[Case], names: Sequence[str], devic
                 submit(job, attempt + 1)
                 continue
             part = lost(job, dtypes, f"lost twice; last: {reason}", "-", attempt)
+        finally:
+            future.release()
         done += 1
         parts.append(part)
         workers = sorted({r.worker for r in part.rows} | {f.worker for f in part.failures})
-        say(f"[{done}/{len(jobs)}] {job.label}: {len(part.rows)} row(s), {len(part.failures)} failure(s) "
+        say(f"[{done}/{jobs}] {job.label}: {len(part.rows)} row(s), {len(part.failures)} failure(s) "
             f"on {', '.join(workers) or '-'}" + (f" (attempt {attempt})" if attempt > 1 else ""))
         if after_case:
             after_case(merge(parts))
-    result = merge(parts)
-    result.machine = parts[0].machine
-    workers_seen = sorted(str(w.get("name")) for w in info.get("workers", {}).values())
-    result.settings = {**result.settings, "isolated": True,
-                       "executor": {"kind": "dask", "scheduler": address, "workers": workers_seen}}
-    return result

@@ -19,8 +19,9 @@ from crossnn import backends  # noqa: E402
 
 
 def pytest_addoption(parser):
-    parser.addoption("--parity-examples", type=int, default=100,
-                     help="hypothesis examples in the property-based parity test (default 100)")
+    parser.addoption("--parity-examples", type=int, default=42,
+                     help="hypothesis examples in the property-based parity tests (default 42: one per loss and "
+                          "optimizer cell; CI's slow run uses 200)")
 
 
 def backend_params(names=None):

@@ -72,7 +72,11 @@ def _script_params(backend_name: str, experiment) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("name", list(SPECS))
+QUICK_SCRIPTS = ("features", "cnn", "token-sums-short")  # dense features, a CNN, embedding + LSTM; the rest: -m slow
+
+
+@pytest.mark.parametrize("name", [name if name in QUICK_SCRIPTS else pytest.param(name, marks=pytest.mark.slow)
+                                  for name in SPECS])
 def test_emitted_script_reproduces_the_backend(backend_name, name):
     experiment = SPECS[name]
     try:

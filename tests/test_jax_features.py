@@ -47,7 +47,11 @@ def _example(name: str) -> S.Experiment:
     return dataclasses.replace(e, train=dataclasses.replace(e.train, epochs=1))
 
 
-@pytest.mark.parametrize("name", examples.names())
+SLOW_EXAMPLES = ("digits", "digits-bn", "resnet-mini", "token-sums")  # 8-19 s each here: -m slow
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW_EXAMPLES else name
+                                  for name in examples.names()])
 def test_every_example_in_every_mode_agrees_with_the_reference(name):
     e = _example(name)
     result = train(e, [RunSpec("jax", "float64", "cpu", mode) for mode in MODES], snapshot_every=1,

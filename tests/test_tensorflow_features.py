@@ -838,6 +838,7 @@ def _script_cases():
     return cases
 
 
+@pytest.mark.slow  # tests/test_codegen.py runs three of these scripts in the default run
 def test_scripts_reproduce_crossnn_tf_runs(tmp_path):
     """Each script runs in its own Python process (two at a time) and prints, last, the final
     parameters: within 1e-9 relative of crossnn's float64 TF run of the same spec. Nothing on stderr."""

@@ -741,6 +741,7 @@ SCRIPT_SPECS = {**{name: _shortened(name) for name in crossnn.examples.names() i
                 "everything": _everything()}
 
 
+@pytest.mark.slow  # tests/test_codegen.py runs three of these scripts in the default run
 def test_scripts_reproduce_crossnns_torch_run(tmp_path):
     """Every seed example (circle 60 epochs; adder and digits shortened) and specs with the newer
     features, each emitted, run as `python script.py` (two at a time) and compared with crossnn's

@@ -42,7 +42,8 @@ class Selection:
 def select_runs(backends=None, dtypes="float64", devices="cpu", modes=None, *, native: bool = False,
                 options: dict[str, str] = API_OPTIONS) -> Selection:
     """Check every name and build the runs: dtype × backend × device × mode. Imports no framework;
-    `start` does that. The reference backend runs on the CPU only. `native`: every backend lowers
+    `start` does that. The reference backend runs on the CPU unless the user names it (its CPU float64
+    run is the harness' reference in any case). `native`: every backend lowers
     the catalog entries it knows the framework's own way (the native flavour)."""
     requested = name_list(backends, options["backends"])
     for name in requested:
@@ -56,7 +57,8 @@ def select_runs(backends=None, dtypes="float64", devices="cpu", modes=None, *, n
         for name, backend_modes in chosen.items():
             backend = registry.get(name)
             entries = frozenset(backend.native_entries) if native else frozenset()
-            for device in ["cpu"] if backend.reference else device_names:
+            # unnamed, the reference backend stays on the CPU; named, it goes where the user sends it
+            for device in ["cpu"] if backend.reference and name not in requested else device_names:
                 for mode in backend_modes:
                     run = RunSpec(name, dtype, device, mode, entries)
                     if run not in runs:
@@ -100,9 +102,8 @@ def start(selection: Selection, option_devices: str = "devices") -> Selection:
     notes = [*selection.notes, *(f"backend '{name}' left out: {reason}" for name, reason in failed.items())]
     runs = [run for run in selection.runs if run.backend not in failed]
     for run in runs:
-        if not registry.get(run.backend).reference:  # the reference always runs on the CPU
-            try:
-                registry.get(run.backend).check_device(run.device)
-            except BackendError as err:
-                raise BackendError(f"{option_devices}: {err}") from None
+        try:
+            registry.get(run.backend).check_device(run.device)
+        except BackendError as err:
+            raise BackendError(f"{option_devices}: {err}") from None
     return Selection(runs, selection.named, notes)

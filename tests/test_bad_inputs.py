@@ -38,6 +38,7 @@ pytest_plugins = ["pytester"]
 LINEAR = examples.path("linear-2x3").read_text()
 CIRCLE = examples.path("circle").read_text()
 TOWER = examples.path("two-tower").read_text()
+TOKENS = examples.path("token-sums").read_text()
 INLINE = 'x = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]\ny = [[10.0], [20.0]]'
 
 
@@ -252,6 +253,9 @@ CLI_ROWS = [
              "loss.from_logits: missing (torch uses true, keras false"),
     spec_row("sparse with one output", loss('type = "cross_entropy"\nfrom_logits = true\nsparse = true'),
              "loss: sparse cross-entropy needs >= 2 output units, the model has 1"),
+    spec_row("sparse with a sequence output", edit(TOKENS, "return_sequences = false", "return_sequences = true"),
+             "loss: sparse cross-entropy scores one class index per sample: the model must output [classes], "
+             "but layer 'logits' outputs [12, 2]"),
     # ---- spec: layers, activations, initializers, graph --------------------------------------
     spec_row("uniform low above high", lin('kernel_init = "zeros"', 'kernel_init = { type = "uniform", low = 1.0, '
                                                                     'high = -1.0 }'),

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 
+import crossnn
 from crossnn.bench.flops import training_flops
 from crossnn.bench.isolate import in_child, merge
 from crossnn.bench.runner import BenchResult, Row, mark_busy
@@ -161,6 +162,24 @@ def test_quick_bench_and_report_on_numpy(tmp_path, capsys):
     assert "## Parity: linear-2x3" in readme and "### Checks" in readme and "GPU rows skipped, not faked" in readme
     assert 'so no "x tutorial": two-tower (numpy).' in readme  # the hand-written loops are chains only
     assert all((folder / n).read_bytes()[:4] == b"\x89PNG" for n in names if n.endswith(".png"))
+
+
+def test_a_case_that_cannot_be_set_up_costs_only_its_own_rows():
+    """A case whose data cannot be drawn (here: more than the machine's memory) becomes failure rows
+    for each backend and device, with the reason; the other cases of the same process keep theirs."""
+    from crossnn import spec as S
+    from crossnn.bench.runner import run_in_process
+    from crossnn.bench.suites import Case
+
+    good = crossnn.load_spec("circle")
+    huge = dataclasses.replace(good, data=S.DataSource.kinds()["circle"](n=10**13))
+    lines = []
+    result = run_in_process([Case("t", "huge", huge), Case("t", "good", good)], ["numpy"], ["cpu"], ["float64"],
+                            quick=True, repeats=2, min_repeat_seconds=0.01, say=lines.append, peak_matrix=64)
+    assert [(f.case, f.backend, f.device, f.mode) for f in result.failures] == [("huge", "numpy", "cpu", "every mode")]
+    assert "data.n: 10000000000000 samples make data of" in result.failures[0].reason
+    assert any(line.startswith("[1/2] t huge float64: not run: SpecError") for line in lines)
+    assert {(r.case, r.mode) for r in result.rows} == {("good", "tutorial"), ("good", "default")}
 
 
 def test_report_refuses_a_file_that_is_not_a_bench_result(tmp_path, capsys):

@@ -125,6 +125,27 @@ BAD_INPUTS = [
 ]
 
 
+def _cupy_gpu() -> bool:
+    from crossnn_numpy.device import probe
+
+    return len(probe()) > 1
+
+
+@pytest.mark.skipif(_cupy_gpu(), reason="CuPy sees a GPU here: the named numpy backend runs on it")
+def test_a_named_numpy_backend_goes_to_the_named_gpu_or_refuses(tmp_path, capsys):
+    """Named, the reference backend runs where --device sends it (through CuPy); without CuPy that is
+    one line, not a quiet CPU run under a GPU label. Unnamed, it stays the CPU reference."""
+    spec = tmp_path / "spec.toml"
+    spec.write_text(LINEAR)
+    assert main(["run", "--quiet", str(spec), "--backends", "numpy", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip()  # "CuPy is not installed", or "CuPy sees 0 GPU(s)"
+    assert err.startswith("crossnn: error: --device: backend 'numpy' cannot use device 'cuda': CuPy ") and "\n" not in err
+    from crossnn.selection import select_runs
+
+    assert [r.device for r in select_runs(devices="cuda").runs if r.backend == "numpy"] == ["cpu"]
+    assert [r.device for r in select_runs("numpy", devices="cpu,cuda").runs] == ["cpu", "cuda"]
+
+
 @pytest.mark.parametrize("name, text, args, fragment", BAD_INPUTS, ids=[case[0] for case in BAD_INPUTS])
 def test_bad_input_gives_one_line_and_exit_2(tmp_path, capsys, name, text, args, fragment):
     argv = ["run", "--quiet"]
@@ -547,7 +568,7 @@ def test_report_checks_its_inputs_before_any_work(tmp_path, capsys):
 
 def test_a_device_a_backend_lacks_is_bad_input_before_training(capsys):
     pytest.importorskip("torch")
-    assert main(["run", "circle", "--backends", "numpy,torch", "--device", "cpu:1", "--quiet"]) == 2
+    assert main(["run", "circle", "--backends", "torch", "--device", "cpu:1", "--quiet"]) == 2
     captured = capsys.readouterr()
     assert captured.err.strip() == "crossnn: error: --device: backend 'torch' has no device 'cpu:1'; use cpu, " \
                                    "cuda[:N] or gpu[:N]" and captured.out == ""

@@ -336,6 +336,27 @@ def test_npz_and_csv_data_files_load_as_written(tmp_path):
     assert np.array_equal(data.x, x) and np.array_equal(data.y, y)
 
 
+SMALL_GENERATORS = {"adder": {"n": 7, "inputs": 3}, "line": {"n": 7}, "circle": {"n": 7},
+                    "random_normal": {"n": 7, "inputs": 3, "outputs": 2},
+                    "teacher_classes": {"n": 7, "inputs": (5, 4, 3), "classes": 3},
+                    "textures": {"n": 7, "size": 5, "channels": 2}, "token_sums": {"n": 7, "length": 4}}
+
+
+@pytest.mark.parametrize("kind", sorted(S.DataSource.kinds()))
+def test_every_generator_states_the_shapes_it_draws_before_drawing(kind):
+    """The memory check sizes a generator's arrays from array_shapes before any is drawn: they must be
+    a list of integer shapes whose first two are at least x and y as drawn (digits, shipped in
+    memory by scikit-learn, states none)."""
+    if kind == "digits":
+        assert S.DataSource.kinds()[kind]().array_shapes() == []
+        return
+    source = S.DataSource.kinds()[kind](**SMALL_GENERATORS[kind])
+    shapes = source.array_shapes()
+    assert all(isinstance(k, int) for shape in shapes for k in shape)
+    x, y = source.arrays(np.random.default_rng(0), None)
+    assert shapes[0] == x.shape and math.prod(shapes[-1]) >= y.size
+
+
 def test_inline_data_takes_numpy_arrays_as_the_same_frozen_spec(tmp_path):
     """Arrays of any numeric dtype become the nested tuples a file gives: equal, hashable, and the same
     TOML; the data set trains as the file's does."""

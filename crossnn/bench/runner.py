@@ -230,20 +230,27 @@ def run_in_process(cases: Sequence[Case], names: Sequence[str], devices: Sequenc
     result.failures += [Failure(case.suite, case.label, name, device, "every mode", dtype, reason)
                         for name, reason in failed.items() for case in cases for device in devices for dtype in dtypes]
 
+    groups: dict[tuple[str, str], list[str]] = {}
+    for target in sorted(targets, key=lambda t: (t.backend, t.device)):
+        groups.setdefault((target.backend, target.device), []).append(target.mode)
     total = len(cases) * len(dtypes)
     for k, (case, dtype) in enumerate(((c, d) for c in cases for d in dtypes), start=1):
         experiment = case.experiment
-        data = load_dataset(experiment)
-        params = cast(initial_parameters(experiment), dtype)
+        try:
+            data = load_dataset(experiment)
+            params = cast(initial_parameters(experiment), dtype)
+        except Exception as err:  # a case that cannot be set up costs its own rows, not the others'
+            reason = f"{type(err).__name__}: {err}"
+            say(f"[{k}/{total}] {case.suite} {case.label} {dtype}: not run: {reason}")
+            result.failures += [Failure(case.suite, case.label, name, device, "every mode", dtype, reason)
+                                for name, device in groups]
+            continue
         plan = BatchPlan.for_experiment(experiment, data.n)
         epoch = plan.batches(0, plan.steps_per_epoch)
         batches = [b for b in epoch if len(b) == plan.batch_size] or epoch
         flops = training_flops(experiment.model, plan.batch_size)
         say(f"[{k}/{total}] {case.suite} {case.label} {dtype}: {experiment.model.parameter_count():,} parameters, "
             f"batch {plan.batch_size}, {flops / 1e9:.3g} GFLOP per step")
-        groups: dict[tuple[str, str], list[str]] = {}
-        for target in sorted(targets, key=lambda t: (t.backend, t.device)):
-            groups.setdefault((target.backend, target.device), []).append(target.mode)
         for (backend_name, device), modes in groups.items():
             say(f"    {backend_name} {device}: first step and warm-up of {', '.join([TUTORIAL, *modes])}")
             timers, builds = {}, {}

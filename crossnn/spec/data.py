@@ -261,16 +261,20 @@ class TeacherClasses(DataSource, kind="teacher_classes"):
 
     def validate(self):
         positive(self, "n")
-        shape = (self.inputs,) if isinstance(self.inputs, int) else self.inputs
+        shape = self._shape()
         require(len(shape) > 0 and all(k > 0 for k in shape), "inputs",
                 f"must be a positive feature count or a list of positive sizes, got {self.inputs}")
         require(self.classes >= 2, "classes", f"must be >= 2, got {self.classes}")
 
+    def _shape(self) -> tuple[int, ...]:
+        return (self.inputs,) if isinstance(self.inputs, int) else tuple(self.inputs)
+
     def array_shapes(self):
-        return [(self.n, self.inputs), (self.inputs, self.classes), (self.n, self.classes)]
+        features = int(np.prod(self._shape()))
+        return [(self.n, *self._shape()), (features, self.classes), (self.n, self.classes)]
 
     def arrays(self, rng, base_dir):
-        shape = (self.inputs,) if isinstance(self.inputs, int) else tuple(self.inputs)
+        shape = self._shape()
         x = rng.uniform(0.0, 1.0, size=(self.n, *shape))
         features = int(np.prod(shape))
         teacher = rng.standard_normal((features, self.classes))
@@ -303,6 +307,10 @@ class Textures(DataSource, kind="textures"):
         finite(self, "frequency", "noise")
         require(self.noise >= 0, "noise", f"must be >= 0, got {self.noise}")
 
+    def array_shapes(self):
+        image = (self.n, self.size, self.size, self.channels)
+        return [image, image, (self.n, self.size, self.size), (self.n,)]
+
     def arrays(self, rng, base_dir):
         y = rng.integers(0, self.classes, size=self.n)
         freq = self.frequency * rng.uniform(0.8, 1.2, size=self.n)
@@ -331,6 +339,9 @@ class TokenSums(DataSource, kind="token_sums"):
     def validate(self):
         positive(self, "n", "length")
         require(self.vocab >= 2, "vocab", f"must be >= 2, got {self.vocab}")
+
+    def array_shapes(self):
+        return [(self.n, self.length), (self.n, self.length), (self.n,)]
 
     def arrays(self, rng, base_dir):
         ids = rng.integers(0, self.vocab, size=(self.n, self.length))

@@ -243,14 +243,16 @@ def discover() -> dict[str, BackendEntry]:
     return {e.name: e for e in entries}
 
 
-def get(name: str) -> Backend:
-    """An available backend by name, or a BackendError saying why not."""
+def get(name: str, option: str | None = None) -> Backend:
+    """An available backend by name, or a BackendError saying why not (after `option: `, the argument
+    the user named it in, when given)."""
     entries = discover()
+    head = f"{option}: " if option else ""
     if name not in entries:
-        raise BackendError(f"unknown backend '{name}'; installed: {', '.join(entries) or 'none'}")
+        raise BackendError(f"{head}unknown backend '{name}'; installed: {', '.join(entries) or 'none'}")
     entry = entries[name]
     if not entry.available:
-        raise BackendError(f"backend '{name}' is unavailable: {entry.reason}")
+        raise BackendError(f"{head}backend '{name}' is unavailable: {entry.reason}")
     return entry.backend  # type: ignore[return-value]
 
 

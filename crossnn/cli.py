@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("code", help="a standalone tutorial-style training script for a spec, per framework")
     p.add_argument("spec", metavar="SPEC_OR_EXAMPLE")
-    p.add_argument("--backend", help="the framework to write it for (numpy, torch, tensorflow)")
+    p.add_argument("--backend", help="the framework to write it for (an installed backend: crossnn list)")
     p.add_argument("--out", metavar="FILE", help="write the script here instead of printing it")
     p.add_argument("--side-by-side", action="store_true", help="the scripts of several backends in columns")
     p.add_argument("--backends", help="with --side-by-side: comma-separated backends (default: every available one)")
@@ -104,8 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("export", help="convert a checkpoint to a framework's own format")
     p.add_argument("checkpoint", metavar="CHECKPOINT")
-    p.add_argument("--backend", required=True, help="torch (model and optimizer state_dict) or tensorflow "
-                                                     "(Keras .weights.h5)")
+    p.add_argument("--backend", required=True, help="the backend whose framework's own format to write, e.g. torch "
+                                                     "(model and optimizer state_dict) or tensorflow (Keras "
+                                                     ".weights.h5); the command says what it wrote")
     p.add_argument("--out", required=True, metavar="FILE")
     p.add_argument("--force", action="store_true", help="replace an existing output file that crossnn did not write")
     p.set_defaults(handler=cmd_export)
@@ -241,8 +242,10 @@ def _chosen_backends(text: str | None) -> list[str]:
     from crossnn.validate import name_list
 
     requested = name_list(text, "--backends")  # [] for None; '' and ',' name nothing and are refused
+    for name in requested:
+        backends.get(name, "--backends")  # unknown or uninstalled: one line saying why
     names = requested or backends.available()
-    failed = backends.prepare(names)  # unknown or uninstalled names raise BackendError here
+    failed = backends.prepare(names)
     if requested and failed:
         name, reason = next(iter(failed.items()))
         raise BackendError(f"backend '{name}' is unavailable: {reason}")
@@ -601,7 +604,8 @@ def cmd_code(args) -> int:
     data, params = load_data(experiment, args.spec), initial_parameters(experiment)
     if not args.side_by_side:
         if not args.backend:
-            raise SpecError("--backend: name the framework (numpy, torch or tensorflow), or use --side-by-side")
+            raise SpecError(f"--backend: name the framework ({', '.join(backends.discover())}), or use --side-by-side")
+        backends.get(args.backend, "--backend")
         backends.prepare([args.backend])  # a framework that fails to import: get() raises with the reason
         if side is None:
             print(backends.get(args.backend).script(experiment, params, data), end="")
@@ -629,6 +633,7 @@ def cmd_export(args) -> int:
     from crossnn.checkpoint import load_checkpoint
 
     _check_outputs(args, {args.checkpoint: "the checkpoint this command exports"}, out="--out")
+    backends.get(args.backend, "--backend")
     experiment, state = load_checkpoint(Path(args.checkpoint))
     backends.prepare([args.backend])
     holds = backends.get(args.backend).export_native(experiment, state, Path(args.out))
@@ -640,6 +645,7 @@ def cmd_import(args) -> int:
     from crossnn import backends
     from crossnn.checkpoint import save_checkpoint
 
+    backends.get(args.backend, "--backend")
     experiment = load_spec(args.spec)
     _check_outputs(args, {**_spec_inputs([experiment]), args.native: "the file this command imports"}, out="--out")
     backends.prepare([args.backend])
@@ -671,7 +677,7 @@ def cmd_bench(args) -> int:
     cases = cases_for(args.spec or list(SUITES), args.quick)
     names = name_list(args.backends, "--backends") or backends.available()
     for name in names:
-        backends.get(name)
+        backends.get(name, "--backends")
     dtypes = check_dtypes("float32" if args.dtype is None else args.dtype, "--dtype")
     devices = _devices(args.devices)
     check_count(args.repeats, "--repeats")
@@ -724,7 +730,7 @@ def _bench_to_metric(args) -> int:
     target = parse_target(args.to_metric, experiment)
     names = name_list(args.backends, "--backends") or backends.available()
     for name in names:
-        backends.get(name)
+        backends.get(name, "--backends")
     dtypes = check_dtypes("float64" if args.dtype is None else args.dtype, "--dtype")
     devices = _devices(args.devices)
     if len(devices) != 1:

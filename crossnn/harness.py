@@ -13,7 +13,7 @@ import numpy as np
 
 from crossnn import backends
 from crossnn.data import Dataset, load_dataset
-from crossnn.errors import BackendError, CrossnnError, DataError
+from crossnn.errors import BackendError, CrossnnError, DataError, SpecError
 from crossnn.checkpoint import TrainingState
 from crossnn.memory import check_parameters, check_training
 from crossnn.metrics import metric_values
@@ -177,7 +177,7 @@ def _check_batches(experiment: Experiment, plan: BatchPlan) -> None:
         if problem:
             fix = "set drop_last = true or choose another batch_size" if rows < plan.batch_size else \
                 "choose a larger batch_size"
-            raise DataError(f"train.batch_size: {problem}; {fix}")
+            raise SpecError(f"{problem}; {fix}", ("train", "batch_size"), experiment.source)
 
 
 def _not_run(spec: RunSpec, reason: str) -> RunRecord:

@@ -47,7 +47,7 @@ def select_runs(backends=None, dtypes="float64", devices="cpu", modes=None, *, n
     the catalog entries it knows the framework's own way (the native flavour)."""
     requested = name_list(backends, options["backends"])
     for name in requested:
-        registry.get(name)  # unknown, uninstalled or broken: one line saying why
+        registry.get(name, options["backends"])  # unknown, uninstalled or broken: one line saying why
     names = requested or registry.available()
     dtype_names = check_dtypes(dtypes, options["dtypes"])
     device_names = check_devices(devices, options["devices"])

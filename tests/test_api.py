@@ -107,7 +107,7 @@ def test_names_as_one_string_a_comma_list_or_a_list():
 @pytest.mark.parametrize("arguments, error, message", [
     (dict(dtypes="float16"), crossnn.BackendError, "dtypes: unknown dtype 'float16'; use float32 or float64"),
     (dict(dtypes=""), crossnn.BackendError, "dtypes: name a dtype"),
-    (dict(backends="numpy,nope"), crossnn.BackendError, "unknown backend 'nope'; installed: numpy"),
+    (dict(backends="numpy,nope"), crossnn.BackendError, "backends: unknown backend 'nope'; installed: numpy"),
     (dict(devices="tpu"), crossnn.BackendError, "devices: unknown device 'tpu'; use cpu or cuda"),
     (dict(modes="warp"), crossnn.BackendError, "modes: no chosen backend has mode 'warp'; their modes: default"),
     (dict(dtypes=3), TypeError, "dtypes: expected a name, names separated by commas, or a list of names, got int 3"),

@@ -103,7 +103,7 @@ BAD_INPUTS = [
      _edit(_edit(_edit(CIRCLE, "batch_size = 100", "batch_size = 109"), "seed = 0", 'seed = 0\ndefaults = "torch"'),
            '[[model.layers]]\ntype = "dense"\nname = "fc2"',
            '[[model.layers]]\ntype = "batch_norm"\nname = "bn"\n\n[[model.layers]]\ntype = "dense"\nname = "fc2"'),
-     [], "train.batch_size: a batch of 1 sample(s) gives layer 'bn' (batch_norm) 1 value per channel; batch "
+     [], "spec.toml: train.batch_size: a batch of 1 sample(s) gives layer 'bn' (batch_norm) 1 value per channel; batch "
          "statistics need at least 2 (PyTorch refuses training on one); set drop_last = true"),
     ("negative seed", _edit(CIRCLE, "seed = 0", "seed = -3"), [], "seed: must be >= 0, got -3"),
     ("unknown generator", _edit(CIRCLE, 'generator = "circle"', 'generator = "circles"'), [],
@@ -258,7 +258,7 @@ def test_a_broken_plugin_is_listed_unavailable_and_the_rest_work(tmp_path):
     assert run.returncode == 0 and "0.40784463" in run.stdout
     asked = _cli("run", "linear-2x3", "--backends", "broken", env=env)
     assert asked.returncode == 2
-    assert asked.stderr.strip() == ("crossnn: error: backend 'broken' is unavailable: plugin failed to load: "
+    assert asked.stderr.strip() == ("crossnn: error: --backends: backend 'broken' is unavailable: plugin failed to load: "
                                     "ImportError: libbroken.so: cannot open shared object file")
 
 

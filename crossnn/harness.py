@@ -68,8 +68,9 @@ class RunRecord:
     def __repr__(self) -> str:
         loss = f", final loss {self.losses[-1]:.6g}" if len(self.losses) else ""
         message = f": {self.message}" if self.message else ""
+        values = sum(v.size for v in self.final_params.values())
         return (f"<RunRecord {self.spec.label}: {self.status}{message}, {self.steps_done} steps{loss}, "
-                f"{len(self.final_params)} parameters, {len(self.snapshots)} snapshots>")
+                f"{len(self.final_params)} tensors of {values} values, {len(self.snapshots)} snapshots>")
 
     @property
     def steps_done(self) -> int:

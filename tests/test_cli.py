@@ -139,7 +139,8 @@ def test_a_named_numpy_backend_goes_to_the_named_gpu_or_refuses(tmp_path, capsys
     spec.write_text(LINEAR)
     assert main(["run", "--quiet", str(spec), "--backends", "numpy", "--device", "cuda"]) == 2
     err = capsys.readouterr().err.strip()  # "CuPy is not installed", or "CuPy sees 0 GPU(s)"
-    assert err.startswith("crossnn: error: --device: backend 'numpy' cannot use device 'cuda': CuPy ") and "\n" not in err
+    assert err.startswith("crossnn: error: --device: backend 'numpy' cannot use device 'cuda': CuPy ")
+    assert "\n" not in err
     from crossnn.selection import select_runs
 
     assert [r.device for r in select_runs(devices="cuda").runs if r.backend == "numpy"] == ["cpu"]
@@ -258,8 +259,8 @@ def test_a_broken_plugin_is_listed_unavailable_and_the_rest_work(tmp_path):
     assert run.returncode == 0 and "0.40784463" in run.stdout
     asked = _cli("run", "linear-2x3", "--backends", "broken", env=env)
     assert asked.returncode == 2
-    assert asked.stderr.strip() == ("crossnn: error: --backends: backend 'broken' is unavailable: plugin failed to load: "
-                                    "ImportError: libbroken.so: cannot open shared object file")
+    assert asked.stderr.strip() == ("crossnn: error: --backends: backend 'broken' is unavailable: plugin failed to "
+                                    "load: ImportError: libbroken.so: cannot open shared object file")
 
 
 def test_cli_subprocess_bad_input_has_no_traceback(tmp_path):

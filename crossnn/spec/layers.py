@@ -223,13 +223,15 @@ class Add(Layer, kind="add"):
 # ---- 2-D windows: convolution and pooling --------------------------------------------------------
 
 
-def window_padding(size: int, window: int, stride: int, dilation: int, padding: str) -> tuple[int, int, int]:
-    """(output size, padding before, padding after) along one spatial axis (see the module docstring)."""
+def window_padding(size: int, window: int, stride: int, dilation: int, padding: str,
+                   field: str = "kernel_size") -> tuple[int, int, int]:
+    """(output size, padding before, padding after) along one spatial axis (see the module docstring);
+    a SpecError on `field` when a 'valid' window does not fit."""
     span = (window - 1) * dilation + 1
     if padding == "valid":
         if size < span:
             raise SpecError(f"a window spanning {span} does not fit an input of size {size} with padding "
-                            "'valid'", ("inputs",))
+                            "'valid'", (field,))
         return (size - span) // stride + 1, 0, 0
     out = -(-size // stride)
     total = max((out - 1) * stride + span - size, 0)
@@ -254,8 +256,9 @@ class Window(NamedTuple):
 def window_geometry(layer, input_shape: Shape) -> Window:
     """The geometry of a conv2d or pooling layer's window on an (H, W, C) input."""
     (kh, kw), (sh, sw), (dh, dw) = layer.window_size, layer.strides, getattr(layer, "dilation", (1, 1))
-    out_h, top, bottom = window_padding(input_shape[0], kh, sh, dh, layer.padding)
-    out_w, left, right = window_padding(input_shape[1], kw, sw, dw, layer.padding)
+    field = "kernel_size" if hasattr(layer, "kernel_size") else "pool_size"
+    out_h, top, bottom = window_padding(input_shape[0], kh, sh, dh, layer.padding, field)
+    out_w, left, right = window_padding(input_shape[1], kw, sw, dw, layer.padding, field)
     return Window(out_h, out_w, top, bottom, left, right)
 
 

@@ -27,8 +27,9 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="crossnn", description=(
-        "Lower one neural-network experiment spec to PyTorch, TensorFlow and NumPy, train every "
-        "lowering from the same data, initial parameters and batch order, and compare them step by step."))
+        "Lower one neural-network experiment spec to every installed framework (`crossnn list` shows them), "
+        "train every lowering from the same data, initial parameters and batch order, and compare them step "
+        "by step."))
     from crossnn import __version__
 
     parser.add_argument("--version", action="version", version=f"crossnn {__version__}")
@@ -62,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                                   "a named backend with none of them is an error, an unnamed one is left out "
                                   "(default: each backend's first mode; `crossnn list` shows them)")
     p.add_argument("--threads", type=int, metavar="N", help="intra-op threads of every framework (torch, TensorFlow, "
-                                                            "NumPy's BLAS through threadpoolctl); recorded in the JSON")
+                                                            "NumPy's BLAS through threadpoolctl; a backend that cannot "
+                                                            "change them after start-up refuses another count); "
+                                                            "recorded in the JSON")
     p.add_argument("--snapshot-every", type=int, metavar="N", help="compare parameters every N steps "
                    "(default: about 500 snapshots per run)")
     p.add_argument("--rtol", type=float, help="relative tolerance (default per dtype)")
@@ -128,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", help="comma-separated modes (default: every mode; with --quick the tutorial-style "
                                    "and the fast mode for the device)")
     p.add_argument("--dtype", help="float32 (default; float64 with --to-metric) and/or float64, comma-separated")
-    p.add_argument("--quick", action="store_true", help="a subset that finishes in about two minutes")
+    p.add_argument("--quick", action="store_true", help="a subset: circle and two-tower, three MLP widths, one batch "
+                                                         "size of each other suite, and per backend the tutorial-style "
+                                                         "loop and the fast mode for the device")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per row (default 5, at least 5 for reports)")
     p.add_argument("--json", metavar="OUT", help="write all rows, peaks and machine facts as JSON")
     p.add_argument("--in-process", action="store_true",
@@ -218,12 +223,11 @@ def load_data(experiment, where: str):
     return load_data(experiment, where)
 
 
-#: names that stand for several examples
-SUITES = {"seeds": ("adder", "line", "linear-2x3", "two-tower", "circle")}
-
-
 def _expand_suite(name: str) -> tuple[str, ...]:
-    return SUITES.get(name, (name,))
+    """'seeds' stands for the five seed examples; any other name for itself."""
+    from crossnn import examples
+
+    return examples.SEEDS if name == "seeds" else (name,)
 
 
 def _devices(text: str) -> list[str]:

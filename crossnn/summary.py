@@ -45,8 +45,8 @@ def summary(experiment: Experiment) -> str:
         activation = getattr(layer, "activation", None)
         rows.append((node.name, layer.kind, ", ".join(node.inputs), _short(to_plain(activation)) if activation else "",
                      "(N, " + ", ".join(str(n) for n in node.shape) + ")", count,
-                     ", ".join([f"{k.split('/')[1]} {p.shape} {_short(to_plain(p.init))}" for k, p in own.items()]
-                               + [f"state {k.split('/')[1]} {p.shape} {_short(to_plain(p.init))}"
+                     ", ".join([f"{k.split('/')[1]} {p.shape} {p.init.describe()}" for k, p in own.items()]
+                               + [f"state {k.split('/')[1]} {p.shape} {p.init.describe()}"
                                   for k, p in kept.items()])))
     lines.append(table(("layer", "type", "inputs", "activation", "output", "params", "parameters (canonical layout)"),
                        rows, indent=""))

@@ -214,6 +214,9 @@ def test_show_summarises_layers_and_counts(capsys):
     assert "total parameters: 13" in text
     assert "concat  concatenate  dense1, dense2" in text
     assert "(N, 3)" in text
+    assert main(["show", "token-sums"]) == 0  # initializers in words, LSTM's unit_forget_bias included
+    text = capsys.readouterr().out
+    assert "recurrent_kernel (16, 64) orthogonal(gain=1.0), bias (64,) zeros with the forget gate's 16 at 1" in text
 
 
 def _cli(*args, env=None):

@@ -38,7 +38,7 @@ class Case:
 
 
 def seeds(quick: bool) -> list[Case]:
-    names = ("circle", "two-tower") if quick else examples.names()
+    names = ("circle", "two-tower") if quick else examples.SEEDS
     return [Case("seeds", name, load(examples.path(name))) for name in names]
 
 

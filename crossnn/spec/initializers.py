@@ -19,7 +19,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from crossnn.spec.base import Spec, SpecError, finite, positive, require
+from crossnn.spec.base import Spec, SpecError, finite, positive, require, to_plain
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,6 +33,14 @@ class Initializer(Spec, family="initializer"):
         """This initializer for a layer whose output (hidden state) has `units` units; only initializers
         defined by the units differ (units_uniform)."""
         return self
+
+    def describe(self) -> str:
+        """One short line for `crossnn show`: kind, or kind(field=value, ...)."""
+        plain = to_plain(self)
+        if not isinstance(plain, dict):
+            return str(plain)
+        fields = ", ".join(f"{k}={v}" for k, v in plain.items() if k != "type")
+        return f"{plain.get('type', '')}({fields})"
 
 
 @dataclass(frozen=True, kw_only=True)

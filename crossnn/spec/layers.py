@@ -621,6 +621,9 @@ class _ForgetGateOnes(Initializer):
         value[self.units:2 * self.units] = 1.0
         return value
 
+    def describe(self):
+        return f"{self.base.describe()} with the forget gate's {self.units} at 1 (unit_forget_bias)"
+
 
 @dataclass(frozen=True, kw_only=True)
 class GRU(_Recurrent, kind="gru"):

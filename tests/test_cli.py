@@ -283,9 +283,8 @@ def test_several_specs_and_the_seed_suite(tmp_path, capsys):
     assert "training time per run, all experiments:" in text
     documents = json.loads(out.read_text())["experiments"]
     assert [d["experiment"]["name"] for d in documents] == ["linear-2x3", "line"]
-    from crossnn.cli import SUITES
 
-    assert set(SUITES["seeds"]) == {"adder", "line", "linear-2x3", "two-tower", "circle"} <= set(examples.names())
+    assert set(examples.SEEDS) == {"adder", "line", "linear-2x3", "two-tower", "circle"} <= set(examples.names())
 
 
 def test_large_parameters_print_shortened(tmp_path, capsys):

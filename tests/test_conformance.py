@@ -176,7 +176,9 @@ FEATURES = {
 def _targets():
     """(backend, mode) pairs to hold against the reference: every mode of every backend except
     torch.compile (slow to compile) and the reference itself (the NumPy float64 default mode, checked
-    against finite differences and hand-computed steps in test_numpy_backend)."""
+    against finite differences and hand-computed steps in test_numpy_backend). The default run takes
+    each backend's default and fast modes; the others (JAX's eager and xp, TensorFlow's eager, xla
+    and epoch: 1.7 of this table's 3.6 minutes here) are marked slow, for `pytest -m slow` and CI."""
     params = []
     for name, entry in backends.discover().items():
         if not entry.available:
@@ -186,7 +188,8 @@ def _targets():
         for mode in entry.backend.modes:
             if mode == "compile" or (entry.backend.reference and mode == entry.backend.modes[0]):
                 continue
-            params.append(pytest.param(name, mode, id=f"{name}-{mode}"))
+            everyday = mode == entry.backend.modes[0] or mode in entry.backend.fast_modes
+            params.append(pytest.param(name, mode, id=f"{name}-{mode}", marks=() if everyday else pytest.mark.slow))
     return params
 
 

@@ -47,7 +47,7 @@ def _example(name: str) -> S.Experiment:
     return dataclasses.replace(e, train=dataclasses.replace(e.train, epochs=1))
 
 
-SLOW_EXAMPLES = ("digits", "digits-bn", "resnet-mini", "token-sums")  # 8-19 s each here: -m slow
+SLOW_EXAMPLES = ("digits", "digits-cnn", "digits-bn", "resnet-mini", "token-sums")  # 8-19 s each here: -m slow
 
 
 @pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW_EXAMPLES else name

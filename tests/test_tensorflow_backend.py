@@ -91,7 +91,7 @@ def test_float64_parity_with_numpy_every_snapshot(name):
         assert sorted(record.snapshots) == sorted(result.reference.snapshots)
 
 
-@pytest.mark.parametrize("name", ["adder", "circle"])
+@pytest.mark.parametrize("name", ["adder", pytest.param("circle", marks=pytest.mark.slow)])  # circle: 13 s
 def test_loop_modes_run_the_same_step(name):
     """The epoch loop runs the graph step's kernels, so its 12,000 circle steps give the graph mode's
     bits; the XLA loop stays within 1e-12 of the per-step XLA function (fusion may differ)."""
@@ -516,7 +516,7 @@ def _tutorial(exp, dtype, **kwargs):
     return trainer
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("dtype", ["float64", pytest.param("float32", marks=pytest.mark.slow)])
 def test_tutorial_loop_close_to_crossnn_on_circle(dtype):
     """keras.Sequential + BinaryCrossentropy + Keras' momentum SGD over the full circle run (12,000
     steps). Keras' BCE recovers the sigmoid's logits and its momentum keeps lr·velocity, so it is

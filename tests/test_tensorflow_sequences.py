@@ -412,6 +412,7 @@ def test_tutorial_loop_refuses_an_unbiased_running_variance():
                                             dtype="float64", device="cpu")
 
 
+@pytest.mark.slow  # 7 s: the emitted TF script of a sequence model is also run in test_codegen (token-sums)
 def test_scripts_of_these_layers_reproduce_the_tf_runs(tmp_path):
     """Emitted scripts of models with layer_norm, simple_rnn, gru (both forms, returning sequences),
     embedding and batch_norm (unbiased, no scale) end within 1e-9 of crossnn's TF runs; nothing on

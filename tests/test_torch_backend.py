@@ -599,7 +599,8 @@ def test_onednn_mode_is_cpu_only_and_refuses_the_native_flavour():
 # ---- torch.compile ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["linear-2x3", "two-tower", "circle"])
+@pytest.mark.parametrize("name", ["linear-2x3", *(pytest.param(n, marks=pytest.mark.slow)
+                                                  for n in ("two-tower", "circle"))])
 def test_compile_mode_matches_numpy_reference_in_float64(name):
     """Compiling takes seconds per model (more on a cold inductor cache), so circle trains 2 epochs.
     two-tower trains with Adam, whose compiled step would keep its step count, and so the bias

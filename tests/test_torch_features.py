@@ -624,6 +624,7 @@ def test_native_softplus_threshold_and_no_native_in_xp():
 # ---- compile mode: the new features, correct ---------------------------------------------------------
 
 
+@pytest.mark.slow  # torch.compile takes 7-10 s per model here
 def test_compile_mode_with_dropout_schedule_clip_decay_and_adagrad():
     """Compiling takes seconds per model, so two short runs cover dropout, a per-step schedule (the lr
     becomes a tensor), clipping and decoupled decay, and Adagrad (whose step counter torch creates in
@@ -943,6 +944,7 @@ def test_cnn_modules_read_like_pytorch():
     assert pool.count_include_pad is False and pool.padding == (1, 1)
 
 
+@pytest.mark.slow  # torch.compile takes 7-10 s per model here
 def test_compile_mode_trains_a_cnn():
     """One short compiled run (compiling a CNN takes a while): asymmetric padding, both pools."""
     e = cnn_experiment("asym", False, epochs=1)

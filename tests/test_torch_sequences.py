@@ -433,6 +433,7 @@ def test_branch_modules():
     assert modules("embedding of [H, W] ids into images").startswith("Embedding ChannelsFirst")
 
 
+@pytest.mark.slow  # torch.compile takes 7-10 s per model here
 def test_compile_mode_trains_custom_modules():
     """crossnn's BatchNorm (buffers moved inside the compiled graph) and Recurrent under torch.compile."""
     e = _sequence("cm", bn("bn", running_variance="biased"),

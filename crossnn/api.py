@@ -185,4 +185,4 @@ def run(spec: Experiment | str | os.PathLike, *, backends: str | Sequence[str] |
     selection = start(selection)
     harness = train(experiment, selection.runs, snapshot_every=snapshot_every, dataset=dataset,
                     progress=Progress(enabled=progress), threads=threads)
-    return Result(harness, compare_all(harness, rtol, atol), selection.notes)
+    return Result(harness, compare_all(harness, rtol, atol), [*selection.notes, *harness.notes])

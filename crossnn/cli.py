@@ -363,7 +363,9 @@ def _run(args, json_only: bool = False):
         harness = train(experiment, selection.runs, snapshot_every=args.snapshot_every, dataset=dataset,
                         progress=Progress(enabled=not args.quiet), resume=resume, stop_after=args.stop_after,
                         threads=args.threads)
-        result = Result(harness, compare_all(harness, rtol, atol), selection.notes)
+        result = Result(harness, compare_all(harness, rtol, atol), [*selection.notes, *harness.notes])
+        for note in harness.notes:
+            _stderr(f"crossnn: {note}")
         if len(experiments) > 1:
             print(f"==== {experiment.name} " + "=" * max(0, 70 - len(experiment.name)))
         print(result.table())

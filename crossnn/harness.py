@@ -98,6 +98,7 @@ class RunResult:
     reference: RunRecord
     records: list[RunRecord]  # the runs asked for, in order (the reference run among them if asked)
     threads: int | None = None
+    notes: list[str] = field(default_factory=list)  # what the user should know about how the runs were made
 
     def __repr__(self) -> str:
         return (f"<RunResult {self.experiment.name}: {len(self.records)} run(s) "
@@ -152,11 +153,41 @@ def train(experiment: Experiment, runs: Sequence[RunSpec], *, snapshot_every: in
     marks = frozenset({resume.step} if resume is not None else ())
     ref_record = reference or run_one(experiment, ref_spec, params0, dataset, plan, every, progress,
                                       stop_after=stop_after, marks=marks)
+    notes, ref_resumed = [], False
+    off = _off_trajectory(ref_record, resume) if resume is not None and reference is None else None
+    if off:  # e.g. a user's own weights imported at step 0, or a float32 state: compare what follows it
+        notes.append(f"the checkpoint's state at step {resume.step} is not the reference's ({off}): the reference "
+                     f"resumes from the checkpoint too, and parity covers the steps after it")
+        ref_record = run_one(experiment, ref_spec, params0, dataset, plan, every, progress, resume=resume,
+                             stop_after=stop_after)
+        ref_resumed = True
     records = [_not_run(spec, failed[spec.backend]) if spec.backend in failed else
-               ref_record if spec == ref_spec and resume is None else
+               ref_record if spec == ref_spec and (resume is None or ref_resumed) else
                run_one(experiment, spec, params0, dataset, plan, every, progress, resume=resume, stop_after=stop_after)
                for spec in resolved]
-    return RunResult(experiment, dataset, plan, params0, every, ref_record, records, threads)
+    return RunResult(experiment, dataset, plan, params0, every, ref_record, records, threads, notes)
+
+
+def _off_trajectory(reference: RunRecord, resume: TrainingState) -> str | None:
+    """Where a checkpoint's parameters leave the reference's own state at the checkpoint's step by more
+    than the float64 tolerance ("<name> max rel <r>"), or None when they agree (a checkpoint of this
+    spec's run, so the reference from step 0 checks that resuming equals never stopping) or the
+    reference never reached that step."""
+    from crossnn.parity import tolerance_for  # parity reads harness' records
+
+    at = reference.snapshots.get(resume.step)
+    if at is None:
+        return None
+    tol = tolerance_for("float64", "cpu")
+    for name, value in resume.params.items():
+        if name not in at:
+            continue
+        r, a = at[name], np.asarray(value, dtype=np.float64)
+        diff = float(np.max(np.abs(a - r))) if r.size else 0.0
+        scale = float(np.max(np.abs(r))) if r.size else 0.0
+        if not diff <= tol.atol + tol.rtol * scale:
+            return f"{name} max abs {diff:.1e}"
+    return None
 
 
 def check_stop(stop_after: int | None, steps: int, resume_step: int | None, option: str) -> None:

@@ -8,15 +8,16 @@ from crossnn.spec import Loss
 
 
 def accuracy(loss: Loss, output: np.ndarray, y: np.ndarray) -> float | None:
-    """Fraction of samples classified right, read from the output the way the loss defines it:
-    probability > 0.5, logit > 0, or argmax over classes. None for regression losses."""
+    """Fraction of predictions right, read from the output the way the loss defines it: probability
+    > 0.5, logit > 0, or argmax over the classes, the last axis (one prediction per sample, or per
+    time step or pixel of an output with more axes). None for regression losses."""
     output = np.asarray(output, dtype=np.float64)
     if loss.outputs in ("probability", "logit"):
         threshold = 0.5 if loss.outputs == "probability" else 0.0
         return float(np.mean((output > threshold) == (y > 0.5)))
     if loss.outputs in ("class_probabilities", "class_logits"):
-        truth = y if loss.sparse_targets else np.argmax(y, axis=1)
-        return float(np.mean(np.argmax(output, axis=1) == truth))
+        truth = y if loss.sparse_targets else np.argmax(y, axis=-1)
+        return float(np.mean(np.argmax(output, axis=-1) == truth))
     return None
 
 

@@ -99,7 +99,7 @@ class Parity:
 
 def compare(reference: RunRecord, run: RunRecord, tolerance: Tolerance | None = None) -> Parity:
     tol = tolerance or tolerance_for(run.spec.dtype, run.spec.device)
-    names = list(reference.snapshots.get(0, {}))
+    names = list(reference.snapshots[min(reference.snapshots)]) if reference.snapshots else []  # its first
     params = {name: ParamParity(name) for name in names}
     curve = []
     for step in sorted(set(reference.snapshots) & set(run.snapshots)):

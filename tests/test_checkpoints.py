@@ -116,19 +116,35 @@ def test_a_stopped_run_is_compared_at_its_stop_step():
 
 
 def test_a_resumed_run_is_compared_from_its_first_step(stopped):
-    """A checkpoint off the snapshot grid is still compared at the step it resumes from: a state that is
-    not the reference's fails there, not at the next snapshot."""
-    parity = compare(*_resumed(stopped))
+    """A checkpoint off the snapshot grid is still compared at the step it resumes from, against the
+    reference trained from step 0: resuming equals never stopping."""
+    result = _resumed(stopped)
+    parity = compare(result.reference, result.records[0])
     assert parity.curve[0] == (17, 0.0) and parity.passed
+    assert result.reference.start_step == 0 and result.notes == []
+
+
+def test_a_checkpoint_off_the_references_path_becomes_the_references_start_too(stopped):
+    """A state the reference does not reach (a user's own weights imported at step 0, a float32 run's
+    state, an edited checkpoint) cannot be held to the run from the spec's initializers: the reference
+    resumes from it as well, a note says so (naming the first parameter off and by how much), and the
+    runs are compared from there: a backend that then drifts still fails."""
     skewed = dataclasses.replace(stopped, params={**stopped.params,
                                                   "dense3/kernel": stopped.params["dense3/kernel"] + 1e-3})
-    parity = compare(*_resumed(skewed))
-    assert parity.curve[0][0] == 17 and parity.first_fail_step == 17
+    result = _resumed(skewed)
+    (note,) = result.notes
+    assert note.startswith("the checkpoint's state at step 17 is not the reference's (dense3/kernel max abs 1.0e-03)")
+    assert result.reference.start_step == 17 and result.records == [result.reference]  # the same run, made once
+    rounded = dataclasses.replace(stopped, params={k: v.astype(np.float32) for k, v in stopped.params.items()})
+    result = train(ADAM, [RunSpec("numpy", "float32")], resume=rounded, snapshot_every=10)
+    parity = compare(result.reference, result.records[0])
+    assert result.reference.start_step == 17 and parity.curve[0] == (17, 0.0) and parity.passed
+    assert [p.name for p in parity.params] == list(stopped.params)  # every parameter compared, from step 17
+    assert 0 < parity.max_rel < 1e-3  # float32 training after it, against the float64 reference
 
 
 def _resumed(state):
-    result = train(ADAM, [RunSpec("numpy", "float64")], resume=state, snapshot_every=10)
-    return result.reference, result.records[0]
+    return train(ADAM, [RunSpec("numpy", "float64")], resume=state, snapshot_every=10)
 
 
 def test_stopping_at_or_before_the_checkpoint_is_refused(tmp_path, stopped, capsys):

@@ -362,7 +362,7 @@ def _run(args, json_only: bool = False):
     for experiment, dataset in zip(experiments, datasets):
         harness = train(experiment, selection.runs, snapshot_every=args.snapshot_every, dataset=dataset,
                         progress=Progress(enabled=not args.quiet), resume=resume, stop_after=args.stop_after,
-                        threads=args.threads)
+                        threads=args.threads, threads_option="--threads")
         result = Result(harness, compare_all(harness, rtol, atol), [*selection.notes, *harness.notes])
         for note in harness.notes:
             _stderr(f"crossnn: {note}")

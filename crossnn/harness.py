@@ -114,14 +114,16 @@ def train(experiment: Experiment, runs: Sequence[RunSpec], *, snapshot_every: in
           progress: Progress | None = None, dataset: Dataset | None = None,
           initial_params: Params | None = None, reference: RunRecord | None = None,
           resume: TrainingState | None = None, stop_after: int | None = None,
-          threads: int | None = None) -> RunResult:
-    """Run every RunSpec (plus the NumPy float64 reference, always, from step 0) and return all records.
+          threads: int | None = None, threads_option: str = "threads") -> RunResult:
+    """Run every RunSpec (plus the NumPy float64 reference, always: from step 0, or from `resume` when
+    the reference does not reach that state) and return all records.
 
     initial_params replaces the spec's initializers (e.g. weights taken from a user's model);
     reference reuses a reference run made earlier with the same arguments; resume starts the
     requested runs from a saved training state; stop_after ends every run, the reference included,
     after that many steps in all (the requested runs' final state is kept in RunRecord.final_state);
-    threads sets every framework's intra-op threads (Backend.set_threads) before training. The runs
+    threads sets every framework's intra-op threads (Backend.set_threads) before training (a backend
+    that cannot is an error naming `threads_option`, the argument as the caller's user wrote it). The runs
     of a backend whose framework fails to import or start (backends.prepare) get an "error" record
     saying why; the others go on. Counts are checked (crossnn.validate) and the run's arrays must fit
     in memory (crossnn.memory) before anything is built.
@@ -147,7 +149,10 @@ def train(experiment: Experiment, runs: Sequence[RunSpec], *, snapshot_every: in
     ref_spec, *resolved = [_resolve(spec) for spec in [ref_spec, *runs]]
     if threads is not None:
         for name in sorted({ref_spec.backend, *(spec.backend for spec in resolved)} - set(failed)):
-            backends.get(name).set_threads(threads)
+            try:
+                backends.get(name).set_threads(threads)
+            except BackendError as err:
+                raise BackendError(f"{threads_option}: {err}") from None
 
     # the reference stops where the other runs stop, and snapshots where they start, so parity sees those states
     marks = frozenset({resume.step} if resume is not None else ())

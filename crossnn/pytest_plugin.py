@@ -52,8 +52,16 @@ def _settings(config) -> dict:
         inifile = f" in {config.inipath.name}" if getattr(config, "inipath", None) else ""
         return config.getini(f"crossnn_{name}"), f"crossnn_{name}{inifile}"
 
+    from crossnn import backends
+    from crossnn.errors import BackendError
+
     backends_text, backends_option = source("backends")
-    return {"backends": name_list(backends_text, backends_option) if backends_text.strip() else None,
+    names = name_list(backends_text, backends_option) if backends_text.strip() else None
+    installed = backends.discover()
+    for name in names or ():  # an uninstalled framework's backend is skipped, an unknown name is a typo
+        if name not in installed:
+            raise BackendError(f"{backends_option}: unknown backend '{name}'; installed: {', '.join(installed)}")
+    return {"backends": names,
             "dtypes": check_dtypes(*source("dtypes")),
             "rtol": parse_tolerance(*source("rtol")), "atol": parse_tolerance(*source("atol"))}
 
@@ -112,9 +120,7 @@ class ParityItem(pytest.Item):
         from crossnn.parity import Tolerance, compare, tolerance_for
         from crossnn.testing import failure_message
 
-        entry = backends.discover().get(self.backend)
-        if entry is None:
-            raise ParityFailure(f"unknown backend '{self.backend}'; installed: {', '.join(backends.discover())}")
+        entry = backends.discover()[self.backend]  # an unknown name is a collection error (_settings)
         if not entry.available:
             pytest.skip(f"backend '{self.backend}' unavailable: {entry.reason}")
         parent: SpecFile = self.parent  # type: ignore[assignment]

@@ -671,6 +671,8 @@ PLUGIN_ROWS = [
     ("option dtype unknown", "", ["--crossnn-dtypes", "float16"], "--crossnn-dtypes: unknown dtype 'float16'"),
     ("option dtypes comma", "", ["--crossnn-dtypes", ","], "--crossnn-dtypes: name a dtype"),
     ("option backends comma", "", ["--crossnn-backends", ","], "--crossnn-backends: names nothing"),
+    ("option backend unknown", "", ["--crossnn-backends", "numpy,nope"],
+     "--crossnn-backends: unknown backend 'nope'; installed: numpy"),
 ]
 
 

@@ -492,7 +492,7 @@ def test_scan_modes_convolution_has_autodiffs_gradients(strides, pads, dilation,
             assert a.shape == b.shape and _rel(np.asarray(a), np.asarray(b)) <= 1e-13
 
 
-def test_threads_are_xlas_pool_and_cannot_change_in_a_running_process(monkeypatch):
+def test_threads_are_xlas_pool_and_cannot_change_in_a_running_process(monkeypatch, capsys):
     backend = backends.get("jax")
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=3")
     assert backend.threads() == 3
@@ -503,3 +503,8 @@ def test_threads_are_xlas_pool_and_cannot_change_in_a_running_process(monkeypatc
     import os
 
     assert backend.threads() == len(os.sched_getaffinity(0))
+    from crossnn.cli import main  # on the command line the refusal names the option
+
+    other = str(len(os.sched_getaffinity(0)) + 1)
+    assert main(["run", "linear-2x3", "--backends", "jax", "--threads", other, "--quiet"]) == 2
+    assert capsys.readouterr().err.startswith("crossnn: error: --threads: backend 'jax' cannot change its thread count")

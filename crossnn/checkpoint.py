@@ -86,6 +86,38 @@ _KINDS = {"format": ("U", True), "spec": ("U", True), "step": ("iu", True),
 _KIND_NAMES = {"U": "text", "iu": "an integer", "fiu": "real numbers"}
 
 
+def _first_difference(saved: Experiment, given: Experiment) -> str:
+    """Where two specs first differ, as "<field>: <saved value> in the checkpoint, <given value> here"."""
+    from crossnn.errors import join_path
+    from crossnn.spec.base import to_plain
+
+    def walk(a, b, path):
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in [*a, *(k for k in b if k not in a)]:
+                found = walk(a.get(key), b.get(key), (*path, key))
+                if found:
+                    return found
+        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            for i, (x, y) in enumerate(zip(a, b)):
+                found = walk(x, y, (*path, f"[{i}]"))
+                if found:
+                    return found
+        elif a != b:
+            return path, a, b
+        return None
+
+    found = walk(to_plain(saved), to_plain(given), ())
+    if found is None:
+        return "they differ"
+    where, a, b = found
+    return f"{join_path(where)}: {_short(a)} in the checkpoint, {_short(b)} here"
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _check_types(path: Path, contents: dict) -> None:
     """Each key holds the kind of value the format says (see _KINDS)."""
     for key, value in contents.items():
@@ -123,8 +155,8 @@ def load_checkpoint(path: Path, experiment: Experiment | None = None) -> tuple[E
     if "spec_path" in contents:  # relative data paths start where the spec file was
         saved = dataclasses.replace(saved, source=str(contents["spec_path"]))
     if experiment is not None and saved != experiment:
-        raise CheckpointError(f"{path}: saved for a different spec ('{saved.name}'); resume with the spec it was "
-                              "saved from")
+        raise CheckpointError(f"{path}: saved for a different spec ('{saved.name}'; "
+                              f"{_first_difference(saved, experiment)}); resume with the spec it was saved from")
     experiment = experiment or saved
     params = {key[len("param/"):]: value for key, value in contents.items() if key.startswith("param/")}
     expected = experiment.model.parameter_inits()

@@ -70,6 +70,9 @@ def test_checkpoint_of_another_spec_is_refused(tmp_path, stopped):
     save_checkpoint(path, ADAM, stopped)
     with pytest.raises(CheckpointError, match="saved for a different spec"):
         load_checkpoint(path, crossnn.example("circle"))
+    longer = dataclasses.replace(ADAM, train=dataclasses.replace(ADAM.train, epochs=41))  # the field is named
+    with pytest.raises(CheckpointError, match=r"\('two-tower'; train.epochs: 40 in the checkpoint, 41 here\)"):
+        load_checkpoint(path, longer)
 
 
 def test_command_line_stop_save_resume(tmp_path, capsys):

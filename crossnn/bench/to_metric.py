@@ -322,7 +322,8 @@ def to_metric_table(result: ToMetricResult) -> str:
              f"{result.runs_per_mode} data orders each, the fastest and slowest dropped when at least 3 reached it",
              table(("backend", "mode", "dtype", "reached", "kept", "seconds (mean)", "spread s", "epochs (mean)",
                     "spread", "epochs per data order"), rows),
-             "seconds: training steps only (device synchronised); spread: max - min of the kept runs"]
+             "seconds: training steps only (device synchronised; a jit mode's first step compiles, so its "
+             "compilation counts, as it does for a user), not evaluation; spread: max - min of the kept runs"]
     if any(s.busy for s in result.summaries):
         lines.append("! kept runs timed while the machine was busy, marked by "
                      + steadiness.summary((asdict(r) for r in result.runs), "run")

@@ -104,7 +104,7 @@ class Spec:
             if not isinstance(kind, str):
                 raise SpecError(f"expected a string, got {_describe(kind)}", (cls.tag,))
             return cls.lookup(kind).from_fields({k: v for k, v in value.items() if k != cls.tag})
-        raise SpecError(f"expected a {cls.family} name or table, got {_describe(value)}")
+        raise SpecError(f"expected {article(cls.family)} {cls.family} name or table, got {_describe(value)}")
 
     @classmethod
     def from_fields(cls, fields: dict[str, Any]) -> Spec:
@@ -135,6 +135,11 @@ class Spec:
             if value is not None:
                 out[field.name] = value
         return out
+
+
+def article(word: str) -> str:
+    """'an' before a vowel, else 'a' (an activation, an embedding; a dense)."""
+    return "an" if word[:1].lower() in "aeiou" else "a"
 
 
 def to_plain(value: Any) -> Any:

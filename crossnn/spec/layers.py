@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal, NamedTuple
 import numpy as np
 
 from crossnn.spec.activations import Activation, Linear, Sigmoid, Tanh
-from crossnn.spec.base import Pair, Spec, SpecError, finite, positive, require
+from crossnn.spec.base import Pair, Spec, SpecError, article, finite, positive, require
 from crossnn.spec.initializers import Initializer, Ones, Zeros
 
 Shape = tuple[int, ...]
@@ -66,7 +66,8 @@ class Layer(Spec, family="layer"):
             if count < self.min_inputs or (most is not None and count > most):
                 wanted = str(self.min_inputs) if most == self.min_inputs else (
                     f"at least {self.min_inputs}" if most is None else f"{self.min_inputs} to {most}")
-                raise SpecError(f"a {self.kind} layer takes {wanted} input(s), got {count}", ("inputs",))
+                raise SpecError(f"{article(self.kind)} {self.kind} layer takes {wanted} input(s), got {count}",
+                                ("inputs",))
 
     def fields_dict(self) -> dict[str, Any]:
         fields = super().fields_dict()

@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from crossnn.spec.base import Spec, SpecError, require
+from crossnn.spec.base import Spec, SpecError, article, require
 from crossnn.spec.layers import Layer, ParamInit, Shape
 
 INPUT = "input"
@@ -132,7 +132,8 @@ def _resolve(input_shape: Shape, layers: tuple[Layer, ...]) -> tuple[Node, ...]:
             if name == layer.name:
                 raise SpecError(f"layer '{name}' names itself as an input", (f"layers[{i}]", "inputs"))
             if layer.reads_ids and name != INPUT:
-                raise SpecError(f"a {layer.kind} layer reads the model input (integer ids), not '{name}'",
+                raise SpecError(f"{article(layer.kind)} {layer.kind} layer reads the model input (integer ids), "
+                                f"not '{name}'",
                                 (f"layers[{i}]", "inputs"))
         wanted[layer.name] = names
 

@@ -67,7 +67,8 @@ def check_data(experiment) -> None:
                experiment.source)
 
 
-_NOUNS = {"n": "samples", "inputs": "input features", "outputs": "outputs", "classes": "classes"}
+_NOUNS = {"n": "samples", "inputs": "input features", "outputs": "outputs", "classes": "classes",
+          "length": "time steps per sequence", "size": "pixels per image side", "channels": "channels per pixel"}
 
 
 def check_parameters(experiment) -> None:

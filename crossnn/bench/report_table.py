@@ -45,7 +45,8 @@ def bench_table(result: BenchResult) -> str:
     untutored = [f"{suite}/{case} ({backend})" for suite, case, backend in without_tutorial(map(vars, result.rows))]
     if untutored:
         lines.append("x tutorial '-': no hand-written loop to compare with for " + ", ".join(untutored)
-                     + " (the tutorial loops cover chains of dense layers)")
+                     + " (that framework's hand-written loop does not cover the model; the progress lines name the "
+                       "layer)")
     if any(r.above_peak or r.above_own_peak for r in result.rows):
         lines.append(f"{ABOVE_PEAK_SHORT}: the row ran faster than the matmul peak measured in turn with it, so that "
                      "peak was measured low (at a busier moment) and gives no percentage")

@@ -293,7 +293,7 @@ def _suite_tables(rows, level: str) -> list[str]:
                             if several_workers else ()) for r in members])
         untutored = [f"{case} ({backend})" for _, case, backend in without_tutorial(members)]
         if untutored:
-            lines += ["", "No hand-written loop to compare with (the tutorial loops cover chains of dense layers), "
+            lines += ["", "No hand-written loop to compare with (that framework's does not cover the model), "
                           "so no \"x tutorial\": " + ", ".join(untutored) + "."]
         lines.append("")
     marked = [r for r in rows if busy(r)]

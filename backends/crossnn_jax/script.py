@@ -79,7 +79,6 @@ def _step_code(stateful: bool) -> str:
 
 
 def script(experiment: S.Experiment, params, data, side_file: str | None = None) -> str:
-    command = f"crossnn code {experiment.name} --backend jax"
     model = experiment.model
     stateful = bool(model.state_inits())
     model_code, helpers = _model_code(model)
@@ -97,7 +96,7 @@ def script(experiment: S.Experiment, params, data, side_file: str | None = None)
     used += ["numpy as np", "jax", "jax.numpy as jnp", "optax"]
     if "lax." in body:
         used.append("jax:lax")
-    parts = [codegen.header(experiment, "JAX", command), codegen.imports(*used),
+    parts = [codegen.header(experiment, "JAX", "jax"), codegen.imports(*used),
              'jax.config.update("jax_enable_x64", True)  # float64, as crossnn\'s parity runs\n'
              'jax.config.update("jax_default_matmul_precision", "highest")  # no TF32 on GPUs',
              "# ---- the model, its loss and the optimizer: gradients by jax.value_and_grad ----"]

@@ -82,7 +82,6 @@ def _loss_code(loss: S.Loss) -> str:
 
 
 def script(experiment: S.Experiment, params, data, side_file: str | None = None) -> str:
-    command = f"crossnn code {experiment.name} --backend numpy"
     model = experiment.model
     dropout = codegen.dropout_layers(experiment)
     model_code, helpers = _model_code(model)
@@ -90,7 +89,7 @@ def script(experiment: S.Experiment, params, data, side_file: str | None = None)
     used = codegen.script_imports(experiment, data, params, side_file)
     if "erf" in helpers or "math." in model_code:
         used.append("math")
-    parts = [codegen.header(experiment, "NumPy", command), codegen.imports(*used, "numpy as np"),
+    parts = [codegen.header(experiment, "NumPy", "numpy"), codegen.imports(*used, "numpy as np"),
              "# ---- the model, its loss and the optimizer: every derivative written out ----"]
     if helpers & set(dir(windows)):
         parts.append("# window layers (convolution, pooling) on (N, H, W, C) arrays, written for any NumPy-like\n"

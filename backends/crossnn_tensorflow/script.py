@@ -19,7 +19,6 @@ from crossnn.spec import INPUT
 
 from crossnn_tensorflow import ops, optimizers
 
-COMMAND = "crossnn code {name} --backend tensorflow"
 
 IMPORT_TF = '''# TF's C++ logging: errors only. It must be set before TensorFlow is imported.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -122,7 +121,7 @@ def script(experiment: S.Experiment, params, data, side_file: str | None = None)
     used = codegen.script_imports(experiment, data, params, side_file) + ["os"]
     if "math." in written:
         used.append("math")
-    parts = [codegen.header(experiment, "TensorFlow", COMMAND.format(name=experiment.name)),
+    parts = [codegen.header(experiment, "TensorFlow", "tensorflow"),
              codegen.imports(*used, "numpy as np"), IMPORT_TF]
     if helpers:
         parts.append("# ---- helpers in TF ops: activations where TF's own differ from the spec, normalization, "

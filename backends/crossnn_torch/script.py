@@ -156,7 +156,7 @@ def script(experiment: Experiment, params: dict[str, np.ndarray], data: Dataset,
     needs_lr = chain.needs_lr()
 
     helpers = _helpers(model.mods + [lowered.mod])
-    parts = [codegen.header(experiment, "PyTorch", f"crossnn code {experiment.name} --backend torch"),
+    parts = [codegen.header(experiment, "PyTorch", "torch"),
              codegen.imports(*codegen.script_imports(experiment, data, params, side_file),
                              *(["math"] if "math." in helpers else []), "numpy as np", "torch", "torch:nn"),
              "# float64 everywhere: crossnn's parity runs are float64, and so is every tensor below\n"

@@ -60,8 +60,8 @@ class Experiment(Spec):
             out = self.model.output_shape
             require(len(out) == 1, "loss",
                     f"sparse cross-entropy scores one class index per sample: the model must output [classes], but "
-                    f"layer '{self.model.layers[-1].name}' outputs {list(out)} (flatten or pool it first, or set "
-                    f"return_sequences = false)")
+                    f"layer '{self.model.layers[-1].name}' outputs {list(out)} (flatten or pool before it, or give a "
+                    f"recurrent layer return_sequences = false)")
             require(self.model.output_units >= 2, "loss",
                     f"sparse cross-entropy needs >= 2 output units, the model has {self.model.output_units}")
         # a metric that cannot be read from this loss's output is an error, not a silent omission

@@ -802,6 +802,8 @@ def cmd_report(args) -> int:
     from crossnn.validate import check_dtypes, name_list
 
     _refuse_empty(args, bench="--bench", pytest_benchmark="--pytest-benchmark", run_json="--run-json")
+    if args.no_bench and args.bench:
+        raise SpecError("--no-bench: leaves the benchmarks out; --bench puts a file's benchmarks in: choose one")
     dtypes = check_dtypes(args.dtype, "--dtype")
     suites = name_list(args.suites, "--suites")
     check_output_path(args.out, "--out", directory=True)

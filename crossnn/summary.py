@@ -34,7 +34,9 @@ def summary(experiment: Experiment) -> str:
     source = f"{data.kind}" + (f" ({_args(data)})" if data.kind != "inline" else "")
     lines = [f"{experiment.name}" + (f"  ({experiment.source})" if experiment.source else "")
              + f", seed {experiment.seed}",
-             f"data: {source}: x {dataset.x.shape}, y {dataset.y.shape}",
+             f"data: {source}: x {dataset.x.shape}, y {dataset.y.shape}"
+             + (f" for training, {dataset.validation.n} samples held out (train.validation_split)"
+                if dataset.validation is not None else ""),
              "input: (N, " + ", ".join(str(n) for n in model.input_shape) + ")", ""]
     rows = []
     for node in model.nodes:

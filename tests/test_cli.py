@@ -217,6 +217,7 @@ def test_show_summarises_layers_and_counts(capsys):
     assert main(["show", "token-sums"]) == 0  # initializers in words, LSTM's unit_forget_bias included
     text = capsys.readouterr().out
     assert "recurrent_kernel (16, 64) orthogonal(gain=1.0), bias (64,) zeros with the forget gate's 16 at 1" in text
+    assert "x (750, 12), y (750,) for training, 250 samples held out (train.validation_split)" in text
 
 
 def _cli(*args, env=None):

@@ -156,42 +156,44 @@ def train(experiment: Experiment, runs: Sequence[RunSpec], *, snapshot_every: in
 
     # the reference stops where the other runs stop, and snapshots where they start, so parity sees those states
     marks = frozenset({resume.step} if resume is not None else ())
-    ref_record = reference or run_one(experiment, ref_spec, params0, dataset, plan, every, progress,
-                                      stop_after=stop_after, marks=marks)
-    notes, ref_resumed = [], False
-    off = _off_trajectory(ref_record, resume) if resume is not None and reference is None else None
-    if off:  # e.g. a user's own weights imported at step 0, or a float32 state: compare what follows it
-        notes.append(f"the checkpoint's state at step {resume.step} is not the reference's ({off}): the reference "
-                     f"resumes from the checkpoint too, and parity covers the steps after it")
-        ref_record = run_one(experiment, ref_spec, params0, dataset, plan, every, progress, resume=resume,
-                             stop_after=stop_after)
-        ref_resumed = True
+    notes = []
+
+    def from_start():
+        return run_one(experiment, ref_spec, params0, dataset, plan, every, progress, stop_after=stop_after,
+                       marks=marks)
+
+    ref_record = reference
+    if reference is None and resume is not None:
+        # the reference's state at the checkpoint's step: the initial parameters at step 0 (no training)
+        ref_record = None if resume.step == 0 else from_start()
+        at = params0 if ref_record is None else ref_record.snapshots.get(resume.step)
+        off = _off_reference(at, resume) if at is not None else None
+        if off:  # e.g. a user's own weights imported at step 0, or a float32 state: compare what follows it
+            notes.append(f"the checkpoint's state at step {resume.step} is not the reference's ({off}): the "
+                         f"reference resumes from the checkpoint too, and parity covers the steps after it")
+            ref_record = run_one(experiment, ref_spec, params0, dataset, plan, every, progress, resume=resume,
+                                 stop_after=stop_after)
+    ref_record = ref_record or from_start()
+    start = resume.step if resume is not None else 0
     records = [_not_run(spec, failed[spec.backend]) if spec.backend in failed else
-               ref_record if spec == ref_spec and (resume is None or ref_resumed) else
+               ref_record if spec == ref_spec and ref_record.start_step == start else
                run_one(experiment, spec, params0, dataset, plan, every, progress, resume=resume, stop_after=stop_after)
                for spec in resolved]
     return RunResult(experiment, dataset, plan, params0, every, ref_record, records, threads, notes)
 
 
-def _off_trajectory(reference: RunRecord, resume: TrainingState) -> str | None:
-    """Where a checkpoint's parameters leave the reference's own state at the checkpoint's step by more
-    than the float64 tolerance ("<name> max rel <r>"), or None when they agree (a checkpoint of this
-    spec's run, so the reference from step 0 checks that resuming equals never stopping) or the
-    reference never reached that step."""
-    from crossnn.parity import tolerance_for  # parity reads harness' records
+def _off_reference(at: Params, resume: TrainingState) -> str | None:
+    """The first parameter of a checkpoint farther than the float64 tolerance from the reference's own
+    state at the checkpoint's step ("<name> max abs <d>"), or None when they agree (a checkpoint of
+    this spec's run: the reference from step 0 then checks that resuming equals never stopping)."""
+    from crossnn.parity import difference, tolerance_for  # parity reads harness' records
 
-    at = reference.snapshots.get(resume.step)
-    if at is None:
-        return None
     tol = tolerance_for("float64", "cpu")
     for name, value in resume.params.items():
-        if name not in at:
-            continue
-        r, a = at[name], np.asarray(value, dtype=np.float64)
-        diff = float(np.max(np.abs(a - r))) if r.size else 0.0
-        scale = float(np.max(np.abs(r))) if r.size else 0.0
-        if not diff <= tol.atol + tol.rtol * scale:
-            return f"{name} max abs {diff:.1e}"
+        if name in at:
+            diff, scale = difference(np.asarray(value, dtype=np.float64), np.asarray(at[name], dtype=np.float64))
+            if tol.exceeded(diff, scale):
+                return f"{name} max abs {diff:.1e}"
     return None
 
 

@@ -28,6 +28,17 @@ class Tolerance:
         for name in ("rtol", "atol"):
             object.__setattr__(self, name, check_tolerance(getattr(self, name), name, required=True))
 
+    def exceeded(self, diff: float, scale: float) -> bool:
+        """max|a - r| = diff is out of bounds for a reference whose max|r| = scale."""
+        return diff > self.atol + self.rtol * scale
+
+
+def difference(a: np.ndarray, r: np.ndarray) -> tuple[float, float]:
+    """(max|a - r|, max|r|): a snapshot's verdict and its relative difference are made of these."""
+    if not r.size:
+        return 0.0, 0.0
+    return float(np.max(np.abs(a - r))), float(np.max(np.abs(r)))
+
 
 #: float64 runs must agree to rounding. float32 runs drift by design (see the divergence plot): on the
 #: examples the NumPy float32 run itself, the reference's own code, ends 0.9e-4 (digits, 1290 Adam steps)
@@ -105,15 +116,13 @@ def compare(reference: RunRecord, run: RunRecord, tolerance: Tolerance | None = 
     for step in sorted(set(reference.snapshots) & set(run.snapshots)):
         worst = 0.0
         for name in names:
-            r, a = reference.snapshots[step][name], run.snapshots[step][name]
-            diff = float(np.max(np.abs(a - r))) if r.size else 0.0
-            scale = float(np.max(np.abs(r))) if r.size else 0.0
+            diff, scale = difference(run.snapshots[step][name], reference.snapshots[step][name])
             rel = diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
             p = params[name]
             if diff > p.max_abs:
                 p.max_abs, p.worst_step = diff, step
             p.max_rel = max(p.max_rel, rel)
-            if p.first_fail_step is None and diff > tol.atol + tol.rtol * scale:
+            if p.first_fail_step is None and tol.exceeded(diff, scale):
                 p.first_fail_step = step
             worst = max(worst, rel)
         curve.append((step, worst))

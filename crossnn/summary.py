@@ -6,20 +6,12 @@ import math
 
 from crossnn.console import table
 from crossnn.spec import Experiment
-from crossnn.spec.base import to_plain
+from crossnn.spec.base import short_text, to_plain
 
 
 def _args(spec) -> str:
     fields = spec.fields_dict()
-    return ", ".join(f"{k}={_short(v)}" for k, v in fields.items())
-
-
-def _short(value) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, dict):
-        return value.get("type", "") + "(" + ", ".join(f"{k}={v}" for k, v in value.items() if k != "type") + ")"
-    return str(value)
+    return ", ".join(f"{k}={short_text(v)}" for k, v in fields.items())
 
 
 def summary(experiment: Experiment) -> str:
@@ -45,7 +37,8 @@ def summary(experiment: Experiment) -> str:
         kept = {k: v for k, v in state.items() if k.startswith(f"{node.name}/")}
         count = sum(math.prod(p.shape) for p in own.values())
         activation = getattr(layer, "activation", None)
-        rows.append((node.name, layer.kind, ", ".join(node.inputs), _short(to_plain(activation)) if activation else "",
+        shown = short_text(to_plain(activation)) if activation else ""
+        rows.append((node.name, layer.kind, ", ".join(node.inputs), shown,
                      "(N, " + ", ".join(str(n) for n in node.shape) + ")", count,
                      ", ".join([f"{k.split('/')[1]} {p.shape} {p.init.describe()}" for k, p in own.items()]
                                + [f"state {k.split('/')[1]} {p.shape} {p.init.describe()}"

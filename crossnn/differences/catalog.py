@@ -59,6 +59,9 @@ def _decaying(value) -> bool:
 _DECAYING = Condition("weight_decay", _decaying, "weight_decay > 0")
 _PROBABILITIES = Condition("from_logits", lambda value: value is False, "from_logits = false")
 _KERAS_NATIVE = "; `crossnn run --flavor native` trains Keras' own"
+#: the two presets (spec values, `defaults = ...`) whose values the demonstrations below train side by
+#: side on crossnn's NumPy reference; no backend is chosen by these names
+PRESET_PAIR = ("torch", "keras")
 
 KERNEL_INIT = Default(S.Dense, "kernel_init", {"torch": S.FanInUniform(), "keras": S.GlorotUniform()})
 BIAS_INIT = Default(S.Dense, "bias_init", {"torch": S.FanInUniform(), "keras": S.Zeros()})
@@ -715,7 +718,7 @@ def _batchnorm(lab: Lab) -> list[Finding]:
                       for name, values in (("torch running_var", t["running_var"]),
                                            ("keras moving_variance", k["moving_variance"]))})]
     ours = {}
-    for preset in ("torch", "keras"):
+    for preset in PRESET_PAIR:
         after = lab.reference(batch_norm_spec(preset)).snapshots[1]
         ours[preset] = (after["bn/moving_mean"], after["bn/moving_variance"])
     found.append(Finding(f"crossnn's batch_norm with the torch preset (running_variance \"unbiased\") after the same "
@@ -729,7 +732,7 @@ def _batchnorm(lab: Lab) -> list[Finding]:
     rng = np.random.default_rng(15)
     x = 2.0 + 3.0 * rng.standard_normal((8, 3))
     y = x @ np.array([[0.5], [-1.0], [0.25]])
-    torch_bn, keras_bn = (batch_norm_spec(preset, x, y, epochs=20) for preset in ("torch", "keras"))
+    torch_bn, keras_bn = (batch_norm_spec(preset, x, y, epochs=20) for preset in PRESET_PAIR)
     d = lab.apart(torch_bn, keras_bn, "keras' batch-norm defaults against torch's (both NumPy float64)")
     predicted = {"torch": lab.predict(torch_bn, d.result.reference.final_params),
                  "keras": lab.predict(keras_bn, d.record.final_params)}
@@ -751,7 +754,7 @@ def _layernorm_epsilon(lab: Lab) -> list[Finding]:
     rng = np.random.default_rng(16)
     x = 0.03 * rng.standard_normal((8, 6))  # variance of each row about 1e-3
     y = x @ np.linspace(-10.0, 10.0, 6).reshape(6, 1)
-    eps = {preset: LN_EPSILON.values[preset] for preset in ("torch", "keras")}
+    eps = {preset: LN_EPSILON.values[preset] for preset in PRESET_PAIR}
     normalized = {}
     for preset, epsilon in eps.items():
         e = _experiment("demo-layer-norm", 6, [S.LayerNorm(name="ln", epsilon=epsilon)], x, x, S.MSE(),
@@ -760,7 +763,7 @@ def _layernorm_epsilon(lab: Lab) -> list[Finding]:
     ratio = normalized["torch"] / normalized["keras"]
     variance = x.var(axis=1, keepdims=True)
     predicted = np.sqrt((variance + eps["keras"]) / (variance + eps["torch"]))
-    d = lab.apart(*(layer_norm_spec(eps[preset], x, y, epochs=20) for preset in ("torch", "keras")),
+    d = lab.apart(*(layer_norm_spec(eps[preset], x, y, epochs=20) for preset in PRESET_PAIR),
                   "layer_norm epsilon 1e-3 against 1e-5 (both NumPy float64)")
     return [Finding(f"crossnn's layer_norm with the presets' epsilon, torch {_fmt(eps['torch'])} and keras "
                     f"{_fmt(eps['keras'])}, on rows whose variance is {variance.min():.1e}..{variance.max():.1e}: the "
@@ -788,7 +791,7 @@ def _sequence_spec(name: str, layer: S.Layer, *, ids=False, steps=5, features=3,
 def _embedding_init(lab: Lab) -> list[Finding]:
     tables = {preset: initial_parameters(_sequence_spec("demo-embedding", S.make(
         S.Embedding, name="embed", input_dim=1000, output_dim=16, defaults=preset), ids=True))["embed/embeddings"]
-              for preset in ("torch", "keras")}
+              for preset in PRESET_PAIR}
     t, k = tables["torch"], tables["keras"]
     return [Finding(f"crossnn's draws of a 1000×16 table with the presets' embeddings_init (the backends report no "
                     f"embedding facts yet): torch's N(0, 1) has std {t.std():.3f}, largest |value| "
@@ -802,7 +805,7 @@ def _embedding_init(lab: Lab) -> list[Finding]:
 def _recurrent_init(lab: Lab) -> list[Finding]:
     units, features = 16, 3
     drawn = {preset: initial_parameters(_sequence_spec("demo-lstm", S.make(
-        S.LSTM, name="lstm", units=units, defaults=preset), features=features)) for preset in ("torch", "keras")}
+        S.LSTM, name="lstm", units=units, defaults=preset), features=features)) for preset in PRESET_PAIR}
     t, k = drawn["torch"], drawn["keras"]
     bound, glorot = 1 / math.sqrt(units), math.sqrt(6 / (features + 4 * units))
     largest = {name: float(np.abs(t[f"lstm/{name}"]).max()) for name in ("kernel", "recurrent_kernel", "bias")}
@@ -831,7 +834,7 @@ def _lstm(unit_forget_bias: bool) -> S.LSTM:
 
 def _lstm_forget_bias(lab: Lab) -> list[Finding]:
     biases = {preset: initial_parameters(_sequence_spec("demo-lstm", S.make(
-        S.LSTM, name="lstm", units=8, defaults=preset)))["lstm/bias"].reshape(4, 8)[1] for preset in ("torch", "keras")}
+        S.LSTM, name="lstm", units=8, defaults=preset)))["lstm/bias"].reshape(4, 8)[1] for preset in PRESET_PAIR}
     with_ones, without = (_sequence_spec("demo-lstm", _lstm(flag), steps=20) for flag in (True, False))
     starts = {flag: initial_parameters(e) for flag, e in ((True, with_ones), (False, without))}
     same_weights = all(np.array_equal(starts[True][name], starts[False][name]) for name in starts[True]

@@ -142,6 +142,16 @@ def article(word: str) -> str:
     return "an" if word[:1].lower() in "aeiou" else "a"
 
 
+def short_text(plain: Any) -> str:
+    """A value in file form (see to_plain) on one short line: true/false, a table as
+    type(key=value, ...), anything else as str."""
+    if isinstance(plain, bool):
+        return str(plain).lower()
+    if isinstance(plain, dict):
+        return plain.get("type", "") + "(" + ", ".join(f"{k}={v}" for k, v in plain.items() if k != "type") + ")"
+    return str(plain)
+
+
 def to_plain(value: Any) -> Any:
     """A spec value in file form: specs become names or tables, tuples become lists."""
     if isinstance(value, Spec):

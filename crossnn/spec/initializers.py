@@ -19,7 +19,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from crossnn.spec.base import Spec, SpecError, finite, positive, require, to_plain
+from crossnn.spec.base import Spec, SpecError, finite, positive, require, short_text, to_plain
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,11 +36,7 @@ class Initializer(Spec, family="initializer"):
 
     def describe(self) -> str:
         """One short line for `crossnn show`: kind, or kind(field=value, ...)."""
-        plain = to_plain(self)
-        if not isinstance(plain, dict):
-            return str(plain)
-        fields = ", ".join(f"{k}={v}" for k, v in plain.items() if k != "type")
-        return f"{plain.get('type', '')}({fields})"
+        return short_text(to_plain(self))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -257,9 +257,8 @@ class Window(NamedTuple):
 def window_geometry(layer, input_shape: Shape) -> Window:
     """The geometry of a conv2d or pooling layer's window on an (H, W, C) input."""
     (kh, kw), (sh, sw), (dh, dw) = layer.window_size, layer.strides, getattr(layer, "dilation", (1, 1))
-    field = "kernel_size" if hasattr(layer, "kernel_size") else "pool_size"
-    out_h, top, bottom = window_padding(input_shape[0], kh, sh, dh, layer.padding, field)
-    out_w, left, right = window_padding(input_shape[1], kw, sw, dw, layer.padding, field)
+    out_h, top, bottom = window_padding(input_shape[0], kh, sh, dh, layer.padding, layer.window_field)
+    out_w, left, right = window_padding(input_shape[1], kw, sw, dw, layer.padding, layer.window_field)
     return Window(out_h, out_w, top, bottom, left, right)
 
 
@@ -289,6 +288,9 @@ class Conv2D(Layer, kind="conv2d"):
     def validate(self):
         super().validate()
         positive(self, "filters")
+
+    #: the field that sizes the window (errors name it)
+    window_field: ClassVar[str] = "kernel_size"
 
     @property
     def window_size(self):
@@ -326,6 +328,9 @@ class _Pool2D(Layer):
         super().validate()
         if self.strides is None:
             object.__setattr__(self, "strides", self.pool_size)
+
+    #: the field that sizes the window (errors name it)
+    window_field: ClassVar[str] = "pool_size"
 
     @property
     def window_size(self):

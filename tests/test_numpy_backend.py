@@ -412,6 +412,23 @@ def test_conv2d_backward_matches_finite_differences(k, s, d, pad, size):
     _check_gradients(e, RNG.standard_normal((2, size, size + 1, 2)), RNG.standard_normal((2, 2)))
 
 
+def test_residual_add_and_reshape_backward_match_finite_differences():
+    """add sums the gradient into both of its inputs (here the model input's dense map and a conv on
+    it), reshape hands the gradient back in the input's shape, global average pooling spreads it evenly."""
+    dense = dict(kernel_init=S.Zeros(), bias_init=S.Zeros())
+    layers = (S.Dense(name="pre", units=2, activation=S.Tanh(), **dense),
+              S.Conv2D(name="c", filters=2, kernel_size=3, strides=1, dilation=1, padding="same",
+                       activation=S.Sigmoid(), **dense),
+              S.Add(name="sum", inputs=["pre", "c"]),
+              S.Reshape(name="r", shape=[3, -1]),
+              S.Dense(name="per_row", units=2, activation=S.Tanh(), **dense),
+              S.Reshape(name="back", shape=[3, 2, 1]),
+              S.GlobalAvgPool2D(name="g"),
+              S.Dense(name="o", units=2, **dense))
+    e = dataclasses.replace(_window_experiment(layers[1], 3), model=S.Model(inputs=[3, 4, 2], layers=layers))
+    _check_gradients(e, RNG.standard_normal((2, 3, 4, 2)), RNG.standard_normal((2, 2)))
+
+
 @pytest.mark.parametrize("kind", ["max", "avg counting padding", "avg not counting padding"])
 @pytest.mark.parametrize("k, s, pad, size", sorted({(k, s, pad, size) for k, s, _, pad, size in WINDOW_CASES}))
 def test_pooling_backward_matches_finite_differences(kind, k, s, pad, size):
